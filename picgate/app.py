@@ -1,0 +1,134 @@
+"""The application factory. Importing this module builds nothing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from picgate.config import Settings
+from picgate.errors import PicGateError, error_body
+from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from picgate.services import Services
+
+log = logging.getLogger("picgate")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build PicGate. ``transport`` replaces the outbound HTTP transport (tests)."""
+    if services is None:
+        services = Services(settings or Settings(), transport=transport)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(services.prepare)
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPI(
+        title="PicGate",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=services.settings.max_request_body_mb * 2**20
+    )
+    app.add_middleware(SecurityHeadersMiddleware)
+
+    from picgate.gateway.routes import router as gateway_router
+    from picgate.health import router as health_router
+    from picgate.images.routes import router as images_router
+
+    app.include_router(health_router)
+    app.include_router(gateway_router)
+    app.include_router(images_router)
+    for extra in _optional_routers():
+        app.include_router(extra)
+    return app
+
+
+def _optional_routers() -> list[Any]:
+    """Routers of parts that may be absent in a slim build (chat, admin)."""
+    routers = []
+    try:
+        from picgate.gateway.chat_routes import router as chat_router
+    except ImportError:
+        pass
+    else:
+        routers.append(chat_router)
+    try:
+        from picgate.admin.routes import router as admin_router
+    except ImportError:
+        pass
+    else:
+        routers.append(admin_router)
+    return routers
+
+
+def _json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PicGateError)
+    async def picgate_error(request: Request, exc: PicGateError) -> Response:
+        if exc.status_code >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
+        services: Services = request.app.state.services
+        if exc.status_code >= 400 and request.url.path.startswith("/v1/"):
+            services.events.count("errors")
+        return _json_error(exc.status_code, exc.to_dict(), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        message = f"Invalid request: {first.get('msg', 'invalid value')}"
+        if loc:
+            message += f" ({'.'.join(loc)})"
+        body = error_body(message, error_type="invalid_request_error", code="invalid_value")
+        body["error"]["param"] = ".".join(loc) or None
+        return _json_error(422, body)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        message = str(exc.detail) if exc.detail else "error"
+        if exc.status_code == 404:
+            message = f"Unknown path: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _json_error(
+            exc.status_code, error_body(message, error_type=error_type, code=code), getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        services: Services = request.app.state.services
+        services.events.error(f"❌ 内部错误: {type(exc).__name__}")
+        return _json_error(
+            500, error_body("PicGate hit an internal error; see the server log.", code="internal_error")
+        )

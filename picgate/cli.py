@@ -1,0 +1,73 @@
+"""``picgate serve | cleanup | admin create``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from picgate.app import create_app
+    from picgate.config import Settings, SettingsError
+
+    try:
+        settings = Settings()
+        _configure_logging(settings.log_level)
+        app = create_app(settings)
+    except (SettingsError, ValueError) as exc:
+        print(f"picgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or settings.host
+    port = args.port or settings.port
+    uvicorn.run(app, host=host, port=port, proxy_headers=True, log_level=settings.log_level.lower())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="picgate", description="PicGate image gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default=None, help="listen address (env HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=None, help="listen port (env PORT, default 5643)")
+    serve.set_defaults(func=cmd_serve)
+
+    for register in _extra_commands():
+        register(sub)
+
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def _extra_commands() -> list:  # type: ignore[type-arg]
+    """Subcommands contributed by other modules (cleanup, admin)."""
+    found = []
+    try:
+        from picgate.jobs.cli import register as register_jobs
+    except ImportError:
+        pass
+    else:
+        found.append(register_jobs)
+    try:
+        from picgate.admin.cli import register as register_admin
+    except ImportError:
+        pass
+    else:
+        found.append(register_admin)
+    return found
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

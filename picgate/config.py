@@ -1,0 +1,213 @@
+"""Settings: the environment (pydantic-settings) plus values stored by the admin console.
+
+A value set in the environment (or passed to ``Settings(...)``) is *fixed*: it wins over the
+database and the console shows it read-only. Editable settings that are not fixed come from the
+``settings`` table. ``validate_settings`` refuses impossible combinations with a message that
+names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RuntimeMode = Literal["auto", "server", "serverless"]
+
+# Settings the admin console may change (stored in the database unless fixed by the environment).
+EDITABLE: tuple[str, ...] = (
+    "upstream_api_base",
+    "upstream_api_key",
+    "upstream_model_name",
+    "gateway_model_name",
+    "gateway_api_key",
+    "public_base_url",
+    "r2_account_id",
+    "r2_access_key_id",
+    "r2_secret_access_key",
+    "r2_bucket_name",
+    "r2_endpoint_url",
+    "r2_public_base_url",
+    "local_cache_ttl_hours",
+    "metadata_retention_days",
+    "max_local_cache_mb",
+    "allow_external_image_fetch",
+    "delete_r2_on_metadata_expire",
+)
+
+# Editable settings that are secrets: encrypted at rest, never sent to the browser in full.
+SECRETS: frozenset[str] = frozenset(
+    {"upstream_api_key", "gateway_api_key", "r2_secret_access_key", "r2_access_key_id"}
+)
+
+PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "your-key", "sk-xxx", "pg-xxx", "xxx"})
+
+
+class SettingsError(ValueError):
+    """An impossible or unsafe configuration; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Every setting PicGate reads. Environment names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", validate_default=True
+    )
+
+    host: str = "0.0.0.0"
+    port: int = Field(5643, ge=1, le=65535)
+    database_url: str = "sqlite+aiosqlite:///./data/db/picgate.db"
+    database_auth_token: str | None = None
+    data_dir: Path = Path("./data")
+    images_dir: Path | None = None
+
+    upstream_api_base: str | None = None
+    upstream_api_key: str | None = None
+    upstream_model_name: str | None = None
+    upstream_timeout_seconds: float = Field(600.0, gt=0)
+
+    gateway_model_name: str = "picgate"
+    gateway_api_key: str | None = None
+    public_base_url: str | None = None
+
+    r2_account_id: str | None = None
+    r2_access_key_id: str | None = None
+    r2_secret_access_key: str | None = None
+    r2_bucket_name: str | None = None
+    r2_endpoint_url: str | None = None
+    r2_public_base_url: str | None = None
+    r2_key_prefix: str = "images/"
+
+    local_cache_ttl_hours: float = Field(72.0, ge=0)
+    metadata_retention_days: int = Field(365, ge=0)
+    max_local_cache_mb: int = Field(0, ge=0)
+    allow_external_image_fetch: bool = False
+    delete_r2_on_metadata_expire: bool = False
+
+    secret_key: str | None = None
+    runtime_mode: RuntimeMode = "auto"
+
+    max_request_body_mb: int = Field(50, ge=1)
+    max_image_mb: int = Field(50, ge=1)
+    stream_keepalive_seconds: float = Field(15.0, gt=0)
+    cleanup_interval_minutes: float = Field(60.0, gt=0)
+    log_max_entries: int = Field(5000, ge=100)
+    log_level: str = "INFO"
+
+    @field_validator(
+        "upstream_api_base",
+        "upstream_api_key",
+        "upstream_model_name",
+        "gateway_api_key",
+        "public_base_url",
+        "r2_account_id",
+        "r2_access_key_id",
+        "r2_secret_access_key",
+        "r2_bucket_name",
+        "r2_endpoint_url",
+        "r2_public_base_url",
+        "secret_key",
+        "database_auth_token",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return value or None
+        return value
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def serverless(self) -> bool:
+        if self.runtime_mode == "auto":
+            return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+        return self.runtime_mode == "serverless"
+
+    @property
+    def resolved_images_dir(self) -> Path:
+        if self.images_dir is not None:
+            return self.images_dir
+        if self.serverless:
+            return Path("/tmp/picgate/images")
+        return self.data_dir / "images"
+
+    @property
+    def r2_configured(self) -> bool:
+        return bool(self.r2_bucket_name and self.r2_access_key_id and self.r2_secret_access_key)
+
+    @property
+    def r2_endpoint(self) -> str | None:
+        if self.r2_endpoint_url:
+            return self.r2_endpoint_url
+        if self.r2_account_id:
+            return f"https://{self.r2_account_id}.r2.cloudflarestorage.com"
+        return None
+
+    @property
+    def upstream_configured(self) -> bool:
+        return bool(self.upstream_api_base)
+
+    def missing_upstream(self) -> list[str]:
+        return [] if self.upstream_api_base else ["UPSTREAM_API_BASE"]
+
+    def fixed_fields(self) -> frozenset[str]:
+        """Editable settings pinned by the environment (or by the caller)."""
+        return frozenset(self.model_fields_set) & frozenset(EDITABLE)
+
+    def with_stored(self, stored: dict[str, Any]) -> Settings:
+        """These settings with stored values applied to every editable field that is not fixed."""
+        fixed = self.fixed_fields()
+        update = {k: v for k, v in stored.items() if k in EDITABLE and k not in fixed}
+        if not update:
+            return self
+        merged = self.model_dump()
+        merged.update(update)
+        result = type(self).model_validate(merged)
+        # keep the record of what the environment pinned
+        object.__setattr__(result, "__pydantic_fields_set__", set(self.model_fields_set))
+        return result
+
+
+def _check_url(name: str, value: str | None, *, schemes: tuple[str, ...] = ("http", "https")) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise SettingsError(
+            f"{name.upper()} must be an absolute {' or '.join(schemes)} URL, got {value!r}"
+        )
+
+
+def validate_settings(settings: Settings) -> None:
+    """Refuse unsafe or impossible combinations; raise SettingsError naming the variable."""
+    for name in ("upstream_api_base", "public_base_url", "r2_endpoint_url", "r2_public_base_url"):
+        _check_url(name, getattr(settings, name))
+    r2_parts = {
+        "R2_ACCESS_KEY_ID": settings.r2_access_key_id,
+        "R2_SECRET_ACCESS_KEY": settings.r2_secret_access_key,
+        "R2_BUCKET_NAME": settings.r2_bucket_name,
+    }
+    given = [k for k, v in r2_parts.items() if v]
+    if given or settings.r2_account_id or settings.r2_endpoint_url:
+        missing = [k for k, v in r2_parts.items() if not v]
+        if given and missing:
+            raise SettingsError(
+                f"R2 is half-configured: {', '.join(given)} set but {', '.join(missing)} missing"
+            )
+        if given and not (settings.r2_account_id or settings.r2_endpoint_url):
+            raise SettingsError("R2 is half-configured: set R2_ACCOUNT_ID or R2_ENDPOINT_URL")
+    key = settings.gateway_api_key
+    if key is not None and (key.lower() in PLACEHOLDER_KEYS or len(key) < 8):
+        raise SettingsError("GATEWAY_API_KEY is a placeholder or shorter than 8 characters")
+    if settings.secret_key is not None and len(settings.secret_key) < 16:
+        raise SettingsError("SECRET_KEY must be at least 16 characters")
+    if settings.serverless and settings.secret_key is None:
+        raise SettingsError("SECRET_KEY is required in serverless mode")
+    if not settings.r2_key_prefix or settings.r2_key_prefix.startswith("/"):
+        raise SettingsError("R2_KEY_PREFIX must be a relative prefix such as 'images/'")

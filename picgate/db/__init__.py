@@ -1,0 +1,1 @@
+"""Metadata storage: engine, models, migrations and the thread-offloaded session runner."""

@@ -1,0 +1,151 @@
+"""The database: URL normalisation, SQLite pragmas, migrations, and sessions run off the loop.
+
+One synchronous code path serves a SQLite file, libSQL/Turso (``sqlite+libsql://``, whose
+dialect is sync only) and PostgreSQL. Async routes call ``await db.run(fn)``: ``fn(session)``
+runs in a worker thread inside a transaction that commits when it returns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+
+HEAD_REVISION = "0001"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def normalize_url(raw: str) -> URL:
+    """Map the async spellings people paste onto the sync drivers PicGate uses."""
+    url = make_url(raw)
+    if url.drivername in ("sqlite+aiosqlite", "sqlite+pysqlite"):
+        url = url.set(drivername="sqlite")
+    elif url.drivername == "sqlite+aiolibsql":
+        url = url.set(drivername="sqlite+libsql")
+    elif url.drivername in ("postgresql+asyncpg", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file behind a local SQLite/libSQL URL, or None for memory and remote databases."""
+    if not url.drivername.startswith("sqlite") or url.host:
+        return None
+    if not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def build_engine(raw_url: str, *, auth_token: str | None = None) -> Engine:
+    url = normalize_url(raw_url)
+    connect_args: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"pool_pre_ping": not url.drivername.startswith("sqlite")}
+    if url.drivername == "sqlite":
+        connect_args["check_same_thread"] = False
+        connect_args["timeout"] = 30
+    elif url.drivername == "sqlite+libsql":
+        import sqlalchemy_libsql  # noqa: F401  (registers the dialect)
+
+        token = auth_token or url.query.get("authToken")
+        if url.query.get("authToken"):
+            url = url.difference_update_query(["authToken"])
+        if token:
+            connect_args["auth_token"] = token
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    if url.drivername == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+class Database:
+    """The engine, a session factory, and a way to run session work off the event loop."""
+
+    def __init__(self, raw_url: str, *, auth_token: str | None = None) -> None:
+        self.raw_url = raw_url
+        self.url = normalize_url(raw_url)
+        self._auth_token = auth_token
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._lock = threading.RLock()
+        self._migrated = False
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    file = sqlite_file(self.url)
+                    if file is not None:
+                        file.parent.mkdir(parents=True, exist_ok=True)
+                    self._engine = build_engine(self.raw_url, auth_token=self._auth_token)
+                    self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        return self._engine
+
+    def session(self) -> Session:
+        self.engine  # noqa: B018  (builds the factory on first use)
+        assert self._sessions is not None
+        return self._sessions()
+
+    def call(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` in a transaction on this thread."""
+        with self.session() as session, session.begin():
+            return fn(session)
+
+    async def run(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` in a transaction in a worker thread."""
+        return await anyio.to_thread.run_sync(self.call, fn)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            try:
+                row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+            except DBAPIError:  # no table yet: a fresh database
+                conn.rollback()
+                return None
+            return str(row[0]) if row else None
+
+    def migrate(self) -> None:
+        """Bring the schema to head once per process; Alembic is imported only when needed."""
+        if self._migrated:
+            return
+        with self._lock:
+            if self._migrated:
+                return
+            if self.current_revision() != HEAD_REVISION:
+                from alembic import command
+                from alembic.config import Config
+
+                cfg = Config()
+                cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+                with self.engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+            self._migrated = True
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()

@@ -1,0 +1,68 @@
+"""``Annotated`` dependency aliases shared by the routers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from picgate.config import Settings
+from picgate.errors import AuthenticationFailed
+from picgate.services import Services
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_current_settings(services: ServicesDep) -> Settings:
+    return await services.config.acurrent()
+
+
+SettingsDep = Annotated[Settings, Depends(get_current_settings)]
+
+
+def keys_match(given: str, expected: str) -> bool:
+    """Constant-time comparison that does not leak the expected key's length."""
+    a = hashlib.sha256(given.encode()).digest()
+    b = hashlib.sha256(expected.encode()).digest()
+    return hmac.compare_digest(a, b)
+
+
+async def require_gateway_key(request: Request, settings: SettingsDep) -> None:
+    expected = settings.gateway_api_key
+    if not expected:
+        raise AuthenticationFailed(
+            "PicGate has no gateway API key, so every API call is refused. Set GATEWAY_API_KEY "
+            "in the environment or generate a key in the admin console (/admin → settings).",
+            code="gateway_key_not_set",
+        )
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed(
+            "Missing API key: send 'Authorization: Bearer <gateway key>'.", code="missing_api_key"
+        )
+    if not keys_match(token.strip(), expected):
+        raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+
+
+GatewayAuth = Depends(require_gateway_key)
+
+
+def public_base_url(request: Request, settings: Settings) -> str:
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    services: Services = request.app.state.services
+    if not getattr(services, "_warned_base_url", False):
+        services.events.warning(
+            "⚠️ PUBLIC_BASE_URL 未设置，图片链接使用请求地址生成 (PUBLIC_BASE_URL is not set)"
+        )
+        services._warned_base_url = True  # type: ignore[attr-defined]
+    return str(request.base_url).rstrip("/")

@@ -1,0 +1,278 @@
+"""Images API logic: generations and edits, whatever the upstream answers (b64_json or url).
+
+Every image the upstream returns is stored. The reply honours the client's ``response_format``:
+``url`` (default) gives ``{public base}/images/{id}.{ext}``, ``b64_json`` gives the bytes (still
+stored and listed). If an image cannot be stored, the client gets it inline as ``b64_json``
+rather than lose it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from picgate.config import Settings
+from picgate.errors import BadRequest, PicGateError, StorageUnavailable, UpstreamError
+from picgate.gateway.fetch import fetch_image_bytes
+from picgate.services import Services
+from picgate.storage.codec import sniff
+from picgate.storage.store import StoredImage
+
+RESPONSE_FORMATS = ("url", "b64_json")
+PASSTHROUGH = ("created", "background", "output_format", "quality", "size", "usage")
+
+
+@dataclass
+class UpstreamImage:
+    data: bytes
+    revised_prompt: str | None
+    extra: dict[str, Any]
+
+
+def wants_response_format(model: str | None) -> bool:
+    """``gpt-image-*`` models reject ``response_format`` (they always answer base64)."""
+    return not (model or "").lower().startswith("gpt-image")
+
+
+def short(prompt: str | None, limit: int = 50) -> str:
+    prompt = (prompt or "").replace("\n", " ")
+    return prompt if len(prompt) <= limit else prompt[:limit] + "..."
+
+
+def client_response_format(body: dict[str, Any]) -> str:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return "url"
+    if fmt not in RESPONSE_FORMATS:
+        raise BadRequest(
+            "response_format must be 'url' or 'b64_json'", param="response_format", code="invalid_value"
+        )
+    return str(fmt)
+
+
+def upstream_model(settings: Settings, client_model: Any) -> str | None:
+    if settings.upstream_model_name:
+        return settings.upstream_model_name
+    return client_model if isinstance(client_model, str) else None
+
+
+async def collect_images(services: Services, settings: Settings, answer: Any) -> list[UpstreamImage]:
+    """Decode or fetch every image in an Images API answer; UpstreamError on junk."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+        raise UpstreamError("the upstream answer has no 'data' list", code="bad_upstream_response")
+    images: list[UpstreamImage] = []
+    max_bytes = settings.max_image_mb * 2**20
+    for item in answer["data"]:
+        if not isinstance(item, dict):
+            raise UpstreamError("the upstream answer has a malformed image", code="bad_upstream_response")
+        extra = {k: v for k, v in item.items() if k not in ("b64_json", "url", "revised_prompt")}
+        revised = item.get("revised_prompt")
+        if isinstance(item.get("b64_json"), str) and item["b64_json"]:
+            try:
+                data = services.images.decode(item["b64_json"])
+            except BadRequest as exc:
+                raise UpstreamError(
+                    f"the upstream sent an image that is not valid base64: {exc.message}",
+                    code="bad_upstream_response",
+                ) from exc
+        elif isinstance(item.get("url"), str) and item["url"]:
+            url = item["url"]
+            if url.startswith("data:"):
+                data = services.images.decode(url)
+            else:
+                data = await fetch_image_bytes(
+                    services.http,
+                    url,
+                    max_bytes=max_bytes,
+                    timeout=min(settings.upstream_timeout_seconds, 120.0),
+                    trusted_origin=settings.upstream_api_base,
+                )
+        else:
+            raise UpstreamError("the upstream answer has an image without data", code="bad_upstream_response")
+        try:
+            sniff(data)
+        except PicGateError as exc:
+            raise UpstreamError(
+                f"the upstream sent something that is not an image: {exc.message}",
+                code="bad_upstream_response",
+            ) from exc
+        images.append(UpstreamImage(data, revised if isinstance(revised, str) else None, extra))
+    return images
+
+
+async def store_and_reply(
+    services: Services,
+    *,
+    answer: dict[str, Any],
+    images: list[UpstreamImage],
+    response_format: str,
+    base_url: str,
+    source: str,
+    prompt: str | None,
+) -> dict[str, Any]:
+    reply: dict[str, Any] = {k: answer[k] for k in PASSTHROUGH if k in answer}
+    data: list[dict[str, Any]] = []
+    stored_ids: list[str] = []
+    for image in images:
+        item: dict[str, Any] = {}
+        stored: StoredImage | None = None
+        try:
+            stored = await services.images.save_bytes(image.data, source=source, prompt=prompt)
+            stored = await services.after_store(stored)
+        except (OSError, StorageUnavailable) as exc:
+            services.events.error(f"❌ 图片保存失败，已内联返回: {exc}")
+        if stored is not None and response_format == "url":
+            item["url"] = base_url + stored.path
+            stored_ids.append(stored.id)
+        else:
+            item["b64_json"] = base64.b64encode(image.data).decode("ascii")
+            if stored is not None:
+                stored_ids.append(stored.id)
+        if image.revised_prompt is not None:
+            item["revised_prompt"] = image.revised_prompt
+        item.update(image.extra)
+        data.append(item)
+    reply["data"] = data
+    reply.setdefault("created", answer.get("created"))
+    return reply
+
+
+async def generate(
+    services: Services, settings: Settings, body: dict[str, Any], *, base_url: str
+) -> dict[str, Any]:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+    n = body.get("n", 1)
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10):
+        raise BadRequest("'n' must be an integer from 1 to 10", param="n", code="invalid_value")
+    response_format = client_response_format(body)
+    upstream_body = dict(body)
+    model = upstream_model(settings, body.get("model"))
+    if model:
+        upstream_body["model"] = model
+    if wants_response_format(model):
+        upstream_body["response_format"] = "b64_json"
+    else:
+        upstream_body.pop("response_format", None)
+    services.events.info(f"📤 发起文生图请求: prompt={short(prompt)}")
+    answer = await services.upstream.post_json(settings, "images/generations", upstream_body)
+    images = await collect_images(services, settings, answer)
+    services.events.info(f"📥 上游返回成功: 收到 {len(images)} 张图片")
+    reply = await store_and_reply(
+        services,
+        answer=answer,
+        images=images,
+        response_format=response_format,
+        base_url=base_url,
+        source="generations",
+        prompt=prompt,
+    )
+    ids = ", ".join(_ids(reply))
+    services.events.info(f"✅ 文生图完成: {ids or '(inline)'}")
+    return reply
+
+
+def _ids(reply: dict[str, Any]) -> list[str]:
+    out = []
+    for item in reply.get("data", []):
+        url = item.get("url")
+        if isinstance(url, str):
+            out.append(url.rsplit("/", 1)[-1][:8] + "...")
+    return out
+
+
+EditImage = tuple[str, bytes, str]  # filename, bytes, content type
+
+
+async def edit(
+    services: Services,
+    settings: Settings,
+    *,
+    fields: dict[str, str],
+    images: list[EditImage],
+    mask: EditImage | None,
+    image_field: str,
+    base_url: str,
+) -> dict[str, Any]:
+    prompt = fields.get("prompt")
+    if not prompt or not prompt.strip():
+        raise BadRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+    if not images:
+        raise BadRequest("Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
+    response_format = client_response_format(fields)
+    data = dict(fields)
+    model = upstream_model(settings, fields.get("model"))
+    if model:
+        data["model"] = model
+    if wants_response_format(model):
+        data["response_format"] = "b64_json"
+    else:
+        data.pop("response_format", None)
+    files: list[tuple[str, tuple[str, bytes, str]]] = [(image_field, img) for img in images]
+    if mask is not None:
+        files.append(("mask", mask))
+    services.events.info(f"📤 发起图片编辑请求: prompt={short(prompt)}, {len(images)} 张输入图片")
+    answer = await services.upstream.post_multipart(settings, "images/edits", data=data, files=files)
+    result = await collect_images(services, settings, answer)
+    services.events.info(f"📥 上游返回成功: 收到 {len(result)} 张图片")
+    reply = await store_and_reply(
+        services,
+        answer=answer,
+        images=result,
+        response_format=response_format,
+        base_url=base_url,
+        source="edits",
+        prompt=prompt,
+    )
+    services.events.info(f"✅ 图片编辑完成: {', '.join(_ids(reply)) or '(inline)'}")
+    return reply
+
+
+ImageLoader = Callable[[str], Awaitable[bytes]]
+
+
+async def edit_inputs_from_json(
+    body: dict[str, Any], load: ImageLoader
+) -> tuple[dict[str, str], list[EditImage], EditImage | None, str]:
+    """A JSON edits body (base64 / data URL / URL images) turned into multipart parts."""
+    raw_images = body.get("image", body.get("images", body.get("image[]")))
+    if raw_images is None:
+        raise BadRequest("Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
+    items = raw_images if isinstance(raw_images, list) else [raw_images]
+    images: list[EditImage] = []
+    for index, item in enumerate(items):
+        ref = item
+        if isinstance(item, dict):  # {"image_url": "..."} or {"image_url": {"url": "..."}}
+            ref = item.get("image_url") or item.get("url") or item.get("b64_json")
+            if isinstance(ref, dict):
+                ref = ref.get("url")
+        if not isinstance(ref, str) or not ref:
+            raise BadRequest("each image must be base64, a data URL or a URL", param="image")
+        data = await load(ref)
+        kind = sniff(data)
+        images.append((f"image-{index}.{kind.ext}", data, kind.mime))
+    mask: EditImage | None = None
+    if isinstance(body.get("mask"), str) and body["mask"]:
+        mdata = await load(body["mask"])
+        mkind = sniff(mdata)
+        mask = (f"mask.{mkind.ext}", mdata, mkind.mime)
+    fields: dict[str, str] = {}
+    for key, value in body.items():
+        if key in ("image", "images", "image[]", "mask") or value is None:
+            continue
+        fields[key] = value if isinstance(value, str) else _form_value(value)
+    field = "image[]" if len(images) > 1 else "image"
+    return fields, images, mask, field
+
+
+def _form_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value)

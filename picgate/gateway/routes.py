@@ -1,0 +1,134 @@
+"""The OpenAI-compatible ``/v1`` routes. Thin: parse, call one function, shape the answer."""
+
+from __future__ import annotations
+
+import json
+
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+
+from picgate.deps import GatewayAuth, ServicesDep, SettingsDep, public_base_url
+from picgate.errors import BadRequest, UnsupportedMediaType
+from picgate.gateway import images_api
+from picgate.gateway.fetch import fetch_image_bytes
+from picgate.storage.codec import sniff
+
+router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+@router.get("/models")
+async def list_models(settings: SettingsDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": settings.gateway_model_name,
+                "object": "model",
+                "created": 1764240000,
+                "owned_by": "picgate",
+            }
+        ],
+    }
+
+
+@router.post("/images/generations")
+async def images_generations(
+    request: Request, services: ServicesDep, settings: SettingsDep
+) -> dict[str, Any]:
+    body = await read_json_object(request)
+    services.events.count("requests")
+    return await images_api.generate(
+        services, settings, body, base_url=public_base_url(request, settings)
+    )
+
+
+async def _upload_bytes(upload: UploadFile) -> images_api.EditImage:
+    data = await upload.read()
+    kind = sniff(data)
+    name = upload.filename or f"image.{kind.ext}"
+    return (name, data, kind.mime)
+
+
+@router.post("/images/edits")
+async def images_edits(
+    request: Request, services: ServicesDep, settings: SettingsDep
+) -> dict[str, Any]:
+    services.events.count("requests")
+    ctype = request.headers.get("content-type", "").lower()
+    base_url = public_base_url(request, settings)
+    if ctype.startswith("multipart/form-data"):
+        images: list[images_api.EditImage] = []
+        fields: dict[str, str] = {}
+        mask: images_api.EditImage | None = None
+        field = "image"
+        async with request.form(max_files=32, max_fields=64) as form:
+            for key, value in form.multi_items():
+                if isinstance(value, str):
+                    fields[key] = value
+                elif key in ("image", "image[]"):
+                    field = "image[]" if key == "image[]" else field
+                    images.append(await _upload_bytes(value))
+                elif key == "mask":
+                    mask = await _upload_bytes(value)
+        if len(images) > 1:
+            field = "image[]"
+        return await images_api.edit(
+            services, settings, fields=fields, images=images, mask=mask, image_field=field,
+            base_url=base_url,
+        )
+    if ctype.startswith("application/json") or not ctype:
+        body = await read_json_object(request)
+
+        async def load(ref: str) -> bytes:
+            if ref.startswith(("http://", "https://")):
+                own = _own_image(ref, base_url)
+                if own is not None:
+                    return await own_image_bytes(services, own)
+                return await fetch_image_bytes(
+                    services.http, ref, max_bytes=settings.max_image_mb * 2**20
+                )
+            return await anyio.to_thread.run_sync(services.images.decode, ref)
+
+        fields, images, mask, field = await images_api.edit_inputs_from_json(body, load)
+        return await images_api.edit(
+            services, settings, fields=fields, images=images, mask=mask, image_field=field,
+            base_url=base_url,
+        )
+    raise UnsupportedMediaType(
+        "Send the edit as multipart/form-data (or JSON with base64 images).",
+        code="unsupported_content_type",
+    )
+
+
+def _own_image(url: str, base_url: str) -> str | None:
+    from picgate.storage.store import parse_image_name
+
+    prefix = base_url + "/images/"
+    if not url.startswith(prefix):
+        return None
+    parsed = parse_image_name(url[len(prefix) :].split("?", 1)[0])
+    return parsed[0] if parsed else None
+
+
+async def own_image_bytes(services: ServicesDep, image_id: str) -> bytes:
+    from picgate.images.serving import read_image_bytes
+
+    return await read_image_bytes(services, image_id)
+
+

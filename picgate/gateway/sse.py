@@ -1,0 +1,173 @@
+"""Incremental Server-Sent Events parser and writers (pure: bytes in, events out).
+
+``SSEParser`` follows the WHATWG "event stream interpretation" rules, fed with whatever chunks
+the network delivers:
+
+- lines end with LF, CRLF or CR; a CR that ends one chunk and an LF that starts the next are one
+  line break;
+- a line may be any length (upstreams put a multi-megabyte data URL on one ``data:`` line). Work
+  is linear in the stream's size: bytes already searched for a line end are never searched again;
+- UTF-8 split across chunks is fine: lines are cut on bytes (CR and LF never occur inside a UTF-8
+  sequence) and each whole line is decoded once (invalid bytes become U+FFFD);
+- ``field: value`` with an optional single space after the colon; ``data`` lines of one event are
+  joined with ``"\\n"``; a leading byte-order mark is dropped; unknown fields are ignored;
+- ``:`` comment lines are kept (one leading space dropped) so the gateway can forward keep-alives
+  such as ``: OPENROUTER PROCESSING``.
+
+A blank line ends a block. A block yields an ``SSEEvent`` when it held a comment or a known field
+(``data``, ``event``, ``id``, ``retry``); ``data`` is None when the block had no ``data`` line, so a
+comment-only block comes out as ``SSEEvent(data=None, comments=[...])``. ``id`` is the block's own
+value (the "last event id" is not carried over: the gateway does not reconnect). ``close()``
+flushes the last block even when the stream ended without a blank line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["SSEEvent", "SSEParser", "encode_comment", "encode_event"]
+
+_LINE_END = re.compile(rb"[\r\n]")
+_TEXT_LINE_END = re.compile(r"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
+_CR = 0x0D
+_LF = 0x0A
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    """One dispatched block of an event stream."""
+
+    data: str | None = None
+    event: str | None = None
+    id: str | None = None
+    comments: list[str] = field(default_factory=list)
+    retry: int | None = None
+
+    @property
+    def is_done(self) -> bool:
+        """True for OpenAI's end-of-stream sentinel ``data: [DONE]``."""
+        return self.data is not None and self.data.strip() == "[DONE]"
+
+
+class SSEParser:
+    """Turns the bytes of an event stream, in chunks of any size, into ``SSEEvent``s."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._searched = 0  # bytes of _buf known to hold no line end
+        self._skip_lf = False  # the last line ended with a CR that ended its chunk
+        self._bom_checked = False
+        self._data: list[str] = []
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._comments: list[str] = []
+        self._seen = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Parse one chunk; return the events it completed, in order."""
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[0] == _LF:
+                chunk = chunk[1:]
+        if not chunk:
+            return []
+        buf = self._buf
+        buf += chunk
+        if not self._bom_checked:
+            if len(buf) < len(_BOM) and _BOM.startswith(buf):
+                return []  # may still be the start of a byte-order mark
+            if buf.startswith(_BOM):
+                del buf[: len(_BOM)]
+            self._bom_checked = True
+        events: list[SSEEvent] = []
+        start = 0
+        end_of_buf = len(buf)
+        match = _LINE_END.search(buf, self._searched)
+        while match is not None:
+            end = match.start()
+            self._line(buf[start:end].decode("utf-8", "replace"), events)
+            start = end + 1
+            if buf[end] == _CR:
+                if start == end_of_buf:
+                    self._skip_lf = True  # the LF of a CRLF may open the next chunk
+                elif buf[start] == _LF:
+                    start += 1
+            match = _LINE_END.search(buf, start)
+        # what is left is one unfinished line, all of it already searched
+        del buf[:start]
+        self._searched = len(buf)
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: return the last event even without its closing blank line."""
+        events: list[SSEEvent] = []
+        if self._buf:
+            self._line(self._buf.decode("utf-8", "replace"), events)
+            self._buf.clear()
+        self._searched = 0
+        self._skip_lf = False
+        self._dispatch(events)
+        return events
+
+    def _line(self, line: str, events: list[SSEEvent]) -> None:
+        if not line:
+            self._dispatch(events)
+            return
+        if line[0] == ":":
+            self._comments.append(line[1:].removeprefix(" "))
+            self._seen = True
+            return
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" in value:
+                return
+            self._id = value
+        elif name == "retry":
+            if not (value.isascii() and value.isdigit()):
+                return
+            self._retry = int(value)
+        else:
+            return
+        self._seen = True
+
+    def _dispatch(self, events: list[SSEEvent]) -> None:
+        if self._seen:
+            events.append(
+                SSEEvent(
+                    data="\n".join(self._data) if self._data else None,
+                    event=self._event,
+                    id=self._id,
+                    comments=self._comments,
+                    retry=self._retry,
+                )
+            )
+        self._data = []
+        self._event = None
+        self._id = None
+        self._retry = None
+        self._comments = []
+        self._seen = False
+
+
+def encode_event(data: str) -> bytes:
+    """One SSE event carrying ``data`` (one ``data:`` line per line of it), blank line included.
+
+    Line breaks inside ``data`` (LF, CRLF or CR) come back as LF when parsed. A lone surrogate
+    (``json.loads`` makes one from a stray ``"\\ud800"``) is sent as ``?`` instead of raising.
+    """
+    lines = _TEXT_LINE_END.split(data)
+    return ("".join(f"data: {line}\n" for line in lines) + "\n").encode(errors="replace")
+
+
+def encode_comment(text: str) -> bytes:
+    """An SSE comment block (``: text``), e.g. a keep-alive; clients ignore it."""
+    lines = _TEXT_LINE_END.split(text)
+    return ("".join(f": {line}\n" for line in lines) + "\n").encode(errors="replace")

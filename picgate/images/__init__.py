@@ -1,0 +1,1 @@
+"""Serving stored images: ``/images/{id}`` and ``/images/{id}.{ext}``."""

@@ -1,0 +1,46 @@
+"""``GET``/``HEAD`` ``/images/{id}[.{ext}]``: strong ETag, 304, ranges, immutable caching."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from picgate.deps import ServicesDep
+from picgate.errors import NotFound
+from picgate.images.serving import locate
+from picgate.storage.store import parse_image_name
+
+router = APIRouter()
+
+CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    candidates = [c.strip() for c in header.split(",")]
+    return any(c == etag or c == "W/" + etag for c in candidates)
+
+
+@router.api_route("/images/{name}", methods=["GET", "HEAD"], include_in_schema=True)
+async def get_image(name: str, request: Request, services: ServicesDep) -> Response:
+    parsed = parse_image_name(name)
+    if parsed is None:
+        raise NotFound("No such image.")
+    image_id, ext = parsed
+    located = await locate(services, image_id, ext)
+    image = located.image
+    services.images.touch(image_id)
+    headers = {
+        "ETag": image.etag,
+        "Cache-Control": CACHE_CONTROL,
+        "Content-Disposition": f'inline; filename="{image.id}.{image.ext}"',
+    }
+    if located.redirect is not None:
+        return RedirectResponse(located.redirect, status_code=302, headers={"Cache-Control": "no-store"})
+    if etag_matches(request.headers.get("if-none-match"), image.etag):
+        return Response(status_code=304, headers=headers)
+    assert located.path is not None
+    return FileResponse(located.path, media_type=image.mime, headers=headers)

@@ -1,0 +1,50 @@
+"""Finding the bytes of an image: local cache first, then the remote store (R2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+
+from picgate.errors import Gone, NotFound
+from picgate.services import Services
+from picgate.storage.store import StoredImage
+
+
+@dataclass(frozen=True)
+class Located:
+    image: StoredImage
+    path: Path | None = None  # a local file to send
+    redirect: str | None = None  # or a URL to send the client to
+
+
+async def locate(services: Services, image_id: str, ext: str | None) -> Located:
+    """Where to get ``image_id``'s bytes; NotFound (unknown id, wrong extension) or Gone."""
+    record = services.images.cached_record(image_id)
+    if record is not None and (ext is None or ext == record.ext):
+        path = services.cache.path(image_id, record.ext)
+        if await anyio.to_thread.run_sync(path.is_file):
+            return Located(record, path=path)
+    row = await anyio.to_thread.run_sync(services.images.load_row, image_id)
+    if row is None or (ext is not None and ext != row.ext):
+        raise NotFound("No such image.")
+    record = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
+    path = services.cache.path(image_id, row.ext)
+    if await anyio.to_thread.run_sync(path.is_file):
+        return Located(record, path=path)
+    remote = await services.locate_remote(row)
+    if remote is not None:
+        return remote
+    raise Gone("This image has expired and is no longer stored anywhere.")
+
+
+async def read_image_bytes(services: Services, image_id: str) -> bytes:
+    """The bytes of a stored image (for inlining into upstream requests)."""
+    located = await locate(services, image_id, None)
+    if located.path is not None:
+        return await anyio.to_thread.run_sync(located.path.read_bytes)
+    data = await services.fetch_remote_bytes(located.image)
+    if data is None:
+        raise Gone("This image has expired and is no longer stored anywhere.")
+    return data

@@ -1,0 +1,179 @@
+"""Settings edited in the admin console, stored in the database, merged under the environment.
+
+Secrets are encrypted at rest with a key derived from ``SECRET_KEY``. ``ConfigService.current()``
+returns the effective settings; it re-reads the table at most every few seconds so that every
+replica (and every Lambda container) sees a change soon after it is saved.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from picgate.config import EDITABLE, SECRETS, Settings, validate_settings
+from picgate.db.engine import Database
+from picgate.db.models import Setting
+
+log = logging.getLogger("picgate")
+
+REFRESH_SECONDS = 3.0
+
+
+def load_or_create_secret_key(settings: Settings) -> str:
+    """``SECRET_KEY`` from the environment, else one generated once and kept in the data dir."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.data_dir) / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(key)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return key
+
+
+def generate_api_key() -> str:
+    return "pg-" + secrets.token_urlsafe(32)
+
+
+class SecretBox:
+    def __init__(self, secret_key: str) -> None:
+        digest = hashlib.sha256(b"picgate-settings:" + secret_key.encode()).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+
+    def seal(self, value: str) -> str:
+        return self._fernet.encrypt(value.encode()).decode()
+
+    def open(self, token: str) -> str | None:
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            return None
+
+
+def mask(value: str | None) -> str:
+    """What the browser may see of a secret."""
+    if not value:
+        return ""
+    if len(value) <= 8:
+        return "••••"
+    return f"{value[:3]}••••{value[-4:]}"
+
+
+class ConfigService:
+    def __init__(self, base: Settings, db: Database, box: SecretBox) -> None:
+        self.base = base
+        self.db = db
+        self.box = box
+        self._current = base
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _read(self, session: Session) -> dict[str, Any]:
+        stored: dict[str, Any] = {}
+        for row in session.scalars(select(Setting)):
+            if row.key not in EDITABLE:
+                continue
+            raw = self.box.open(row.value) if row.secret else row.value
+            if raw is None:
+                log.warning("stored setting %s cannot be decrypted (SECRET_KEY changed?)", row.key)
+                continue
+            stored[row.key] = json.loads(raw)
+        return stored
+
+    def reload(self) -> Settings:
+        stored = self.db.call(self._read)
+        merged = self.base.with_stored(stored)
+        with self._lock:
+            self._current = merged
+            self._loaded_at = time.monotonic()
+        return merged
+
+    def current(self) -> Settings:
+        """Effective settings; refreshed from the database at most every REFRESH_SECONDS."""
+        if time.monotonic() - self._loaded_at > REFRESH_SECONDS:
+            return self.reload()
+        return self._current
+
+    async def acurrent(self) -> Settings:
+        if time.monotonic() - self._loaded_at > REFRESH_SECONDS:
+            return await self.db.run(lambda s: self._merge(self._read(s)))
+        return self._current
+
+    def _merge(self, stored: dict[str, Any]) -> Settings:
+        merged = self.base.with_stored(stored)
+        with self._lock:
+            self._current = merged
+            self._loaded_at = time.monotonic()
+        return merged
+
+    def stored_values(self) -> dict[str, Any]:
+        return self.db.call(self._read)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def save(self, values: dict[str, Any]) -> Settings:
+        """Validate and store editable, non-fixed values; returns the new effective settings.
+
+        Raises SettingsError / pydantic.ValidationError for values that are refused.
+        """
+        fixed = self.base.fixed_fields()
+        unknown = [k for k in values if k not in EDITABLE]
+        if unknown:
+            raise ValueError(f"not an editable setting: {', '.join(sorted(unknown))}")
+        pinned = [k for k in values if k in fixed]
+        if pinned:
+            raise ValueError(f"set by the environment, read-only here: {', '.join(sorted(pinned))}")
+
+        def work(session: Session) -> Settings:
+            stored = self._read(session)
+            stored.update(values)
+            candidate = self.base.with_stored(stored)
+            validate_settings(candidate)
+            now = datetime.now(UTC).replace(tzinfo=None)
+            for key in values:
+                normalized = getattr(candidate, key)
+                text = json.dumps(normalized)
+                secret = key in SECRETS
+                row = session.get(Setting, key)
+                sealed = self.box.seal(text) if secret else text
+                if row is None:
+                    session.add(Setting(key=key, value=sealed, secret=secret, updated_at=now))
+                else:
+                    row.value, row.secret, row.updated_at = sealed, secret, now
+            return candidate
+
+        result = self.db.call(work)
+        with self._lock:
+            self._current = result
+            self._loaded_at = time.monotonic()
+        return result
+
+    def ensure_gateway_key(self) -> str | None:
+        """First start with no key anywhere: generate, store, and return it (else None)."""
+        if self.base.gateway_api_key or "gateway_api_key" in self.base.fixed_fields():
+            return None
+        if "gateway_api_key" in self.stored_values():
+            return None  # set before, or cleared on purpose: a cleared key stays cleared
+        key = generate_api_key()
+        self.save({"gateway_api_key": key})
+        return key

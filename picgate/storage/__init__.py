@@ -1,0 +1,1 @@
+"""Image bytes: decoding and sniffing, the local cache, object stores, and the image store."""

@@ -1,0 +1,139 @@
+"""Strict base64 decoding and real image types from magic bytes.
+
+Only complete raster images are accepted: PNG, JPEG, WebP, GIF. The label of a data URL is never
+trusted; SVG, HTML, truncated files and everything else are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import struct
+from dataclasses import dataclass
+
+from picgate.errors import BadRequest, UnsupportedMediaType
+
+_WHITESPACE = b" \t\r\n\f\v"
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_DATA_URL = re.compile(rb"^data:([\w.+/-]*)((?:;[\w.+-]+=[\w.+-]*)*);base64,", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ImageType:
+    mime: str
+    ext: str
+
+
+PNG = ImageType("image/png", "png")
+JPEG = ImageType("image/jpeg", "jpg")
+WEBP = ImageType("image/webp", "webp")
+GIF = ImageType("image/gif", "gif")
+BY_EXT = {t.ext: t for t in (PNG, JPEG, WEBP, GIF)} | {"jpeg": JPEG}
+BY_MIME = {t.mime: t for t in (PNG, JPEG, WEBP, GIF)}
+
+
+def decode_base64(text: str | bytes) -> bytes:
+    """Decode base64 or a ``data:...;base64,`` URL; both alphabets, whitespace, lax padding.
+
+    Raises BadRequest for anything else (wrong characters, a data URL that is not base64).
+    """
+    raw = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
+    raw = raw.strip(_WHITESPACE)
+    if raw[:5].lower() == b"data:":
+        match = _DATA_URL.match(raw)
+        if match is None:
+            raise BadRequest("image data URL is not base64 encoded", code="invalid_image")
+        raw = raw[match.end() :]
+    raw = raw.translate(None, _WHITESPACE)
+    if b"-" in raw or b"_" in raw:
+        if b"+" in raw or b"/" in raw:
+            raise BadRequest("image base64 mixes standard and URL-safe alphabets", code="invalid_image")
+        raw = raw.translate(_URLSAFE)
+    stripped = raw.rstrip(b"=")
+    if len(raw) - len(stripped) > 2 or len(stripped) % 4 == 1:
+        raise BadRequest("image base64 has a wrong length or padding", code="invalid_image")
+    raw = stripped + b"=" * (-len(stripped) % 4)
+    try:
+        return base64.b64decode(raw, validate=True)
+    except binascii.Error as exc:
+        raise BadRequest(f"image is not valid base64: {exc}", code="invalid_image") from exc
+
+
+def sniff(data: bytes) -> ImageType:
+    """The type of a complete raster image, from its bytes; UnsupportedMediaType otherwise."""
+    if len(data) < 12:
+        raise UnsupportedMediaType("image is empty or too short to be a picture", code="invalid_image")
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        if data[12:16] != b"IHDR" or data[-8:-4] != b"IEND":
+            raise UnsupportedMediaType("PNG image is truncated", code="invalid_image")
+        return PNG
+    if data.startswith(b"\xff\xd8\xff"):
+        # some encoders pad after the end-of-image marker; allow a little of it
+        if b"\xff\xd9" not in data[-64:]:
+            raise UnsupportedMediaType("JPEG image is truncated", code="invalid_image")
+        return JPEG
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        (riff_size,) = struct.unpack("<I", data[4:8])
+        if riff_size + 8 > len(data) or riff_size < 12:
+            raise UnsupportedMediaType("WebP image is truncated", code="invalid_image")
+        return WEBP
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        if data.rstrip(b"\x00")[-1:] != b"\x3b":
+            raise UnsupportedMediaType("GIF image is truncated", code="invalid_image")
+        return GIF
+    raise UnsupportedMediaType(
+        "only PNG, JPEG, WebP and GIF images are accepted", code="unsupported_image_type"
+    )
+
+
+def image_size(data: bytes, kind: ImageType) -> tuple[int, int] | None:
+    """Width and height read from the header, without decoding pixels (None when unknown)."""
+    try:
+        if kind is PNG:
+            w, h = struct.unpack(">II", data[16:24])
+            return int(w), int(h)
+        if kind is GIF:
+            w, h = struct.unpack("<HH", data[6:10])
+            return int(w), int(h)
+        if kind is WEBP:
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                w = int.from_bytes(data[24:27], "little") + 1
+                h = int.from_bytes(data[27:30], "little") + 1
+                return w, h
+            if chunk == b"VP8 ":
+                w, h = struct.unpack("<HH", data[26:30])
+                return int(w) & 0x3FFF, int(h) & 0x3FFF
+            if chunk == b"VP8L":
+                bits = int.from_bytes(data[21:25], "little")
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            return None
+        if kind is JPEG:
+            return _jpeg_size(data)
+    except struct.error:
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    n = len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return int(w), int(h)
+        i += 2 + length
+    return None
+
+
+def data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

@@ -1,0 +1,127 @@
+"""The local image folder: sharded paths, atomic writes, and a running total of bytes used.
+
+Files live at ``{root}/{id[:2]}/{id}.{ext}``. A write goes to a temporary file in the same folder
+and is renamed into place, so a crash never leaves a half file under a served name. Temporary
+files start with ``.tmp-`` and are never served.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    image_id: str
+    ext: str
+    path: Path
+    size: int
+    mtime: float
+
+
+class LocalCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._usage: int | None = None
+
+    def ensure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, image_id: str, ext: str) -> Path:
+        if not ID_PATTERN.match(image_id) or not ext.isalnum():
+            raise ValueError("invalid image id or extension")
+        return self.root / image_id[:2] / f"{image_id}.{ext}"
+
+    def write(self, image_id: str, ext: str, data: bytes) -> Path:
+        """Write atomically (temp + fsync + rename); OSError (disk full...) leaves nothing behind."""
+        final = self.path(image_id, ext)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._add_usage(len(data))
+        return final
+
+    def read(self, image_id: str, ext: str) -> bytes | None:
+        try:
+            return self.path(image_id, ext).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, image_id: str, ext: str) -> bool:
+        return self.path(image_id, ext).is_file()
+
+    def delete(self, image_id: str, ext: str) -> int:
+        """Remove the file; returns the bytes freed (0 when it was not there)."""
+        path = self.path(image_id, ext)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        self._add_usage(-size)
+        return size
+
+    def scan(self) -> Iterator[LocalFile]:
+        """Every stored image file (temporary files and strangers are skipped)."""
+        if not self.root.is_dir():
+            return
+        with os.scandir(self.root) as shards:
+            for shard in shards:
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        name = entry.name
+                        if name.startswith(TMP_PREFIX) or not entry.is_file(follow_symlinks=False):
+                            continue
+                        stem, _, ext = name.rpartition(".")
+                        if not ID_PATTERN.match(stem):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        yield LocalFile(stem, ext, Path(entry.path), st.st_size, st.st_mtime)
+
+    def temp_files(self) -> Iterator[Path]:
+        if not self.root.is_dir():
+            return
+        for shard in self.root.iterdir():
+            if shard.is_dir():
+                yield from shard.glob(f"{TMP_PREFIX}*")
+
+    def usage(self) -> int:
+        """Bytes used by image files: walked once, then kept as a running total."""
+        with self._lock:
+            if self._usage is None:
+                self._usage = sum(f.size for f in self.scan())
+            return self._usage
+
+    def reset_usage(self) -> None:
+        with self._lock:
+            self._usage = None
+
+    def _add_usage(self, delta: int) -> None:
+        with self._lock:
+            if self._usage is not None:
+                self._usage = max(0, self._usage + delta)

@@ -209,5 +209,11 @@ def validate_settings(settings: Settings) -> None:
         raise SettingsError("SECRET_KEY must be at least 16 characters")
     if settings.serverless and settings.secret_key is None:
         raise SettingsError("SECRET_KEY is required in serverless mode")
+    if settings.serverless and not (settings.r2_configured and settings.r2_endpoint):
+        # /tmp is the only disk on Lambda and it goes with the container: R2 holds the images
+        raise SettingsError(
+            "R2 is required in serverless mode: set R2_BUCKET_NAME, R2_ACCESS_KEY_ID, "
+            "R2_SECRET_ACCESS_KEY and R2_ACCOUNT_ID (or R2_ENDPOINT_URL)"
+        )
     if not settings.r2_key_prefix or settings.r2_key_prefix.startswith("/"):
         raise SettingsError("R2_KEY_PREFIX must be a relative prefix such as 'images/'")

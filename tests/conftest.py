@@ -56,7 +56,8 @@ def make_settings(tmp_path: Path, upstream: StubUpstream) -> Callable[..., Setti
             "secret_key": "test-secret-key-0123456789",
         }
         values.update(overrides)
-        return Settings(**values)
+        # None means "not set at all" (an explicit None would pin the field as environment-set)
+        return Settings(**{k: v for k, v in values.items() if v is not None})
 
     return make
 

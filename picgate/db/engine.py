@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 T = TypeVar("T")
 
@@ -29,10 +29,13 @@ def normalize_url(raw: str) -> URL:
     url = make_url(raw)
     if url.drivername in ("sqlite+aiosqlite", "sqlite+pysqlite"):
         url = url.set(drivername="sqlite")
-    elif url.drivername == "sqlite+aiolibsql":
+    elif url.drivername in ("sqlite+aiolibsql", "libsql"):  # `turso db show --url`: libsql://
         url = url.set(drivername="sqlite+libsql")
     elif url.drivername in ("postgresql+asyncpg", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
+    if url.drivername == "sqlite+libsql" and url.host and "secure" not in url.query:
+        # the auth token goes with every request: TLS unless a local sqld says secure=false
+        url = url.update_query_dict({"secure": "true"})
     return url
 
 
@@ -60,6 +63,11 @@ def build_engine(raw_url: str, *, auth_token: str | None = None) -> Engine:
             url = url.difference_update_query(["authToken"])
         if token:
             connect_args["auth_token"] = token
+        if url.host:
+            # the dialect would give a remote database one connection per thread (sessions run
+            # in worker threads); libsql_experimental connections may change threads, so pool
+            connect_args["check_same_thread"] = False
+            kwargs["poolclass"] = QueuePool
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if url.drivername == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -121,11 +129,10 @@ class Database:
 
     def current_revision(self) -> str | None:
         with self.engine.connect() as conn:
-            try:
-                row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
-            except DBAPIError:  # no table yet: a fresh database
-                conn.rollback()
+            # ask first: libSQL raises a bare ValueError (not a DBAPIError) for a missing table
+            if not inspect(conn).has_table("alembic_version"):
                 return None
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
             return str(row[0]) if row else None
 
     def migrate(self) -> None:

@@ -15,6 +15,11 @@ router = APIRouter()
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 
+class ImageFileResponse(FileResponse):
+    # most images fit in one read: fewer thread hops per request than the 64 KB default
+    chunk_size = 1024 * 1024
+
+
 def etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
@@ -43,4 +48,6 @@ async def get_image(name: str, request: Request, services: ServicesDep) -> Respo
     if etag_matches(request.headers.get("if-none-match"), image.etag):
         return Response(status_code=304, headers=headers)
     assert located.path is not None
-    return FileResponse(located.path, media_type=image.mime, headers=headers)
+    return ImageFileResponse(
+        located.path, media_type=image.mime, headers=headers, stat_result=located.stat
+    )

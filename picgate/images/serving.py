@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,15 @@ class Located:
     image: StoredImage
     path: Path | None = None  # a local file to send
     redirect: str | None = None  # or a URL to send the client to
+    stat: os.stat_result | None = None  # of ``path``, so the response need not stat again
+
+
+def _stat_file(path: Path) -> os.stat_result | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
 
 
 async def locate(services: Services, image_id: str, ext: str | None) -> Located:
@@ -24,15 +35,17 @@ async def locate(services: Services, image_id: str, ext: str | None) -> Located:
     record = services.images.cached_record(image_id)
     if record is not None and (ext is None or ext == record.ext):
         path = services.cache.path(image_id, record.ext)
-        if await anyio.to_thread.run_sync(path.is_file):
-            return Located(record, path=path)
+        st = await anyio.to_thread.run_sync(_stat_file, path)
+        if st is not None:
+            return Located(record, path=path, stat=st)
     row = await anyio.to_thread.run_sync(services.images.load_row, image_id)
     if row is None or (ext is not None and ext != row.ext):
         raise NotFound("No such image.")
     record = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
     path = services.cache.path(image_id, row.ext)
-    if await anyio.to_thread.run_sync(path.is_file):
-        return Located(record, path=path)
+    st = await anyio.to_thread.run_sync(_stat_file, path)
+    if st is not None:
+        return Located(record, path=path, stat=st)
     remote = await services.locate_remote(row)
     if remote is not None:
         return remote

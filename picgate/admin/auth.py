@@ -1,0 +1,271 @@
+"""Admin accounts, sessions, CSRF tokens and login rate limiting, all kept in the database.
+
+Passwords are hashed with argon2id at a modest memory cost (19 MiB) so that a 128 MB Lambda can
+verify one. A session cookie carries a random token; the database keeps only its sha256, so a
+leaked database hands out no live sessions. Sessions end after ``IDLE`` without use or
+``ABSOLUTE`` after login, whichever comes first. Every session has its own CSRF token.
+
+Login is rate limited per account name and per client address. A wrong name and a wrong password
+get the same answer after the same work: a missing account still costs one hash verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from picgate.db.models import AdminSession, AdminUser, LoginAttempt
+from picgate.errors import PicGateError
+
+ADMIN_ID = "admin"  # one admin account: a fixed key makes concurrent first-run setups safe
+IDLE = timedelta(hours=12)
+ABSOLUTE = timedelta(days=7)
+TOUCH_EVERY = timedelta(minutes=1)
+
+WINDOW = timedelta(minutes=15)
+LOCKOUT = timedelta(minutes=15)
+MAX_USER_FAILURES = 5
+MAX_IP_FAILURES = 20
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+PASSWORD_MIN = 8
+PASSWORD_MAX = 256
+
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+_dummy_hash: str | None = None
+
+
+class AdminLoginRequired(PicGateError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "admin_login_required"
+
+
+class CsrfFailed(PicGateError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "csrf_failed"
+
+
+class LoginThrottled(PicGateError):
+    status_code = 429
+    error_type = "invalid_request_error"
+    code = "too_many_attempts"
+
+
+@dataclass(frozen=True)
+class AdminContext:
+    """The signed-in admin of one request."""
+
+    session_id: str
+    user_id: str
+    username: str
+    csrf_token: str
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tokens_match(given: str | None, expected: str) -> bool:
+    if not given:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+# -- passwords -------------------------------------------------------------------------------
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hash
+
+
+def check_credentials_shape(username: str, password: str) -> str | None:
+    """An i18n key describing why these cannot be an admin's credentials (None: fine)."""
+    if not USERNAME_RE.match(username):
+        return "auth.error.username_invalid"
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        return "auth.error.password_length"
+    return None
+
+
+# -- accounts --------------------------------------------------------------------------------
+
+
+def admin_exists(session: Session) -> bool:
+    return bool(session.scalar(select(func.count()).select_from(AdminUser)))
+
+
+def create_first_admin(session: Session, *, username: str, password: str) -> bool:
+    """Create the admin if there is none; False when one exists already."""
+    if admin_exists(session):
+        return False
+    now = utcnow()
+    session.add(
+        AdminUser(
+            id=ADMIN_ID,
+            username=username,
+            password_hash=hash_password(password),
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    session.flush()  # a concurrent setup fails here on the primary key
+    return True
+
+
+def set_admin(session: Session, *, username: str, password: str) -> bool:
+    """Create the admin or reset its name and password (CLI); ends its sessions. True: created."""
+    now = utcnow()
+    row = session.get(AdminUser, ADMIN_ID)
+    created = row is None
+    if row is None:
+        row = AdminUser(id=ADMIN_ID, created_at=now)
+        session.add(row)
+    row.username = username
+    row.password_hash = hash_password(password)
+    row.updated_at = now
+    session.execute(delete(AdminSession).where(AdminSession.user_id == ADMIN_ID))
+    return created
+
+
+def change_password(session: Session, user_id: str, *, current: str, new: str) -> bool:
+    """Set a new password after checking the current one; ends every session of the user."""
+    row = session.get(AdminUser, user_id)
+    if row is None or not verify_password(row.password_hash, current):
+        return False
+    row.password_hash = hash_password(new)
+    row.updated_at = utcnow()
+    session.execute(delete(AdminSession).where(AdminSession.user_id == user_id))
+    return True
+
+
+# -- rate limiting ---------------------------------------------------------------------------
+
+
+def _attempt_keys(username: str, ip: str) -> list[tuple[str, int]]:
+    return [
+        ("user:" + username.strip().lower()[:100], MAX_USER_FAILURES),
+        ("ip:" + ip[:100], MAX_IP_FAILURES),
+    ]
+
+
+def is_locked(session: Session, *, username: str, ip: str) -> bool:
+    now = utcnow()
+    for key, _limit in _attempt_keys(username, ip):
+        row = session.get(LoginAttempt, key)
+        if row is not None and row.locked_until is not None and row.locked_until > now:
+            return True
+    return False
+
+
+def record_failure(session: Session, *, username: str, ip: str) -> None:
+    now = utcnow()
+    for key, limit in _attempt_keys(username, ip):
+        row = session.get(LoginAttempt, key)
+        if row is None:
+            row = LoginAttempt(key=key, failures=0, window_start=now, locked_until=None)
+            session.add(row)
+        if now - row.window_start > WINDOW:
+            row.failures, row.window_start, row.locked_until = 0, now, None
+        row.failures += 1
+        if row.failures >= limit:
+            row.locked_until = now + LOCKOUT
+
+
+def clear_failures(session: Session, *, username: str, ip: str) -> None:
+    keys = [key for key, _ in _attempt_keys(username, ip)]
+    session.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(keys)))
+
+
+def authenticate(session: Session, *, username: str, password: str, ip: str) -> AdminUser | None:
+    """The admin for these credentials, or None; LoginThrottled while either key is locked.
+
+    The work done does not depend on whether the account exists.
+    """
+    if is_locked(session, username=username, ip=ip):
+        raise LoginThrottled("Too many failed logins; try again later.")
+    user = session.scalar(select(AdminUser).where(AdminUser.username == username))
+    if user is None:
+        verify_password(_dummy(), password)
+        ok = False
+    else:
+        ok = verify_password(user.password_hash, password)
+    if not ok:
+        record_failure(session, username=username, ip=ip)
+        return None
+    clear_failures(session, username=username, ip=ip)
+    return user
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+def create_session(session: Session, user_id: str) -> str:
+    """Start a session; returns the cookie token (only its digest is stored)."""
+    now = utcnow()
+    session.execute(delete(AdminSession).where(AdminSession.expires_at <= now))
+    token = secrets.token_urlsafe(32)
+    session.add(
+        AdminSession(
+            id=token_digest(token),
+            user_id=user_id,
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + ABSOLUTE,
+        )
+    )
+    return token
+
+
+def load_session(session: Session, token: str | None) -> AdminContext | None:
+    """The live session for a cookie token, refreshing its idle clock; None when absent/expired."""
+    if not token or len(token) > 128:
+        return None
+    now = utcnow()
+    row = session.get(AdminSession, token_digest(token))
+    if row is None:
+        return None
+    if row.expires_at <= now or now - row.last_seen_at > IDLE:
+        session.delete(row)
+        return None
+    user = session.get(AdminUser, row.user_id)
+    if user is None:
+        session.delete(row)
+        return None
+    if now - row.last_seen_at > TOUCH_EVERY:
+        row.last_seen_at = now
+    return AdminContext(row.id, user.id, user.username, row.csrf_token)
+
+
+def end_session(session: Session, token: str | None) -> None:
+    if token:
+        session.execute(delete(AdminSession).where(AdminSession.id == token_digest(token)))

@@ -1,0 +1,121 @@
+"""Who is asking: the session cookie, the CSRF checks, and the ``Annotated`` aliases for routes.
+
+JSON routes depend on ``AdminDep`` (a live session, else 401) or ``CsrfAdminDep`` (also the
+``X-CSRF-Token`` header, else 403). Pages call ``page_admin`` and redirect when it is None.
+Forms posted before a session exists (setup, login) use a double-submit token: a cookie and a
+hidden field that must match.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
+
+from picgate.admin import auth
+from picgate.admin.auth import AdminContext, AdminLoginRequired, CsrfFailed
+from picgate.deps import ServicesDep
+from picgate.services import Services
+
+SESSION_COOKIE = "picgate_session"
+FORM_CSRF_COOKIE = "picgate_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def is_https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def admin_ready(request: Request, services: Services) -> bool:
+    """Whether an admin account exists (once true, remembered for the process)."""
+    if getattr(request.app.state, "admin_ready", False):
+        return True
+    ready = await services.db.run(auth.admin_exists)
+    if ready:
+        request.app.state.admin_ready = True
+    return ready
+
+
+async def current_admin(request: Request, services: Services) -> AdminContext | None:
+    if hasattr(request.state, "admin"):
+        admin: AdminContext | None = request.state.admin
+        return admin
+    token = request.cookies.get(SESSION_COOKIE)
+    admin = await services.db.run(lambda s: auth.load_session(s, token)) if token else None
+    request.state.admin = admin
+    return admin
+
+
+async def require_admin(request: Request, services: ServicesDep) -> AdminContext:
+    admin = await current_admin(request, services)
+    if admin is None:
+        raise AdminLoginRequired("Sign in to the admin console first (/admin/login).")
+    return admin
+
+
+AdminDep = Annotated[AdminContext, Depends(require_admin)]
+
+
+async def require_csrf(request: Request, admin: AdminDep) -> AdminContext:
+    if request.method not in SAFE_METHODS and not auth.tokens_match(
+        request.headers.get(CSRF_HEADER), admin.csrf_token
+    ):
+        raise CsrfFailed("Missing or wrong CSRF token (send the X-CSRF-Token header).")
+    return admin
+
+
+CsrfAdminDep = Annotated[AdminContext, Depends(require_csrf)]
+
+
+# -- cookies ---------------------------------------------------------------------------------
+
+
+def set_session_cookie(response: Response, request: Request, token: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(auth.ABSOLUTE.total_seconds()),
+        path="/admin",
+        httponly=True,
+        samesite="lax",
+        secure=is_https(request),
+    )
+
+
+def clear_session_cookie(response: Response, request: Request) -> None:
+    response.delete_cookie(
+        SESSION_COOKIE, path="/admin", httponly=True, samesite="lax", secure=is_https(request)
+    )
+
+
+def form_csrf_token(request: Request) -> str:
+    """The double-submit token for a pre-session form (reused while the cookie lives)."""
+    existing = request.cookies.get(FORM_CSRF_COOKIE)
+    if existing and 20 <= len(existing) <= 64:
+        return existing
+    token: str = getattr(request.state, "form_csrf", None) or secrets.token_urlsafe(24)
+    request.state.form_csrf = token
+    return token
+
+
+def set_form_csrf_cookie(response: Response, request: Request, token: str) -> None:
+    response.set_cookie(
+        FORM_CSRF_COOKIE,
+        token,
+        max_age=3600,
+        path="/admin",
+        httponly=True,
+        samesite="strict",
+        secure=is_https(request),
+    )
+
+
+def form_csrf_ok(request: Request, submitted: str | None) -> bool:
+    cookie = request.cookies.get(FORM_CSRF_COOKIE)
+    return bool(cookie) and auth.tokens_match(submitted, cookie or "")

@@ -1,0 +1,96 @@
+"""Strict base64 decoding and sniffing of real image types."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from picgate.errors import BadRequest, UnsupportedMediaType
+from picgate.storage.codec import GIF, JPEG, PNG, WEBP, decode_base64, image_size, sniff
+from tests.support.images import make_image
+
+PNG_BYTES = make_image("PNG", 2_000, seed=11)
+
+
+def test_decode_base64_plain_returns_bytes() -> None:
+    assert decode_base64(base64.b64encode(PNG_BYTES).decode()) == PNG_BYTES
+
+
+def test_decode_base64_data_url_any_label_returns_bytes() -> None:
+    text = "data:image/jpeg;base64," + base64.b64encode(PNG_BYTES).decode()
+    assert decode_base64(text) == PNG_BYTES  # the label lies; sniffing decides later
+
+
+def test_decode_base64_urlsafe_without_padding_returns_bytes() -> None:
+    text = base64.urlsafe_b64encode(PNG_BYTES).decode().rstrip("=")
+    assert decode_base64(text) == PNG_BYTES
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_decode_base64_any_whitespace_split_returns_same_bytes(data: st.DataObject) -> None:
+    urlsafe = data.draw(st.booleans())
+    enc = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(PNG_BYTES[:300]).decode()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(enc)), max_size=12)))
+    ws = data.draw(st.sampled_from([" ", "\n", "\r\n", "\t", "  \n"]))
+    pieces, last = [], 0
+    for cut in cuts:
+        pieces.append(enc[last:cut])
+        last = cut
+    pieces.append(enc[last:])
+    assert decode_base64(ws.join(pieces)) == PNG_BYTES[:300]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not base64 at all!", "data:image/png,plain", "abcde", "ab+c-d__", "====", "QUJD====="],
+)
+def test_decode_base64_malformed_raises_bad_request(text: str) -> None:
+    with pytest.raises(BadRequest):
+        decode_base64(text)
+
+
+@pytest.mark.parametrize(
+    "fmt,kind", [("PNG", PNG), ("JPEG", JPEG), ("WEBP", WEBP), ("GIF", GIF)]
+)
+def test_sniff_real_images_returns_type_and_size(fmt: str, kind: object) -> None:
+    data = make_image(fmt, 5_000, seed=5)
+    assert sniff(data) is kind
+    size = image_size(data, sniff(data))
+    assert size is not None and size[0] > 0 and size[1] > 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x89",
+        b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
+        b"<!DOCTYPE html><html><script>alert(1)</script></html>",
+        b"%PDF-1.7\n" + b"x" * 100,
+        b"BM" + b"\x00" * 100,
+    ],
+)
+def test_sniff_non_raster_raises_unsupported(data: bytes) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        sniff(data)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP"])
+def test_sniff_truncated_image_raises_unsupported(fmt: str) -> None:
+    data = make_image(fmt, 5_000, seed=6)
+    with pytest.raises(UnsupportedMediaType):
+        sniff(data[: len(data) // 2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=512))
+def test_sniff_random_bytes_never_accepted_without_magic(data: bytes) -> None:
+    magic = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF87a", b"GIF89a")
+    if data.startswith(magic):
+        return
+    with pytest.raises(UnsupportedMediaType):
+        sniff(data)

@@ -1,0 +1,71 @@
+"""Settings: environment names, refusals that name the variable, env beats stored values."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from picgate.config import EDITABLE, Settings, SettingsError, validate_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_settings_defaults_match_design() -> None:
+    s = Settings()
+    assert (s.host, s.port) == ("0.0.0.0", 5643)
+    assert s.database_url == "sqlite+aiosqlite:///./data/db/picgate.db"
+    assert s.resolved_images_dir == Path("data/images")
+    assert s.local_cache_ttl_hours == 72 and s.metadata_retention_days == 365
+    assert s.max_local_cache_mb == 0 and s.gateway_model_name == "picgate"
+    assert not s.allow_external_image_fetch and not s.delete_r2_on_metadata_expire
+
+
+def test_settings_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "8080")
+    monkeypatch.setenv("UPSTREAM_API_BASE", "https://api.example.com/v1")
+    monkeypatch.setenv("MAX_LOCAL_CACHE_MB", "500")
+    s = Settings()
+    assert s.port == 8080 and s.max_local_cache_mb == 500
+    assert "upstream_api_base" in s.fixed_fields()
+
+
+@pytest.mark.parametrize(
+    "values,variable",
+    [
+        ({"r2_access_key_id": "a", "r2_account_id": "x"}, "R2_SECRET_ACCESS_KEY"),
+        ({"r2_access_key_id": "a", "r2_secret_access_key": "b", "r2_bucket_name": "c"}, "R2_ACCOUNT_ID"),
+        ({"upstream_api_base": "api.example.com"}, "UPSTREAM_API_BASE"),
+        ({"public_base_url": "ftp://x"}, "PUBLIC_BASE_URL"),
+        ({"r2_endpoint_url": "not a url"}, "R2_ENDPOINT_URL"),
+        ({"gateway_api_key": "changeme"}, "GATEWAY_API_KEY"),
+        ({"secret_key": "short"}, "SECRET_KEY"),
+    ],
+)
+def test_validate_settings_unsafe_values_refused_naming_variable(
+    values: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        validate_settings(Settings(**values))
+
+
+def test_with_stored_environment_value_wins() -> None:
+    s = Settings(upstream_model_name="from-env")
+    merged = s.with_stored({"upstream_model_name": "from-db", "max_local_cache_mb": 7})
+    assert merged.upstream_model_name == "from-env"
+    assert merged.max_local_cache_mb == 7
+    assert merged.fixed_fields() == s.fixed_fields()
+
+
+def test_settings_are_documented_in_readme() -> None:
+    """Every environment name appears in both READMEs' settings tables."""
+    for readme in ("README.md", "README.en.md"):
+        text = (REPO / readme).read_text()
+        documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", text))
+        missing = [name.upper() for name in Settings.model_fields if name.upper() not in documented]
+        assert not missing, f"{readme} does not document: {missing}"
+
+
+def test_editable_settings_exist() -> None:
+    assert set(EDITABLE) <= set(Settings.model_fields)

@@ -1,0 +1,81 @@
+"""Database URLs, pragmas and migrations on the embedded SQLite default."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from picgate.db.engine import HEAD_REVISION, Database, normalize_url
+
+
+def test_default_aiosqlite_url_works_relative_to_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = Database("sqlite+aiosqlite:///./data/db/picgate.db")
+    db.migrate()
+    assert (tmp_path / "data" / "db" / "picgate.db").is_file()
+    assert db.current_revision() == HEAD_REVISION
+    tables = set(inspect(db.engine).get_table_names())
+    assert {"images", "settings", "log_entries", "admin_users", "admin_sessions",
+            "login_attempts", "job_leases", "daily_stats"} <= tables
+    db.dispose()
+
+
+def test_sqlite_wal_and_busy_timeout_set(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/x.db")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+    db.dispose()
+
+
+def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    Database(url).migrate()
+    again = Database(url)
+    again.migrate()
+    assert again.current_revision() == HEAD_REVISION
+
+
+def test_concurrent_writers_do_not_lock(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from picgate.db.models import DailyStat
+
+    db = Database(f"sqlite:///{tmp_path}/x.db")
+    db.migrate()
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(40):
+                db.call(lambda s, i=i: s.add(DailyStat(day=f"d{n}", name=f"k{i}", value=i)))
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert db.call(lambda s: s.execute(text("select count(*) from daily_stats")).scalar()) == 320
+    assert datetime  # imported for the model module's side effects only
+    db.dispose()
+
+
+@pytest.mark.parametrize(
+    "raw,driver",
+    [
+        ("sqlite+aiosqlite:///./a.db", "sqlite"),
+        ("sqlite:///a.db", "sqlite"),
+        ("sqlite+aiolibsql://x.turso.io?secure=true", "sqlite+libsql"),
+        ("postgresql+asyncpg://u:p@h/db", "postgresql+psycopg"),
+    ],
+)
+def test_normalize_url_maps_async_spellings(raw: str, driver: str) -> None:
+    assert normalize_url(raw).drivername == driver

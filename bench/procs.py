@@ -35,9 +35,12 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], health: str) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], env: dict[str, str], health: str, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        args, env=os.environ | env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        args, env=os.environ | env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
     )
     try:
         wait_http(health)
@@ -45,6 +48,8 @@ def process(args: list[str], env: dict[str, str], health: str) -> Iterator[subpr
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        if log:
+            out.close()  # type: ignore[union-attr]
 
 
 @contextmanager
@@ -66,7 +71,8 @@ def stub_upstream(image_bytes: int, fmt: str = "PNG") -> Iterator[str]:
 
 
 @contextmanager
-def picgate(upstream_base: str, **env: str) -> Iterator[str]:
+def picgate(upstream_base: str, capture_log: bool = False, **env: str) -> Iterator[str]:
+    """PicGate as a separate process; ``picgate.last_pid`` / ``picgate.last_log`` describe it."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
         base_env = {
@@ -80,9 +86,13 @@ def picgate(upstream_base: str, **env: str) -> Iterator[str]:
             "GATEWAY_API_KEY": "pg-bench-key-0123456789",
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "LOG_LEVEL": "WARNING",
+            "LOCAL_CACHE_TTL_HOURS": "72",
         }
         args = [sys.executable, "-m", "picgate.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        with process(args, base_env | env, f"http://127.0.0.1:{port}/health"):
+        log = Path(data) / "server.log" if capture_log else None
+        with process(args, base_env | env, f"http://127.0.0.1:{port}/health", log) as proc:
+            picgate.last_pid = proc.pid  # type: ignore[attr-defined]
+            picgate.last_log = log  # type: ignore[attr-defined]
             yield f"http://127.0.0.1:{port}"
 
 

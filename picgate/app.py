@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from picgate.config import Settings
-from picgate.errors import PicGateError, error_body
+from picgate.errors import PicGateError, UpstreamError, error_body
 from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from picgate.services import Services
 
@@ -95,8 +95,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
         services: Services = request.app.state.services
-        if exc.status_code >= 400 and request.url.path.startswith("/v1/"):
+        if request.url.path.startswith("/v1/"):
             services.events.count("errors")
+            if isinstance(exc, UpstreamError):
+                services.events.error(f"❌ 上游返回错误: HTTP {exc.status_code}: {exc.message}")
+            elif exc.status_code >= 500:
+                services.events.error(f"❌ 请求失败: HTTP {exc.status_code}: {exc.message}")
+            else:
+                services.events.warning(f"⚠️ 请求被拒绝: HTTP {exc.status_code}: {exc.message}")
         return _json_error(exc.status_code, exc.to_dict(), exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -11,18 +11,22 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from picgate.config import Settings, validate_settings
 from picgate.db.engine import Database
+from picgate.errors import StorageUnavailable
 from picgate.eventlog import EventLog
 from picgate.gateway.upstream import Upstream
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
 from picgate.storage.local import LocalCache
+from picgate.storage.objects import ObjectStore
+from picgate.storage.remote import Remote, fetch_remote_bytes, locate_remote
 from picgate.storage.store import ImageStore, StoredImage
+from picgate.storage.uploads import UploadWorker, upload_now
 
 if TYPE_CHECKING:
     from picgate.db.models import Image
@@ -40,7 +44,9 @@ class Services:
         settings: Settings,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        objects: ObjectStore | None = None,
     ) -> None:
+        """``objects`` forces an object store (tests); by default R2 follows the settings."""
         validate_settings(settings)
         self.settings = settings
         self.serverless = settings.serverless
@@ -50,19 +56,26 @@ class Services:
         self.http = Upstream.build_client(transport=transport)
         self.upstream = Upstream(self.http)
         self._config: ConfigService | None = None
+        self.remote = Remote(lambda: self.config.current(), forced=objects)
         self.images = ImageStore(
             db=self.db,
             cache=self.cache,
             events=self.events,
             max_image_bytes=settings.max_image_mb * 2**20,
-            r2_enabled=lambda: self.config.current().r2_configured,
+            r2_enabled=self.remote.configured,
         )
         self._prepared = False
         self._prepare_lock = threading.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         # extra periodic work registered by other parts (upload worker, scheduler)
-        self.background: list[Callable[[], Awaitable[None]]] = []
+        self.background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.generated_key: str | None = None
+        self.uploader = UploadWorker(self)
+        if not self.serverless:
+            self.background.append(self.uploader.run)
+        from picgate.jobs import install as install_jobs
+
+        install_jobs(self)  # the size cap after each store; the cleanup scheduler (server mode)
 
     @property
     def config(self) -> ConfigService:
@@ -94,15 +107,31 @@ class Services:
             self._prepared = True
 
     async def after_store(self, image: StoredImage) -> StoredImage:
-        """Hook run after an image is stored (serverless mode uploads to R2 here)."""
+        """Hook run after an image is stored: queue its R2 upload, or do it now (serverless).
+
+        Serverless: the object is in R2 before this returns; if it cannot be (after a couple of
+        attempts) the row stays queued and StorageUnavailable tells the caller to return the
+        image inline. Server mode: wakes the upload worker and returns at once.
+        """
+        if not self.serverless:
+            self.uploader.wake()
+            return image
+        import anyio.to_thread
+
+        def archive() -> bool:
+            # configured() may read the settings table: off the event loop
+            return not self.remote.configured() or upload_now(self, image.id)
+
+        if not await anyio.to_thread.run_sync(archive):
+            raise StorageUnavailable("the image could not be archived to R2; returned inline")
         return image
 
     async def locate_remote(self, row: Image) -> Located | None:
         """Serve an image with no local copy from the remote store (None: not there)."""
-        return None
+        return await locate_remote(self, row)
 
     async def fetch_remote_bytes(self, image: StoredImage) -> bytes | None:
-        return None
+        return await fetch_remote_bytes(self, image)
 
     # -- background work (server mode) ---------------------------------------------------
 

@@ -16,15 +16,17 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from picgate.config import EDITABLE, SECRETS, Settings, validate_settings
 from picgate.db.engine import Database
 from picgate.db.models import Setting
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 log = logging.getLogger("picgate")
 
@@ -56,12 +58,24 @@ def generate_api_key() -> str:
 class SecretBox:
     def __init__(self, secret_key: str) -> None:
         digest = hashlib.sha256(b"picgate-settings:" + secret_key.encode()).digest()
-        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+        self._key = base64.urlsafe_b64encode(digest)
+        self._fernet_instance: Fernet | None = None
+
+    @property
+    def _fernet(self) -> Fernet:
+        # imported on first use: a Lambda with every secret in its environment never needs it
+        if self._fernet_instance is None:
+            from cryptography.fernet import Fernet
+
+            self._fernet_instance = Fernet(self._key)
+        return self._fernet_instance
 
     def seal(self, value: str) -> str:
         return self._fernet.encrypt(value.encode()).decode()
 
     def open(self, token: str) -> str | None:
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:

@@ -119,8 +119,9 @@ async def store_and_reply(
         item: dict[str, Any] = {}
         stored: StoredImage | None = None
         try:
-            stored = await services.images.save_bytes(image.data, source=source, prompt=prompt)
-            stored = await services.after_store(stored)
+            saved = await services.images.save_bytes(image.data, source=source, prompt=prompt)
+            # after_store raising (serverless, R2 down) must leave stored None: reply inline
+            stored = await services.after_store(saved)
         except (OSError, StorageUnavailable) as exc:
             services.events.error(f"❌ 图片保存失败，已内联返回: {exc}")
         if stored is not None and response_format == "url":

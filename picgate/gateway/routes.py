@@ -17,6 +17,65 @@ from picgate.storage.codec import sniff
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
 
+# These routes read the raw body (relays send loose JSON), so FastAPI cannot infer a schema;
+# these describe it for /openapi.json (clients, schema fuzzing). Unknown fields pass through.
+_IMAGE_REF = {"type": "string", "description": "base64, a data URL, or an http(s) URL"}
+GENERATIONS_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["prompt"],
+                "properties": {
+                    "prompt": {"type": "string"},
+                    "model": {"type": "string"},
+                    "n": {"type": "integer", "minimum": 1, "maximum": 10},
+                    "size": {"type": "string"},
+                    "quality": {"type": "string"},
+                    "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                },
+                "additionalProperties": True,
+            }
+        }
+    },
+}
+EDITS_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image", "prompt"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "mask": {"type": "string", "format": "binary"},
+                    "prompt": {"type": "string"},
+                    "model": {"type": "string"},
+                    "n": {"type": "string"},
+                    "size": {"type": "string"},
+                    "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                },
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["image", "prompt"],
+                "properties": {
+                    "image": {"oneOf": [_IMAGE_REF, {"type": "array", "items": _IMAGE_REF}]},
+                    "mask": _IMAGE_REF,
+                    "prompt": {"type": "string"},
+                    "model": {"type": "string"},
+                    "n": {"type": "integer", "minimum": 1, "maximum": 10},
+                    "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                },
+                "additionalProperties": True,
+            }
+        },
+    },
+}
+
 
 async def read_json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
@@ -46,7 +105,7 @@ async def list_models(settings: SettingsDep) -> dict[str, Any]:
     }
 
 
-@router.post("/images/generations")
+@router.post("/images/generations", openapi_extra={"requestBody": GENERATIONS_BODY})
 async def images_generations(
     request: Request, services: ServicesDep, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -64,7 +123,7 @@ async def _upload_bytes(upload: UploadFile) -> images_api.EditImage:
     return (name, data, kind.mime)
 
 
-@router.post("/images/edits")
+@router.post("/images/edits", openapi_extra={"requestBody": EDITS_BODY})
 async def images_edits(
     request: Request, services: ServicesDep, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -99,6 +158,14 @@ async def images_edits(
                 own = _own_image(ref, base_url)
                 if own is not None:
                     return await own_image_bytes(services, own)
+                # a user-given URL: fetched only when the admin allows it, always via the guard
+                if not settings.allow_external_image_fetch:
+                    raise BadRequest(
+                        "External image URLs are not fetched (ALLOW_EXTERNAL_IMAGE_FETCH is "
+                        "off); send the image as base64 or a data URL.",
+                        param="image",
+                        code="external_fetch_disabled",
+                    )
                 return await fetch_image_bytes(
                     services.http, ref, max_bytes=settings.max_image_mb * 2**20
                 )

@@ -238,8 +238,9 @@ async def locate_remote(services: Services, row: Image) -> Located | None:
     from picgate.images.serving import Located
 
     remote = services.remote
-    if row.r2_state == R2_NONE or not remote.configured():
+    if row.r2_state == R2_NONE:
         return None
+    # everything below reads the settings (maybe from the database): in worker threads
     image = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
     max_body = SERVERLESS_MAX_BODY if services.serverless else None
     redirect = await anyio.to_thread.run_sync(lambda: remote.redirect_url(row, max_body=max_body))

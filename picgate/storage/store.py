@@ -86,6 +86,8 @@ class ImageStore:
         self._records_lock = threading.Lock()
         self._accessed: dict[str, datetime] = {}
         self._accessed_lock = threading.Lock()
+        # called with each new image after its row is written (the size cap: picgate.jobs)
+        self.on_stored: list[Callable[[StoredImage], None]] = []
 
     # -- storing ---------------------------------------------------------------------------
 
@@ -131,6 +133,8 @@ class ImageStore:
             raise
         stored = StoredImage(image_id, kind.ext, kind.mime, len(data), digest)
         self._remember(stored)
+        for hook in self.on_stored:
+            hook(stored)
         return stored
 
     def store_encoded(

@@ -350,3 +350,21 @@ def test_log_lines_written_without_base64_or_secrets(
     assert any(line.startswith("✅ 文生图完成") for line in lines)
     blob = "\n".join(lines)
     assert UPSTREAM_KEY not in blob and "iVBOR" not in blob
+
+
+def test_upstream_error_logged_with_status(gateway: Gateway, upstream: StubUpstream) -> None:
+    from sqlalchemy import select
+    from starlette.responses import JSONResponse
+
+    from picgate.db.models import LogEntry
+
+    async def fail(request):  # type: ignore[no-untyped-def]
+        return JSONResponse(load_json("openai_error.json"), status_code=401)
+
+    upstream.handlers["/v1/images/generations"] = fail
+    httpx.post(gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "x"})
+    gateway.services.events.flush()
+    rows = gateway.services.db.call(
+        lambda s: [(e.level, e.message) for e in s.scalars(select(LogEntry))]
+    )
+    assert any(level == "ERROR" and m.startswith("❌ 上游返回错误: HTTP 401") for level, m in rows)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds PicGate's runtime dependencies as an AWS Lambda layer for python3.11 on arm64:
+#   .build/layer/python/...        pip --target with manylinux2014_aarch64 wheels only
+#   .build/picgate-deps-layer.zip  the layer zip
+# With `--publish STAGE` it also publishes the layer and stores its ARN in SSM as
+# /picgate/STAGE/DEPS_LAYER_ARN, where serverless.yml reads it (needs the AWS CLI).
+#
+# The list is pyproject.toml's dependencies plus the libsql extra, without uvicorn: Lambda runs
+# the app through Mangum, and leaving uvicorn[standard] out keeps uvloop, watchfiles, PyYAML and
+# click out of the layer and out of the cold start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+OUT=.build
+rm -rf "$OUT/layer" "$OUT/picgate-deps-layer.zip"
+mkdir -p "$OUT/layer/python"
+
+"$PYTHON" - > "$OUT/requirements-lambda.txt" <<'EOF'
+import tomllib
+
+with open("pyproject.toml", "rb") as f:
+    project = tomllib.load(f)["project"]
+for requirement in project["dependencies"] + project["optional-dependencies"]["libsql"]:
+    if not requirement.startswith("uvicorn"):
+        print(requirement)
+EOF
+
+"$PYTHON" -m pip install --quiet --disable-pip-version-check \
+  --platform manylinux2014_aarch64 --implementation cp --python-version 3.11 \
+  --only-binary=:all: --target "$OUT/layer/python" -r "$OUT/requirements-lambda.txt"
+
+# bytecode compiled now: Lambda's /opt is read-only, so nothing could be cached at run time
+"$PYTHON" -m compileall -q -j 0 "$OUT/layer/python" >/dev/null || true
+(cd "$OUT/layer" && "$PYTHON" -c '
+import os, zipfile
+with zipfile.ZipFile("../picgate-deps-layer.zip", "w", zipfile.ZIP_DEFLATED) as z:
+    for root, _, files in os.walk("python"):
+        for name in files:
+            z.write(os.path.join(root, name))
+')
+echo "layer: $OUT/picgate-deps-layer.zip ($(du -h "$OUT/picgate-deps-layer.zip" | cut -f1) zipped," \
+  "$(du -sh "$OUT/layer" | cut -f1) unzipped; Lambda allows 250 MB unzipped in all)"
+
+if [ "${1:-}" = "--publish" ]; then
+  STAGE=${2:?usage: $0 --publish STAGE}
+  ARN=$(aws lambda publish-layer-version --layer-name "picgate-$STAGE-deps" \
+    --zip-file "fileb://$OUT/picgate-deps-layer.zip" \
+    --compatible-runtimes python3.11 --compatible-architectures arm64 \
+    --query LayerVersionArn --output text)
+  aws ssm put-parameter --name "/picgate/$STAGE/DEPS_LAYER_ARN" --type String \
+    --value "$ARN" --overwrite >/dev/null
+  echo "published $ARN (stored in /picgate/$STAGE/DEPS_LAYER_ARN)"
+fi

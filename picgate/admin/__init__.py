@@ -1,0 +1,1 @@
+"""The admin console: pages, JSON API, sessions and CSRF (see ``routes.router``)."""

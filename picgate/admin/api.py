@@ -1,0 +1,262 @@
+"""The console's JSON API under ``/admin/api``. Every route needs a session; every state change
+also needs the ``X-CSRF-Token`` header. Errors leave in OpenAI's shape like the rest of PicGate.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import anyio.to_thread
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, select
+
+from picgate.admin import backend, gallery, settings_form, thumbnails
+from picgate.admin.guard import AdminDep, CsrfAdminDep
+from picgate.admin.rendering import AdminRoute
+from picgate.db.models import Image, LogEntry
+from picgate.deps import ServicesDep
+from picgate.errors import Gone, NotConfigured, NotFound, Unprocessable, UpstreamError
+from picgate.services import Services
+from picgate.settings_store import generate_api_key, mask
+from picgate.storage.store import StoredImage
+
+router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
+
+CACHE_ACTIONS: dict[str, tuple[str, str]] = {
+    "clean-expired": (backend.CLEANUP, "clean_expired"),
+    "clear-local": (backend.CLEANUP, "clear_local"),
+    "upload-pending": (backend.OPERATIONS, "upload_pending"),
+    "retry-failed": (backend.OPERATIONS, "retry_failed"),
+}
+DELETE_MODES: dict[str, dict[str, bool]] = {
+    "local": {"local": True, "remote": False, "forget": False},
+    "r2": {"local": False, "remote": True, "forget": False},
+    "all": {"local": True, "remote": True, "forget": True},
+}
+LOG_LEVELS = ("INFO", "WARNING", "ERROR")
+
+
+class SettingsUpdate(BaseModel):
+    values: dict[str, Any]
+
+
+class DeleteRequest(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=500)
+    mode: Literal["local", "r2", "all"]
+
+
+# -- dashboard -------------------------------------------------------------------------------
+
+
+@router.get("/stats")
+async def stats(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
+    return await backend.dashboard_stats(services)
+
+
+@router.get("/health")
+async def health(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
+    settings = await services.config.acurrent()
+    return {
+        "upstream": {"configured": settings.upstream_configured},
+        "r2": await backend.r2_health(services, settings),
+    }
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+@router.get("/settings")
+async def read_settings(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
+    settings = await services.config.acurrent()
+    return {"groups": settings_form.settings_view(settings)}
+
+
+@router.put("/settings")
+async def write_settings(
+    body: SettingsUpdate, services: ServicesDep, _admin: CsrfAdminDep
+) -> dict[str, Any]:
+    settings = await anyio.to_thread.run_sync(settings_form.save, services.config, body.values)
+    names = ", ".join(sorted(body.values))
+    services.events.info(f"⚙️ 设置已保存: {names}")
+    return {"ok": True, "groups": settings_form.settings_view(settings)}
+
+
+@router.post("/settings/test-upstream")
+async def test_upstream(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
+    settings = await services.config.acurrent()
+    if not settings.upstream_configured:
+        return {"ok": False, "status": None, "latency_ms": None, "detail": "not_configured"}
+    started = time.perf_counter()
+    try:
+        data = await services.upstream.get_json(settings, "models", timeout=15.0)
+    except (UpstreamError, NotConfigured) as exc:
+        return {
+            "ok": False,
+            "status": exc.status_code,
+            "latency_ms": round((time.perf_counter() - started) * 1000),
+            "detail": exc.message,
+        }
+    latency = round((time.perf_counter() - started) * 1000)
+    listed = data.get("data") if isinstance(data, dict) else None
+    ids = [m.get("id") for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
+    return {
+        "ok": True,
+        "status": 200,
+        "latency_ms": latency,
+        "models": len(ids),
+        "model_found": bool(settings.upstream_model_name) and settings.upstream_model_name in ids,
+        "detail": "",
+    }
+
+
+@router.post("/settings/test-r2")
+async def test_r2(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
+    settings = await services.config.acurrent()
+    if not settings.r2_configured:
+        return {"ok": False, "steps": [], "detail": "not_configured"}
+    steps = backend.plain(await backend.call(backend.OPERATIONS, "test_r2", settings))
+    ok = bool(steps) and all(step.get("ok") for step in steps)
+    return {"ok": ok, "steps": steps, "detail": ""}
+
+
+@router.post("/settings/generate-key")
+async def generate_key(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
+    key = generate_api_key()
+    await anyio.to_thread.run_sync(settings_form.save, services.config, {"gateway_api_key": key})
+    services.events.info("🔑 已生成新的网关 API 密钥")
+    # the one time the full key leaves the server: the admin copies it now or generates anew
+    return {"ok": True, "key": key, "masked": mask(key)}
+
+
+# -- cache -----------------------------------------------------------------------------------
+
+
+@router.get("/cache")
+async def cache(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
+    return await backend.cache_stats(services)
+
+
+@router.post("/cache/{action}")
+async def cache_action(action: str, services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
+    target = CACHE_ACTIONS.get(action)
+    if target is None:
+        raise NotFound(f"Unknown cache action {action!r}.")
+    result = await backend.call(target[0], target[1], services)
+    await anyio.to_thread.run_sync(services.events.flush)
+    return {
+        "ok": True,
+        "action": action,
+        "result": backend.plain(result),
+        "stats": await backend.cache_stats(services),
+    }
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+@router.get("/images")
+async def images(
+    services: ServicesDep,
+    _admin: AdminDep,
+    sort: str = "created",
+    cursor: str | None = None,
+    limit: int = Query(48, ge=1, le=gallery.MAX_LIMIT),
+) -> dict[str, Any]:
+    page = await services.db.run(
+        lambda s: gallery.list_images(s, sort=sort, cursor=cursor, limit=limit)
+    )
+    return {"items": page.items, "next_cursor": page.next_cursor, "total": page.total}
+
+
+@router.post("/images/delete")
+async def delete_images(
+    body: DeleteRequest, services: ServicesDep, _admin: CsrfAdminDep
+) -> dict[str, Any]:
+    flags = DELETE_MODES[body.mode]
+    ids = list(dict.fromkeys(body.ids))
+    result = await backend.call(backend.OPERATIONS, "delete_images", services, ids, **flags)
+    if flags["local"]:
+        root = thumbnails.thumbs_dir(services.cache.root)
+        for image_id in ids:
+            try:
+                thumbnails.drop_thumbnail(root, image_id)
+            except ValueError:  # not an id at all: nothing was stored under it
+                continue
+    await anyio.to_thread.run_sync(services.events.flush)
+    return {"ok": True, "mode": body.mode, "result": backend.plain(result)}
+
+
+async def _image_bytes(services: Services, row: Image) -> bytes:
+    data = await anyio.to_thread.run_sync(services.cache.read, row.id, row.ext)
+    if data is None:
+        image = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
+        data = await services.fetch_remote_bytes(image)
+    if data is None:
+        raise Gone("This image is no longer stored anywhere.")
+    return data
+
+
+@router.get("/images/{image_id}/thumb")
+async def thumbnail(image_id: str, services: ServicesDep, _admin: AdminDep) -> Response:
+    root = thumbnails.thumbs_dir(services.cache.root)
+    try:
+        cached = await anyio.to_thread.run_sync(thumbnails.cached_thumbnail, root, image_id)
+    except ValueError as exc:
+        raise NotFound("No such image.") from exc
+    if cached is None:
+        row = await services.db.run(lambda s: s.get(Image, image_id))
+        if row is None:
+            raise NotFound("No such image.")
+        data = await _image_bytes(services, row)
+        cached = await anyio.to_thread.run_sync(thumbnails.make_thumbnail, data)
+        await anyio.to_thread.run_sync(thumbnails.save_thumbnail, root, image_id, cached)
+    return Response(
+        cached, media_type="image/webp", headers={"Cache-Control": "private, max-age=86400"}
+    )
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+
+def _read_logs(services: Services, level: str | None, limit: int) -> list[dict[str, Any]]:
+    services.events.flush()
+
+    def work(session: Any) -> list[dict[str, Any]]:
+        query = select(LogEntry).order_by(LogEntry.id.desc()).limit(limit)
+        if level:
+            query = query.where(LogEntry.level == level)
+        return [
+            {
+                "id": e.id,
+                "time": backend.plain(e.created_at),
+                "level": e.level,
+                "message": e.message,
+            }
+            for e in session.scalars(query)
+        ]
+
+    return services.db.call(work)
+
+
+@router.get("/logs")
+async def logs(
+    services: ServicesDep,
+    _admin: AdminDep,
+    level: str = "",
+    limit: int = Query(200, ge=1, le=1000),
+) -> dict[str, Any]:
+    level = level.upper()
+    if level and level not in LOG_LEVELS:
+        raise Unprocessable("level must be INFO, WARNING or ERROR", param="level")
+    entries = await anyio.to_thread.run_sync(_read_logs, services, level or None, limit)
+    return {"entries": entries}
+
+
+@router.post("/logs/clear")
+async def clear_logs(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
+    await anyio.to_thread.run_sync(services.events.flush)
+    removed = await services.db.run(lambda s: s.execute(delete(LogEntry)).rowcount)  # type: ignore[attr-defined]
+    return {"ok": True, "removed": int(removed or 0)}

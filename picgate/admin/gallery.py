@@ -1,0 +1,104 @@
+"""The image grid's data: keyset pages over the images table, newest (or largest) first.
+
+A page is found by ``WHERE (sort_col, id) < (:last_value, :last_id) ORDER BY sort_col DESC, id
+DESC LIMIT n``, which walks the sort column's index from where the last page stopped, so page
+1000 costs what page 1 costs. The cursor is that (value, id) pair, URL-safe and opaque.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from picgate.db.models import R2_UPLOADED, Image
+from picgate.errors import BadRequest
+
+SortKey = Literal["created", "accessed", "size"]
+SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
+    "created": Image.created_at,
+    "accessed": Image.accessed_at,
+    "size": Image.size,
+}
+MAX_LIMIT = 200
+PROMPT_PREVIEW = 200
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+    total: int
+
+
+def encode_cursor(value: Any, image_id: str) -> str:
+    raw = value.isoformat() if isinstance(value, datetime) else value
+    return base64.urlsafe_b64encode(json.dumps([raw, image_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw, image_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        value: Any = int(raw) if sort == "size" else datetime.fromisoformat(raw)
+        if not isinstance(image_id, str):
+            raise TypeError("id")
+    except (ValueError, TypeError) as exc:
+        raise BadRequest("Invalid page cursor.", code="invalid_cursor", param="cursor") from exc
+    return value, image_id
+
+
+def _utc_iso(value: datetime) -> str:
+    return value.replace(tzinfo=UTC).isoformat()
+
+
+def describe(row: Image) -> dict[str, Any]:
+    prompt = row.prompt or ""
+    return {
+        "id": row.id,
+        "short_id": row.id[:8],
+        "ext": row.ext,
+        "mime": row.mime,
+        "size": row.size,
+        "width": row.width,
+        "height": row.height,
+        "created_at": _utc_iso(row.created_at),
+        "accessed_at": _utc_iso(row.accessed_at),
+        "source": row.source,
+        "prompt": prompt[:PROMPT_PREVIEW] + ("…" if len(prompt) > PROMPT_PREVIEW else ""),
+        "local": bool(row.local),
+        "r2": row.r2_state == R2_UPLOADED,
+        "r2_state": row.r2_state,
+        "expired": bool(row.expired),
+        "path": f"/images/{row.id}.{row.ext}",
+    }
+
+
+def list_images(
+    session: Session, *, sort: str = "created", cursor: str | None = None, limit: int = 48
+) -> Page:
+    """One page of images ordered by ``sort`` (newest/largest first)."""
+    if sort not in SORT_COLUMNS:
+        raise BadRequest(
+            "sort must be one of: created, accessed, size", code="invalid_value", param="sort"
+        )
+    limit = max(1, min(limit, MAX_LIMIT))
+    column = SORT_COLUMNS[sort]
+    query = select(Image).order_by(column.desc(), Image.id.desc()).limit(limit + 1)
+    if cursor:
+        value, last_id = decode_cursor(cursor, sort)
+        query = query.where(tuple_(column, Image.id) < tuple_(value, last_id))
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        next_cursor = encode_cursor(getattr(last, column.key), last.id)
+    total = int(session.scalar(select(func.count()).select_from(Image)) or 0)
+    return Page([describe(r) for r in rows], next_cursor, total)

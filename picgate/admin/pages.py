@@ -1,0 +1,299 @@
+"""The console's HTML pages: first-run setup, login, logout, password, and the five tool pages.
+
+With no admin yet, every page leads to ``/admin/setup``; without a session, to ``/admin/login``.
+``?lang=en`` (or ``zh``) on any page stores the language in a cookie and reloads the page.
+Forms answer with a redirect on success (post/redirect/get) and re-render with a message, and a
+fitting status, on failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.exc import IntegrityError
+
+from picgate.admin import auth, backend, guard, i18n, settings_form
+from picgate.admin.auth import AdminContext, CsrfFailed, LoginThrottled
+from picgate.admin.rendering import AdminRoute, render, static_file
+from picgate.deps import ServicesDep
+from picgate.services import Services
+
+router = APIRouter(prefix="/admin", route_class=AdminRoute)
+
+NAV = ("dashboard", "settings", "cache", "images", "logs")
+JS_PREFIXES = ("js.", "badge.", "sort.", "result.", "step.")
+
+
+def translator(request: Request) -> i18n.Translator:
+    return i18n.Translator(request.cookies.get(i18n.COOKIE) or i18n.DEFAULT_LANGUAGE)
+
+
+def redirect(path: str) -> RedirectResponse:
+    return RedirectResponse(path, status_code=303)
+
+
+def language_switch(request: Request) -> Response | None:
+    """``?lang=xx``: remember the language and reload the page without the parameter."""
+    lang = request.query_params.get("lang")
+    if lang is None:
+        return None
+    response = redirect(request.url.path)
+    if lang in i18n.LANGUAGES:
+        response.set_cookie(
+            i18n.COOKIE, lang, max_age=365 * 86400, path="/admin", samesite="lax", httponly=True
+        )
+    return response
+
+
+def context(
+    request: Request, page: str, admin: AdminContext | None, **extra: Any
+) -> dict[str, Any]:
+    t = translator(request)
+    return {
+        "t": t,
+        "lang": t.lang,
+        "other_lang": "en" if t.lang == "zh" else "zh",
+        "page": page,
+        "nav": NAV,
+        "admin": admin,
+        "csrf_token": admin.csrf_token if admin else "",
+        "js_strings": t.prefixed(*JS_PREFIXES),
+        **extra,
+    }
+
+
+async def gate(request: Request, services: Services) -> AdminContext | Response:
+    """The signed-in admin, or where to send the browser instead."""
+    switched = language_switch(request)
+    if switched is not None:
+        return switched
+    if not await guard.admin_ready(request, services):
+        return redirect("/admin/setup")
+    admin = await guard.current_admin(request, services)
+    if admin is None:
+        return redirect("/admin/login")
+    return admin
+
+
+# -- the tool pages --------------------------------------------------------------------------
+
+
+@router.get("")
+async def dashboard(request: Request, services: ServicesDep) -> Response:
+    admin = await gate(request, services)
+    if isinstance(admin, Response):
+        return admin
+    stats = await backend.dashboard_stats(services)
+    settings = await services.config.acurrent()
+    # the first-start key is shown once, to the first admin who opens the dashboard
+    key, services.generated_key = services.generated_key, None
+    return render(
+        "dashboard.html",
+        context(request, "dashboard", admin, stats=stats, settings=settings, generated_key=key),
+    )
+
+
+@router.get("/settings")
+async def settings_page(request: Request, services: ServicesDep) -> Response:
+    admin = await gate(request, services)
+    if isinstance(admin, Response):
+        return admin
+    settings = await services.config.acurrent()
+    groups = settings_form.settings_view(settings)
+    return render("settings.html", context(request, "settings", admin, groups=groups))
+
+
+@router.get("/cache")
+async def cache_page(request: Request, services: ServicesDep) -> Response:
+    admin = await gate(request, services)
+    if isinstance(admin, Response):
+        return admin
+    settings = await services.config.acurrent()
+    stats = await backend.cache_stats(services)
+    cap = settings_form.field_view(settings, "max_local_cache_mb")
+    return render("cache.html", context(request, "cache", admin, stats=stats, cap=cap))
+
+
+@router.get("/images")
+async def images_page(request: Request, services: ServicesDep) -> Response:
+    admin = await gate(request, services)
+    if isinstance(admin, Response):
+        return admin
+    settings = await services.config.acurrent()
+    base = (settings.public_base_url or "").rstrip("/")
+    return render("images.html", context(request, "images", admin, public_base=base))
+
+
+@router.get("/logs")
+async def logs_page(request: Request, services: ServicesDep) -> Response:
+    admin = await gate(request, services)
+    if isinstance(admin, Response):
+        return admin
+    return render("logs.html", context(request, "logs", admin))
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> Response:
+    return static_file(name)
+
+
+# -- setup, login, logout, password ----------------------------------------------------------
+
+
+def auth_page(
+    request: Request,
+    template: str,
+    *,
+    error: str | None = None,
+    notice: str | None = None,
+    username: str = "",
+    status_code: int = 200,
+) -> Response:
+    token = guard.form_csrf_token(request)
+    page = template.removesuffix(".html")
+    response = render(
+        template,
+        context(
+            request, page, None, form_csrf=token, error=error, notice=notice, username=username
+        ),
+        status_code=status_code,
+    )
+    guard.set_form_csrf_cookie(response, request, token)
+    return response
+
+
+@router.get("/setup")
+async def setup_form(request: Request, services: ServicesDep) -> Response:
+    switched = language_switch(request)
+    if switched is not None:
+        return switched
+    if await guard.admin_ready(request, services):
+        return redirect("/admin/login")
+    return auth_page(request, "setup.html")
+
+
+@router.post("/setup")
+async def setup_submit(request: Request, services: ServicesDep) -> Response:
+    if await guard.admin_ready(request, services):
+        return redirect("/admin/login")
+    form = await request.form()
+    username = str(form.get("username", "")).strip()
+    password = str(form.get("password", ""))
+    if not guard.form_csrf_ok(request, str(form.get("csrf_token", ""))):
+        return auth_page(request, "setup.html", error="auth.error.csrf", status_code=403)
+    problem = auth.check_credentials_shape(username, password)
+    if problem is None and password != str(form.get("password_confirm", "")):
+        problem = "auth.error.mismatch"
+    if problem is not None:
+        return auth_page(request, "setup.html", error=problem, username=username, status_code=422)
+    try:
+        created = await services.db.run(
+            lambda s: auth.create_first_admin(s, username=username, password=password)
+        )
+    except IntegrityError:
+        created = False
+    if not created:
+        return redirect("/admin/login")
+    request.app.state.admin_ready = True
+    services.events.info(f"👤 已创建管理员账户: {username}")
+    return redirect("/admin/login?created=1")
+
+
+@router.get("/login")
+async def login_form(request: Request, services: ServicesDep) -> Response:
+    switched = language_switch(request)
+    if switched is not None:
+        return switched
+    if not await guard.admin_ready(request, services):
+        return redirect("/admin/setup")
+    if await guard.current_admin(request, services) is not None:
+        return redirect("/admin")
+    notice = "setup.done" if request.query_params.get("created") else None
+    if request.query_params.get("changed"):
+        notice = "password.changed"
+    return auth_page(request, "login.html", notice=notice)
+
+
+@router.post("/login")
+async def login_submit(request: Request, services: ServicesDep) -> Response:
+    if not await guard.admin_ready(request, services):
+        return redirect("/admin/setup")
+    form = await request.form()
+    username = str(form.get("username", "")).strip()[:128]
+    password = str(form.get("password", ""))[: auth.PASSWORD_MAX + 1]
+    if not guard.form_csrf_ok(request, str(form.get("csrf_token", ""))):
+        return auth_page(request, "login.html", error="auth.error.csrf", status_code=403)
+    ip = guard.client_ip(request)
+
+    def attempt(session: Any) -> str | None:
+        user = auth.authenticate(session, username=username, password=password, ip=ip)
+        return None if user is None else auth.create_session(session, user.id)
+
+    try:
+        token = await services.db.run(attempt)
+    except LoginThrottled:
+        services.events.warning(f"🚫 管理员登录过于频繁，已暂时锁定 (IP {ip})")
+        return auth_page(
+            request, "login.html", error="auth.error.throttled", username=username, status_code=429
+        )
+    if token is None:
+        services.events.warning(f"⚠️ 管理员登录失败 (IP {ip})")
+        return auth_page(
+            request, "login.html", error="auth.error.invalid", username=username, status_code=401
+        )
+    services.events.info(f"🔐 管理员已登录: {username}")
+    response = redirect("/admin")
+    guard.set_session_cookie(response, request, token)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, services: ServicesDep) -> Response:
+    admin = await guard.current_admin(request, services)
+    if admin is not None:
+        form = await request.form()
+        if not auth.tokens_match(str(form.get("csrf_token", "")), admin.csrf_token):
+            raise CsrfFailed("Missing or wrong CSRF token.")
+        token = request.cookies.get(guard.SESSION_COOKIE)
+        await services.db.run(lambda s: auth.end_session(s, token))
+    response = redirect("/admin/login")
+    guard.clear_session_cookie(response, request)
+    return response
+
+
+@router.get("/password")
+async def password_form(request: Request, services: ServicesDep) -> Response:
+    admin = await gate(request, services)
+    if isinstance(admin, Response):
+        return admin
+    return render("password.html", context(request, "password", admin))
+
+
+@router.post("/password")
+async def password_submit(request: Request, services: ServicesDep) -> Response:
+    admin = await gate(request, services)
+    if isinstance(admin, Response):
+        return admin
+    form = await request.form()
+    if not auth.tokens_match(str(form.get("csrf_token", "")), admin.csrf_token):
+        raise CsrfFailed("Missing or wrong CSRF token.")
+    current = str(form.get("current_password", ""))
+    new = str(form.get("new_password", ""))
+    problem = auth.check_credentials_shape(admin.username, new)
+    if problem is None and new != str(form.get("password_confirm", "")):
+        problem = "auth.error.mismatch"
+    if problem is None:
+        changed = await services.db.run(
+            lambda s: auth.change_password(s, admin.user_id, current=current, new=new)
+        )
+        if changed:
+            services.events.info(f"🔑 管理员已修改密码: {admin.username}")
+            response = redirect("/admin/login?changed=1")
+            guard.clear_session_cookie(response, request)
+            return response
+        problem = "password.error.current"
+    return render(
+        "password.html", context(request, "password", admin, error=problem), status_code=422
+    )

@@ -1,0 +1,12 @@
+"""The admin console's router: HTML pages under ``/admin``, JSON under ``/admin/api``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from picgate.admin.api import router as api_router
+from picgate.admin.pages import router as pages_router
+
+router = APIRouter()
+router.include_router(api_router)
+router.include_router(pages_router)

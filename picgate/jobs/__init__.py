@@ -1,0 +1,20 @@
+"""Scheduled work: the cleanup job, its scheduler and lease, the size cap after each store.
+
+``install(services)`` wires it into a ``Services`` (called once from its constructor): the size
+cap runs after every store, and in server mode the scheduler joins ``services.background``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from picgate.services import Services
+
+
+def install(services: Services) -> None:
+    from picgate.jobs.eviction import CapGuard
+    from picgate.jobs.scheduler import register
+
+    services.images.on_stored.append(CapGuard(services))
+    register(services)

@@ -1,0 +1,237 @@
+"""Removing local copies: TTL expiry, the size cap, and "clear local", all under one safety rule.
+
+The rule: a local file is removed only when it is *safe*:
+
+- R2 configured: only rows whose ``r2_state`` is ``uploaded``. A ``pending``, ``failed`` or
+  ``none`` row may hold the only copy, so it stays, whatever its age or the cap says. The row
+  becomes ``local=False``; the image is fetched back from R2 when asked for.
+- R2 not configured: the local copy *is* the image. TTL and the cap delete it for good; the row
+  stays, ``local=False`` and ``expired=True`` (``/images/{id}`` answers 410). A row that was
+  uploaded while R2 was configured keeps ``expired=False``: its object still exists.
+
+Rows are read in small batches through the ``(local, accessed_at)`` index, oldest access first,
+and updated with one statement per batch; nothing loads the whole table.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, Executable, and_, func, select, true, update
+from sqlalchemy.orm import Session
+
+from picgate.db.models import R2_UPLOADED, Image
+
+if TYPE_CHECKING:
+    from picgate.services import Services
+    from picgate.storage.store import StoredImage
+
+log = logging.getLogger("picgate")
+
+BATCH = 500
+# unlink failures (permissions...) excluded from later batches; past this many, stop the step
+MAX_FAILURES = 100
+# after the cap found nothing safe to remove, wait before trying again on the next store
+CAP_BLOCKED_SECONDS = 30.0
+
+
+@dataclass
+class Eviction:
+    """What one pass removed. ``kept`` counts candidates left alone by the safety rule."""
+
+    removed: int = 0
+    expired: int = 0  # of ``removed``: gone for good (no R2 copy)
+    bytes_freed: int = 0
+    kept: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def r2_configured(services: Services) -> bool:
+    """Whether images are archived in R2 (the effective settings; cheap)."""
+    remote: Any = getattr(services, "remote", None)
+    if remote is not None:
+        return bool(remote.configured())
+    return services.config.current().r2_configured
+
+
+def safe_to_remove(r2_on: bool) -> ColumnElement[bool]:
+    """Rows whose local copy may go (see the module docstring)."""
+    return Image.r2_state == R2_UPLOADED if r2_on else true()
+
+
+def fetch_rows(services: Services, query: Executable) -> list[Any]:
+    """All rows of ``query`` (a small batch), read in one transaction."""
+    return services.db.call(lambda session: list(session.execute(query).all()))
+
+
+def execute(services: Services, statement: Executable) -> None:
+    services.db.call(lambda session: session.execute(statement))
+
+
+def _evict(
+    services: Services,
+    *,
+    where: ColumnElement[bool],
+    stop: Callable[[], bool] = lambda: False,
+) -> Eviction:
+    """Remove the local copies of rows matching ``where`` (plus local and safe), oldest first.
+
+    ``stop`` is asked before each file; True ends the pass (the size cap is met).
+    """
+    r2_on = r2_configured(services)
+    result = Eviction()
+    failed: list[str] = []
+    condition = and_(Image.local.is_(True), safe_to_remove(r2_on), where)
+    while not stop():
+        query = (
+            select(Image.id, Image.ext, Image.r2_state)
+            .where(condition)
+            .order_by(Image.accessed_at, Image.id)
+            .limit(BATCH)
+        )
+        if failed:
+            query = query.where(Image.id.not_in(failed))
+        rows = fetch_rows(services, query)
+        if not rows:
+            break
+        gone_for_good: list[str] = []
+        remote_kept: list[str] = []
+        for row in rows:
+            if stop():
+                break
+            try:
+                result.bytes_freed += services.cache.delete(row.id, row.ext)
+            except OSError as exc:  # the row keeps local=True; the file is still served
+                failed.append(row.id)
+                result.errors.append(f"cannot remove {row.id[:8]}...: {exc.strerror or exc}")
+                continue
+            services.images.forget(row.id)
+            if row.r2_state == R2_UPLOADED:
+                remote_kept.append(row.id)
+            else:
+                gone_for_good.append(row.id)
+        _mark_removed(services, remote_kept, expired=False)
+        _mark_removed(services, gone_for_good, expired=True)
+        result.removed += len(remote_kept) + len(gone_for_good)
+        result.expired += len(gone_for_good)
+        if len(failed) >= MAX_FAILURES:
+            break
+    return result
+
+
+def _mark_removed(services: Services, ids: list[str], *, expired: bool) -> None:
+    if not ids:
+        return
+    values: dict[str, Any] = {"local": False}
+    if expired:
+        values["expired"] = True
+    execute(
+        services,
+        update(Image)
+        .where(Image.id.in_(ids))
+        .values(**values)
+        .execution_options(synchronize_session=False),
+    )
+
+
+def _count(services: Services, where: ColumnElement[bool]) -> int:
+    def work(session: Session) -> int:
+        return int(session.scalar(select(func.count()).select_from(Image).where(where)) or 0)
+
+    return services.db.call(work)
+
+
+def evict_expired(services: Services, *, now: datetime, ttl_hours: float) -> Eviction:
+    """Remove safe local copies not accessed for ``ttl_hours`` (0: TTL off, nothing removed).
+
+    A row accessed exactly at the cutoff stays; one a moment older goes.
+    """
+    if ttl_hours <= 0:
+        return Eviction()
+    services.images.flush_access_times()
+    cutoff = now - timedelta(hours=ttl_hours)
+    result = _evict(services, where=Image.accessed_at < cutoff)
+    r2_on = r2_configured(services)
+    if r2_on:
+        result.kept = _count(
+            services,
+            and_(Image.local.is_(True), Image.accessed_at < cutoff, ~safe_to_remove(r2_on)),
+        )
+    return result
+
+
+def evict_to_cap(services: Services, *, cap_bytes: int, spare: str | None = None) -> Eviction:
+    """Remove safe local copies, least recently accessed first, until usage ≤ ``cap_bytes``.
+
+    Usage is ``services.cache.usage()`` (a running total). 0 means no cap. ``spare`` is an id
+    never removed (the image just stored: its URL is about to be handed out). ``kept`` is 1
+    when the cache is still over the cap because every remaining copy is unsafe to remove.
+    """
+    if cap_bytes <= 0 or services.cache.usage() <= cap_bytes:
+        return Eviction()
+    services.images.flush_access_times()
+    where = true() if spare is None else Image.id != spare
+    result = _evict(services, where=where, stop=lambda: services.cache.usage() <= cap_bytes)
+    if services.cache.usage() > cap_bytes:
+        result.kept = 1
+    return result
+
+
+def evict_all_remote(services: Services) -> Eviction:
+    """Remove every local copy that has an R2 copy; nothing at all when R2 is not configured.
+
+    ``kept`` counts the local copies left because they are the only copy.
+    """
+    if not r2_configured(services):
+        return Eviction(kept=_count(services, Image.local.is_(True)))
+    result = _evict(services, where=true())
+    result.kept = _count(services, Image.local.is_(True))
+    return result
+
+
+def log_cap(services: Services, result: Eviction, cap_bytes: int) -> None:
+    cap_mb = cap_bytes // 2**20
+    if result.removed:
+        services.events.info(
+            f"🧹 自动清理: 删除 {result.removed} 张最早的图片，保持在 {cap_mb}MB 限制内"
+        )
+    if result.kept:
+        services.events.warning(
+            f"⚠️ 本地缓存超过 {cap_mb}MB 上限，但剩余图片尚未上传到 R2，暂不删除"
+        )
+
+
+class CapGuard:
+    """Runs after each store (``ImageStore`` callback): evicts when the cache passes the cap.
+
+    Cheap when under the cap: one settings read and the running usage total. One eviction at a
+    time per process; after a pass that found nothing safe, it rests CAP_BLOCKED_SECONDS.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._lock = threading.Lock()
+        self._blocked_until = 0.0
+
+    def __call__(self, image: StoredImage) -> None:
+        cap_bytes = self.services.config.current().max_local_cache_mb * 2**20
+        if cap_bytes <= 0 or self.services.cache.usage() <= cap_bytes:
+            return
+        if time.monotonic() < self._blocked_until or not self._lock.acquire(blocking=False):
+            return
+        try:
+            result = evict_to_cap(self.services, cap_bytes=cap_bytes, spare=image.id)
+        except Exception as exc:  # a failed eviction must not fail the store; the job retries
+            log.warning("size cap eviction failed: %s", exc)
+            return
+        finally:
+            self._lock.release()
+        if result.kept:
+            self._blocked_until = time.monotonic() + CAP_BLOCKED_SECONDS
+        log_cap(self.services, result, cap_bytes)

@@ -1,0 +1,164 @@
+"""Making the image folder and the ``images`` table agree again (after crashes, manual deletes).
+
+One walk of the folder (``LocalCache.scan``); the files are compared with the table in batches of
+ids. Then the rows that claim a local copy are read in id order, in batches, and each one whose
+file was not seen is checked once more on disk before it is changed (it may have been written
+after the walk passed its folder).
+
+- a file with no row, older than GRACE → removed (a younger one may be a store in progress: the
+  file is written before its row);
+- a row with ``local=False`` whose file is there → ``local=True`` (serving uses the file anyway);
+- a row with ``local=True`` whose file is gone → ``local=False``, and ``expired=True`` unless the
+  image is in R2;
+- ``.tmp-*`` files older than GRACE → removed (a crash between write and rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from typing import TYPE_CHECKING, TypeVar
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from picgate.db.models import R2_UPLOADED, Image
+from picgate.jobs.eviction import execute
+from picgate.storage.local import LocalFile
+
+if TYPE_CHECKING:
+    from picgate.services import Services
+
+GRACE = timedelta(hours=1)
+BATCH = 500
+
+T = TypeVar("T")
+
+
+@dataclass
+class Repair:
+    orphans_removed: int = 0
+    relinked: int = 0
+    missing_marked: int = 0
+    tmp_removed: int = 0
+    bytes_freed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _epoch(now: datetime) -> float:
+    return now.replace(tzinfo=UTC).timestamp()
+
+
+def repair(services: Services, *, now: datetime) -> Repair:
+    """Reconcile the folder with the table (see the module docstring); ``now`` is naive UTC."""
+    result = Repair()
+    old_before = _epoch(now - GRACE)
+    seen: set[str] = set()
+    for files in batched(services.cache.scan(), BATCH):
+        _compare(services, files, seen, old_before, result)
+    if result.orphans_removed:
+        # orphans were in the running total; it is walked again when next needed
+        services.cache.reset_usage()
+    _mark_missing(services, seen, result)
+    for tmp in services.cache.temp_files():
+        try:
+            stat = tmp.stat()
+            if stat.st_mtime < old_before:
+                tmp.unlink()
+                result.tmp_removed += 1
+        except FileNotFoundError:  # renamed into place (or removed) since the walk saw it
+            continue
+        except OSError as exc:
+            result.errors.append(f"cannot remove {tmp.name}: {exc.strerror or exc}")
+    return result
+
+
+def _compare(
+    services: Services, files: list[LocalFile], seen: set[str], old_before: float, result: Repair
+) -> None:
+    ids = [f.image_id for f in files]
+
+    def rows(session: Session) -> dict[str, tuple[str, bool]]:
+        found = session.execute(
+            select(Image.id, Image.ext, Image.local).where(Image.id.in_(ids))
+        ).all()
+        return {r.id: (r.ext, bool(r.local)) for r in found}
+
+    known = services.db.call(rows)
+    relink: list[str] = []
+    for f in files:
+        row = known.get(f.image_id)
+        if row is not None and row[0] == f.ext:
+            seen.add(f.image_id)
+            if not row[1]:
+                relink.append(f.image_id)
+            continue
+        if f.mtime >= old_before:
+            continue
+        try:
+            f.path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            result.errors.append(f"cannot remove {f.path.name}: {exc.strerror or exc}")
+            continue
+        result.orphans_removed += 1
+        result.bytes_freed += f.size
+    if relink:
+        execute(
+            services,
+            update(Image)
+            .where(Image.id.in_(relink))
+            .values(local=True, expired=False)
+            .execution_options(synchronize_session=False),
+        )
+        result.relinked += len(relink)
+
+
+def _mark_missing(services: Services, seen: set[str], result: Repair) -> None:
+    after = ""
+    while True:
+
+        def page(session: Session, start: str = after) -> list[tuple[str, str, str]]:
+            found = session.execute(
+                select(Image.id, Image.ext, Image.r2_state)
+                .where(Image.local.is_(True), Image.id > start)
+                .order_by(Image.id)
+                .limit(BATCH * 4)
+            ).all()
+            return [(r.id, r.ext, r.r2_state) for r in found]
+
+        rows = services.db.call(page)
+        if not rows:
+            return
+        after = rows[-1][0]
+        in_r2: list[str] = []
+        lost: list[str] = []
+        for image_id, ext, state in rows:
+            if image_id in seen:
+                continue
+            with contextlib.suppress(ValueError):
+                if services.cache.exists(image_id, ext):
+                    continue
+            (in_r2 if state == R2_UPLOADED else lost).append(image_id)
+            services.images.forget(image_id)
+        for ids, expired in ((in_r2, False), (lost, True)):
+            if ids:
+                values = {"local": False, "expired": True} if expired else {"local": False}
+                execute(
+                    services,
+                    update(Image)
+                    .where(Image.id.in_(ids), Image.local.is_(True))
+                    .values(**values)
+                    .execution_options(synchronize_session=False),
+                )
+        result.missing_marked += len(in_r2) + len(lost)

@@ -1,0 +1,102 @@
+"""Numbers for the admin console's cache page and dashboard: one aggregate query each.
+
+Counting 100k rows in one ``SELECT count(*), sum(CASE ...)`` is a single pass over the table
+(milliseconds in SQLite); disk use is the local cache's running total, not a folder walk.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, DailyStat, Image, JobLease
+from picgate.jobs.cleanup import naive_utc
+from picgate.jobs.eviction import r2_configured
+from picgate.jobs.scheduler import LEASE_NAME
+
+if TYPE_CHECKING:
+    from picgate.services import Services
+
+
+def _flag(condition: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def cache_stats(services: Services) -> dict[str, Any]:
+    """Keys: total, local, r2, pending, failed, expired (row counts), disk_bytes (local files),
+    local_bytes (sum of sizes of rows with a local copy), cap_bytes (0: no cap), cap_ratio
+    (disk_bytes / cap_bytes, 0 without a cap), r2_configured.
+    """
+
+    def work(session: Session) -> Any:
+        return session.execute(
+            select(
+                func.count(),
+                _flag(Image.local.is_(True)),
+                _flag(Image.r2_state == R2_UPLOADED),
+                _flag(Image.r2_state == R2_PENDING),
+                _flag(Image.r2_state == R2_FAILED),
+                _flag(Image.expired.is_(True)),
+                func.coalesce(func.sum(case((Image.local.is_(True), Image.size), else_=0)), 0),
+            ).select_from(Image)
+        ).one()
+
+    total, local, r2, pending, failed, expired, local_bytes = services.db.call(work)
+    settings = services.config.current()
+    cap_bytes = settings.max_local_cache_mb * 2**20
+    disk_bytes = services.cache.usage()
+    return {
+        "total": int(total),
+        "local": int(local),
+        "r2": int(r2),
+        "pending": int(pending),
+        "failed": int(failed),
+        "expired": int(expired),
+        "disk_bytes": disk_bytes,
+        "local_bytes": int(local_bytes),
+        "cap_bytes": cap_bytes,
+        "cap_ratio": round(disk_bytes / cap_bytes, 4) if cap_bytes else 0.0,
+        "r2_configured": r2_configured(services),
+    }
+
+
+def dashboard_stats(services: Services, *, now: datetime | None = None) -> dict[str, Any]:
+    """``cache_stats`` plus requests_today, errors_today, images_today (UTC day, from
+    daily_stats) and last_cleanup: None, or {last_run_at (ISO), running, report (dict)}.
+    """
+    stats = cache_stats(services)
+    now = naive_utc(now)
+    day = now.strftime("%Y-%m-%d")
+    services.events.flush()  # today's counters are buffered with the log lines
+
+    def work(session: Session) -> tuple[dict[str, int], JobLease | None]:
+        counters = {
+            row.name: int(row.value)
+            for row in session.execute(
+                select(DailyStat.name, DailyStat.value).where(DailyStat.day == day)
+            )
+        }
+        return counters, session.get(JobLease, LEASE_NAME)
+
+    counters, lease = services.db.call(work)
+    stats["requests_today"] = counters.get("requests", 0)
+    stats["errors_today"] = counters.get("errors", 0)
+    stats["images_today"] = counters.get("images", 0)
+    stats["last_cleanup"] = None
+    if lease is not None and lease.last_run_at is not None:
+        report: dict[str, Any] | None = None
+        if lease.last_report:
+            try:
+                report = json.loads(lease.last_report)
+            except ValueError:
+                report = None
+        stats["last_cleanup"] = {
+            "last_run_at": lease.last_run_at.isoformat(),
+            "running": lease.lease_until is not None and lease.lease_until > now,
+            "report": report,
+        }
+    return stats

@@ -1,0 +1,245 @@
+"""Request-side rewriting: the model, and history images turned into data URLs."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from picgate.errors import BadRequest
+from picgate.gateway.fetch import BlockedAddress
+from picgate.gateway.history import (
+    HistoryImages,
+    last_user_text,
+    own_image_id,
+    upstream_body,
+)
+from tests.support.images import data_url, make_image
+
+BASE = "https://img.example.com"
+IMAGE_ID = "AbCdEfGhIjKlMnOpQrStUv"
+OTHER_ID = "ZyXwVuTsRqPoNmLkJiHgFe"
+PNG = make_image("PNG", 2_000, seed=5)
+JPEG = make_image("JPEG", 2_000, seed=6)
+STORED = {IMAGE_ID: PNG, OTHER_ID: JPEG}
+
+
+class Loader:
+    """A store of two images that remembers what it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def __call__(self, image_id: str) -> bytes | None:
+        self.asked.append(image_id)
+        return STORED.get(image_id)
+
+
+def images(fetch: Any = None, bases: tuple[str, ...] = (BASE,)) -> HistoryImages:
+    return HistoryImages(own_bases=bases, load_own=Loader(), fetch=fetch)
+
+
+async def rewrite(
+    body: dict[str, Any], history: HistoryImages | None = None, model: str | None = "up-model"
+) -> dict[str, Any]:
+    original = copy.deepcopy(body)
+    out = await upstream_body(body, upstream_model=model, images=history or images())
+    assert body == original  # the client's body is never mutated
+    return out
+
+
+async def test_upstream_body_replaces_model_keeps_other_fields() -> None:
+    body = {
+        "model": "picgate",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "modalities": ["image", "text"],
+        "temperature": 0.3,
+    }
+    assert await rewrite(body) == {**body, "model": "up-model"}
+
+
+async def test_upstream_body_no_upstream_model_keeps_client_model() -> None:
+    body = {"model": "nano-banana", "messages": []}
+    assert await rewrite(body, model=None) == body
+
+
+async def test_upstream_body_assistant_markdown_own_url_inlined_in_place() -> None:
+    content = (
+        f"Here you go.\n![image]({BASE}/images/{IMAGE_ID}.png)\n"
+        f"and ![second]({BASE}/images/{OTHER_ID}) end"
+    )
+    body = {"messages": [{"role": "assistant", "content": content, "name": "bot"}]}
+    history = images()
+    out = await rewrite(body, history)
+    expected = (
+        f"Here you go.\n![image]({data_url(PNG)})\n"
+        f"and ![second]({data_url(JPEG, 'image/jpeg')}) end"
+    )
+    assert out["messages"] == [{"role": "assistant", "content": expected, "name": "bot"}]
+    assert history.inlined == 2
+
+
+async def test_upstream_body_user_image_url_part_own_url_inlined() -> None:
+    part = {
+        "type": "image_url",
+        "image_url": {"url": f"{BASE}/images/{IMAGE_ID}.png", "detail": "high"},
+    }
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "edit"}, part]}]}
+    out = await rewrite(body)
+    assert out["messages"][0]["content"] == [
+        {"type": "text", "text": "edit"},
+        {"type": "image_url", "image_url": {"url": data_url(PNG), "detail": "high"}},
+    ]
+
+
+async def test_upstream_body_own_image_on_another_host_inlined_when_id_exists() -> None:
+    url = f"http://picgate:5643/images/{IMAGE_ID}.png"
+    body = {"messages": [{"role": "assistant", "content": f"![image]({url})"}]}
+    out = await rewrite(body)
+    assert out["messages"][0]["content"] == f"![image]({data_url(PNG)})"
+
+
+async def test_upstream_body_unknown_id_or_external_url_passes_through() -> None:
+    unknown = f"{BASE}/images/{'q' * 22}.png"
+    external = "https://cdn.example.org/cat.png"
+    body = {
+        "messages": [
+            {"role": "assistant", "content": f"![a]({unknown}) ![b]({external})"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": unknown}},
+                    {"type": "image_url", "image_url": {"url": external}},
+                    {"type": "image_url", "image_url": {"url": data_url(PNG)}},
+                ],
+            },
+        ]
+    }
+    history = images()
+    assert await rewrite(body, history) == {**body, "model": "up-model"}
+    assert history.inlined == 0
+
+
+async def test_upstream_body_user_string_content_untouched() -> None:
+    body = {"messages": [{"role": "user", "content": f"see {BASE}/images/{IMAGE_ID}.png"}]}
+    assert (await rewrite(body))["messages"] == body["messages"]
+
+
+async def test_upstream_body_same_image_loaded_once() -> None:
+    url = f"{BASE}/images/{IMAGE_ID}.png"
+    body = {"messages": [{"role": "assistant", "content": f"![a]({url}) ![b]({url})"}] * 3}
+    history = images()
+    await rewrite(body, history)
+    assert history.load_own.asked == [IMAGE_ID]  # type: ignore[attr-defined]
+
+
+async def test_upstream_body_external_fetch_on_inlines_image() -> None:
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return JPEG
+
+    url = "https://cdn.example.org/cat.jpg"
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": url}]}]}
+    out = await rewrite(body, images(fetch))
+    assert out["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": data_url(JPEG, "image/jpeg")}
+    ]
+    assert fetched == [url]
+
+
+async def test_upstream_body_external_markdown_never_fetched() -> None:
+    async def fetch(url: str) -> bytes:
+        raise AssertionError("assistant markdown must not be fetched")
+
+    body = {"messages": [{"role": "assistant", "content": "![x](https://cdn.example.org/x.png)"}]}
+    assert (await rewrite(body, images(fetch)))["messages"] == body["messages"]
+
+
+async def test_upstream_body_refused_fetch_is_400_naming_url() -> None:
+    async def fetch(url: str) -> bytes:
+        raise BlockedAddress("image URL points at a forbidden address (10.0.0.1)")
+
+    url = "http://10.0.0.1/secret.png"
+    part = {"type": "image_url", "image_url": {"url": url}}
+    body = {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": [part]}]}
+    with pytest.raises(BadRequest) as caught:
+        await rewrite(body, images(fetch))
+    assert caught.value.status_code == 400
+    assert url in caught.value.message
+    assert "forbidden address" in caught.value.message
+    assert caught.value.param == "messages[1].content[0].image_url.url"
+
+
+async def test_upstream_body_fetched_non_image_is_400() -> None:
+    async def fetch(url: str) -> bytes:
+        return b"<html>not an image</html>"
+
+    body = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": "https://x.org/a"}]}
+        ]
+    }
+    with pytest.raises(BadRequest) as caught:
+        await rewrite(body, images(fetch))
+    assert caught.value.status_code == 400
+    assert "https://x.org/a" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [({}, "missing_required_parameter"), ({"messages": "hi"}, "invalid_type")],
+)
+async def test_upstream_body_bad_messages_is_400(body: dict[str, Any], code: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        await rewrite(body)
+    assert (caught.value.status_code, caught.value.code) == (400, code)
+
+
+async def test_upstream_body_odd_messages_pass_through() -> None:
+    body = {"messages": ["text", None, {"role": "tool", "content": None, "tool_call_id": "1"}]}
+    assert (await rewrite(body))["messages"] == body["messages"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (f"{BASE}/images/{IMAGE_ID}.png", IMAGE_ID),
+        (f"{BASE}/images/{IMAGE_ID}", IMAGE_ID),
+        (f"{BASE}/images/{IMAGE_ID}.jpeg?x=1#f", IMAGE_ID),
+        (f"http://10.1.2.3:5643/images/{IMAGE_ID}.webp", IMAGE_ID),
+        (f"https://gw.example.com/sub/images/{IMAGE_ID}.gif", IMAGE_ID),
+        (f"{BASE}/images/{IMAGE_ID}.svg", None),
+        (f"{BASE}/images/short.png", None),
+        (f"{BASE}/images/../{IMAGE_ID}.png", None),
+        (f"{BASE}/images/{IMAGE_ID}/x.png", None),
+        (f"{BASE}/files/{IMAGE_ID}.png", None),
+        (f"ftp://x/images/{IMAGE_ID}.png", None),
+        ("http://[::1/images/x", None),
+    ],
+)
+def test_own_image_id_shapes(url: str, expected: str | None) -> None:
+    assert own_image_id(url, [BASE]) == expected
+
+
+def test_own_image_id_base_with_path_prefix() -> None:
+    assert own_image_id(f"https://x.org/pg/images/{IMAGE_ID}.png", ["https://x.org/pg"]) == IMAGE_ID
+
+
+def test_last_user_text_takes_last_user_text_parts_truncated() -> None:
+    messages: list[Any] = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "reply"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "make it"}, {"type": "text", "text": "blue"}],
+        },
+        {"role": "assistant", "content": "ok"},
+    ]
+    assert last_user_text(messages) == "make it\nblue"
+    assert last_user_text([{"role": "user", "content": "x" * 50}], limit=10) == "x" * 10 + "..."
+    assert last_user_text([{"role": "system", "content": "s"}]) is None

@@ -4,8 +4,8 @@ Builds a data folder (rows inserted with bulk SQL, small files written directly)
 ``run_jobs`` once in a fresh child process, so the child's peak RSS is the job's own (plus
 imports). A second child reruns on a fresh copy with tracemalloc for the Python heap peak.
 
-The data set makes every step work: R2 on (an in-memory store), 10% of the local rows pending
-upload; 3,000 local rows past the TTL; a size cap below the folder's size; 5,000 rows past
+The data set makes every step work: R2 on (an in-memory store), 1% of the local rows pending
+upload (a backlog after an outage); 3,000 local rows past the TTL; a size cap below the folder's size; 5,000 rows past
 retention; 200 orphan files, 200 rows whose file is gone, 100 stale temporary files; 7,000 log
 lines over the 5,000 cap; 1,000 expired admin sessions.
 
@@ -90,9 +90,9 @@ def build(data: Path, rows: int, files: int) -> None:
                 "source": "bench",
                 "local": local,
                 "expired": False,
-                "r2_state": R2_PENDING if local and i % 10 == 0 else R2_UPLOADED,
+                "r2_state": R2_PENDING if local and i % 100 == 0 else R2_UPLOADED,
                 "r2_attempts": 0,
-                "r2_next_attempt_at": now if local and i % 10 == 0 else None,
+                "r2_next_attempt_at": now if local and i % 100 == 0 else None,
             }
         )
         if local and i >= files - 200:
@@ -167,6 +167,7 @@ def run_child(data: Path, *, trace: bool) -> dict[str, Any]:
 
 
 def spawn(data: Path, *, trace: bool) -> dict[str, Any]:
+    os.sync()  # the copy just written must not be flushed to disk while the job runs
     args = [sys.executable, "-m", "bench.cleanup", "--child", str(data)]
     if trace:
         args.append("--trace")
@@ -189,7 +190,9 @@ def main() -> None:
         data = Path(tmp) / "data"
         started = time.perf_counter()
         build(data, args.rows, args.files)
-        print(f"built {args.rows:,} rows, {args.files:,} files in {time.perf_counter() - started:.1f} s")
+        print(
+            f"built {args.rows:,} rows, {args.files:,} files in {time.perf_counter() - started:.1f} s"
+        )
         pristine = Path(tmp) / "pristine"
         shutil.copytree(data, pristine)
         timed = spawn(data, trace=False)
@@ -210,6 +213,7 @@ def main() -> None:
         f"{r['orphans_removed']}, missing {r['missing_marked']}, tmp {r['tmp_removed']}, "
         f"errors {len(r['errors'])}"
     )
+    print("  seconds per step: " + ", ".join(f"{k} {v:.2f}" for k, v in r["seconds"].items()))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Builds PicGate's runtime dependencies as an AWS Lambda layer for python3.11 on arm64:
-#   .build/layer/python/...        pip --target with manylinux2014_aarch64 wheels only
+# Builds PicGate's runtime dependencies as an AWS Lambda layer for python3.11 on x86_64:
+#   .build/layer/python/...        pip --target with manylinux2014_x86_64 wheels only
 #   .build/picgate-deps-layer.zip  the layer zip
 # With `--publish STAGE` it also publishes the layer and stores its ARN in SSM as
-# /picgate/STAGE/DEPS_LAYER_ARN, where serverless.yml reads it (needs the AWS CLI).
+# /picgate/STAGE/DEPS_LAYER_ARN, where serverless.yml reads it (needs the AWS CLI; set
+# LAYER_BUCKET to an S3 bucket in the same region: the zip is over the 50 MB direct upload).
 #
 # The list is pyproject.toml's dependencies plus the libsql extra, without uvicorn: Lambda runs
 # the app through Mangum, and leaving uvicorn[standard] out keeps uvloop, watchfiles, PyYAML and
-# click out of the layer and out of the cold start.
+# click out of the layer and out of the cold start. sqlalchemy-libsql is held at >= 0.2 (on
+# libsql-experimental): 0.1 pulls the unmaintained libsql-client, and Sphinx with it.
+#
+# x86_64, not arm64: libsql-experimental publishes no Linux aarch64 wheels (checked for 0.0.55),
+# and Lambda python3.11 runs on Amazon Linux 2 (glibc 2.26), hence manylinux2014 wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo "$PWD/.venv/bin/python" || command -v python3 )}
 OUT=.build
 rm -rf "$OUT/layer" "$OUT/picgate-deps-layer.zip"
 mkdir -p "$OUT/layer/python"
@@ -24,10 +29,11 @@ with open("pyproject.toml", "rb") as f:
 for requirement in project["dependencies"] + project["optional-dependencies"]["libsql"]:
     if not requirement.startswith("uvicorn"):
         print(requirement)
+print("sqlalchemy-libsql>=0.2")
 EOF
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check \
-  --platform manylinux2014_aarch64 --implementation cp --python-version 3.11 \
+  --platform manylinux2014_x86_64 --implementation cp --python-version 3.11 \
   --only-binary=:all: --target "$OUT/layer/python" -r "$OUT/requirements-lambda.txt"
 
 # bytecode compiled now: Lambda's /opt is read-only, so nothing could be cached at run time
@@ -44,9 +50,15 @@ echo "layer: $OUT/picgate-deps-layer.zip ($(du -h "$OUT/picgate-deps-layer.zip" 
 
 if [ "${1:-}" = "--publish" ]; then
   STAGE=${2:?usage: $0 --publish STAGE}
-  ARN=$(aws lambda publish-layer-version --layer-name "picgate-$STAGE-deps" \
-    --zip-file "fileb://$OUT/picgate-deps-layer.zip" \
-    --compatible-runtimes python3.11 --compatible-architectures arm64 \
+  # direct uploads stop at 50 MB and the layer is a little over: go through S3 when given one
+  if [ -n "${LAYER_BUCKET:-}" ]; then
+    aws s3 cp --quiet "$OUT/picgate-deps-layer.zip" "s3://$LAYER_BUCKET/picgate/$STAGE-deps.zip"
+    CONTENT=(--content "S3Bucket=$LAYER_BUCKET,S3Key=picgate/$STAGE-deps.zip")
+  else
+    CONTENT=(--zip-file "fileb://$OUT/picgate-deps-layer.zip")
+  fi
+  ARN=$(aws lambda publish-layer-version --layer-name "picgate-$STAGE-deps" "${CONTENT[@]}" \
+    --compatible-runtimes python3.11 --compatible-architectures x86_64 \
     --query LayerVersionArn --output text)
   aws ssm put-parameter --name "/picgate/$STAGE/DEPS_LAYER_ARN" --type String \
     --value "$ARN" --overwrite >/dev/null

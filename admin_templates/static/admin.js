@@ -315,7 +315,7 @@
       if (typeof result !== "object") return String(result);
       return Object.entries(result)
         .filter(([, v]) => typeof v === "number")
-        .map(([k, v]) => (STRINGS["result." + k] || k) + ": " + (k.endsWith("bytes") ? fmtBytes(v) : v))
+        .map(([k, v]) => (STRINGS["result." + k] || k) + ": " + (k.includes("bytes") ? fmtBytes(v) : v))
         .join(" · ");
     }
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import io
 import os
 import secrets
-import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from picgate.errors import UnsupportedMediaType
+from picgate.errors import PicGateError, UnsupportedMediaType
+from picgate.storage.codec import image_size, sniff
 from picgate.storage.local import ID_PATTERN
 
-MAX_PIXELS = 64_000_000
+# 4096×4096: above every size current image models produce. Decoding costs ~8 bytes a pixel
+# at its peak (a 4096² PNG: ~130 MB RSS; the former 64 M-pixel cap let one preview take ~500 MB,
+# measured in docs/RELIABILITY.md), and the grid asks for several previews at once.
+MAX_PIXELS = 4096 * 4096
 SIZE = 320
 QUALITY = 78
 
@@ -35,20 +38,25 @@ def thumb_path(root: Path, image_id: str) -> Path:
 
 def make_thumbnail(data: bytes, *, size: int = SIZE) -> bytes:
     """A WebP no larger than ``size``×``size``; UnsupportedMediaType for undecodable or huge input."""
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    # the size from the header, before Pillow decodes anything; checked here rather than with
+    # warnings.catch_warnings, whose filter swap is process-wide and races between threads
     try:
-        with warnings.catch_warnings():
-            # between MAX_PIXELS and twice that Pillow only warns: refuse those as well
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale
-                img.seek(0)
-                frame = ImageOps.exif_transpose(img)
-                frame.thumbnail((size, size), Image.Resampling.LANCZOS)
-                mode = "RGBA" if frame.mode in ("RGBA", "LA", "P", "PA") else "RGB"
-                out = io.BytesIO()
-                frame.convert(mode).save(out, "WEBP", quality=QUALITY, method=4)
-                return out.getvalue()
+        dims = image_size(data, sniff(data))
+    except PicGateError as exc:
+        raise UnsupportedMediaType("image cannot be decoded") from exc
+    if dims is None or dims[0] * dims[1] > MAX_PIXELS:
+        raise UnsupportedMediaType("image is too large to preview")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # still Pillow's own check if a header lied to us
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale
+            img.seek(0)
+            frame = ImageOps.exif_transpose(img)
+            frame.thumbnail((size, size), Image.Resampling.LANCZOS)
+            mode = "RGBA" if frame.mode in ("RGBA", "LA", "P", "PA") else "RGB"
+            out = io.BytesIO()
+            frame.convert(mode).save(out, "WEBP", quality=QUALITY, method=4)
+            return out.getvalue()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UnsupportedMediaType("image is too large to preview") from exc
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's ways of saying "not an image"

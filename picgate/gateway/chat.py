@@ -6,8 +6,9 @@ answer) or ``open_stream`` and then iterate ``ChatStream.events()``.
 
 Stream contract (``relay``): comment lines are forwarded at once; every ``data`` payload goes
 through ``StreamRewriter`` and out as soon as it comes back (nothing waits for more upstream
-data); ``[DONE]`` ends the relay. While the upstream is silent for ``keepalive`` seconds a
-``: keep-alive`` comment goes out. A failure after the first byte (the upstream connection drops,
+data); ``[DONE]`` ends the relay. Plain text chunks that arrived in the same network read are
+merged first (``coalesce``): same text, fewer chunks. While the upstream is silent for
+``keepalive`` seconds a ``: keep-alive`` comment goes out. A failure after the first byte (the upstream connection drops,
 a read times out, storing fails unexpectedly) becomes ``data: {"error": {...}}`` (no ``choices``,
 the shape OpenWebUI and the openai SDK surface) followed by ``data: [DONE]``.
 """
@@ -46,6 +47,7 @@ __all__ = [
     "KEEPALIVE",
     "ChatStream",
     "ChunkReader",
+    "coalesce",
     "complete",
     "error_event",
     "history_images",

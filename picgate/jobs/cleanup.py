@@ -93,6 +93,7 @@ class JobReport:
     relinked: int = 0
     tmp_removed: int = 0
     errors: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # per step
 
     @property
     def ok(self) -> bool:
@@ -139,10 +140,12 @@ class JobReport:
 
 
 def _step(report: JobReport, name: str, action: Callable[[], None]) -> None:
+    started = time.perf_counter()
     try:
         action()
     except Exception as exc:  # one broken step must not stop the others; it is reported
         report.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    report.seconds[name] = round(time.perf_counter() - started, 3)
 
 
 def run_jobs(
@@ -190,7 +193,6 @@ def run_jobs(
         )
 
     def logs() -> None:
-        services.events.flush()
         report.logs_trimmed = services.db.call(lambda s: trim_logs(s, services.events.max_entries))
 
     def sessions() -> None:

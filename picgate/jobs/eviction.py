@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("picgate")
 
 BATCH = 500
+DELETE_THREADS = 4
+PARALLEL_FROM = 16  # fewer files than this: unlink them on the calling thread
 # unlink failures (permissions...) excluded from later batches; past this many, stop the step
 MAX_FAILURES = 100
 # after the cap found nothing safe to remove, wait before trying again on the next store
@@ -78,19 +81,23 @@ def _evict(
     services: Services,
     *,
     where: ColumnElement[bool],
-    stop: Callable[[], bool] = lambda: False,
+    excess: Callable[[], int] | None = None,
 ) -> Eviction:
     """Remove the local copies of rows matching ``where`` (plus local and safe), oldest first.
 
-    ``stop`` is asked before each file; True ends the pass (the size cap is met).
+    ``excess`` (the size cap) gives the bytes still to free; each batch takes just enough rows
+    by their recorded size, and the pass ends once it is ≤ 0.
     """
     r2_on = r2_configured(services)
     result = Eviction()
     failed: list[str] = []
     condition = and_(Image.local.is_(True), safe_to_remove(r2_on), where)
-    while not stop():
+    while True:
+        need = excess() if excess is not None else None
+        if need is not None and need <= 0:
+            break
         query = (
-            select(Image.id, Image.ext, Image.r2_state)
+            select(Image.id, Image.ext, Image.size, Image.r2_state)
             .where(condition)
             .order_by(Image.accessed_at, Image.id)
             .limit(BATCH)
@@ -100,22 +107,20 @@ def _evict(
         rows = fetch_rows(services, query)
         if not rows:
             break
+        if need is not None:
+            rows = _just_enough(rows, need)
         gone_for_good: list[str] = []
         remote_kept: list[str] = []
-        for row in rows:
-            if stop():
-                break
-            try:
-                result.bytes_freed += services.cache.delete(row.id, row.ext)
-            except OSError as exc:  # the row keeps local=True; the file is still served
+        for row, outcome in zip(rows, _remove_files(services, rows), strict=True):
+            if isinstance(outcome, OSError):  # the row keeps local=True; the file is served
                 failed.append(row.id)
-                result.errors.append(f"cannot remove {row.id[:8]}...: {exc.strerror or exc}")
+                result.errors.append(
+                    f"cannot remove {row.id[:8]}...: {outcome.strerror or outcome}"
+                )
                 continue
+            result.bytes_freed += outcome
             services.images.forget(row.id)
-            if row.r2_state == R2_UPLOADED:
-                remote_kept.append(row.id)
-            else:
-                gone_for_good.append(row.id)
+            (remote_kept if row.r2_state == R2_UPLOADED else gone_for_good).append(row.id)
         _mark_removed(services, remote_kept, expired=False)
         _mark_removed(services, gone_for_good, expired=True)
         result.removed += len(remote_kept) + len(gone_for_good)
@@ -123,6 +128,37 @@ def _evict(
         if len(failed) >= MAX_FAILURES:
             break
     return result
+
+
+def _just_enough(rows: list[Any], need: int) -> list[Any]:
+    """The oldest rows whose sizes add up to ``need`` bytes (a missing file frees nothing:
+    the next batch then takes more)."""
+    chosen = []
+    for row in rows:
+        if need <= 0:
+            break
+        chosen.append(row)
+        need -= row.size
+    return chosen
+
+
+def _remove_files(services: Services, rows: list[Any]) -> list[int | OSError]:
+    """Unlink the rows' files: bytes freed (0 if already gone) or the OSError, in row order.
+
+    A few threads: an unlink can wait on the filesystem journal while other processes write,
+    and those waits overlap.
+    """
+
+    def remove(row: Any) -> int | OSError:
+        try:
+            return services.cache.delete(row.id, row.ext)
+        except OSError as exc:
+            return exc
+
+    if len(rows) < PARALLEL_FROM:
+        return [remove(row) for row in rows]
+    with ThreadPoolExecutor(max_workers=DELETE_THREADS) as pool:
+        return list(pool.map(remove, rows))
 
 
 def _mark_removed(services: Services, ids: list[str], *, expired: bool) -> None:
@@ -177,7 +213,7 @@ def evict_to_cap(services: Services, *, cap_bytes: int, spare: str | None = None
         return Eviction()
     services.images.flush_access_times()
     where = true() if spare is None else Image.id != spare
-    result = _evict(services, where=where, stop=lambda: services.cache.usage() <= cap_bytes)
+    result = _evict(services, where=where, excess=lambda: services.cache.usage() - cap_bytes)
     if services.cache.usage() > cap_bytes:
         result.kept = 1
     return result

@@ -68,6 +68,8 @@ def sniff(data: bytes) -> ImageType:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         if data[12:16] != b"IHDR" or data[-8:-4] != b"IEND":
             raise UnsupportedMediaType("PNG image is truncated", code="invalid_image")
+        if not _png_chunks_chain(data):
+            raise UnsupportedMediaType("PNG chunks are broken", code="invalid_image")
         return PNG
     if data.startswith(b"\xff\xd8\xff"):
         # some encoders pad after the end-of-image marker; allow a little of it
@@ -86,6 +88,24 @@ def sniff(data: bytes) -> ImageType:
     raise UnsupportedMediaType(
         "only PNG, JPEG, WebP and GIF images are accepted", code="unsupported_image_type"
     )
+
+
+def _png_chunks_chain(data: bytes) -> bool:
+    """Whether the chunks (length, type, data, CRC) lead from the signature exactly to IEND.
+
+    A file that only starts and ends like a PNG (an HTML/JS polyglot with a PNG head and tail)
+    fails here. Lengths are followed without reading chunk data, so the cost is per chunk.
+    """
+    pos, end = 8, len(data)
+    while pos + 12 <= end:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if length > 0x7FFFFFFF or not kind.isalpha():
+            return False
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos == end
+    return False
 
 
 def image_size(data: bytes, kind: ImageType) -> tuple[int, int] | None:

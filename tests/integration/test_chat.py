@@ -12,6 +12,7 @@ import json
 import random
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -101,10 +102,17 @@ def data_payloads(raw: bytes) -> list[str]:
     return [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
 
 
-def log_lines(gateway: Gateway) -> list[str]:
-    gateway.services.events.flush()
-    rows = gateway.services.db.call(lambda s: s.scalars(select(LogEntry.message)).all())
-    return list(rows)
+def log_lines(gateway: Gateway, *wanted: str) -> list[str]:
+    """The log, once it holds a line starting with each of ``wanted`` (the background flush
+    may be writing a batch while we look, so look again until it lands)."""
+    lines: list[str] = []
+    for _ in range(100):
+        gateway.services.events.flush()
+        lines = list(gateway.services.db.call(lambda s: s.scalars(select(LogEntry.message)).all()))
+        if all(any(line.startswith(w) for line in lines) for w in wanted):
+            break
+        time.sleep(0.05)
+    return lines
 
 
 # -- the captured upstream shapes ------------------------------------------------------------
@@ -121,10 +129,11 @@ def test_chat_openrouter_message_images_become_links(
     assert served(url) == ONE_PIXEL
     assert result.usage is not None and result.usage.total_tokens == 1297
     assert upstream.last(CHAT).json["model"] == "gpt-image-1"
-    lines = log_lines(gateway)
+    saved = f"✅ 对话图片已保存: {url.rsplit('/', 1)[1][:8]}..."
+    lines = log_lines(gateway, "📤", "📥", saved)
     assert "📤 发起对话请求: 1 条消息" in lines
     assert "📥 上游对话返回成功" in lines
-    assert f"✅ 对话图片已保存: {url.rsplit('/', 1)[1][:8]}..." in lines
+    assert saved in lines
 
 
 def test_chat_openrouter_stream_delta_images_become_links(
@@ -332,7 +341,7 @@ def test_chat_stream_upstream_drop_becomes_error_event(
     assert set(error) == {"error"}
     assert error["error"]["code"] == "upstream_unreachable"
     assert error["error"]["message"].startswith("the upstream stream broke off")
-    assert any(line.startswith("❌ 对话流中断") for line in log_lines(gateway))
+    assert any(line.startswith("❌ 对话流中断") for line in log_lines(gateway, "❌ 对话流中断"))
     with pytest.raises(openai.APIError, match="broke off"):
         stream_text(gateway)
 
@@ -394,7 +403,9 @@ def test_chat_storage_failure_keeps_data_url_inline(
         result = sdk(gateway).chat.completions.create(model="picgate", messages=MESSAGES)
         text = result.choices[0].message.content or ""
     assert text.endswith(original)
-    assert any(line.startswith("❌ 对话图片保存失败") for line in log_lines(gateway))
+    assert any(
+        line.startswith("❌ 对话图片保存失败") for line in log_lines(gateway, "❌ 对话图片保存失败")
+    )
 
 
 def test_chat_not_an_image_stays_text(gateway: Gateway, upstream: StubUpstream) -> None:
@@ -439,7 +450,7 @@ def test_chat_history_own_images_inlined_for_upstream(
     assert sent[2]["content"][1]["image_url"]["url"] == inline
     # external URLs pass through while ALLOW_EXTERNAL_IMAGE_FETCH is off
     assert sent[2]["content"][2] == messages[2]["content"][2]  # type: ignore[index]
-    assert "🖼️ 历史图片已内联: 2 张" in log_lines(gateway)
+    assert "🖼️ 历史图片已内联: 2 张" in log_lines(gateway, "🖼️")
 
 
 def test_chat_external_image_fetch_refused_is_400(start_gateway, upstream: StubUpstream) -> None:
@@ -479,3 +490,28 @@ def test_chat_without_key_is_401(gateway: Gateway) -> None:
     resp = httpx.post(gateway.url + CHAT, json={"messages": MESSAGES})
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "missing_api_key"
+
+
+def test_chat_stream_text_chunks_read_together_merged_others_kept(
+    gateway: Gateway, upstream: StubUpstream
+) -> None:
+    one_write = b"".join(
+        [
+            event({"role": "assistant", "content": "a"}),
+            event({"role": "assistant", "content": "b"}),
+            event({"role": "assistant", "content": "c"}, finish="stop"),
+            event({"content": "x"}, system_fingerprint="fp"),
+            event(None, choices=[], usage={"total_tokens": 3}),
+            DONE,
+        ]
+    )
+    serve(upstream, lambda: sse([one_write]))
+    chunks = [json.loads(p) for p in data_payloads(raw_stream(gateway)) if p != "[DONE]"]
+    assert [c["choices"] for c in chunks] == [
+        [{"index": 0, "delta": {"role": "assistant", "content": "ab"}, "finish_reason": None}],
+        [{"index": 0, "delta": {"role": "assistant", "content": "c"}, "finish_reason": "stop"}],
+        [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}],
+        [],
+    ]
+    assert chunks[-1]["usage"] == {"total_tokens": 3}
+    assert all(c["id"] == "chatcmpl-t" for c in chunks)

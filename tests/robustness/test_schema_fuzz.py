@@ -20,9 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from picgate.admin import auth
-from picgate.db.models import AdminSession
 from tests.conftest import Gateway
+from tests.robustness.sessions import admin_session
 
 EXAMPLES = 12
 GATEWAY_PATHS = r"^/(v1/|images/|health$)"
@@ -148,15 +147,6 @@ def test_schema_fuzz_without_key_every_v1_route_is_401(
         assert_error_shape(response, case.formatted_path)
 
     assert fuzz(raw, r"^/v1/", call, examples=4)
-
-
-def admin_session(gateway: Gateway) -> tuple[str, str]:
-    """A signed-in admin: the session cookie token and its CSRF token."""
-    db = gateway.services.db
-    db.call(lambda s: auth.set_admin(s, username="admin", password="fuzz-password-123"))
-    token = db.call(lambda s: auth.create_session(s, auth.ADMIN_ID))
-    csrf = db.call(lambda s: s.get(AdminSession, auth.token_digest(token)).csrf_token)
-    return token, csrf
 
 
 def test_schema_fuzz_admin_api_no_5xx_and_openai_errors(

@@ -1,0 +1,37 @@
+# PicGate in server mode: uvicorn on 5643, SQLite and the image cache in the /app/data volume.
+#   docker build -t picgate .
+#   docker run -d -p 5643:5643 -v picgate-data:/app/data picgate
+# (or infra/docker-compose.yml). Settings come from the environment or the admin console.
+
+FROM python:3.11-slim AS build
+# set by BuildKit; the libSQL driver (Turso) ships x86_64 Linux wheels only
+ARG TARGETARCH=amd64
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY picgate ./picgate
+COPY admin_templates ./admin_templates
+RUN python -m venv /opt/venv \
+ && extras="" && if [ "$TARGETARCH" = "amd64" ]; then extras="[libsql]"; fi \
+ && /opt/venv/bin/pip install ".${extras}"
+
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    DATA_DIR=/app/data \
+    DATABASE_URL=sqlite:////app/data/db/picgate.db \
+    HOST=0.0.0.0 \
+    PORT=5643
+RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin picgate \
+ && mkdir -p /app/data \
+ && chown -R picgate:picgate /app
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+USER picgate
+VOLUME ["/app/data"]
+EXPOSE 5643
+# python, not curl: the slim image has no curl; urlopen raises on 503 (database down)
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '5643'), timeout=4)"]
+CMD ["picgate", "serve"]

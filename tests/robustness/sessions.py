@@ -1,0 +1,18 @@
+"""A signed-in admin for tests that call the console's JSON API directly."""
+
+from __future__ import annotations
+
+from picgate.admin import auth
+from picgate.db.models import AdminSession
+from tests.conftest import Gateway
+
+ADMIN_PASSWORD = "robust-password-123"
+
+
+def admin_session(gateway: Gateway) -> tuple[str, str]:
+    """Create the admin in the gateway's database; the session cookie token and its CSRF token."""
+    db = gateway.services.db
+    db.call(lambda s: auth.set_admin(s, username="admin", password=ADMIN_PASSWORD))
+    token = db.call(lambda s: auth.create_session(s, auth.ADMIN_ID))
+    csrf = db.call(lambda s: s.get(AdminSession, auth.token_digest(token)).csrf_token)
+    return token, csrf

@@ -453,8 +453,9 @@
       if (ids.length === 0) { toast(t("js.nothing_selected"), true); return false; }
       if (!window.confirm(t("js.confirm_delete_" + mode, { n: ids.length }))) return false;
       try {
-        await api("POST", "/admin/api/images/delete", { ids, mode });
-        toast(t("js.deleted_" + mode, { n: ids.length }));
+        const r = await api("POST", "/admin/api/images/delete", { ids, mode });
+        if (r.result && r.result.failed) toast(t("js.delete_failed", { n: r.result.failed }), true);
+        else toast(t("js.deleted_" + mode, { n: ids.length }));
         ids.forEach((id) => selected.delete(id));
         await load();
         return true;

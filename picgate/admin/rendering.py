@@ -14,14 +14,16 @@ import re
 from collections.abc import Callable, Coroutine
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.routing import APIRoute
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from picgate.errors import NotFound
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
@@ -50,6 +52,9 @@ def templates_root() -> Path:
 
 @functools.cache
 def environment() -> Environment:
+    # imported on first render: API calls and Lambda cold starts never pay for Jinja
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
     env = Environment(
         loader=FileSystemLoader(str(templates_root())),
         autoescape=select_autoescape(["html"]),

@@ -30,6 +30,19 @@ def _stat_file(path: Path) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
+async def _local(
+    services: Services, record: StoredImage, path: Path, st: os.stat_result
+) -> Located:
+    if services.serverless:
+        # Lambda refuses answers over ~6 MB: a large image leaves by redirect even from /tmp
+        from picgate.storage.remote import oversize_redirect
+
+        redirect = await oversize_redirect(services, record)
+        if redirect is not None:
+            return redirect
+    return Located(record, path=path, stat=st)
+
+
 async def locate(services: Services, image_id: str, ext: str | None) -> Located:
     """Where to get ``image_id``'s bytes; NotFound (unknown id, wrong extension) or Gone."""
     record = services.images.cached_record(image_id)
@@ -37,7 +50,7 @@ async def locate(services: Services, image_id: str, ext: str | None) -> Located:
         path = services.cache.path(image_id, record.ext)
         st = await anyio.to_thread.run_sync(_stat_file, path)
         if st is not None:
-            return Located(record, path=path, stat=st)
+            return await _local(services, record, path, st)
     row = await anyio.to_thread.run_sync(services.images.load_row, image_id)
     if row is None or (ext is not None and ext != row.ext):
         raise NotFound("No such image.")
@@ -45,7 +58,7 @@ async def locate(services: Services, image_id: str, ext: str | None) -> Located:
     path = services.cache.path(image_id, row.ext)
     st = await anyio.to_thread.run_sync(_stat_file, path)
     if st is not None:
-        return Located(record, path=path, stat=st)
+        return await _local(services, record, path, st)
     remote = await services.locate_remote(row)
     if remote is not None:
         return remote

@@ -1,7 +1,7 @@
 """Making the image folder and the ``images`` table agree again (after crashes, manual deletes).
 
 One walk of the folder (``LocalCache.scan``); the files are compared with the table in batches of
-ids. Then the rows that claim a local copy are read in id order, in batches, and each one whose
+ids. Then the rows that claim a local copy are streamed from one index scan, and each one whose
 file was not seen is checked once more on disk before it is changed (it may have been written
 after the walk passed its folder).
 
@@ -125,35 +125,24 @@ def _compare(
 
 
 def _mark_missing(services: Services, seen: set[str], result: Repair) -> None:
-    after = ""
-    while True:
+    def unseen(session: Session) -> list[tuple[str, str, str]]:
+        # one index scan, streamed in partitions; only the (usually few) unseen rows are kept
+        query = select(Image.id, Image.ext, Image.r2_state).where(Image.local.is_(True))
+        found = session.execute(query.execution_options(yield_per=BATCH * 4))
+        return [(r.id, r.ext, r.r2_state) for r in found if r.id not in seen]
 
-        def page(session: Session, start: str = after) -> list[tuple[str, str, str]]:
-            found = session.execute(
-                select(Image.id, Image.ext, Image.r2_state)
-                .where(Image.local.is_(True), Image.id > start)
-                .order_by(Image.id)
-                .limit(BATCH * 4)
-            ).all()
-            return [(r.id, r.ext, r.r2_state) for r in found]
-
-        rows = services.db.call(page)
-        if not rows:
-            return
-        after = rows[-1][0]
+    candidates = services.db.call(unseen)
+    for chunk in batched(candidates, BATCH):
         in_r2: list[str] = []
         lost: list[str] = []
-        for image_id, ext, state in rows:
-            if image_id in seen:
-                continue
+        for image_id, ext, state in chunk:
             with contextlib.suppress(ValueError):
-                if services.cache.exists(image_id, ext):
+                if services.cache.exists(image_id, ext):  # written after the walk passed
                     continue
             (in_r2 if state == R2_UPLOADED else lost).append(image_id)
             services.images.forget(image_id)
-        for ids, expired in ((in_r2, False), (lost, True)):
+        for ids, values in ((in_r2, {"local": False}), (lost, {"local": False, "expired": True})):
             if ids:
-                values = {"local": False, "expired": True} if expired else {"local": False}
                 execute(
                     services,
                     update(Image)

@@ -252,6 +252,35 @@ async def locate_remote(services: Services, row: Image) -> Located | None:
     return Located(image, path=path)
 
 
+async def oversize_redirect(services: Services, image: StoredImage) -> Located | None:
+    """Serverless: a redirect for an image too large for a Lambda answer, even with a /tmp copy.
+
+    For ``images/serving.py``'s ``locate``, before it serves a local file: Lambda refuses
+    answers over 6 MB, so such an image must leave by redirect (public URL, else presigned).
+    None when the image can be served directly.
+    """
+    from picgate.images.serving import Located
+
+    if not services.serverless or image.size <= SERVERLESS_MAX_BODY:
+        return None
+    remote = services.remote
+
+    def url() -> str | None:
+        public = remote.public_url(image.id, image.ext)
+        if public is not None:
+            return public
+        store = remote.objects()
+        if store is None:
+            return None
+        try:
+            return store.presigned_url(remote.key(image.id, image.ext), expires=PRESIGN_SECONDS)
+        except ObjectStoreError as exc:
+            raise storage_unavailable(str(exc)) from exc
+
+    target = await anyio.to_thread.run_sync(url)
+    return None if target is None else Located(image, redirect=target)
+
+
 async def fetch_remote_bytes(services: Services, image: StoredImage) -> bytes | None:
     """The bytes of an image that is served by redirect (for inlining into upstream requests)."""
     return await anyio.to_thread.run_sync(services.remote.fetch_bytes, image)

@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -577,3 +578,41 @@ def test_admin_cli_creates_and_resets_the_admin(
     assert client.get("/admin/api/stats").status_code == 401  # the reset ended the session
     assert login(client, "ops", "second-password").status_code == 303
     assert main(["admin", "create", "--username", "ops", "--password", "short"]) == 2
+
+
+def test_admin_session_idle_or_past_absolute_expiry_is_refused(gateway: Gateway) -> None:
+    client, _ = signed_in(gateway.url)
+    with closing(client):
+        digest = hashlib.sha256(client.cookies["picgate_session"].encode()).hexdigest()
+
+        def age(**changes: Any) -> None:
+            def work(session: Any) -> None:
+                row = session.get(AdminSession, digest)
+                for name, value in changes.items():
+                    setattr(row, name, value)
+
+            gateway.services.db.call(work)
+
+        now = auth.utcnow()
+        age(last_seen_at=now - auth.IDLE + timedelta(minutes=5))
+        assert client.get("/admin/api/stats").status_code == 200
+        age(last_seen_at=now - auth.IDLE - timedelta(minutes=1))
+        assert client.get("/admin/api/stats").status_code == 401
+        assert gateway.services.db.call(lambda s: s.get(AdminSession, digest)) is None
+
+        assert login(client).status_code == 303
+        digest = hashlib.sha256(client.cookies["picgate_session"].encode()).hexdigest()
+        age(expires_at=now - timedelta(seconds=1))
+        assert client.get("/admin").headers["location"] == "/admin/login"
+
+
+def test_admin_cookie_is_secure_behind_https_proxy(client: httpx.Client) -> None:
+    setup_admin(client)
+    token = form_token(client.get("/admin/login").text)
+    answer = client.post(
+        "/admin/login",
+        data={"username": ADMIN_USER, "password": ADMIN_PASSWORD, "csrf_token": token},
+        headers={"X-Forwarded-Proto": "https"},
+    )
+    assert answer.status_code == 303
+    assert "Secure" in answer.headers["set-cookie"]

@@ -340,6 +340,8 @@ def test_cleanup_scheduled_event_returns_report(lam: ModuleType, bucket: str) ->
 
 def test_handler_events_directory_holds_every_shape() -> None:
     names = {p.name for p in Path(__file__).resolve().parents[1].joinpath("events").glob("*.json")}
-    assert set(URL_EVENTS) | {"function_url_post_base64.json", "eventbridge_scheduled.json"} <= names
+    assert (
+        set(URL_EVENTS) | {"function_url_post_base64.json", "eventbridge_scheduled.json"} <= names
+    )
     encoded = load_event("function_url_post_base64.json")
     assert json.loads(base64.b64decode(encoded["body"]))["prompt"] == "a red fox"

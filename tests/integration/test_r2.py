@@ -27,7 +27,8 @@ from picgate.storage.objects import (
     S3ObjectStore,
 )
 from picgate.storage.operations import delete_images, test_r2
-from picgate.storage.store import utcnow
+from picgate.storage.remote import oversize_redirect
+from picgate.storage.store import StoredImage, utcnow
 from picgate.storage.uploads import upload_due
 from tests.conftest import Gateway
 from tests.s3_fixtures import S3_TEST_BUCKET
@@ -363,6 +364,25 @@ def test_serverless_large_object_redirects_to_presigned_url(
     location = resp.headers["location"]
     assert "X-Amz-Signature=" in location
     assert httpx.get(location).content == upstream.image
+
+
+async def test_oversize_redirect_serverless_large_image_even_with_local_copy(
+    start_gateway: Start,
+    r2_settings: dict[str, Any],
+    serverless: dict[str, Any],
+    upstream: StubUpstream,
+) -> None:
+    upstream.image = make_image("PNG", 5_000_000)
+    gateway = start_gateway(**r2_settings, **serverless)
+    url = generate(gateway)["data"][0]["url"]
+    record = gateway.services.images.load_row(image_id(url))
+    assert record is not None and gateway.services.cache.exists(record.id, "png")
+    image = StoredImage(record.id, record.ext, record.mime, record.size, record.sha256)
+    located = await oversize_redirect(gateway.services, image)
+    assert located is not None and located.redirect is not None
+    assert httpx.get(located.redirect).content == upstream.image
+    small = StoredImage(record.id, record.ext, record.mime, 1000, record.sha256)
+    assert await oversize_redirect(gateway.services, small) is None
 
 
 # -- operations against a real bucket ---------------------------------------------------------

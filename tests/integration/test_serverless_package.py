@@ -21,7 +21,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LAYER_ARN = "arn:aws:lambda:us-east-1:123456789012:layer:picgate-test-deps:7"
-pytestmark = pytest.mark.skipif(shutil.which("npx") is None, reason="npx (Node.js) is not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("npx") is None, reason="npx (Node.js) is not installed"
+)
 
 
 def ssm_names() -> list[str]:
@@ -104,7 +106,11 @@ def test_serverless_package_functions_runtime_arch_and_handlers(packaged: Path) 
         assert props["Architectures"] == ["x86_64"]
         assert props["Layers"] == [LAYER_ARN]
         assert props["Environment"]["Variables"]["RUNTIME_MODE"] == "serverless"
-    api = next(f["Properties"] for f in functions.values() if f["Properties"]["Handler"] == "handler.handler")
+    api = next(
+        f["Properties"]
+        for f in functions.values()
+        if f["Properties"]["Handler"] == "handler.handler"
+    )
     assert api["Timeout"] <= 900 and api["MemorySize"] >= 512
     assert api["Environment"]["Variables"]["SECRET_KEY"] == "test-value-secret_key"
 
@@ -121,7 +127,9 @@ def test_serverless_package_function_url_with_cors(packaged: Path) -> None:
 def test_serverless_package_cleanup_runs_hourly(packaged: Path) -> None:
     (rule,) = resources(packaged, "AWS::Events::Rule").values()
     assert rule["Properties"]["ScheduleExpression"] == "rate(1 hour)"
-    assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["CleanupLambdaFunction", "Arn"]}
+    assert rule["Properties"]["Targets"][0]["Arn"] == {
+        "Fn::GetAtt": ["CleanupLambdaFunction", "Arn"]
+    }
 
 
 def test_serverless_package_zip_holds_code_only(packaged: Path) -> None:

@@ -103,9 +103,9 @@ def test_faults_s3_killed_and_revived_mid_burst_zero_images_lost(
     lock = threading.Lock()
 
     def one(i: int) -> None:
-        if i == 12:
+        if i == 6:
             proxy.kill()  # uploads in flight are reset, new ones refused
-        if i == 32:
+        if i == 18:
             proxy.revive()
         answer = generate(gateway.url)
         assert answer.status_code == 200, answer.text
@@ -114,8 +114,7 @@ def test_faults_s3_killed_and_revived_mid_burst_zero_images_lost(
 
     try:
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(one, range(40)))
-        proxy.revive() if proxy._listener is None else None
+            list(pool.map(one, range(24)))
         ids = [url.rsplit("/", 1)[1].split(".")[0] for url in answered]
 
         def all_uploaded() -> bool:
@@ -323,7 +322,7 @@ def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
         PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
         LOG_LEVEL="WARNING",
     )
-    T0=time.monotonic(); server = ServeProcess(env, port, tmp_path / "serve.log").start(); print("start", time.monotonic()-T0)
+    server = ServeProcess(env, port, tmp_path / "serve.log").start()
     answered: list[str] = []
     stop = threading.Event()
     lock = threading.Lock()
@@ -338,25 +337,30 @@ def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
                 with lock:
                     answered.append(answer.json()["data"][0]["url"])
 
-    threads = [threading.Thread(target=writer) for _ in range(6)]
+    threads = [threading.Thread(target=writer) for _ in range(4)]
     try:
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 20
-        while len(answered) < 40 and time.monotonic() < deadline:
+        while len(answered) < 24 and time.monotonic() < deadline:
             time.sleep(0.02)
-        print("burst", time.monotonic()-T0, len(answered)); server.sigkill()  # mid-burst: requests in flight, files being written
+        server.sigkill()  # mid-burst: requests in flight, files being written
         stop.set()
         for thread in threads:
             thread.join(30)
-        assert len(answered) >= 20
+        assert len(answered) >= 12
+        # what a crash between write and rename leaves: a half file under a temp name
+        half = data_dir / "images" / "ab" / f"{TMP_PREFIX}0123456789abcdef"
+        half.parent.mkdir(parents=True, exist_ok=True)
+        half.write_bytes(sent[0][: len(sent[0]) // 2])
 
-        print("joined", time.monotonic()-T0); cleanup = server.cli("cleanup"); print("cleanup", time.monotonic()-T0, cleanup.stdout[-500:])
+        cleanup = server.cli("cleanup")
         assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
         server.start()
         images_dir = data_dir / "images"
-        print("restart", time.monotonic()-T0)
-        tmp_files = [p for p in images_dir.rglob(f"{TMP_PREFIX}*")]
+        tmp_files = list(images_dir.rglob(f"{TMP_PREFIX}*"))
+        assert half in tmp_files  # younger than the repair's grace period: kept, never served
+        assert not any(f.path == half for f in LocalCache(images_dir).scan())
         for tmp in tmp_files:  # a crash may leave temp files: never reachable
             assert httpx.get(f"{server.url}/images/{tmp.name}").status_code == 404
         for url in answered:
@@ -374,7 +378,7 @@ def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
             assert data is not None, row.id
             assert hashlib.sha256(data).hexdigest() == row.sha256
             assert sniff(data).ext == row.ext
-        assert len(rows) >= len(answered); print("end", time.monotonic()-T0, len(tmp_files), len(rows), len(answered))
+        assert len(rows) >= len(answered)
     finally:
         stop.set()
         server.stop()

@@ -1,0 +1,123 @@
+"""Cold start: ``python -c "import handler"`` against ``python -c "import fastapi"``.
+
+Importing ``handler`` is what Lambda's init phase does: settings, services, the app, and
+``services.prepare()`` (migrations checked). The environment makes it buildable offline: SQLite
+in a temp dir (migrated once before timing, as a deployed database would be), R2 variables
+pointing at an unused local port (nothing connects at import), serverless mode.
+
+    .venv/bin/python bench/coldstart.py [--runs 15] [--importtime]
+
+Prints the median wall and CPU time (user + system, less sensitive to a busy machine) of each\ncommand over ``--runs`` fresh interpreters, run in turns, and the ratios.
+``--importtime`` also prints the 25 slowest imports of ``import handler`` (``-X importtime``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GOAL = 1.5
+
+
+def lambda_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DATABASE_"))}
+    env.update(
+        {
+            "RUNTIME_MODE": "serverless",
+            "DATABASE_URL": f"sqlite:///{tmp}/db/picgate.db",
+            "IMAGES_DIR": str(tmp / "images"),
+            "SECRET_KEY": "coldstart-secret-0123456789",
+            "GATEWAY_API_KEY": "pg-coldstart-key-0123456789",
+            "UPSTREAM_API_BASE": "http://127.0.0.1:9/v1",
+            "R2_ENDPOINT_URL": "http://127.0.0.1:9",
+            "R2_ACCESS_KEY_ID": "coldstart",
+            "R2_SECRET_ACCESS_KEY": "coldstart",
+            "R2_BUCKET_NAME": "coldstart",
+            "PYTHONPATH": str(REPO),
+        }
+    )
+    return env
+
+
+def run_once(code: str, env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one fresh interpreter running ``code``."""
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"{code!r} failed with exit code {child.returncode}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def interleaved(
+    codes: list[str], env: dict[str, str], runs: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Each code ``runs`` times, taking turns, so a busy machine slows them all alike."""
+    results: dict[str, list[tuple[float, float]]] = {code: [] for code in codes}
+    for _ in range(runs):
+        for code in codes:
+            results[code].append(run_once(code, env))
+    return results
+
+
+def slowest_imports(env: dict[str, str], count: int = 25) -> list[tuple[int, str]]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import handler"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = []
+    for line in done.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), parts[2].rstrip()))
+    return sorted(rows, reverse=True)[:count]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--importtime", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="picgate-coldstart-") as tmp:
+        env = lambda_env(Path(tmp))
+        first = run_once("import handler", env)[0]  # creates and migrates the database
+        codes = ["pass", "import fastapi", "import handler"]
+        results = interleaved(codes, env, args.runs)
+        print(f"python {sys.version.split()[0]}, {args.runs} interleaved runs each, medians:")
+        print(f"  {'import handler (first, migrates)':34s} wall {first * 1000:6.0f} ms")
+        medians = {}
+        for code in codes:
+            walls = [w for w, _ in results[code]]
+            cpus = [c for _, c in results[code]]
+            medians[code] = (statistics.median(walls), statistics.median(cpus))
+            print(
+                f"  {'python -c ' + repr(code):34s} wall {medians[code][0] * 1000:6.0f} ms"
+                f" ({min(walls) * 1000:.0f}-{max(walls) * 1000:.0f}),"
+                f" cpu {medians[code][1] * 1000:6.0f} ms"
+            )
+        for i, label in enumerate(("wall", "cpu")):
+            ratio = medians["import handler"][i] / medians["import fastapi"][i]
+            verdict = "within" if ratio <= GOAL else "over"
+            print(f"  handler / fastapi ({label}) = {ratio:.2f}x ({verdict} the {GOAL}x goal)")
+        if args.importtime:
+            print("slowest imports under `import handler` (cumulative µs):")
+            for micros, name in slowest_imports(env):
+                print(f"  {micros:9d}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -89,7 +89,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def cleanup(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """One scheduled run of every job (EventBridge ``rate(1 hour)``); returns the job report."""
-    from picgate.jobs.cleanup import run_scheduled  # only the scheduled function needs it
+    from picgate.jobs.scheduler import run_scheduled  # only the scheduled function needs it
 
     asyncio.set_event_loop(LOOP)
     try:

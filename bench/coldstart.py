@@ -24,6 +24,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 1.5
+# The Lambda layer (infra/build-lambda-layer.sh) has no uvicorn, hence no click or PyYAML, which
+# httpx (its CLI) and pydantic-settings (its YAML source) import when they are installed.
+LAYER_LIKE = "import sys; sys.modules.update(click=None, yaml=None); import handler"
 
 
 def lambda_env(tmp: Path) -> dict[str, str]:
@@ -94,7 +97,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="picgate-coldstart-") as tmp:
         env = lambda_env(Path(tmp))
         first = run_once("import handler", env)[0]  # creates and migrates the database
-        codes = ["pass", "import fastapi", "import handler"]
+        codes = ["pass", "import fastapi", "import handler", LAYER_LIKE]
         results = interleaved(codes, env, args.runs)
         print(f"python {sys.version.split()[0]}, {args.runs} interleaved runs each, medians:")
         print(f"  {'import handler (first, migrates)':34s} wall {first * 1000:6.0f} ms")
@@ -104,14 +107,15 @@ def main() -> int:
             cpus = [c for _, c in results[code]]
             medians[code] = (statistics.median(walls), statistics.median(cpus))
             print(
-                f"  {'python -c ' + repr(code):34s} wall {medians[code][0] * 1000:6.0f} ms"
+                f"  {'python -c ' + repr(code)[:24]:34s} wall {medians[code][0] * 1000:6.0f} ms"
                 f" ({min(walls) * 1000:.0f}-{max(walls) * 1000:.0f}),"
                 f" cpu {medians[code][1] * 1000:6.0f} ms"
             )
-        for i, label in enumerate(("wall", "cpu")):
-            ratio = medians["import handler"][i] / medians["import fastapi"][i]
-            verdict = "within" if ratio <= GOAL else "over"
-            print(f"  handler / fastapi ({label}) = {ratio:.2f}x ({verdict} the {GOAL}x goal)")
+        for name, code in (("handler", "import handler"), ("handler, layer-like", LAYER_LIKE)):
+            for i, label in enumerate(("wall", "cpu")):
+                ratio = medians[code][i] / medians["import fastapi"][i]
+                verdict = "within" if ratio <= GOAL else "over"
+                print(f"  {name} / fastapi ({label}) = {ratio:.2f}x ({verdict} the {GOAL}x goal)")
         if args.importtime:
             print("slowest imports under `import handler` (cumulative µs):")
             for micros, name in slowest_imports(env):

@@ -12,8 +12,6 @@ import os
 import secrets
 from pathlib import Path
 
-from PIL import Image, ImageOps
-
 from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.storage.codec import image_size, sniff
 from picgate.storage.local import ID_PATTERN
@@ -46,6 +44,9 @@ def make_thumbnail(data: bytes, *, size: int = SIZE) -> bytes:
         raise UnsupportedMediaType("image cannot be decoded") from exc
     if dims is None or dims[0] * dims[1] > MAX_PIXELS:
         raise UnsupportedMediaType("image is too large to preview")
+    # imported here: only the admin grid decodes images, and Lambda's cold start need not wait
+    from PIL import Image, ImageOps
+
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # still Pillow's own check if a header lied to us
     try:
         with Image.open(io.BytesIO(data)) as img:

@@ -342,13 +342,13 @@ def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 20
-        while len(answered) < 24 and time.monotonic() < deadline:
+        while len(answered) < 16 and time.monotonic() < deadline:
             time.sleep(0.02)
         server.sigkill()  # mid-burst: requests in flight, files being written
         stop.set()
         for thread in threads:
             thread.join(30)
-        assert len(answered) >= 12
+        assert len(answered) >= 8
         # what a crash between write and rename leaves: a half file under a temp name
         half = data_dir / "images" / "ab" / f"{TMP_PREFIX}0123456789abcdef"
         half.parent.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,7 @@ def main() -> None:
               f"p90 {percentile(values, 0.9):.0f} ms p99 {percentile(values, 0.99):.0f} ms "
               f"max {max(values):.0f} ms")
     print(f"  statuses: {dict(sorted(statuses.items()))}")
-    errors = sum(v for k, v in statuses.items() if not k.endswith((" 200", " 304")))
+    errors = sum(v for k, v in statuses.items() if not k.endswith((" 200", " 303", " 304")))
     print(f"  errors: {errors}; 'database is locked' in server log: "
           f"{log_text.count('database is locked')}")
     print(f"  server RSS: start {start_rss / 1024:.1f} MB, end {end_rss / 1024:.1f} MB")

@@ -16,6 +16,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from picgate.deps import GatewayAuth, ServicesDep, SettingsDep, public_base_url
+from picgate.errors import BadRequest
 from picgate.gateway import chat
 from picgate.gateway.routes import read_json_object
 
@@ -59,6 +60,8 @@ async def chat_completions(
     request: Request, services: ServicesDep, settings: SettingsDep
 ) -> Response:
     body = await read_json_object(request)
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise BadRequest("'stream' must be a boolean", param="stream", code="invalid_type")
     services.events.count("requests")
     base_url = public_base_url(request, settings)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))

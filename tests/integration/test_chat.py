@@ -515,3 +515,14 @@ def test_chat_stream_text_chunks_read_together_merged_others_kept(
     ]
     assert chunks[-1]["usage"] == {"total_tokens": 3}
     assert all(c["id"] == "chatcmpl-t" for c in chunks)
+
+
+def test_chat_stream_not_boolean_is_400(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway()
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.headers,
+        json={"model": "picgate", "stream": "yes", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "stream"

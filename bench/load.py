@@ -104,16 +104,22 @@ def main() -> None:
     statuses = result["statuses"]
     assert isinstance(lat, dict) and isinstance(statuses, Counter)
     total = sum(len(v) for v in lat.values())
-    print(f"{'mixed' if args.mixed else 'generations'}: {args.concurrency} concurrent, "
-          f"{elapsed:.0f} s, {total} requests, {total / elapsed:.1f} req/s")
+    print(
+        f"{'mixed' if args.mixed else 'generations'}: {args.concurrency} concurrent, "
+        f"{elapsed:.0f} s, {total} requests, {total / elapsed:.1f} req/s"
+    )
     for name, values in sorted(lat.items()):
-        print(f"  {name}: n={len(values)} p50 {statistics.median(values):.0f} ms "
-              f"p90 {percentile(values, 0.9):.0f} ms p99 {percentile(values, 0.99):.0f} ms "
-              f"max {max(values):.0f} ms")
+        print(
+            f"  {name}: n={len(values)} p50 {statistics.median(values):.0f} ms "
+            f"p90 {percentile(values, 0.9):.0f} ms p99 {percentile(values, 0.99):.0f} ms "
+            f"max {max(values):.0f} ms"
+        )
     print(f"  statuses: {dict(sorted(statuses.items()))}")
     errors = sum(v for k, v in statuses.items() if not k.endswith((" 200", " 303", " 304")))
-    print(f"  errors: {errors}; 'database is locked' in server log: "
-          f"{log_text.count('database is locked')}")
+    print(
+        f"  errors: {errors}; 'database is locked' in server log: "
+        f"{log_text.count('database is locked')}"
+    )
     print(f"  server RSS: start {start_rss / 1024:.1f} MB, end {end_rss / 1024:.1f} MB")
 
 

@@ -26,16 +26,22 @@ def measure(size: int, calls: int) -> None:
         with httpx.Client(timeout=60) as client:
             for _ in range(3):  # warm both paths
                 client.post(upstream + "/images/generations", json=body)
-                client.post(gateway + "/v1/images/generations", json=body,
-                            headers={"Authorization": f"Bearer {KEY}"})
+                client.post(
+                    gateway + "/v1/images/generations",
+                    json=body,
+                    headers={"Authorization": f"Bearer {KEY}"},
+                )
             for _ in range(calls):
                 t0 = time.perf_counter()
                 r = client.post(upstream + "/images/generations", json=body)
                 direct.append((time.perf_counter() - t0) * 1000)
                 r.raise_for_status()
                 t0 = time.perf_counter()
-                r = client.post(gateway + "/v1/images/generations", json=body,
-                                headers={"Authorization": f"Bearer {KEY}"})
+                r = client.post(
+                    gateway + "/v1/images/generations",
+                    json=body,
+                    headers={"Authorization": f"Bearer {KEY}"},
+                )
                 through.append((time.perf_counter() - t0) * 1000)
                 r.raise_for_status()
                 assert r.json()["data"][0]["url"].startswith(gateway)

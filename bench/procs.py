@@ -88,7 +88,16 @@ def picgate(upstream_base: str, capture_log: bool = False, **env: str) -> Iterat
             "LOG_LEVEL": "WARNING",
             "LOCAL_CACHE_TTL_HOURS": "72",
         }
-        args = [sys.executable, "-m", "picgate.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        args = [
+            sys.executable,
+            "-m",
+            "picgate.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         log = Path(data) / "server.log" if capture_log else None
         with process(args, base_env | env, f"http://127.0.0.1:{port}/health", log) as proc:
             picgate.last_pid = proc.pid  # type: ignore[attr-defined]

@@ -78,7 +78,10 @@ def main() -> None:
         url, etag = store_image(gateway)
         size = len(httpx.get(url).content)
         print(f"serving {url.rsplit('/', 1)[-1]} ({size / 1000:.0f} KB)")
-        for label, header in (("200 full body", None), ("304 If-None-Match", f"If-None-Match: {etag}")):
+        for label, header in (
+            ("200 full body", None),
+            ("304 If-None-Match", f"If-None-Match: {etag}"),
+        ):
             if shutil.which("wrk"):
                 result = run_wrk(url, args.seconds, args.connections, header)
             else:

@@ -50,9 +50,7 @@ def create_app(
     )
     app.state.services = services
     install_error_handlers(app)
-    app.add_middleware(
-        BodyLimitMiddleware, max_bytes=services.settings.max_request_body_mb * 2**20
-    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_request_body_mb * 2**20)
     app.add_middleware(SecurityHeadersMiddleware)
 
     from picgate.gateway.routes import router as gateway_router
@@ -85,7 +83,9 @@ def _optional_routers() -> list[Any]:
     return routers
 
 
-def _json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+def _json_error(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -93,7 +93,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PicGateError)
     async def picgate_error(request: Request, exc: PicGateError) -> Response:
         if exc.status_code >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
+            log.warning(
+                "%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message
+            )
         services: Services = request.app.state.services
         if request.url.path.startswith("/v1/"):
             services.events.count("errors")
@@ -127,7 +129,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Method {request.method} is not allowed on {request.url.path}"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return _json_error(
-            exc.status_code, error_body(message, error_type=error_type, code=code), getattr(exc, "headers", None)
+            exc.status_code,
+            error_body(message, error_type=error_type, code=code),
+            getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
@@ -136,5 +140,6 @@ def install_error_handlers(app: FastAPI) -> None:
         services: Services = request.app.state.services
         services.events.error(f"❌ 内部错误: {type(exc).__name__}")
         return _json_error(
-            500, error_body("PicGate hit an internal error; see the server log.", code="internal_error")
+            500,
+            error_body("PicGate hit an internal error; see the server log.", code="internal_error"),
         )

@@ -40,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", default=None, help="listen address (env HOST, default 0.0.0.0)")
-    serve.add_argument("--port", type=int, default=None, help="listen port (env PORT, default 5643)")
+    serve.add_argument(
+        "--port", type=int, default=None, help="listen port (env PORT, default 5643)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     for register in _extra_commands():

@@ -174,7 +174,9 @@ class Settings(BaseSettings):
         return result
 
 
-def _check_url(name: str, value: str | None, *, schemes: tuple[str, ...] = ("http", "https")) -> None:
+def _check_url(
+    name: str, value: str | None, *, schemes: tuple[str, ...] = ("http", "https")
+) -> None:
     if value is None:
         return
     parts = urlsplit(value)

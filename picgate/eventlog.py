@@ -102,7 +102,9 @@ class EventLog:
 
         def work(session: Session) -> None:
             for e in events:
-                session.add(LogEntry(id=e.id, created_at=e.created_at, level=e.level, message=e.message))
+                session.add(
+                    LogEntry(id=e.id, created_at=e.created_at, level=e.level, message=e.message)
+                )
             for (day, name), amount in counters.items():
                 row = session.get(DailyStat, (day, name))
                 if row is None:

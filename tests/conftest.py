@@ -108,4 +108,6 @@ def openai_client(gateway: Gateway) -> Any:
 
 
 def pytest_report_header() -> list[str]:
-    return [f"PicGate fixtures: {os.environ.get('PICGATE_FIXTURES', '../shared/fixtures/upstream')}"]
+    return [
+        f"PicGate fixtures: {os.environ.get('PICGATE_FIXTURES', '../shared/fixtures/upstream')}"
+    ]

@@ -47,7 +47,9 @@ def client_response_format(body: dict[str, Any]) -> str:
         return "url"
     if fmt not in RESPONSE_FORMATS:
         raise BadRequest(
-            "response_format must be 'url' or 'b64_json'", param="response_format", code="invalid_value"
+            "response_format must be 'url' or 'b64_json'",
+            param="response_format",
+            code="invalid_value",
         )
     return str(fmt)
 
@@ -58,7 +60,9 @@ def upstream_model(settings: Settings, client_model: Any) -> str | None:
     return client_model if isinstance(client_model, str) else None
 
 
-async def collect_images(services: Services, settings: Settings, answer: Any) -> list[UpstreamImage]:
+async def collect_images(
+    services: Services, settings: Settings, answer: Any
+) -> list[UpstreamImage]:
     """Decode or fetch every image in an Images API answer; UpstreamError on junk."""
     if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
         raise UpstreamError("the upstream answer has no 'data' list", code="bad_upstream_response")
@@ -66,7 +70,9 @@ async def collect_images(services: Services, settings: Settings, answer: Any) ->
     max_bytes = settings.max_image_mb * 2**20
     for item in answer["data"]:
         if not isinstance(item, dict):
-            raise UpstreamError("the upstream answer has a malformed image", code="bad_upstream_response")
+            raise UpstreamError(
+                "the upstream answer has a malformed image", code="bad_upstream_response"
+            )
         extra = {k: v for k, v in item.items() if k not in ("b64_json", "url", "revised_prompt")}
         revised = item.get("revised_prompt")
         if isinstance(item.get("b64_json"), str) and item["b64_json"]:
@@ -90,7 +96,9 @@ async def collect_images(services: Services, settings: Settings, answer: Any) ->
                     trusted_origin=settings.upstream_api_base,
                 )
         else:
-            raise UpstreamError("the upstream answer has an image without data", code="bad_upstream_response")
+            raise UpstreamError(
+                "the upstream answer has an image without data", code="bad_upstream_response"
+            )
         try:
             sniff(data)
         except PicGateError as exc:
@@ -145,7 +153,11 @@ async def generate(
 ) -> dict[str, Any]:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise BadRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+        raise BadRequest(
+            "Missing required parameter: 'prompt'.",
+            param="prompt",
+            code="missing_required_parameter",
+        )
     n = body.get("n", 1)
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10):
         raise BadRequest("'n' must be an integer from 1 to 10", param="n", code="invalid_value")
@@ -200,9 +212,15 @@ async def edit(
 ) -> dict[str, Any]:
     prompt = fields.get("prompt")
     if not prompt or not prompt.strip():
-        raise BadRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+        raise BadRequest(
+            "Missing required parameter: 'prompt'.",
+            param="prompt",
+            code="missing_required_parameter",
+        )
     if not images:
-        raise BadRequest("Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
+        raise BadRequest(
+            "Missing required parameter: 'image'.", param="image", code="missing_required_parameter"
+        )
     response_format = client_response_format(fields)
     data = dict(fields)
     model = upstream_model(settings, fields.get("model"))
@@ -216,7 +234,9 @@ async def edit(
     if mask is not None:
         files.append(("mask", mask))
     services.events.info(f"📤 发起图片编辑请求: prompt={short(prompt)}, {len(images)} 张输入图片")
-    answer = await services.upstream.post_multipart(settings, "images/edits", data=data, files=files)
+    answer = await services.upstream.post_multipart(
+        settings, "images/edits", data=data, files=files
+    )
     result = await collect_images(services, settings, answer)
     services.events.info(f"📥 上游返回成功: 收到 {len(result)} 张图片")
     reply = await store_and_reply(
@@ -241,7 +261,9 @@ async def edit_inputs_from_json(
     """A JSON edits body (base64 / data URL / URL images) turned into multipart parts."""
     raw_images = body.get("image", body.get("images", body.get("image[]")))
     if raw_images is None:
-        raise BadRequest("Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
+        raise BadRequest(
+            "Missing required parameter: 'image'.", param="image", code="missing_required_parameter"
+        )
     items = raw_images if isinstance(raw_images, list) else [raw_images]
     images: list[EditImage] = []
     for index, item in enumerate(items):

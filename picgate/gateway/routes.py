@@ -147,7 +147,12 @@ async def images_edits(
         if len(images) > 1:
             field = "image[]"
         return await images_api.edit(
-            services, settings, fields=fields, images=images, mask=mask, image_field=field,
+            services,
+            settings,
+            fields=fields,
+            images=images,
+            mask=mask,
+            image_field=field,
             base_url=base_url,
         )
     if ctype.startswith("application/json") or not ctype:
@@ -173,7 +178,12 @@ async def images_edits(
 
         fields, images, mask, field = await images_api.edit_inputs_from_json(body, load)
         return await images_api.edit(
-            services, settings, fields=fields, images=images, mask=mask, image_field=field,
+            services,
+            settings,
+            fields=fields,
+            images=images,
+            mask=mask,
+            image_field=field,
             base_url=base_url,
         )
     raise UnsupportedMediaType(
@@ -196,5 +206,3 @@ async def own_image_bytes(services: ServicesDep, image_id: str) -> bytes:
     from picgate.images.serving import read_image_bytes
 
     return await read_image_bytes(services, image_id)
-
-

@@ -151,7 +151,8 @@ class Upstream:
             return resp.json()
         except ValueError as exc:
             raise UpstreamError(
-                "the upstream API answered with something that is not JSON", code="bad_upstream_response"
+                "the upstream API answered with something that is not JSON",
+                code="bad_upstream_response",
             ) from exc
 
     @asynccontextmanager

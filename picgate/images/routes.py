@@ -47,7 +47,9 @@ async def get_image(name: str, request: Request, services: ServicesDep) -> Respo
         "Content-Disposition": f'inline; filename="{image.id}.{image.ext}"',
     }
     if located.redirect is not None:
-        return RedirectResponse(located.redirect, status_code=302, headers={"Cache-Control": "no-store"})
+        return RedirectResponse(
+            located.redirect, status_code=302, headers={"Cache-Control": "no-store"}
+        )
     if etag_matches(request.headers.get("if-none-match"), image.etag):
         return Response(status_code=304, headers=headers)
     assert located.path is not None

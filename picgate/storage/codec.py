@@ -48,7 +48,9 @@ def decode_base64(text: str | bytes) -> bytes:
     raw = raw.translate(None, _WHITESPACE)
     if b"-" in raw or b"_" in raw:
         if b"+" in raw or b"/" in raw:
-            raise BadRequest("image base64 mixes standard and URL-safe alphabets", code="invalid_image")
+            raise BadRequest(
+                "image base64 mixes standard and URL-safe alphabets", code="invalid_image"
+            )
         raw = raw.translate(_URLSAFE)
     stripped = raw.rstrip(b"=")
     if len(raw) - len(stripped) > 2 or len(stripped) % 4 == 1:
@@ -64,7 +66,9 @@ def decode_base64(text: str | bytes) -> bytes:
 def sniff(data: bytes) -> ImageType:
     """The type of a complete raster image, from its bytes; UnsupportedMediaType otherwise."""
     if len(data) < 12:
-        raise UnsupportedMediaType("image is empty or too short to be a picture", code="invalid_image")
+        raise UnsupportedMediaType(
+            "image is empty or too short to be a picture", code="invalid_image"
+        )
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         if data[12:16] != b"IHDR" or data[-8:-4] != b"IEND":
             raise UnsupportedMediaType("PNG image is truncated", code="invalid_image")

@@ -15,7 +15,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -136,10 +136,8 @@ class ObjectStore(ABC):
             return checks
         if not step("get", get):
             # The probe was written; do not leave it behind. The report already says what failed.
-            try:
+            with suppress(ObjectStoreError):
                 self.delete(key)
-            except ObjectStoreError:
-                pass
             return checks
         step("delete", delete)
         return checks

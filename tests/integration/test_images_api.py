@@ -81,7 +81,9 @@ def test_generations_upstream_url_answer_fetched_and_stored(
         assert fetch(gateway, item.url).content == upstream.image
 
 
-@pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("GIF", "gif")])
+@pytest.mark.parametrize(
+    "fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("GIF", "gif")]
+)
 def test_generations_each_raster_type_gets_real_extension(
     gateway: Gateway, upstream: StubUpstream, openai_client: openai.OpenAI, fmt: str, ext: str
 ) -> None:
@@ -230,8 +232,12 @@ def test_generations_upstream_timeout_is_504(start_gateway, upstream: StubUpstre
 
 @pytest.mark.parametrize(
     "answer",
-    [b"<html>502 bad gateway</html>", b'{"data": "nope"}', b'{"data": [{"b64_json": "!!!"}]}',
-     b'{"data": [{"b64_json": "PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciLz4="}]}'],
+    [
+        b"<html>502 bad gateway</html>",
+        b'{"data": "nope"}',
+        b'{"data": [{"b64_json": "!!!"}]}',
+        b'{"data": [{"b64_json": "PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciLz4="}]}',
+    ],
 )
 def test_generations_upstream_200_with_junk_is_502(
     gateway: Gateway, upstream: StubUpstream, answer: bytes
@@ -242,15 +248,22 @@ def test_generations_upstream_200_with_junk_is_502(
         return Response(answer, media_type="application/json")
 
     upstream.handlers["/v1/images/generations"] = junk
-    resp = httpx.post(gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "x"})
+    resp = httpx.post(
+        gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "x"}
+    )
     assert_openai_error(resp, 502)
 
 
 @pytest.mark.parametrize(
     "body,status",
-    [(b"{not json", 400), (b"[]", 400), (b"", 400), (json.dumps({"n": 1}).encode(), 400),
-     (json.dumps({"prompt": "x", "n": 0}).encode(), 400),
-     (json.dumps({"prompt": "x", "response_format": "svg"}).encode(), 400)],
+    [
+        (b"{not json", 400),
+        (b"[]", 400),
+        (b"", 400),
+        (json.dumps({"n": 1}).encode(), 400),
+        (json.dumps({"prompt": "x", "n": 0}).encode(), 400),
+        (json.dumps({"prompt": "x", "response_format": "svg"}).encode(), 400),
+    ],
 )
 def test_generations_bad_request_is_4xx_openai_shaped(
     gateway: Gateway, upstream: StubUpstream, body: bytes, status: int
@@ -362,7 +375,9 @@ def test_upstream_error_logged_with_status(gateway: Gateway, upstream: StubUpstr
         return JSONResponse(load_json("openai_error.json"), status_code=401)
 
     upstream.handlers["/v1/images/generations"] = fail
-    httpx.post(gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "x"})
+    httpx.post(
+        gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "x"}
+    )
     gateway.services.events.flush()
     rows = gateway.services.db.call(
         lambda s: [(e.level, e.message) for e in s.scalars(select(LogEntry))]

@@ -1,6 +1,5 @@
 """The S3/R2 object store against moto's S3 server over HTTP, and the in-memory fake."""
 
-
 import os
 import subprocess
 import sys

@@ -43,7 +43,9 @@ def test_get_image_wrong_extension_is_404(gateway: Gateway, stored: StoredImage)
 
 
 def test_get_image_if_none_match_is_304(gateway: Gateway, stored: StoredImage) -> None:
-    resp = httpx.get(f"{gateway.url}/images/{stored.id}.jpg", headers={"If-None-Match": stored.etag})
+    resp = httpx.get(
+        f"{gateway.url}/images/{stored.id}.jpg", headers={"If-None-Match": stored.etag}
+    )
     assert resp.status_code == 304 and resp.content == b""
     assert resp.headers["etag"] == stored.etag
 
@@ -70,8 +72,13 @@ def test_head_image_has_length_no_body(gateway: Gateway, stored: StoredImage) ->
 
 @pytest.mark.parametrize(
     "path",
-    ["/images/unknownunknownunknown1.png", "/images/..%2f..%2fetc%2fpasswd",
-     "/images/../../etc/passwd", "/images/%2e%2e", "/images/x.svg"],
+    [
+        "/images/unknownunknownunknown1.png",
+        "/images/..%2f..%2fetc%2fpasswd",
+        "/images/../../etc/passwd",
+        "/images/%2e%2e",
+        "/images/x.svg",
+    ],
 )
 def test_get_image_unknown_or_traversal_is_404(gateway: Gateway, path: str) -> None:
     resp = httpx.get(gateway.url + path)

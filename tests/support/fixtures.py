@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("PICGATE_FIXTURES") or REPO.parent / "shared" / "fixtures" / "upstream")
+FIXTURES = Path(
+    os.environ.get("PICGATE_FIXTURES") or REPO.parent / "shared" / "fixtures" / "upstream"
+)
 
 
 def load_json(name: str) -> dict[str, Any]:

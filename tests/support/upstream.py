@@ -40,7 +40,9 @@ class StubUpstream:
         self.image: bytes = make_image("PNG", 20_000)
         self.mode = "b64_json"  # or "url"
         self.files: dict[str, tuple[bytes, str]] = {}
-        self.app = Starlette(routes=[Route("/{path:path}", self._dispatch, methods=["GET", "POST"])])
+        self.app = Starlette(
+            routes=[Route("/{path:path}", self._dispatch, methods=["GET", "POST"])]
+        )
         self.server = ServerThread(self.app)
         self.reset()
 

@@ -53,9 +53,7 @@ def test_decode_base64_malformed_raises_bad_request(text: str) -> None:
         decode_base64(text)
 
 
-@pytest.mark.parametrize(
-    "fmt,kind", [("PNG", PNG), ("JPEG", JPEG), ("WEBP", WEBP), ("GIF", GIF)]
-)
+@pytest.mark.parametrize("fmt,kind", [("PNG", PNG), ("JPEG", JPEG), ("WEBP", WEBP), ("GIF", GIF)])
 def test_sniff_real_images_returns_type_and_size(fmt: str, kind: object) -> None:
     data = make_image(fmt, 5_000, seed=5)
     assert sniff(data) is kind

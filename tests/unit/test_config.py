@@ -35,7 +35,10 @@ def test_settings_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     "values,variable",
     [
         ({"r2_access_key_id": "a", "r2_account_id": "x"}, "R2_SECRET_ACCESS_KEY"),
-        ({"r2_access_key_id": "a", "r2_secret_access_key": "b", "r2_bucket_name": "c"}, "R2_ACCOUNT_ID"),
+        (
+            {"r2_access_key_id": "a", "r2_secret_access_key": "b", "r2_bucket_name": "c"},
+            "R2_ACCOUNT_ID",
+        ),
         ({"upstream_api_base": "api.example.com"}, "UPSTREAM_API_BASE"),
         ({"public_base_url": "ftp://x"}, "PUBLIC_BASE_URL"),
         ({"r2_endpoint_url": "not a url"}, "R2_ENDPOINT_URL"),

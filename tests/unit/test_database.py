@@ -20,8 +20,16 @@ def test_default_aiosqlite_url_works_relative_to_cwd(
     assert (tmp_path / "data" / "db" / "picgate.db").is_file()
     assert db.current_revision() == HEAD_REVISION
     tables = set(inspect(db.engine).get_table_names())
-    assert {"images", "settings", "log_entries", "admin_users", "admin_sessions",
-            "login_attempts", "job_leases", "daily_stats"} <= tables
+    assert {
+        "images",
+        "settings",
+        "log_entries",
+        "admin_users",
+        "admin_sessions",
+        "login_attempts",
+        "job_leases",
+        "daily_stats",
+    } <= tables
     db.dispose()
 
 

@@ -13,7 +13,9 @@ from picgate.storage.store import parse_image_name
 ID = "AbCdEfGhIjKlMnOpQrStUv"
 
 
-def test_local_write_atomic_failure_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_write_atomic_failure_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = LocalCache(tmp_path)
 
     def boom(fd: int) -> None:
@@ -38,7 +40,17 @@ def test_local_write_then_scan_and_usage(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["../etc/passwd", "..%2f..", "abc", ID + ".svg", ID + ".png.exe", ID + "/x", "", ".", ID + ".PNG."],
+    [
+        "../etc/passwd",
+        "..%2f..",
+        "abc",
+        ID + ".svg",
+        ID + ".png.exe",
+        ID + "/x",
+        "",
+        ".",
+        ID + ".PNG.",
+    ],
 )
 def test_parse_image_name_rejects_traversal_and_unknown(name: str) -> None:
     assert parse_image_name(name) is None

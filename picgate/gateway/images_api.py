@@ -8,10 +8,11 @@ rather than lose it.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import pybase64
 
 from picgate.config import Settings
 from picgate.errors import BadRequest, PicGateError, StorageUnavailable, UpstreamError
@@ -136,7 +137,7 @@ async def store_and_reply(
             item["url"] = base_url + stored.path
             stored_ids.append(stored.id)
         else:
-            item["b64_json"] = base64.b64encode(image.data).decode("ascii")
+            item["b64_json"] = pybase64.b64encode(image.data).decode("ascii")
             if stored is not None:
                 stored_ids.append(stored.id)
         if image.revised_prompt is not None:

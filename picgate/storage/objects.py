@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -315,7 +315,7 @@ def _wrapped(op: str, *, key_op: bool = False) -> Iterator[None]:
         raise
 
 
-def _client_error_code(response: dict[str, Any]) -> str:
+def _client_error_code(response: Mapping[str, Any]) -> str:
     code = response.get("Error", {}).get("Code")
     if code:
         return str(code)

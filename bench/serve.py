@@ -43,8 +43,8 @@ def run_wrk(url: str, seconds: int, connections: int, header: str | None) -> str
         args[1:1] = ["-H", header]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"50%\s+(\S+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return (
         f"wrk {connections} connections, {seconds}s: {rps.group(1) if rps else '?'} req/s, "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
@@ -13,6 +16,16 @@ from picgate.storage.store import parse_image_name
 router = APIRouter()
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
+WHOLE_READ_MAX = 2 * 1024 * 1024
+
+
+def _read_if_size(path: Path, size: int) -> bytes | None:
+    """The file's bytes, or None when it changed or vanished since it was located."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return data if len(data) == size else None
 
 
 class ImageFileResponse(FileResponse):
@@ -53,6 +66,18 @@ async def get_image(name: str, request: Request, services: ServicesDep) -> Respo
     if etag_matches(request.headers.get("if-none-match"), image.etag):
         return Response(status_code=304, headers=headers)
     assert located.path is not None
+    size = located.stat.st_size if located.stat is not None else None
+    if (
+        request.method == "GET"
+        and "range" not in request.headers
+        and size is not None
+        and size <= WHOLE_READ_MAX
+    ):
+        # one thread hop for the whole body instead of FileResponse's open/read/close hops
+        data = await anyio.to_thread.run_sync(_read_if_size, located.path, size)
+        if data is not None:
+            headers["Accept-Ranges"] = "bytes"
+            return Response(data, media_type=image.mime, headers=headers)
     return ImageFileResponse(
         located.path, media_type=image.mime, headers=headers, stat_result=located.stat
     )

@@ -62,6 +62,41 @@ def make_settings(tmp_path: Path, upstream: StubUpstream) -> Callable[..., Setti
     return make
 
 
+@pytest.fixture
+def make_services(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Services]]:
+    """Services (prepared, server mode) on the test's data folder; closed after the test."""
+    import anyio
+
+    from picgate.storage.objects import ObjectStore
+
+    made: list[Services] = []
+
+    def make(objects: ObjectStore | None = None, **overrides: Any) -> Services:
+        overrides.setdefault("runtime_mode", "server")
+        services = Services(make_settings(**overrides), objects=objects)
+        services.prepare()
+        made.append(services)
+        return services
+
+    yield make
+    for services in made:
+        anyio.run(services.http.aclose)
+        services.db.dispose()
+
+
+@pytest.fixture
+def r2_settings(s3_server: Any, s3_store: Any) -> dict[str, Any]:
+    """R2 settings pointing at the moto server (the ``s3_store`` fixture made the bucket)."""
+    from tests.s3_fixtures import S3_TEST_BUCKET
+
+    return {
+        "r2_endpoint_url": s3_server.endpoint_url,
+        "r2_access_key_id": "testing",
+        "r2_secret_access_key": "testing",
+        "r2_bucket_name": S3_TEST_BUCKET,
+    }
+
+
 @dataclass
 class Gateway:
     server: ServerThread

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,39 +34,11 @@ from picgate.storage.objects import DEFAULT_CACHE_CONTROL, MemoryObjectStore, S3
 from picgate.storage.store import StoredImage, utcnow
 from tests.conftest import GATEWAY_KEY, Gateway
 from tests.s3_fixtures import S3_TEST_BUCKET
-from tests.s3server import S3Server
 from tests.support.images import make_image
 
 REPO = Path(__file__).resolve().parents[2]
 PAST_TTL = timedelta(hours=72, minutes=1)
 MakeServices = Callable[..., Services]
-
-
-@pytest.fixture
-def make_services(make_settings: Callable[..., Settings]) -> Iterator[MakeServices]:
-    made: list[Services] = []
-
-    def make(objects: MemoryObjectStore | None = None, **overrides: Any) -> Services:
-        overrides.setdefault("runtime_mode", "server")
-        services = Services(make_settings(**overrides), objects=objects)
-        services.prepare()
-        made.append(services)
-        return services
-
-    yield make
-    for services in made:
-        anyio.run(services.http.aclose)
-        services.db.dispose()
-
-
-@pytest.fixture
-def r2_settings(s3_server: S3Server, s3_store: S3ObjectStore) -> dict[str, Any]:
-    return {
-        "r2_endpoint_url": s3_server.endpoint_url,
-        "r2_access_key_id": "testing",
-        "r2_secret_access_key": "testing",
-        "r2_bucket_name": S3_TEST_BUCKET,
-    }
 
 
 def row(services: Services, image_id: str) -> Image:

@@ -41,17 +41,6 @@ Start = Callable[..., Gateway]
 
 
 @pytest.fixture
-def r2_settings(s3_server: S3Server, s3_store: S3ObjectStore) -> dict[str, Any]:
-    """R2 settings pointing at the moto server (the ``s3_store`` fixture made the bucket)."""
-    return {
-        "r2_endpoint_url": s3_server.endpoint_url,
-        "r2_access_key_id": "testing",
-        "r2_secret_access_key": "testing",
-        "r2_bucket_name": S3_TEST_BUCKET,
-    }
-
-
-@pytest.fixture
 def start_with_store(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Gateway]]:
     """Like ``start_gateway``, with an object store forced into Services."""
     started: list[Gateway] = []

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from sqlalchemy import func, select, update
 
-from picgate.config import Settings
 from picgate.db.models import (
     R2_FAILED,
     R2_NONE,
@@ -41,24 +39,6 @@ from tests.support.images import make_image
 MakeServices = Callable[..., Services]
 TTL = timedelta(hours=72)
 SECOND = timedelta(seconds=1)
-
-
-@pytest.fixture
-def make_services(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[MakeServices]:
-    made: list[Services] = []
-
-    def make(objects: MemoryObjectStore | None = None, **overrides: Any) -> Services:
-        overrides.setdefault("images_dir", tmp_path / "images")
-        overrides.setdefault("runtime_mode", "server")
-        services = Services(make_settings(**overrides), objects=objects)
-        services.prepare()
-        made.append(services)
-        return services
-
-    yield make
-    for services in made:
-        anyio.run(services.http.aclose)
-        services.db.dispose()
 
 
 def store(services: Services, count: int, *, size: int = 1_000, seed: int = 0) -> list[StoredImage]:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import anyio
-import pytest
 from sqlalchemy import select
 
 from picgate.config import Settings
@@ -32,23 +29,6 @@ from tests.support.images import make_image
 
 MakeServices = Callable[..., Services]
 LATER = timedelta(days=1)
-
-
-@pytest.fixture
-def make_services(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[MakeServices]:
-    made: list[Services] = []
-
-    def make(objects: MemoryObjectStore | None = None, **overrides: Any) -> Services:
-        overrides.setdefault("images_dir", tmp_path / "images")
-        services = Services(make_settings(**overrides), objects=objects)
-        services.prepare()
-        made.append(services)
-        return services
-
-    yield make
-    for services in made:
-        anyio.run(services.http.aclose)
-        services.db.dispose()
 
 
 def store_images(services: Services, count: int) -> list[StoredImage]:

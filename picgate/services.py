@@ -53,8 +53,9 @@ class Services:
         self.db = Database(settings.database_url, auth_token=settings.database_auth_token)
         self.events = EventLog(self.db, max_entries=settings.log_max_entries)
         self.cache = LocalCache(settings.resolved_images_dir)
-        self.http = Upstream.build_client(transport=transport)
-        self.upstream = Upstream(self.http)
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self.upstream = Upstream(lambda: self.http)
         self._config: ConfigService | None = None
         self.remote = Remote(lambda: self.config.current(), forced=objects)
         self.images = ImageStore(
@@ -76,6 +77,13 @@ class Services:
         from picgate.jobs import install as install_jobs
 
         install_jobs(self)  # the size cap after each store; the cleanup scheduler (server mode)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The shared outbound client, built on first use (it loads the CA bundle)."""
+        if self._http is None:
+            self._http = Upstream.build_client(transport=self._transport)
+        return self._http
 
     @property
     def config(self) -> ConfigService:
@@ -171,5 +179,6 @@ class Services:
 
         with contextlib.suppress(Exception):
             await anyio.to_thread.run_sync(self.flush)
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
         self.db.dispose()

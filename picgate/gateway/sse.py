@@ -83,6 +83,8 @@ class SSEParser:
                 del buf[: len(_BOM)]
             self._bom_checked = True
         events: list[SSEEvent] = []
+        if b"\r" not in chunk and self._feed_lf_lines(events):
+            return events
         start = 0
         end_of_buf = len(buf)
         match = _LINE_END.search(buf, self._searched)
@@ -100,6 +102,35 @@ class SSEParser:
         del buf[:start]
         self._searched = len(buf)
         return events
+
+    def _feed_lf_lines(self, events: list[SSEEvent]) -> bool:
+        """Fast path for a buffer whose line ends are all LF: decode every complete line at once.
+
+        Valid UTF-8 cut at LFs decodes line by line exactly as it does whole, so one strict
+        decode and one ``split`` replace a search, a slice and a decode per line. False (nothing
+        consumed) when the complete lines are not valid UTF-8: the line-by-line path then puts
+        U+FFFD where each line needs it.
+        """
+        buf = self._buf
+        last = buf.rfind(b"\n", self._searched)
+        if last < 0:
+            self._searched = len(buf)
+            return True
+        try:
+            text = buf[:last].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        del buf[: last + 1]
+        self._searched = len(buf)
+        for line in text.split("\n"):
+            if line.startswith("data:"):
+                self._data.append(line[6:] if line.startswith(" ", 5) else line[5:])
+                self._seen = True
+            elif line:
+                self._line(line, events)
+            elif self._seen:  # otherwise the block is already empty: nothing to dispatch
+                self._dispatch(events)
+        return True
 
     def close(self) -> list[SSEEvent]:
         """End of stream: return the last event even without its closing blank line."""

@@ -6,16 +6,87 @@ body that is not the JSON we expect is 502.
 
 from __future__ import annotations
 
+import binascii
 import json
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pybase64
 
 from picgate.config import Settings
 from picgate.errors import NotConfigured, UpstreamError
+
+LONG_STRING = 64 * 1024
+
+
+def parse_json(body: bytes) -> Any:
+    """``json.loads(body)``, about twice as fast on answers carrying multi-MB base64 images.
+
+    json's string scanner is slow on an 11 MB string (15-30 ms for an 8 MB image). A long string
+    that is plain padded base64 (pybase64's SIMD validator proves it holds no quote, backslash
+    or control character) is cut out, a random alphanumeric placeholder is parsed in its place,
+    and the text is put back. The result equals ``json.loads(body)``; a body that does not parse
+    after the cut is handed to ``json.loads`` whole, so errors are json's own.
+    """
+    if len(body) < LONG_STRING:
+        return json.loads(body)
+    view = memoryview(body)
+    token = "pg" + secrets.token_hex(8)
+    cut: dict[str, str] = {}
+    pieces: list[bytes | memoryview] = []
+    copied = 0
+    start = body.find(b'"')
+    while start != -1:  # start: an opening quote (no quotes occur between JSON strings)
+        end = start + 1
+        while True:
+            end = body.find(b'"', end)
+            if end == -1:
+                return json.loads(body)  # unterminated string: let json say so
+            slashes = 0
+            while body[end - 1 - slashes] == 0x5C:  # a backslash: an odd run escapes the quote
+                slashes += 1
+            if slashes % 2 == 0:
+                break
+            end += 1
+        if end - start - 1 >= LONG_STRING and _plain_base64(view[start + 1 : end]):
+            key = f"{token}n{len(cut)}"
+            cut[key] = str(view[start + 1 : end], "ascii")
+            pieces += [view[copied : start + 1], key.encode("ascii")]
+            copied = end
+        start = body.find(b'"', end + 1)
+    if not cut:
+        return json.loads(body)
+    pieces.append(view[copied:])
+    try:
+        parsed = json.loads(b"".join(pieces))
+    except ValueError:
+        return json.loads(body)
+    try:
+        return _restore(parsed, cut)
+    except RecursionError:  # nested deeper than this walk can go: json decides
+        return json.loads(body)
+
+
+def _plain_base64(text: memoryview) -> bool:
+    try:
+        pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _restore(value: Any, cut: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return cut.get(value, value)
+    if isinstance(value, list):
+        return [_restore(v, cut) for v in value]
+    if isinstance(value, dict):
+        return {cut.get(k, k): _restore(v, cut) for k, v in value.items()}
+    return value
 
 
 def upstream_url(settings: Settings, path: str) -> str:
@@ -88,8 +159,21 @@ def map_transport_error(exc: httpx.HTTPError) -> UpstreamError:
 
 
 class Upstream:
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
+    """Calls to the upstream API through a shared client, made on first use.
+
+    ``client`` is a client or a zero-argument callable returning one: building an httpx client
+    loads the CA bundle (~100 ms), which a Lambda cold start should not pay for requests that
+    never reach the upstream.
+    """
+
+    def __init__(self, client: httpx.AsyncClient | Callable[[], httpx.AsyncClient]) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if isinstance(self._client, httpx.AsyncClient):
+            return self._client
+        return self._client()
 
     @staticmethod
     def build_client(*, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
@@ -148,7 +232,7 @@ class Upstream:
         if resp.status_code >= 300:
             raise error_from_upstream(resp.status_code, resp.content)
         try:
-            return resp.json()
+            return parse_json(resp.content)
         except ValueError as exc:
             raise UpstreamError(
                 "the upstream API answered with something that is not JSON",

@@ -225,3 +225,48 @@ def test_sse_parser_crlf_and_cr_parse_like_lf(case: tuple[bytes, list[int]]) -> 
     lf = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     assert parse(raw) == parse(lf)
+
+
+_byte_value = st.lists(
+    st.sampled_from([b"a", b"\xc3\xbc", b"\xe4\xbd", b"\xff", b"\xf0\x9f\x8e\xa8", b" ", b":"]),
+    max_size=8,
+).map(b"".join)
+
+
+@st.composite
+def _byte_stream_and_cuts(draw: st.DrawFn) -> tuple[list[bytes], list[int]]:
+    heads = st.sampled_from([b"data: ", b"data:", b": ", b"event: ", b"id: ", b""])
+    lines = draw(st.lists(st.builds(bytes.__add__, heads, _byte_value), max_size=12))
+    raw = b"\n".join(lines) + b"\n"
+    return lines, sorted(draw(st.lists(st.integers(0, len(raw)), max_size=10)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_byte_stream_and_cuts())
+def test_sse_parser_lf_fast_path_equals_line_by_line_path(
+    case: tuple[list[bytes], list[int]],
+) -> None:
+    # LF-only chunks take the decode-at-once path (falling back on invalid UTF-8); CRLF chunks
+    # always take the line-by-line path.
+    lines, cuts = case
+    lf = b"\n".join(lines) + b"\n"
+    bounds = [0, *cuts, len(lf)]
+
+    assert parse(*(lf[a:b] for a, b in itertools.pairwise(bounds))) == parse(
+        b"\r\n".join(lines) + b"\r\n"
+    )
+
+
+def test_sse_parser_invalid_utf8_among_valid_lines_replaced_in_its_line_only() -> None:
+    raw = b"data: ok\n\ndata: \xe4\xbd\ndata: \xff\n\ndata: \xe4\xbd\xa0\n\n"
+
+    assert datas(parse(raw)) == ["ok", "\ufffd\n\ufffd", "你"]
+    assert datas(parse(raw[:20], raw[20:])) == ["ok", "\ufffd\n\ufffd", "你"]
+
+
+def test_sse_parser_lf_chunk_after_cr_chunk_keeps_crlf_as_one_break() -> None:
+    parser = SSEParser()
+
+    assert parser.feed(b"data: a\r") == []
+    assert parser.feed(b"\n\ndata: b\n") == [SSEEvent(data="a")]
+    assert parser.feed(b"\n") == [SSEEvent(data="b")]

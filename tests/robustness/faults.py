@@ -91,36 +91,38 @@ class ResettingUpstream:
 
 class KillableProxy:
     """A TCP proxy to ``target`` on a fixed loopback port. ``kill()`` resets every connection
-    and stops listening (connections are refused); ``revive()`` listens on the same port."""
+    and, until ``revive()``, resets each new one as soon as it arrives. The port stays bound the
+    whole time, so nothing else (an outgoing connection's ephemeral port) can take it."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = free_port()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self.revive()
+        self._dead = False
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(64)
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def revive(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._dead = False
 
     def kill(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        self._dead = True
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
             reset(conn)
+
+    def close(self) -> None:
+        self.kill()
+        self._listener.close()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -128,6 +130,9 @@ class KillableProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self._dead:
+                reset(client)
+                continue
             try:
                 server = socket.create_connection(self.target, timeout=10)
             except OSError:

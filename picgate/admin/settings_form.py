@@ -22,50 +22,49 @@ from picgate.settings_store import ConfigService, mask
 class Field:
     name: str
     kind: str  # text | url | secret | number | bool
-    group: str
 
 
 GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
     (
         "upstream",
         (
-            Field("upstream_api_base", "url", "upstream"),
-            Field("upstream_api_key", "secret", "upstream"),
-            Field("upstream_model_name", "text", "upstream"),
+            Field("upstream_api_base", "url"),
+            Field("upstream_api_key", "secret"),
+            Field("upstream_model_name", "text"),
         ),
     ),
     (
         "gateway",
         (
-            Field("gateway_model_name", "text", "gateway"),
-            Field("gateway_api_key", "secret", "gateway"),
-            Field("public_base_url", "url", "gateway"),
+            Field("gateway_model_name", "text"),
+            Field("gateway_api_key", "secret"),
+            Field("public_base_url", "url"),
         ),
     ),
     (
         "r2",
         (
-            Field("r2_account_id", "text", "r2"),
-            Field("r2_access_key_id", "secret", "r2"),
-            Field("r2_secret_access_key", "secret", "r2"),
-            Field("r2_bucket_name", "text", "r2"),
-            Field("r2_endpoint_url", "url", "r2"),
-            Field("r2_public_base_url", "url", "r2"),
+            Field("r2_account_id", "text"),
+            Field("r2_access_key_id", "secret"),
+            Field("r2_secret_access_key", "secret"),
+            Field("r2_bucket_name", "text"),
+            Field("r2_endpoint_url", "url"),
+            Field("r2_public_base_url", "url"),
         ),
     ),
     (
         "cache",
         (
-            Field("local_cache_ttl_hours", "number", "cache"),
-            Field("metadata_retention_days", "number", "cache"),
-            Field("max_local_cache_mb", "number", "cache"),
+            Field("local_cache_ttl_hours", "number"),
+            Field("metadata_retention_days", "number"),
+            Field("max_local_cache_mb", "number"),
         ),
     ),
     (
         "security",
         (
-            Field("allow_external_image_fetch", "bool", "security"),
-            Field("delete_r2_on_metadata_expire", "bool", "security"),
+            Field("allow_external_image_fetch", "bool"),
+            Field("delete_r2_on_metadata_expire", "bool"),
         ),
     ),
 )

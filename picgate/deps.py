@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,7 +14,8 @@ from picgate.errors import AuthenticationFailed
 from picgate.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain ``def`` dependency in the thread pool, a hop per request
     services: Services = request.app.state.services
     return services
 
@@ -35,7 +37,13 @@ def keys_match(given: str, expected: str) -> bool:
     return hmac.compare_digest(a, b)
 
 
-async def require_gateway_key(request: Request, settings: SettingsDep) -> None:
+async def require_gateway_key(request: Request) -> Gateway:
+    """The services and effective settings of an authorized ``/v1`` call (401 otherwise).
+
+    One dependency that does it all: FastAPI solves every dependency of a chain on every request.
+    """
+    services = request.app.state.services
+    settings = await services.config.acurrent()
     expected = settings.gateway_api_key
     if not expected:
         raise AuthenticationFailed(
@@ -51,9 +59,17 @@ async def require_gateway_key(request: Request, settings: SettingsDep) -> None:
         )
     if not keys_match(token.strip(), expected):
         raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+    return Gateway(services, settings)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    services: Services
+    settings: Settings
 
 
 GatewayAuth = Depends(require_gateway_key)
+GatewayDep = Annotated[Gateway, GatewayAuth]
 
 
 def public_base_url(request: Request, settings: Settings) -> str:

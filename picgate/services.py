@@ -122,7 +122,8 @@ class Services:
         image inline. Server mode: wakes the upload worker and returns at once.
         """
         if not self.serverless:
-            self.uploader.wake()
+            if image.queued:
+                self.uploader.wake()
             return image
         import anyio.to_thread
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from picgate.deps import GatewayAuth, ServicesDep, SettingsDep, public_base_url
+from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest
 from picgate.gateway import chat
 from picgate.gateway.routes import read_json_object
@@ -56,9 +56,8 @@ class EventStreamResponse(StreamingResponse):
 
 
 @router.post("/chat/completions")
-async def chat_completions(
-    request: Request, services: ServicesDep, settings: SettingsDep
-) -> Response:
+async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
+    services, settings = gateway.services, gateway.settings
     body = await read_json_object(request)
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise BadRequest("'stream' must be a boolean", param="stream", code="invalid_type")

@@ -17,8 +17,10 @@ import pybase64
 from picgate.config import Settings
 from picgate.errors import BadRequest, PicGateError, StorageUnavailable, UpstreamError
 from picgate.gateway.fetch import fetch_image_bytes
+from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
 from picgate.services import Services
 from picgate.storage.codec import sniff
+from picgate.storage.incoming import Received
 from picgate.storage.store import StoredImage
 
 RESPONSE_FORMATS = ("url", "b64_json")
@@ -30,6 +32,7 @@ class UpstreamImage:
     data: bytes
     revised_prompt: str | None
     extra: dict[str, Any]
+    received: Received | None = None  # already written while the answer arrived
 
 
 def wants_response_format(model: str | None) -> bool:
@@ -61,10 +64,70 @@ def upstream_model(settings: Settings, client_model: Any) -> str | None:
     return client_model if isinstance(client_model, str) else None
 
 
+async def call_upstream(
+    services: Services, settings: Settings, path: str, **request: Any
+) -> tuple[Any, list[UpstreamImage]]:
+    """POST to the upstream's Images API; its answer and every image in it, decoded or fetched.
+
+    Large base64 images are decoded and written while the answer arrives (``image_answer``);
+    when that cannot be used, the answer is parsed whole and handled as it always was.
+    """
+    reader = ImageAnswerReader(services.images.incoming)
+    try:
+        await services.upstream.post(settings, path, reader.feed, **request)
+        try:
+            answer = reader.finish()
+        except ValueError:
+            answer = services.upstream.parse_answer(reader.body)  # raises its 502
+        streamed = await _streamed_images(reader, answer)
+    except BaseException:
+        reader.discard()
+        raise
+    if streamed is None:
+        answer = services.upstream.parse_answer(reader.body)
+        streamed = {}
+    try:
+        return answer, await collect_images(services, settings, answer, streamed)
+    except BaseException:
+        for received in streamed.values():
+            received.discard()
+        raise
+
+
+async def _streamed_images(reader: ImageAnswerReader, answer: Any) -> dict[str, Received] | None:
+    """The images the reader wrote, by placeholder; None: parse the answer whole instead."""
+    if not reader.usable or not reader.images:
+        return {}
+    items = answer.get("data") if isinstance(answer, dict) else None
+    as_b64 = sorted(
+        item["b64_json"]
+        for item in (items if isinstance(items, list) else [])
+        if isinstance(item, dict) and item.get("b64_json") in reader.images
+    )
+    # each long string must be one image's b64_json and stand nowhere else
+    if as_b64 != sorted(reader.images) or sorted(placeholders_in(answer, reader.images)) != as_b64:
+        reader.discard()
+        return None
+    results = {key: await image.result() for key, image in reader.images.items()}
+    if any(received is None for received in results.values()):
+        for received in results.values():
+            if received is not None:
+                received.discard()
+        return None
+    return {key: received for key, received in results.items() if received is not None}
+
+
 async def collect_images(
-    services: Services, settings: Settings, answer: Any
+    services: Services,
+    settings: Settings,
+    answer: Any,
+    streamed: dict[str, Received] | None = None,
 ) -> list[UpstreamImage]:
-    """Decode or fetch every image in an Images API answer; UpstreamError on junk."""
+    """Decode or fetch every image in an Images API answer; UpstreamError on junk.
+
+    ``streamed``: images already decoded and written, by the placeholder in their ``b64_json``.
+    """
+    streamed = streamed or {}
     if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
         raise UpstreamError("the upstream answer has no 'data' list", code="bad_upstream_response")
     images: list[UpstreamImage] = []
@@ -76,9 +139,13 @@ async def collect_images(
             )
         extra = {k: v for k, v in item.items() if k not in ("b64_json", "url", "revised_prompt")}
         revised = item.get("revised_prompt")
-        if isinstance(item.get("b64_json"), str) and item["b64_json"]:
+        b64 = item.get("b64_json")
+        received = streamed.get(b64) if isinstance(b64, str) else None
+        if received is not None:
+            data = received.data
+        elif isinstance(b64, str) and b64:
             try:
-                data = services.images.decode(item["b64_json"])
+                data = services.images.decode(b64)
             except BadRequest as exc:
                 raise UpstreamError(
                     f"the upstream sent an image that is not valid base64: {exc.message}",
@@ -107,7 +174,8 @@ async def collect_images(
                 f"the upstream sent something that is not an image: {exc.message}",
                 code="bad_upstream_response",
             ) from exc
-        images.append(UpstreamImage(data, revised if isinstance(revised, str) else None, extra))
+        revised = revised if isinstance(revised, str) else None
+        images.append(UpstreamImage(data, revised, extra, received))
     return images
 
 
@@ -123,30 +191,54 @@ async def store_and_reply(
 ) -> dict[str, Any]:
     reply: dict[str, Any] = {k: answer[k] for k in PASSTHROUGH if k in answer}
     data: list[dict[str, Any]] = []
-    stored_ids: list[str] = []
-    for image in images:
-        item: dict[str, Any] = {}
-        stored: StoredImage | None = None
-        try:
-            saved = await services.images.save_bytes(image.data, source=source, prompt=prompt)
-            # after_store raising (serverless, R2 down) must leave stored None: reply inline
-            stored = await services.after_store(saved)
-        except (OSError, StorageUnavailable) as exc:
-            services.events.error(f"❌ 图片保存失败，已内联返回: {exc}")
-        if stored is not None and response_format == "url":
-            item["url"] = base_url + stored.path
-            stored_ids.append(stored.id)
-        else:
-            item["b64_json"] = pybase64.b64encode(image.data).decode("ascii")
-            if stored is not None:
-                stored_ids.append(stored.id)
-        if image.revised_prompt is not None:
-            item["revised_prompt"] = image.revised_prompt
-        item.update(image.extra)
-        data.append(item)
+    try:
+        for image in images:
+            data.append(
+                await _store_one(
+                    services,
+                    image,
+                    response_format=response_format,
+                    base_url=base_url,
+                    source=source,
+                    prompt=prompt,
+                )
+            )
+    finally:  # an image not stored (error, cancelled request) leaves no temporary file
+        for image in images:
+            if image.received is not None:
+                image.received.discard()
     reply["data"] = data
     reply.setdefault("created", answer.get("created"))
     return reply
+
+
+async def _store_one(
+    services: Services,
+    image: UpstreamImage,
+    *,
+    response_format: str,
+    base_url: str,
+    source: str,
+    prompt: str | None,
+) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    stored: StoredImage | None = None
+    try:
+        saved = await services.images.save_bytes(
+            image.data, source=source, prompt=prompt, received=image.received
+        )
+        # after_store raising (serverless, R2 down) must leave stored None: reply inline
+        stored = await services.after_store(saved)
+    except (OSError, StorageUnavailable) as exc:
+        services.events.error(f"❌ 图片保存失败，已内联返回: {exc}")
+    if stored is not None and response_format == "url":
+        item["url"] = base_url + stored.path
+    else:
+        item["b64_json"] = pybase64.b64encode(image.data).decode("ascii")
+    if image.revised_prompt is not None:
+        item["revised_prompt"] = image.revised_prompt
+    item.update(image.extra)
+    return item
 
 
 async def generate(
@@ -172,8 +264,9 @@ async def generate(
     else:
         upstream_body.pop("response_format", None)
     services.events.info(f"📤 发起文生图请求: prompt={short(prompt)}")
-    answer = await services.upstream.post_json(settings, "images/generations", upstream_body)
-    images = await collect_images(services, settings, answer)
+    answer, images = await call_upstream(
+        services, settings, "images/generations", json=upstream_body
+    )
     services.events.info(f"📥 上游返回成功: 收到 {len(images)} 张图片")
     reply = await store_and_reply(
         services,
@@ -235,10 +328,7 @@ async def edit(
     if mask is not None:
         files.append(("mask", mask))
     services.events.info(f"📤 发起图片编辑请求: prompt={short(prompt)}, {len(images)} 张输入图片")
-    answer = await services.upstream.post_multipart(
-        settings, "images/edits", data=data, files=files
-    )
-    result = await collect_images(services, settings, answer)
+    answer, result = await call_upstream(services, settings, "images/edits", data=data, files=files)
     services.events.info(f"📥 上游返回成功: 收到 {len(result)} 张图片")
     reply = await store_and_reply(
         services,

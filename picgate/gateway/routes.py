@@ -7,12 +7,15 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from picgate.deps import GatewayAuth, ServicesDep, SettingsDep, public_base_url
+from picgate.config import Settings
+from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest, UnsupportedMediaType
 from picgate.gateway import images_api
 from picgate.gateway.fetch import fetch_image_bytes
+from picgate.services import Services
 from picgate.storage.codec import sniff
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
@@ -91,7 +94,8 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 
 
 @router.get("/models")
-async def list_models(settings: SettingsDep) -> dict[str, Any]:
+async def list_models(gateway: GatewayDep) -> dict[str, Any]:
+    settings = gateway.settings
     return {
         "object": "list",
         "data": [
@@ -105,15 +109,21 @@ async def list_models(settings: SettingsDep) -> dict[str, Any]:
     }
 
 
-@router.post("/images/generations", openapi_extra={"requestBody": GENERATIONS_BODY})
-async def images_generations(
-    request: Request, services: ServicesDep, settings: SettingsDep
-) -> dict[str, Any]:
+# the answer is built here, not by FastAPI: a response model would validate and copy it
+# (megabytes of base64 with response_format=b64_json)
+@router.post(
+    "/images/generations",
+    openapi_extra={"requestBody": GENERATIONS_BODY},
+    response_class=JSONResponse,
+)
+async def images_generations(request: Request, gateway: GatewayDep) -> JSONResponse:
+    services, settings = gateway.services, gateway.settings
     body = await read_json_object(request)
     services.events.count("requests")
-    return await images_api.generate(
+    reply = await images_api.generate(
         services, settings, body, base_url=public_base_url(request, settings)
     )
+    return JSONResponse(reply)
 
 
 async def _upload_bytes(upload: UploadFile) -> images_api.EditImage:
@@ -123,10 +133,14 @@ async def _upload_bytes(upload: UploadFile) -> images_api.EditImage:
     return (name, data, kind.mime)
 
 
-@router.post("/images/edits", openapi_extra={"requestBody": EDITS_BODY})
-async def images_edits(
-    request: Request, services: ServicesDep, settings: SettingsDep
-) -> dict[str, Any]:
+@router.post(
+    "/images/edits", openapi_extra={"requestBody": EDITS_BODY}, response_class=JSONResponse
+)
+async def images_edits(request: Request, gateway: GatewayDep) -> JSONResponse:
+    return JSONResponse(await _edit(request, gateway.services, gateway.settings))
+
+
+async def _edit(request: Request, services: Services, settings: Settings) -> dict[str, Any]:
     services.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
     base_url = public_base_url(request, settings)
@@ -202,7 +216,7 @@ def _own_image(url: str, base_url: str) -> str | None:
     return parsed[0] if parsed else None
 
 
-async def own_image_bytes(services: ServicesDep, image_id: str) -> bytes:
+async def own_image_bytes(services: Services, image_id: str) -> bytes:
     from picgate.images.serving import read_image_bytes
 
     return await read_image_bytes(services, image_id)

@@ -189,35 +189,45 @@ class Upstream:
 
     async def post_json(self, settings: Settings, path: str, body: dict[str, Any]) -> Any:
         """POST JSON, return the parsed JSON answer; every failure becomes an UpstreamError."""
-        url = upstream_url(settings, path)
-        try:
-            resp = await self.client.post(
-                url, json=body, headers=upstream_headers(settings), timeout=self._timeout(settings)
-            )
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc) from exc
-        return self._parse(resp)
+        chunks: list[bytes] = []
+        await self.post(settings, path, chunks.append, json=body)
+        return self.parse_answer(b"".join(chunks))
 
-    async def post_multipart(
+    async def post(
         self,
         settings: Settings,
         path: str,
+        feed: Callable[[bytes], None],
         *,
-        data: dict[str, str],
-        files: list[tuple[str, tuple[str, bytes, str]]],
-    ) -> Any:
-        url = upstream_url(settings, path)
+        json: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
+        files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
+    ) -> None:
+        """POST JSON or multipart; a 2xx answer's body goes to ``feed`` as it arrives.
+
+        A non-2xx answer is read whole and raised with its status and message; transport
+        failures (also halfway through the body) are raised as 502/504.
+        """
+        request = self.client.build_request(
+            "POST",
+            upstream_url(settings, path),
+            json=json,
+            data=data,
+            files=files,
+            headers=upstream_headers(settings),
+            timeout=self._timeout(settings),
+        )
         try:
-            resp = await self.client.post(
-                url,
-                data=data,
-                files=files,
-                headers=upstream_headers(settings),
-                timeout=self._timeout(settings),
-            )
+            resp = await self.client.send(request, stream=True)
+            try:
+                if resp.status_code >= 300:
+                    raise error_from_upstream(resp.status_code, await resp.aread())
+                async for chunk in resp.aiter_bytes():
+                    feed(chunk)
+            finally:
+                await resp.aclose()
         except httpx.HTTPError as exc:
             raise map_transport_error(exc) from exc
-        return self._parse(resp)
 
     async def get_json(self, settings: Settings, path: str, *, timeout: float = 15.0) -> Any:
         url = upstream_url(settings, path)
@@ -225,14 +235,15 @@ class Upstream:
             resp = await self.client.get(url, headers=upstream_headers(settings), timeout=timeout)
         except httpx.HTTPError as exc:
             raise map_transport_error(exc) from exc
-        return self._parse(resp)
-
-    @staticmethod
-    def _parse(resp: httpx.Response) -> Any:
         if resp.status_code >= 300:
             raise error_from_upstream(resp.status_code, resp.content)
+        return self.parse_answer(resp.content)
+
+    @staticmethod
+    def parse_answer(body: bytes) -> Any:
+        """A 2xx answer's JSON; UpstreamError (502) when it is not JSON."""
         try:
-            return parse_json(resp.content)
+            return parse_json(body)
         except ValueError as exc:
             raise UpstreamError(
                 "the upstream API answered with something that is not JSON",

@@ -22,12 +22,14 @@ class Located:
     stat: os.stat_result | None = None  # of ``path``, so the response need not stat again
 
 
-def _stat_file(path: Path) -> os.stat_result | None:
+def _stat_file(path: Path, size: int) -> os.stat_result | None:
+    """The file's stat, or None when it is missing or not the size of its row (a power loss
+    can leave a file cut short: it is treated as no copy, never served as if whole)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
-    return st if stat.S_ISREG(st.st_mode) else None
+    return st if stat.S_ISREG(st.st_mode) and st.st_size == size else None
 
 
 async def _local(
@@ -48,7 +50,7 @@ async def locate(services: Services, image_id: str, ext: str | None) -> Located:
     record = services.images.cached_record(image_id)
     if record is not None and (ext is None or ext == record.ext):
         path = services.cache.path(image_id, record.ext)
-        st = await anyio.to_thread.run_sync(_stat_file, path)
+        st = await anyio.to_thread.run_sync(_stat_file, path, record.size)
         if st is not None:
             return await _local(services, record, path, st)
     row = await anyio.to_thread.run_sync(services.images.load_row, image_id)
@@ -56,7 +58,7 @@ async def locate(services: Services, image_id: str, ext: str | None) -> Located:
         raise NotFound("No such image.")
     record = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
     path = services.cache.path(image_id, row.ext)
-    st = await anyio.to_thread.run_sync(_stat_file, path)
+    st = await anyio.to_thread.run_sync(_stat_file, path, row.size)
     if st is not None:
         return await _local(services, record, path, st)
     remote = await services.locate_remote(row)

@@ -17,25 +17,32 @@ def test_local_write_atomic_failure_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = LocalCache(tmp_path)
+    real_write = os.write
+    calls = []
 
-    def boom(fd: int) -> None:
-        raise OSError(28, "No space left on device")
+    def fill_disk(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
 
-    monkeypatch.setattr(os, "fsync", boom)
+    monkeypatch.setattr(os, "write", fill_disk)
     with pytest.raises(OSError):
-        cache.write(ID, "png", b"x" * 100)
+        cache.write(ID, "png", b"x" * (3 * 2**20))
+    assert calls == [2**20, 2**20]  # the disk filled up on the second 1 MB piece
     assert list(tmp_path.rglob("*")) == [tmp_path / ID[:2]]
-
-
-def test_local_write_then_scan_and_usage(tmp_path: Path) -> None:
-    cache = LocalCache(tmp_path)
     assert cache.usage() == 0
+
+
+def test_local_write_does_not_wait_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = LocalCache(tmp_path)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
     path = cache.write(ID, "png", b"x" * 100)
-    assert path == tmp_path / "Ab" / f"{ID}.png"
-    assert cache.usage() == 100
-    assert [f.image_id for f in cache.scan()] == [ID]
-    assert cache.delete(ID, "png") == 100
-    assert cache.usage() == 0 and cache.delete(ID, "png") == 0
+    assert synced == [] and path.read_bytes() == b"x" * 100
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,118 @@
+"""An image whose base64 text is cut out of an upstream answer while the answer arrives.
+
+``IncomingImage.feed`` only keeps the text (no work on the event loop, no JSON parsing of
+megabytes); ``close()`` hands it to a pool thread that decodes it strictly, hashes it and writes
+it to a temporary file in the local cache, with the hash in a second thread (both release the
+GIL). ``result()`` gives the bytes, their sha256 and the temporary file, or None when the text
+was not plain padded standard base64 or the image could not be written: the caller then takes
+the ordinary path on the whole answer, which gives the same result or the same error.
+
+The work starts when the text is complete rather than chunk by chunk as it arrives: measured
+on this 2-core machine with a loopback upstream, decoding and hashing during the transfer took
+CPU from the transfer itself (8 MB: 23 ms became 31-41 ms, for 5-12 ms saved after it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pybase64
+
+from picgate.storage.local import LocalCache, write_all
+
+_writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="picgate-incoming")
+_hashers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="picgate-sha256")
+
+
+def sha256_hex(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Received:
+    """A decoded image in a temporary file of the cache, not yet renamed or recorded."""
+
+    image_id: str
+    temp: Path
+    data: bytes
+    sha256: str
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing once it has been committed)."""
+        self.temp.unlink(missing_ok=True)
+
+
+class IncomingImage:
+    def __init__(self, cache: LocalCache, image_id: str, *, max_bytes: int) -> None:
+        self.image_id = image_id
+        self._cache = cache
+        self._max_text = max_bytes * 4 // 3 + 4
+        self._text: list[bytes] = []
+        self._size = 0
+        self._aborted = False
+        self._future: Future[Received | None] | None = None
+
+    def feed(self, text: bytes) -> None:
+        if self._future is not None or self._aborted:
+            return
+        self._size += len(text)
+        if self._size > self._max_text:
+            self.abort()  # too large: the ordinary path refuses it with its own error
+        else:
+            self._text.append(text)
+
+    def close(self) -> None:
+        """The text is complete: start decoding and writing it."""
+        if self._future is None and not self._aborted:
+            text, self._text = self._text, []
+            self._future = _writers.submit(self._write, text)
+
+    def abort(self) -> None:
+        """Stop, and remove whatever was or will be written; ``result()`` will be None."""
+        self._aborted = True
+        self._text = []
+        if self._future is not None:
+            self._future.add_done_callback(_discard_result)
+
+    async def result(self) -> Received | None:
+        self.close()
+        if self._future is None:
+            return None
+        received = await asyncio.wrap_future(self._future)
+        return None if self._aborted else received
+
+    def _write(self, text: list[bytes]) -> Received | None:
+        try:
+            data = pybase64.b64decode(b"".join(text), validate=True)
+        except (binascii.Error, ValueError):
+            return None  # not plain padded base64: the ordinary path decides
+        if not data:
+            return None
+        hashing = _hashers.submit(sha256_hex, data)
+        temp: Path | None = None
+        try:
+            fd, temp = self._cache.open_temp(self.image_id)
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+            digest = hashing.result()
+        except OSError:  # disk trouble: the ordinary path tries again and reports it
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+            return None
+        return Received(self.image_id, temp, data, digest)
+
+
+def _discard_result(future: Future[Received | None]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        received = future.result()
+        if received is not None:
+            received.discard()

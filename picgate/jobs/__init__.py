@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 def install(services: Services) -> None:
     from picgate.jobs.eviction import CapGuard
-    from picgate.jobs.scheduler import register
 
     services.images.on_stored.append(CapGuard(services))
-    register(services)
+    if not services.serverless:  # Lambda has EventBridge: no need to load the scheduler
+        from picgate.jobs.scheduler import register
+
+        register(services)

@@ -2,8 +2,8 @@
 
 ``IncomingImage.feed`` only keeps the text (no work on the event loop, no JSON parsing of
 megabytes); ``close()`` hands it to a pool thread that decodes it strictly, hashes it and writes
-it to a temporary file in the local cache, with the hash in a second thread (both release the
-GIL). ``result()`` gives the bytes, their sha256 and the temporary file, or None when the text
+it to a temporary file in the local cache, with the hash in a second thread (all three release
+the GIL). ``result()`` gives the bytes, their sha256 and the temporary file, or None when the text
 was not plain padded standard base64 or the image could not be written: the caller then takes
 the ordinary path on the whole answer, which gives the same result or the same error.
 
@@ -16,23 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pybase64
 
-from picgate.storage.local import LocalCache, write_all
+from picgate.storage.local import LocalCache
 
 _writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="picgate-incoming")
-_hashers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="picgate-sha256")
-
-
-def sha256_hex(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -95,18 +87,9 @@ class IncomingImage:
             return None  # not plain padded base64: the ordinary path decides
         if not data:
             return None
-        hashing = _hashers.submit(sha256_hex, data)
-        temp: Path | None = None
         try:
-            fd, temp = self._cache.open_temp(self.image_id)
-            try:
-                write_all(fd, data)
-            finally:
-                os.close(fd)
-            digest = hashing.result()
+            temp, digest = self._cache.write_temp(self.image_id, data)
         except OSError:  # disk trouble: the ordinary path tries again and reports it
-            if temp is not None:
-                temp.unlink(missing_ok=True)
             return None
         return Received(self.image_id, temp, data, digest)
 

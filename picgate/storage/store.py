@@ -6,12 +6,10 @@ remembered in memory and written in batches, so serving an image is not a databa
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -29,15 +27,6 @@ from picgate.storage.local import ID_PATTERN, LocalCache
 
 PROMPT_MAX = 2000
 IMAGES: Table = Image.__table__  # type: ignore[assignment]
-# from this size the sha256 runs in a pool thread while the store thread writes and fsyncs the
-# file (hashlib releases the GIL): 6 ms of an 8 MB store hidden; below it the hop costs more
-PARALLEL_HASH_BYTES = 256 * 1024
-_hashers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="picgate-sha256")
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
 
 def new_image_id() -> str:
     """22 URL-safe characters: 128 random bits."""
@@ -123,28 +112,23 @@ class ImageStore:
     ) -> StoredImage:
         """Store one image (synchronous; call from a worker thread).
 
-        ``received``: ``data`` is already hashed and in a temporary file, which is renamed
-        into place; if this raises before, the caller discards it.
+        ``received``: ``data`` is already hashed and in a temporary file (written while the
+        upstream answer arrived), which is renamed into place; if ``data`` is refused first,
+        the caller discards it.
         """
         if len(data) > self.max_image_bytes:
             raise PayloadTooLarge(f"image is larger than {self.max_image_bytes // 2**20} MB")
         kind = sniff(data)
-        if received is not None:
-            image_id, digest = received.image_id, received.sha256
+        if received is None:
+            image_id = new_image_id()
+            temp, digest = self.cache.write_temp(image_id, data)
+            received = Received(image_id, temp, data, digest)
+        image_id, digest = received.image_id, received.sha256
+        try:
             self.cache.commit(received.temp, image_id, kind.ext, len(data))
-        elif len(data) >= PARALLEL_HASH_BYTES:
-            image_id = new_image_id()
-            hashing = _hashers.submit(sha256_hex, data)
-            self.cache.write(image_id, kind.ext, data)
-            try:
-                digest = hashing.result()
-            except BaseException:
-                self.cache.delete(image_id, kind.ext)
-                raise
-        else:
-            image_id = new_image_id()
-            digest = sha256_hex(data)
-            self.cache.write(image_id, kind.ext, data)
+        except BaseException:
+            received.discard()
+            raise
         dims = image_size(data, kind)
         now = utcnow()
         r2 = self.r2_enabled()

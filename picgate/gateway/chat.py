@@ -48,6 +48,7 @@ from picgate.gateway.upstream import map_transport_error
 from picgate.services import Services
 
 __all__ = [
+    "DONE",
     "KEEPALIVE",
     "ChatStream",
     "ChunkReader",
@@ -63,7 +64,7 @@ __all__ = [
 log = logging.getLogger("picgate")
 
 KEEPALIVE = encode_comment("keep-alive")
-_DONE = encode_event("[DONE]")
+DONE = encode_event("[DONE]")
 _CHOICE_ENDS = ("finish_reason", "native_finish_reason", "logprobs")
 EXTERNAL_FETCH_TIMEOUT = 30.0
 
@@ -156,7 +157,7 @@ async def complete(
 
 def error_event(error: PicGateError) -> bytes:
     """An error inside a stream (OpenAI's shape, no ``choices``), then ``[DONE]``."""
-    return encode_event(json.dumps(error.to_dict(), ensure_ascii=False)) + _DONE
+    return encode_event(json.dumps(error.to_dict(), ensure_ascii=False)) + DONE
 
 
 class ChunkReader:
@@ -426,22 +427,22 @@ async def relay(
     except httpx.HTTPError as exc:
         broken = map_transport_error(exc)
         broken.message = f"the upstream stream broke off: {broken.message}"
-        _log_stream_error(services, broken)
+        log_stream_error(services, broken)
         yield error_event(broken)
     except PicGateError as exc:
-        _log_stream_error(services, exc)
+        log_stream_error(services, exc)
         yield error_event(exc)
     except Exception as exc:  # the client must learn the stream failed; the log has the cause
         log.exception("chat stream failed")
         error = PicGateError("PicGate failed while relaying the stream.", code="internal_error")
-        _log_stream_error(services, error, detail=type(exc).__name__)
+        log_stream_error(services, error, detail=type(exc).__name__)
         yield error_event(error)
     finally:
         with anyio.CancelScope(shield=True):
             await reader.aclose()
 
 
-def _log_stream_error(
+def log_stream_error(
     services: Services | None, error: PicGateError, *, detail: str | None = None
 ) -> None:
     if services is not None:
@@ -456,24 +457,31 @@ class ChatStream:
         *,
         services: Services,
         response: httpx.Response,
-        rewriter: StreamRewriter,
+        sink: ImageSink,
         keepalive: float,
         stack: AsyncExitStack,
     ) -> None:
         self.services = services
         self.response = response
-        self.rewriter = rewriter
+        self.sink = sink
         self.keepalive = keepalive
         self._stack = stack
 
     async def events(self) -> AsyncIterator[bytes]:
         """The bytes to send to the client, as they become ready."""
-        async for piece in relay(
-            self.response.aiter_bytes(),
-            self.rewriter,
-            keepalive=self.keepalive,
-            services=self.services,
-        ):
+        from picgate.gateway import unstreamed
+
+        chunks = self.response.aiter_bytes()
+        if unstreamed.is_json_answer(self.response):  # the upstream ignored ``stream: true``
+            self.services.events.warning("⚠️ 上游未按流式返回，已转换为流式输出")
+            source = unstreamed.events(
+                chunks, self.sink, keepalive=self.keepalive, services=self.services
+            )
+        else:
+            source = relay(
+                chunks, StreamRewriter(self.sink), keepalive=self.keepalive, services=self.services
+            )
+        async for piece in source:
             yield piece
 
     async def aclose(self) -> None:
@@ -504,7 +512,7 @@ async def open_stream(
     return ChatStream(
         services=services,
         response=response,
-        rewriter=StreamRewriter(sink),
+        sink=sink,
         keepalive=settings.stream_keepalive_seconds,
         stack=stack,
     )

@@ -526,3 +526,75 @@ def test_chat_stream_not_boolean_is_400(start_gateway) -> None:  # type: ignore[
     )
     assert resp.status_code == 400
     assert resp.json()["error"]["param"] == "stream"
+
+
+# -- an upstream that ignores ``stream: true`` -------------------------------------------------
+
+
+def test_chat_stream_json_answer_becomes_stream_with_links(
+    gateway: Gateway, upstream: StubUpstream
+) -> None:
+    answer = load_json("openrouter_chat_images.json")
+    answer["choices"][0]["message"]["tool_calls"] = [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]
+    serve(upstream, lambda: JSONResponse(answer))
+    raw = raw_stream(gateway)
+    assert b"base64" not in raw
+    payloads = data_payloads(raw)
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == answer["id"] for c in chunks)
+    delta = chunks[0]["choices"][0]["delta"]
+    [url] = links(delta["content"])
+    assert delta["content"] == f"Here is a sunset over mountains.\n\n![image]({url})"
+    assert "images" not in delta
+    assert delta["tool_calls"][0]["index"] == 0 and delta["tool_calls"][0]["id"] == "call_1"
+    assert chunks[-1]["choices"][0]["finish_reason"] == answer["choices"][0]["finish_reason"]
+    assert chunks[-1]["usage"] == answer["usage"]
+    assert served(url) == ONE_PIXEL
+    assert "⚠️ 上游未按流式返回，已转换为流式输出" in log_lines(gateway, "⚠️ 上游未按流式返回")
+    # the openai SDK reads it as any other stream
+    assert stream_text(gateway).startswith("Here is a sunset over mountains.\n\n![image](")
+
+
+def test_chat_stream_json_answer_slow_upstream_gets_keepalives(
+    start_gateway, upstream: StubUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    gateway = start_gateway(STREAM_KEEPALIVE_SECONDS="0.2")
+    answer = load_json("openai_chat_completion.json")
+
+    async def slow_json() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.7)
+        yield json.dumps(answer).encode()
+
+    serve(upstream, lambda: StreamingResponse(slow_json(), media_type="application/json"))
+    raw = raw_stream(gateway)
+    assert raw.startswith(b": keep-alive\n\n")
+    payloads = data_payloads(raw)
+    content = json.loads(payloads[0])["choices"][0]["delta"]["content"]
+    assert content == answer["choices"][0]["message"]["content"]
+    assert payloads[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'{"error": {"message": "quota exceeded", "type": "insufficient_quota"}}', None),
+        (b"<html>bad gateway</html>", "bad_upstream_response"),
+        (b'{"object": "list"}', "bad_upstream_response"),
+    ],
+)
+def test_chat_stream_json_error_or_junk_becomes_error_event(
+    gateway: Gateway, upstream: StubUpstream, body: bytes, code: str | None
+) -> None:
+    serve(upstream, lambda: Response(body, media_type="application/json"))
+    payloads = data_payloads(raw_stream(gateway))
+    assert payloads[-1] == "[DONE]" and len(payloads) == 2
+    error = json.loads(payloads[0])
+    assert set(error) == {"error"}
+    if code is None:
+        assert error["error"]["message"] == "quota exceeded"
+        assert error["error"]["type"] == "insufficient_quota"
+    else:
+        assert error["error"]["code"] == code

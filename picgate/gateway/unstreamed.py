@@ -1,0 +1,111 @@
+"""An upstream that answers a streaming chat request with one JSON completion.
+
+Some relays and image models ignore ``stream: true`` and send ``application/json``. The client
+asked for a stream and would show nothing, so the completion is read (keep-alives go out while
+it is awaited), its images are stored and linked as in a non-streaming answer, and it leaves as
+the stream it would have been: one chunk with each choice's message as its delta, one with the
+finish reasons (and usage), then ``[DONE]``. An error object, or a body that is not a JSON
+completion, becomes the stream's error event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from picgate.errors import PicGateError, UpstreamError
+from picgate.gateway.chat import DONE, KEEPALIVE, ChunkReader, error_event, log_stream_error
+from picgate.gateway.rewrite import ImageSink, rewrite_completion
+from picgate.gateway.sse import encode_event
+from picgate.gateway.upstream import error_from_upstream, map_transport_error
+from picgate.services import Services
+
+_ENVELOPE = ("id", "created", "model", "system_fingerprint", "provider")
+
+
+def is_json_answer(response: httpx.Response) -> bool:
+    ctype = str(response.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
+    return ctype == "application/json" or ctype.endswith("+json")
+
+
+def completion_chunks(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` objects a stream of ``answer`` would have carried."""
+    envelope = {k: answer[k] for k in _ENVELOPE if k in answer}
+    envelope["object"] = "chat.completion.chunk"
+    deltas: list[dict[str, Any]] = []
+    ends: list[dict[str, Any]] = []
+    for position, choice in enumerate(answer.get("choices") or []):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", position)
+        message = choice.get("message")
+        delta = dict(message) if isinstance(message, dict) else {}
+        if isinstance(delta.get("tool_calls"), list):  # stream tool calls carry their index
+            delta["tool_calls"] = [
+                {"index": i, **call} if isinstance(call, dict) else call
+                for i, call in enumerate(delta["tool_calls"])
+            ]
+        deltas.append({"index": index, "delta": delta, "finish_reason": None})
+        end = {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}
+        if "logprobs" in choice:
+            end["logprobs"] = choice["logprobs"]
+        ends.append(end)
+    last = {**envelope, "choices": ends}
+    if "usage" in answer:
+        last["usage"] = answer["usage"]
+    return [{**envelope, "choices": deltas}, last]
+
+
+async def events(
+    chunks: AsyncIterator[bytes], sink: ImageSink, *, keepalive: float, services: Services
+) -> AsyncIterator[bytes]:
+    """The client's stream for a JSON answer read from ``chunks``."""
+    reader = ChunkReader(chunks)
+    body = bytearray()
+    try:
+        while True:
+            if not await reader.ready(keepalive):
+                yield KEEPALIVE
+                continue
+            chunk = reader.take()
+            if chunk is None:
+                break
+            body += chunk
+        answer = _completion(bytes(body))
+        rewritten = await rewrite_completion(answer, sink)
+        yield b"".join(encode_event(_dumps(chunk)) for chunk in completion_chunks(rewritten))
+        yield DONE
+    except httpx.HTTPError as exc:
+        broken = map_transport_error(exc)
+        broken.message = f"the upstream answer broke off: {broken.message}"
+        log_stream_error(services, broken)
+        yield error_event(broken)
+    except PicGateError as exc:
+        log_stream_error(services, exc)
+        yield error_event(exc)
+    finally:
+        await reader.aclose()
+
+
+def _completion(body: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(body)
+    except ValueError as exc:
+        raise UpstreamError(
+            "the upstream API answered with something that is not JSON",
+            code="bad_upstream_response",
+        ) from exc
+    if isinstance(answer, dict) and "error" in answer:
+        raise error_from_upstream(502, body)
+    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+        raise UpstreamError(
+            "the upstream chat answer is not a chat completion", code="bad_upstream_response"
+        )
+    return answer
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

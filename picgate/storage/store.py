@@ -28,6 +28,7 @@ from picgate.storage.local import ID_PATTERN, LocalCache
 PROMPT_MAX = 2000
 IMAGES: Table = Image.__table__  # type: ignore[assignment]
 
+
 def new_image_id() -> str:
     """22 URL-safe characters: 128 random bits."""
     return secrets.token_urlsafe(16)

@@ -15,7 +15,13 @@ from typing import Any
 import pybase64
 
 from picgate.config import Settings
-from picgate.errors import BadRequest, PicGateError, StorageUnavailable, UpstreamError
+from picgate.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    PicGateError,
+    StorageUnavailable,
+    UpstreamError,
+)
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
 from picgate.services import Services
@@ -102,7 +108,9 @@ async def _streamed_images(reader: ImageAnswerReader, answer: Any) -> dict[str, 
     as_b64 = sorted(
         item["b64_json"]
         for item in (items if isinstance(items, list) else [])
-        if isinstance(item, dict) and item.get("b64_json") in reader.images
+        if isinstance(item, dict)
+        and isinstance(item.get("b64_json"), str)
+        and item["b64_json"] in reader.images
     )
     # each long string must be one image's b64_json and stand nowhere else
     if as_b64 != sorted(reader.images) or sorted(placeholders_in(answer, reader.images)) != as_b64:
@@ -144,17 +152,11 @@ async def collect_images(
         if received is not None:
             data = received.data
         elif isinstance(b64, str) and b64:
-            try:
-                data = services.images.decode(b64)
-            except BadRequest as exc:
-                raise UpstreamError(
-                    f"the upstream sent an image that is not valid base64: {exc.message}",
-                    code="bad_upstream_response",
-                ) from exc
+            data = _decode_upstream(services, b64)
         elif isinstance(item.get("url"), str) and item["url"]:
             url = item["url"]
             if url.startswith("data:"):
-                data = services.images.decode(url)
+                data = _decode_upstream(services, url)
             else:
                 data = await fetch_image_bytes(
                     services.http,
@@ -167,6 +169,8 @@ async def collect_images(
             raise UpstreamError(
                 "the upstream answer has an image without data", code="bad_upstream_response"
             )
+        if len(data) > max_bytes:
+            raise _too_large(settings)
         try:
             sniff(data)
         except PicGateError as exc:
@@ -177,6 +181,26 @@ async def collect_images(
         revised = revised if isinstance(revised, str) else None
         images.append(UpstreamImage(data, revised, extra, received))
     return images
+
+
+def _decode_upstream(services: Services, text: str) -> bytes:
+    try:
+        return services.images.decode(text)
+    except PayloadTooLarge as exc:
+        raise _too_large(services.settings) from exc
+    except BadRequest as exc:
+        raise UpstreamError(
+            f"the upstream sent an image that is not valid base64: {exc.message}",
+            code="bad_upstream_response",
+        ) from exc
+
+
+def _too_large(settings: Settings) -> UpstreamError:
+    # the upstream's fault, not the client's: 502, not 413
+    return UpstreamError(
+        f"the upstream sent an image larger than MAX_IMAGE_MB ({settings.max_image_mb} MB)",
+        code="upstream_image_too_large",
+    )
 
 
 async def store_and_reply(

@@ -1,7 +1,8 @@
 """Cold start: ``python -c "import handler"`` against ``python -c "import fastapi"``.
 
 Importing ``handler`` is what Lambda's init phase does: settings, services, the app, and
-``services.prepare()`` (migrations checked). The environment makes it buildable offline: SQLite
+``services.prepare()`` (migrations checked). PicGate's bytecode is compiled first, as the
+deployment package carries it (docs/DEPLOY.md). The environment makes it buildable offline: SQLite
 in a temp dir (migrated once before timing, as a deployed database would be), R2 variables
 pointing at an unused local port (nothing connects at import), serverless mode.
 
@@ -122,6 +123,22 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--importtime", action="store_true")
     args = parser.parse_args()
+    # as in the Lambda package (docs/DEPLOY.md): PicGate's bytecode compiled, hash-checked
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "checked-hash",
+            "picgate",
+            "handler.py",
+        ],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     with tempfile.TemporaryDirectory(prefix="picgate-coldstart-") as tmp:
         env = lambda_env(Path(tmp))
         first = run_once("import handler", env)[0]  # creates and migrates the database

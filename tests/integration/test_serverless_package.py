@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ def ssm_names() -> list[str]:
     return re.findall(r"\$\{env:PICGATE_([A-Z0-9_]+), ssm:", text)
 
 
+CODE = ("picgate", "handler.py", "tests")
+
+
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (REPO / "node_modules" / "serverless").is_dir():
@@ -46,6 +50,13 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for junk in ("tests", "docs", "bench", "data", ".venv"):  # must stay out of the zip
         (work / junk).mkdir()
         (work / junk / "junk.py").write_text("# not for Lambda\n")
+    # the deploy steps (docs/DEPLOY.md): PicGate's bytecode, validated by the source's hash
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", *CODE],
+        cwd=work,
+        check=True,
+    )
+    (work / "picgate" / "__pycache__" / "app.cpython-312.pyc").write_bytes(b"other runtime")
     (work / "node_modules").symlink_to(REPO / "node_modules")
     env = {
         "PATH": os.environ["PATH"],
@@ -139,4 +150,19 @@ def test_serverless_package_zip_holds_code_only(packaged: Path) -> None:
     assert any(n.startswith("picgate/db/migrations/versions/") for n in names)
     for excluded in ("tests/", "docs/", "bench/", "data/", ".venv/", "node_modules/"):
         assert not [n for n in names if n.startswith(excluded)], excluded
-    assert not [n for n in names if n.endswith(".pyc") or n == "serverless.yml"]
+    assert "serverless.yml" not in names
+    # PicGate's own bytecode for the runtime's Python (3.11), hash-checked; nothing else compiled
+    pycs = [n for n in names if n.endswith(".pyc")]
+    assert all(n.endswith(".cpython-311.pyc") for n in pycs), pycs
+    assert all(n.startswith(("picgate/", "__pycache__/handler.")) for n in pycs), pycs
+    if sys.implementation.cache_tag != "cpython-311":
+        return  # compiled here for another Python: the runtime's would be missing, rightly
+    for name in (
+        "__pycache__/handler.cpython-311.pyc",
+        "picgate/__pycache__/app.cpython-311.pyc",
+        "picgate/db/migrations/versions/__pycache__/0001_initial.cpython-311.pyc",
+    ):
+        assert name in pycs
+    with zipfile.ZipFile(packaged / "picgate.zip") as zipped:
+        header = zipped.read("picgate/__pycache__/app.cpython-311.pyc")[:8]
+    assert int.from_bytes(header[4:8], "little") == 0b11  # PEP 552: checked hash-based

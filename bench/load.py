@@ -121,6 +121,11 @@ def main() -> None:
         f"{log_text.count('database is locked')}"
     )
     print(f"  server RSS: start {start_rss / 1024:.1f} MB, end {end_rss / 1024:.1f} MB")
+    tracebacks = log_text.count("Traceback (most recent call last)")
+    print(f"  tracebacks in server log: {tracebacks}")
+    if tracebacks:
+        first = log_text.index("Traceback (most recent call last)")
+        print("  first one:\n    " + "\n    ".join(log_text[first:].splitlines()[:30]))
 
 
 if __name__ == "__main__":

@@ -424,14 +424,8 @@ async def relay(
                 if tail:
                     yield tail
                 return
-    except httpx.HTTPError as exc:
-        broken = map_transport_error(exc)
-        broken.message = f"the upstream stream broke off: {broken.message}"
-        log_stream_error(services, broken)
-        yield error_event(broken)
-    except PicGateError as exc:
-        log_stream_error(services, exc)
-        yield error_event(exc)
+    except (httpx.HTTPError, PicGateError) as exc:
+        yield failure_event(services, exc)
     except Exception as exc:  # the client must learn the stream failed; the log has the cause
         log.exception("chat stream failed")
         error = PicGateError("PicGate failed while relaying the stream.", code="internal_error")
@@ -440,6 +434,16 @@ async def relay(
     finally:
         with anyio.CancelScope(shield=True):
             await reader.aclose()
+
+
+def failure_event(services: Services | None, exc: httpx.HTTPError | PicGateError) -> bytes:
+    """The error event for a stream that failed after its first byte; the failure is logged."""
+    if isinstance(exc, httpx.HTTPError):
+        broken = map_transport_error(exc)
+        broken.message = f"the upstream stream broke off: {broken.message}"
+        exc = broken
+    log_stream_error(services, exc)
+    return error_event(exc)
 
 
 def log_stream_error(

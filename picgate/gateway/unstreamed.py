@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 
 from picgate.errors import PicGateError, UpstreamError
-from picgate.gateway.chat import DONE, KEEPALIVE, ChunkReader, error_event, log_stream_error
+from picgate.gateway.chat import DONE, KEEPALIVE, ChunkReader, failure_event
 from picgate.gateway.rewrite import ImageSink, rewrite_completion
 from picgate.gateway.sse import encode_event
-from picgate.gateway.upstream import error_from_upstream, map_transport_error
+from picgate.gateway.upstream import error_from_upstream
 from picgate.services import Services
 
 _ENVELOPE = ("id", "created", "model", "system_fingerprint", "provider")
@@ -78,14 +78,8 @@ async def events(
         rewritten = await rewrite_completion(answer, sink)
         yield b"".join(encode_event(_dumps(chunk)) for chunk in completion_chunks(rewritten))
         yield DONE
-    except httpx.HTTPError as exc:
-        broken = map_transport_error(exc)
-        broken.message = f"the upstream answer broke off: {broken.message}"
-        log_stream_error(services, broken)
-        yield error_event(broken)
-    except PicGateError as exc:
-        log_stream_error(services, exc)
-        yield error_event(exc)
+    except (httpx.HTTPError, PicGateError) as exc:
+        yield failure_event(services, exc)
     finally:
         await reader.aclose()
 

@@ -85,12 +85,8 @@ class LocalCache:
         OSError (disk full...) leaves nothing behind.
         """
         hashing = _hashers.submit(sha256_hex, data) if len(data) >= PARALLEL_HASH_BYTES else None
-        fd, tmp = self.open_temp(image_id)
+        tmp = self._new_temp(image_id, data)
         try:
-            try:
-                write_all(fd, data)
-            finally:
-                os.close(fd)
             return tmp, hashing.result() if hashing is not None else sha256_hex(data)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -105,16 +101,24 @@ class LocalCache:
 
     def write(self, image_id: str, ext: str, data: bytes) -> Path:
         """Write atomically (temp + rename); OSError (disk full...) leaves nothing behind."""
+        tmp = self._new_temp(image_id, data)
+        try:
+            return self.commit(tmp, image_id, ext, len(data))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _new_temp(self, image_id: str, data: bytes) -> Path:
         fd, tmp = self.open_temp(image_id)
         try:
             try:
                 write_all(fd, data)
             finally:
                 os.close(fd)
-            return self.commit(tmp, image_id, ext, len(data))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        return tmp
 
     def read(self, image_id: str, ext: str) -> bytes | None:
         try:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 import pybase64
 
 from picgate.config import Settings
@@ -30,6 +31,7 @@ from picgate.storage.incoming import Received
 from picgate.storage.store import StoredImage
 
 RESPONSE_FORMATS = ("url", "b64_json")
+ENCODE_OFF_LOOP_BYTES = 256 * 1024
 PASSTHROUGH = ("created", "background", "output_format", "quality", "size", "usage")
 
 
@@ -195,6 +197,10 @@ def _decode_upstream(services: Services, text: str) -> bytes:
         ) from exc
 
 
+def _b64(data: bytes) -> str:
+    return pybase64.b64encode(data).decode("ascii")
+
+
 def _too_large(settings: Settings) -> UpstreamError:
     # the upstream's fault, not the client's: 502, not 413
     return UpstreamError(
@@ -257,8 +263,10 @@ async def _store_one(
         services.events.error(f"❌ 图片保存失败，已内联返回: {exc}")
     if stored is not None and response_format == "url":
         item["url"] = base_url + stored.path
+    elif len(image.data) >= ENCODE_OFF_LOOP_BYTES:  # ~2 ms at 8 MB: not on the event loop
+        item["b64_json"] = await anyio.to_thread.run_sync(_b64, image.data)
     else:
-        item["b64_json"] = pybase64.b64encode(image.data).decode("ascii")
+        item["b64_json"] = _b64(image.data)
     if image.revised_prompt is not None:
         item["revised_prompt"] = image.revised_prompt
     item.update(image.extra)

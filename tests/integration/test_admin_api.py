@@ -616,3 +616,41 @@ def test_admin_cookie_is_secure_behind_https_proxy(client: httpx.Client) -> None
     )
     assert answer.status_code == 303
     assert "Secure" in answer.headers["set-cookie"]
+
+
+def test_admin_login_lockout_from_one_address_leaves_others_free(client: httpx.Client) -> None:
+    setup_admin(client)
+    attacker = {"X-Forwarded-For": "203.0.113.66"}  # uvicorn trusts it from 127.0.0.1
+    token = form_token(client.get("/admin/login").text)
+    for _ in range(auth.MAX_USER_FAILURES):
+        answer = client.post(
+            "/admin/login",
+            data={"username": ADMIN_USER, "password": "wrong-password", "csrf_token": token},
+            headers=attacker,
+        )
+        assert answer.status_code == 401
+    locked = client.post(
+        "/admin/login",
+        data={"username": ADMIN_USER, "password": ADMIN_PASSWORD, "csrf_token": token},
+        headers=attacker,
+    )
+    assert locked.status_code == 429  # that address is locked out, even with the password
+    # the admin signing in from another address is not
+    assert login(client).status_code == 303
+
+
+def test_admin_login_account_limit_stops_guessing_from_many_addresses(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "MAX_ACCOUNT_FAILURES", 6)
+    setup_admin(client)
+    token = form_token(client.get("/admin/login").text)
+    statuses = []
+    for i in range(8):
+        answer = client.post(
+            "/admin/login",
+            data={"username": ADMIN_USER, "password": "wrong-password", "csrf_token": token},
+            headers={"X-Forwarded-For": f"198.51.100.{i}"},
+        )
+        statuses.append(answer.status_code)
+    assert statuses == [401] * 6 + [429] * 2  # one guess per address, six in all

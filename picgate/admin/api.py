@@ -30,6 +30,7 @@ CACHE_ACTIONS: dict[str, tuple[str, str]] = {
     "clear-local": (backend.CLEANUP, "clear_local"),
     "upload-pending": (backend.OPERATIONS, "upload_pending"),
     "retry-failed": (backend.OPERATIONS, "retry_failed"),
+    "archive-local": (backend.OPERATIONS, "archive_local"),
 }
 DELETE_MODES: dict[str, dict[str, bool]] = {
     "local": {"local": True, "remote": False, "forget": False},

@@ -76,6 +76,33 @@ def upload_pending(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS
     return _drain(services, include_failed=False, budget=budget)
 
 
+def archive_local(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS) -> dict[str, int]:
+    """Queue every local image that has no R2 copy, then upload.
+
+    These are images stored before R2 was configured, and images whose R2 copy was deleted
+    on purpose; they are never queued by themselves, so this runs only when the admin asks.
+    Counts as for ``upload_pending``, plus ``queued``: how many rows were put in the queue.
+    """
+    if services.remote.upload_objects() is None:
+        return {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0, "remaining": 0, "queued": 0}
+    now = utcnow()
+
+    def queue(session: Session) -> int:
+        result = session.execute(
+            update(Image)
+            .where(Image.r2_state == R2_NONE, Image.local.is_(True))
+            .values(r2_state=R2_PENDING, r2_attempts=0, r2_next_attempt_at=now, r2_last_error=None)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    count = services.db.call(queue)
+    services.events.info(f"☁️ 未归档的本地图片已排队上传到 R2: {count} 张")
+    totals = _drain(services, include_failed=False, budget=budget)
+    totals["queued"] = count
+    return totals
+
+
 def retry_failed(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS) -> dict[str, int]:
     """Put every failed upload back in the queue with fresh fast attempts, then upload.
 

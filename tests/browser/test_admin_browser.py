@@ -59,7 +59,10 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    # reduced motion: no bar caught halfway through its transition in a screenshot
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, locale="zh-CN", reduced_motion="reduce"
+    )
     tab = context.new_page()
     tab.set_default_timeout(10_000)
     problems: list[str] = []
@@ -176,7 +179,7 @@ def test_admin_console_end_to_end_in_chromium(
     assert new_key not in page.get_attribute("#f-gateway_api_key", "placeholder")
     shot(page, "settings")
 
-    # -- cache: the four operations and the cap bar ------------------------------------------
+    # -- cache: the five operations and the cap bar ------------------------------------------
     page.click('a[data-nav="cache"]')
     page.click('[data-action="clean-expired"]')
     page.wait_for_selector("#op-result.ok")
@@ -184,6 +187,9 @@ def test_admin_console_end_to_end_in_chromium(
     page.wait_for_selector("#op-result.ok")
     page.click('[data-action="retry-failed"]')
     page.wait_for_selector("#op-result.ok")
+    page.click('[data-action="archive-local"]')  # its confirm() is answered yes
+    page.wait_for_selector("#op-result.ok")
+    assert "归档未上传的图片" in page.inner_text("#op-result")
     page.click('[data-action="clear-local"]')
     page.wait_for_selector("#op-result.ok")
     assert "完成" in page.inner_text("#op-result")

@@ -459,7 +459,13 @@ def test_admin_cache_actions_run_and_report(
     store_images(shared, 2)
     stats = client.get("/admin/api/cache").json()
     assert stats["total"] == before["total"] + 2 and stats["local"] == before["local"] + 2
-    for action in ("clean-expired", "clear-local", "upload-pending", "retry-failed"):
+    for action in (
+        "clean-expired",
+        "clear-local",
+        "upload-pending",
+        "retry-failed",
+        "archive-local",
+    ):
         answer = client.post(f"/admin/api/cache/{action}", headers={"X-CSRF-Token": token})
         assert answer.status_code == 200, action
         assert answer.json()["ok"] is True and "stats" in answer.json()

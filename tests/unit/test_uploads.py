@@ -14,7 +14,13 @@ from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image, LogEntry
 from picgate.services import Services
 from picgate.storage.objects import DEFAULT_CACHE_CONTROL, MemoryObjectStore, S3ObjectStore
-from picgate.storage.operations import delete_images, retry_failed, test_r2, upload_pending
+from picgate.storage.operations import (
+    archive_local,
+    delete_images,
+    retry_failed,
+    test_r2,
+    upload_pending,
+)
 from picgate.storage.store import StoredImage, utcnow
 from picgate.storage.uploads import (
     MAX_FAST_ATTEMPTS,
@@ -209,6 +215,36 @@ def test_upload_pending_ignores_backoff(make_services: MakeServices) -> None:
     assert upload_due(services)["uploaded"] == 0
     counts = upload_pending(services)
     assert (counts["uploaded"], counts["remaining"]) == (3, 0)
+
+
+def test_archive_local_uploads_images_stored_before_r2(make_services: MakeServices) -> None:
+    before = make_services()  # no R2 yet: rows stay r2_state "none" and are never queued
+    images = store_images(before, 3)
+    assert {row(before, i.id).r2_state for i in images} == {R2_NONE}
+    before.cache.delete(images[2].id, images[2].ext)  # no local copy left: nothing to archive
+    before.db.call(lambda s: s.get(Image, images[2].id).__setattr__("local", False))
+    store = MemoryObjectStore()
+    services = make_services(objects=store)  # the same data folder, now with R2
+    assert upload_pending(services)["uploaded"] == 0  # not queued by themselves
+    counts = archive_local(services)
+    assert (counts["queued"], counts["uploaded"], counts["remaining"]) == (2, 2, 0)
+    for image in images[:2]:
+        assert row(services, image.id).r2_state == R2_UPLOADED
+        assert store.objects[f"images/{image.id}.{image.ext}"].data == services.cache.read(
+            image.id, image.ext
+        )
+    assert row(services, images[2].id).r2_state == R2_NONE
+    assert archive_local(services)["queued"] == 0  # uploaded rows are not queued again
+    assert any(
+        line.startswith("☁️ 未归档的本地图片已排队上传到 R2: 2 张") for line in log_lines(services)
+    )
+
+
+def test_archive_local_without_r2_does_nothing(make_services: MakeServices) -> None:
+    services = make_services()
+    image = store_images(services, 1)[0]
+    assert archive_local(services)["queued"] == 0
+    assert row(services, image.id).r2_state == R2_NONE
 
 
 def test_retry_failed_resets_and_uploads(make_services: MakeServices) -> None:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from picgate.config import Settings
@@ -83,24 +83,13 @@ def archive_local(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS)
     on purpose; they are never queued by themselves, so this runs only when the admin asks.
     Counts as for ``upload_pending``, plus ``queued``: how many rows were put in the queue.
     """
-    if services.remote.upload_objects() is None:
-        return {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0, "remaining": 0, "queued": 0}
-    now = utcnow()
-
-    def queue(session: Session) -> int:
-        result = session.execute(
-            update(Image)
-            .where(Image.r2_state == R2_NONE, Image.local.is_(True))
-            .values(r2_state=R2_PENDING, r2_attempts=0, r2_next_attempt_at=now, r2_last_error=None)
-            .execution_options(synchronize_session=False)
-        )
-        return int(getattr(result, "rowcount", 0) or 0)
-
-    count = services.db.call(queue)
-    services.events.info(f"☁️ 未归档的本地图片已排队上传到 R2: {count} 张")
-    totals = _drain(services, include_failed=False, budget=budget)
-    totals["queued"] = count
-    return totals
+    return _requeue_and_drain(
+        services,
+        (Image.r2_state == R2_NONE) & Image.local.is_(True),
+        key="queued",
+        message="☁️ 未归档的本地图片已排队上传到 R2: {} 张",
+        budget=budget,
+    )
 
 
 def retry_failed(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS) -> dict[str, int]:
@@ -108,23 +97,36 @@ def retry_failed(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS) 
 
     Counts as for ``upload_pending``, plus ``reset``: how many failed rows were re-queued.
     """
+    return _requeue_and_drain(
+        services,
+        Image.r2_state == R2_FAILED,
+        key="reset",
+        message="🔁 重新排队上传失败的图片: {} 张",
+        budget=budget,
+    )
+
+
+def _requeue_and_drain(
+    services: Services, which: ColumnElement[bool], *, key: str, message: str, budget: float
+) -> dict[str, int]:
+    """Queue the rows ``which`` selects with fresh fast attempts, then upload what is due."""
     if services.remote.upload_objects() is None:
-        return {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0, "remaining": 0, "reset": 0}
+        return {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0, "remaining": 0, key: 0}
     now = utcnow()
 
-    def reset(session: Session) -> int:
+    def queue(session: Session) -> int:
         result = session.execute(
             update(Image)
-            .where(Image.r2_state == R2_FAILED)
+            .where(which)
             .values(r2_state=R2_PENDING, r2_attempts=0, r2_next_attempt_at=now)
             .execution_options(synchronize_session=False)
         )
         return int(getattr(result, "rowcount", 0) or 0)
 
-    count = services.db.call(reset)
-    services.events.info(f"🔁 重新排队上传失败的图片: {count} 张")
+    count = services.db.call(queue)
+    services.events.info(message.format(count))
     totals = _drain(services, include_failed=False, budget=budget)
-    totals["reset"] = count
+    totals[key] = count
     return totals
 
 

@@ -7,6 +7,7 @@ answer is ``text/event-stream`` and errors travel inside it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
@@ -16,9 +17,10 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
-from picgate.errors import BadRequest
+from picgate.errors import BadRequest, PicGateError, UpstreamError
 from picgate.gateway import chat
 from picgate.gateway.routes import read_json_object
+from picgate.services import Services
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
 
@@ -55,6 +57,67 @@ class EventStreamResponse(StreamingResponse):
                 await self._on_close()
 
 
+class PendingStream:
+    """A stream whose upstream has not answered within one keep-alive interval.
+
+    Some upstreams send no headers until the model is done. The client gets its
+    ``text/event-stream`` at once, with keep-alive comments, so proxies and clients do not
+    time out. When the upstream answers, its stream follows; a refusal then travels as the
+    stream's error event, since the status line has left.
+    """
+
+    def __init__(
+        self, opening: asyncio.Future[chat.ChatStream], *, services: Services, keepalive: float
+    ) -> None:
+        self._opening = opening
+        self._services = services
+        self._keepalive = keepalive
+
+    async def events(self) -> AsyncIterator[bytes]:
+        while True:
+            done, _ = await asyncio.wait({self._opening}, timeout=self._keepalive)
+            if done:
+                break
+            yield chat.KEEPALIVE
+        try:
+            stream = self._opening.result()
+        except PicGateError as exc:
+            self._services.events.count("errors")
+            if isinstance(exc, UpstreamError):
+                self._services.events.error(
+                    f"❌ 上游返回错误: HTTP {exc.status_code}: {exc.message}"
+                )
+                yield chat.error_event(exc)
+            else:
+                yield chat.failure_event(self._services, exc)
+            return
+        async for piece in stream.events():
+            yield piece
+
+    async def aclose(self) -> None:
+        if not self._opening.done():
+            drop(self._opening)  # the client left first
+            return
+        if not self._opening.cancelled() and self._opening.exception() is None:
+            await self._opening.result().aclose()
+
+
+def drop(opening: asyncio.Future[chat.ChatStream]) -> None:
+    """Give up on a stream being opened: cancel it, and close it should it open regardless."""
+
+    def close_if_open(future: asyncio.Future[chat.ChatStream]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            closing = asyncio.ensure_future(future.result().aclose())
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
+
+    opening.cancel()
+    opening.add_done_callback(close_if_open)
+
+
+_closing: set[asyncio.Future[None]] = set()  # keeps those closes alive until they finish
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     services, settings = gateway.services, gateway.settings
@@ -65,9 +128,20 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     base_url = public_base_url(request, settings)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))
     if body.get("stream") is True:
-        stream = await chat.open_stream(
-            services, settings, body, base_url=base_url, own_bases=own_bases
+        opening = asyncio.ensure_future(
+            chat.open_stream(services, settings, body, base_url=base_url, own_bases=own_bases)
         )
-        return EventStreamResponse(stream.events(), on_close=stream.aclose)
+        try:
+            await asyncio.wait({opening}, timeout=settings.stream_keepalive_seconds)
+        except BaseException:  # the client left while the upstream was being asked
+            drop(opening)
+            raise
+        if opening.done():  # the usual case: a refusal keeps its status (4xx/5xx)
+            stream = opening.result()
+            return EventStreamResponse(stream.events(), on_close=stream.aclose)
+        pending = PendingStream(
+            opening, services=services, keepalive=settings.stream_keepalive_seconds
+        )
+        return EventStreamResponse(pending.events(), on_close=pending.aclose)
     answer = await chat.complete(services, settings, body, base_url=base_url, own_bases=own_bases)
     return JSONResponse(answer)

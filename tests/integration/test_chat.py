@@ -598,3 +598,69 @@ def test_chat_stream_json_error_or_junk_becomes_error_event(
         assert error["error"]["type"] == "insufficient_quota"
     else:
         assert error["error"]["code"] == code
+
+
+# -- an upstream that sends no headers for a long time ----------------------------------------
+
+
+def test_chat_stream_upstream_slow_to_answer_gets_keepalives_first(
+    start_gateway, upstream: StubUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    gateway = start_gateway(STREAM_KEEPALIVE_SECONDS="0.2")
+
+    async def slow_headers(request: Request) -> Response:
+        await asyncio.sleep(0.8)  # no status line, no headers: a model still working
+        return sse([event({"role": "assistant", "content": "late"}), DONE])
+
+    upstream.handlers[CHAT] = slow_headers
+    raw = raw_stream(gateway)
+    assert raw.startswith(b": keep-alive\n\n")
+    payloads = data_payloads(raw)
+    assert json.loads(payloads[0])["choices"][0]["delta"]["content"] == "late"
+    assert payloads[-1] == "[DONE]"
+    assert stream_text(gateway) == "late"  # the openai SDK skips the comments
+
+
+def test_chat_stream_upstream_refusing_late_becomes_error_event(
+    start_gateway, upstream: StubUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    gateway = start_gateway(STREAM_KEEPALIVE_SECONDS="0.2")
+
+    async def slow_refusal(request: Request) -> Response:
+        await asyncio.sleep(0.8)
+        return JSONResponse(load_json("openrouter_error.json"), status_code=402)
+
+    upstream.handlers[CHAT] = slow_refusal
+    raw = raw_stream(gateway)  # asserts the 200: the status line left with the first comment
+    assert raw.startswith(b": keep-alive\n\n")
+    payloads = data_payloads(raw)
+    assert payloads[-1] == "[DONE]" and len(payloads) == 2
+    error = json.loads(payloads[0])
+    assert set(error) == {"error"} and "Insufficient credits" in error["error"]["message"]
+    assert any(line.startswith("❌ 上游返回错误: HTTP 402") for line in log_lines(gateway, "❌"))
+
+
+def test_chat_stream_client_gone_while_upstream_slow_closes_upstream(
+    start_gateway, upstream: StubUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    gateway = start_gateway(STREAM_KEEPALIVE_SECONDS="0.2")
+    started, ended = threading.Event(), threading.Event()
+
+    async def never_answers(request: Request) -> Response:
+        started.set()
+        for _ in range(600):  # up to 30 s, until PicGate drops the request
+            if await request.is_disconnected():
+                ended.set()
+                break
+            await asyncio.sleep(0.05)
+        return sse([DONE])
+
+    upstream.handlers[CHAT] = never_answers
+    body = {"model": "picgate", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", gateway.url + CHAT, json=body, headers=gateway.headers) as resp:
+        assert resp.status_code == 200
+        for chunk in resp.iter_raw():
+            assert chunk.startswith(b": keep-alive")
+            break  # the client leaves while the upstream is still silent
+    assert started.wait(5)
+    assert ended.wait(10), "the upstream request stayed open after the client left"

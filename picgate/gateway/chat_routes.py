@@ -1,8 +1,10 @@
 """``POST /v1/chat/completions``: parse, hand the work to ``chat``, shape the answer.
 
-A streaming request opens the upstream stream before answering, so an upstream that refuses
-the request (4xx/5xx) gives the client a normal OpenAI error with that status; afterwards the
-answer is ``text/event-stream`` and errors travel inside it.
+A streaming request waits up to one keep-alive interval (``STREAM_KEEPALIVE_SECONDS``) for the
+upstream to answer, so an upstream that refuses the request (4xx/5xx) gives the client a normal
+OpenAI error with that status. An upstream still silent after that gets the client its
+``text/event-stream`` at once, with keep-alive comments while it works (``PendingStream``).
+From then on errors travel inside the stream.
 """
 
 from __future__ import annotations

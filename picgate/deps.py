@@ -23,13 +23,6 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_current_settings(services: ServicesDep) -> Settings:
-    return await services.config.acurrent()
-
-
-SettingsDep = Annotated[Settings, Depends(get_current_settings)]
-
-
 def keys_match(given: str, expected: str) -> bool:
     """Constant-time comparison that does not leak the expected key's length."""
     a = hashlib.sha256(given.encode()).digest()

@@ -89,6 +89,17 @@ def _json_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def log_api_error(services: Services, exc: PicGateError) -> None:
+    """Count a failed ``/v1`` call and write its log line."""
+    services.events.count("errors")
+    if isinstance(exc, UpstreamError):
+        services.events.error(f"❌ 上游返回错误: HTTP {exc.status_code}: {exc.message}")
+    elif exc.status_code >= 500:
+        services.events.error(f"❌ 请求失败: HTTP {exc.status_code}: {exc.message}")
+    else:
+        services.events.warning(f"⚠️ 请求被拒绝: HTTP {exc.status_code}: {exc.message}")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PicGateError)
     async def picgate_error(request: Request, exc: PicGateError) -> Response:
@@ -96,15 +107,8 @@ def install_error_handlers(app: FastAPI) -> None:
             log.warning(
                 "%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message
             )
-        services: Services = request.app.state.services
         if request.url.path.startswith("/v1/"):
-            services.events.count("errors")
-            if isinstance(exc, UpstreamError):
-                services.events.error(f"❌ 上游返回错误: HTTP {exc.status_code}: {exc.message}")
-            elif exc.status_code >= 500:
-                services.events.error(f"❌ 请求失败: HTTP {exc.status_code}: {exc.message}")
-            else:
-                services.events.warning(f"⚠️ 请求被拒绝: HTTP {exc.status_code}: {exc.message}")
+            log_api_error(request.app.state.services, exc)
         return _json_error(exc.status_code, exc.to_dict(), exc.headers)
 
     @app.exception_handler(RequestValidationError)

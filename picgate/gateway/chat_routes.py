@@ -18,8 +18,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from picgate.app import log_api_error
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
-from picgate.errors import BadRequest, PicGateError, UpstreamError
+from picgate.errors import BadRequest, PicGateError
 from picgate.gateway import chat
 from picgate.gateway.routes import read_json_object
 from picgate.services import Services
@@ -83,15 +84,9 @@ class PendingStream:
             yield chat.KEEPALIVE
         try:
             stream = self._opening.result()
-        except PicGateError as exc:
-            self._services.events.count("errors")
-            if isinstance(exc, UpstreamError):
-                self._services.events.error(
-                    f"❌ 上游返回错误: HTTP {exc.status_code}: {exc.message}"
-                )
-                yield chat.error_event(exc)
-            else:
-                yield chat.failure_event(self._services, exc)
+        except PicGateError as exc:  # logged as the error answer would have been
+            log_api_error(self._services, exc)
+            yield chat.error_event(exc)
             return
         async for piece in stream.events():
             yield piece

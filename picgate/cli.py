@@ -7,6 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+# Longer than the idle expiry of the clients and proxies in front of PicGate (aiohttp, which
+# OpenWebUI uses: 15 s; nginx upstream keepalive and AWS load balancers: 60 s). With uvicorn's
+# default of 5 s the server closes idle connections those clients still mean to reuse, and a
+# request sent as the close crosses it fails (a reset, or a 502 from the proxy).
+KEEP_ALIVE_SECONDS = 75
+
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
@@ -30,7 +36,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or settings.host
     port = args.port or settings.port
-    uvicorn.run(app, host=host, port=port, proxy_headers=True, log_level=settings.log_level.lower())
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        proxy_headers=True,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        log_level=settings.log_level.lower(),
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -303,11 +304,8 @@ def test_faults_disk_full_image_returned_inline_and_nothing_half_written(
 # -- (d) SIGKILL during a burst of writes -----------------------------------------------------
 
 
-@pytest.mark.slow
-def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
-    tmp_path: Path, upstream: StubUpstream
-) -> None:
-    sent = unique_images(upstream)
+def serve_process(tmp_path: Path, upstream: StubUpstream) -> ServeProcess:
+    """``picgate serve`` on a free port with its data under ``tmp_path / "data"``."""
     port = free_port()
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PICGATE", "R2_"))}
@@ -322,7 +320,16 @@ def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
         PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
         LOG_LEVEL="WARNING",
     )
-    server = ServeProcess(env, port, tmp_path / "serve.log").start()
+    return ServeProcess(env, port, tmp_path / "serve.log")
+
+
+@pytest.mark.slow
+def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
+    tmp_path: Path, upstream: StubUpstream
+) -> None:
+    sent = unique_images(upstream)
+    server = serve_process(tmp_path, upstream).start()
+    data_dir = tmp_path / "data"
     answered: list[str] = []
     stop = threading.Event()
     lock = threading.Lock()
@@ -367,7 +374,7 @@ def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
             served = httpx.get(url)
             assert served.status_code == 200, url
             assert served.content in sent
-        db = Database(env["DATABASE_URL"])
+        db = Database(server.env["DATABASE_URL"])
         try:
             rows = db.call(lambda s: s.scalars(select(Image).where(Image.local.is_(True))).all())
         finally:
@@ -381,4 +388,38 @@ def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
         assert len(rows) >= len(answered)
     finally:
         stop.set()
+        server.stop()
+
+
+# -- (e) an idle keep-alive connection ---------------------------------------------------------
+
+
+def _exchange(sock: socket.socket) -> bytes:
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: picgate\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+@pytest.mark.slow
+def test_faults_serve_keeps_an_idle_connection_past_uvicorns_default(
+    tmp_path: Path, upstream: StubUpstream
+) -> None:
+    """Clients reuse idle connections for 15 s (aiohttp, OpenWebUI) to 60 s (nginx, AWS load
+    balancers); uvicorn's own 5 s would close them under those clients."""
+    server = serve_process(tmp_path, upstream).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            assert _exchange(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(6.5)  # past uvicorn's default keep-alive of 5 s
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):  # b"" here: the server has closed it
+                sock.recv(1, socket.MSG_PEEK)
+            sock.setblocking(True)
+            assert _exchange(sock).startswith(b"HTTP/1.1 200")
+    finally:
         server.stop()

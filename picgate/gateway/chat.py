@@ -55,6 +55,7 @@ __all__ = [
     "coalesce",
     "complete",
     "error_event",
+    "guarded",
     "history_images",
     "image_sink",
     "open_stream",
@@ -396,7 +397,7 @@ async def _forward(event: SSEEvent, rewriter: StreamRewriter) -> bytes:
     return bytes(out)
 
 
-async def relay(
+def relay(
     chunks: AsyncIterator[bytes],
     rewriter: StreamRewriter,
     *,
@@ -404,26 +405,42 @@ async def relay(
     services: Services | None = None,
 ) -> AsyncIterator[bytes]:
     """The client's side of an upstream SSE stream (see the module doc for the contract)."""
-    parser = SSEParser()
     reader = ChunkReader(chunks)
-    try:
-        while True:
-            if not await reader.ready(keepalive):
-                yield KEEPALIVE
-                continue
-            chunk = reader.take()
-            events = parser.feed(chunk) if chunk is not None else parser.close()
-            for event in coalesce(events):
-                out = await _forward(event, rewriter)
-                if out:
-                    yield out
-                if event.is_done:
-                    return
-            if chunk is None:
-                tail = b"".join(encode_event(p) for p in await rewriter.finish())
-                if tail:
-                    yield tail
+    return guarded(_relayed(reader, rewriter, keepalive), reader, services)
+
+
+async def _relayed(
+    reader: ChunkReader, rewriter: StreamRewriter, keepalive: float
+) -> AsyncIterator[bytes]:
+    parser = SSEParser()
+    while True:
+        if not await reader.ready(keepalive):
+            yield KEEPALIVE
+            continue
+        chunk = reader.take()
+        events = parser.feed(chunk) if chunk is not None else parser.close()
+        for event in coalesce(events):
+            out = await _forward(event, rewriter)
+            if out:
+                yield out
+            if event.is_done:
                 return
+        if chunk is None:
+            tail = b"".join(encode_event(p) for p in await rewriter.finish())
+            if tail:
+                yield tail
+            return
+
+
+async def guarded(
+    source: AsyncIterator[bytes], reader: ChunkReader, services: Services | None
+) -> AsyncIterator[bytes]:
+    """``source``'s bytes; a failure after the first byte becomes the stream's error event (and
+    a log line), and ``reader`` is closed however the stream ends, a client leaving included."""
+    try:
+        async with contextlib.aclosing(source):  # type: ignore[type-var]
+            async for out in source:
+                yield out
     except (httpx.HTTPError, PicGateError) as exc:
         yield failure_event(services, exc)
     except Exception as exc:  # the client must learn the stream failed; the log has the cause

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from picgate.errors import PicGateError, UpstreamError
-from picgate.gateway.chat import DONE, KEEPALIVE, ChunkReader, failure_event
+from picgate.errors import UpstreamError
+from picgate.gateway.chat import DONE, KEEPALIVE, ChunkReader, guarded
 from picgate.gateway.rewrite import ImageSink, rewrite_completion
 from picgate.gateway.sse import encode_event
 from picgate.gateway.upstream import error_from_upstream
@@ -59,29 +59,30 @@ def completion_chunks(answer: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**envelope, "choices": deltas}, last]
 
 
-async def events(
+def events(
     chunks: AsyncIterator[bytes], sink: ImageSink, *, keepalive: float, services: Services
 ) -> AsyncIterator[bytes]:
     """The client's stream for a JSON answer read from ``chunks``."""
     reader = ChunkReader(chunks)
+    return guarded(_converted(reader, sink, keepalive), reader, services)
+
+
+async def _converted(
+    reader: ChunkReader, sink: ImageSink, keepalive: float
+) -> AsyncIterator[bytes]:
     body = bytearray()
-    try:
-        while True:
-            if not await reader.ready(keepalive):
-                yield KEEPALIVE
-                continue
-            chunk = reader.take()
-            if chunk is None:
-                break
-            body += chunk
-        answer = _completion(bytes(body))
-        rewritten = await rewrite_completion(answer, sink)
-        yield b"".join(encode_event(_dumps(chunk)) for chunk in completion_chunks(rewritten))
-        yield DONE
-    except (httpx.HTTPError, PicGateError) as exc:
-        yield failure_event(services, exc)
-    finally:
-        await reader.aclose()
+    while True:
+        if not await reader.ready(keepalive):
+            yield KEEPALIVE
+            continue
+        chunk = reader.take()
+        if chunk is None:
+            break
+        body += chunk
+    answer = _completion(bytes(body))
+    rewritten = await rewrite_completion(answer, sink)
+    yield b"".join(encode_event(_dumps(chunk)) for chunk in completion_chunks(rewritten))
+    yield DONE
 
 
 def _completion(body: bytes) -> dict[str, Any]:

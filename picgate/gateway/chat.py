@@ -21,7 +21,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from json.encoder import encode_basestring
@@ -411,7 +411,7 @@ def relay(
 
 async def _relayed(
     reader: ChunkReader, rewriter: StreamRewriter, keepalive: float
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     parser = SSEParser()
     while True:
         if not await reader.ready(keepalive):
@@ -433,12 +433,12 @@ async def _relayed(
 
 
 async def guarded(
-    source: AsyncIterator[bytes], reader: ChunkReader, services: Services | None
+    source: AsyncGenerator[bytes, None], reader: ChunkReader, services: Services | None
 ) -> AsyncIterator[bytes]:
     """``source``'s bytes; a failure after the first byte becomes the stream's error event (and
     a log line), and ``reader`` is closed however the stream ends, a client leaving included."""
     try:
-        async with contextlib.aclosing(source):  # type: ignore[type-var]
+        async with contextlib.aclosing(source):
             async for out in source:
                 yield out
     except (httpx.HTTPError, PicGateError) as exc:

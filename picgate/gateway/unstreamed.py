@@ -11,7 +11,7 @@ completion, becomes the stream's error event.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -69,7 +69,7 @@ def events(
 
 async def _converted(
     reader: ChunkReader, sink: ImageSink, keepalive: float
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     body = bytearray()
     while True:
         if not await reader.ready(keepalive):

@@ -523,7 +523,9 @@ async def open_stream(
     stack = AsyncExitStack()
     try:
         response = await stack.enter_async_context(
-            services.upstream.stream(settings, "chat/completions", request)
+            services.upstream.stream(
+                settings, "chat/completions", request, accept="text/event-stream"
+            )
         )
     except BaseException:
         await stack.aclose()

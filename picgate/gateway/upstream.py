@@ -208,24 +208,10 @@ class Upstream:
         A non-2xx answer is read whole and raised with its status and message; transport
         failures (also halfway through the body) are raised as 502/504.
         """
-        request = self.client.build_request(
-            "POST",
-            upstream_url(settings, path),
-            json=json,
-            data=data,
-            files=files,
-            headers=upstream_headers(settings),
-            timeout=self._timeout(settings),
-        )
         try:
-            resp = await self.client.send(request, stream=True)
-            try:
-                if resp.status_code >= 300:
-                    raise error_from_upstream(resp.status_code, await resp.aread())
+            async with self.stream(settings, path, json, data=data, files=files) as resp:
                 async for chunk in resp.aiter_bytes():
                     feed(chunk)
-            finally:
-                await resp.aclose()
         except httpx.HTTPError as exc:
             raise map_transport_error(exc) from exc
 
@@ -252,13 +238,28 @@ class Upstream:
 
     @asynccontextmanager
     async def stream(
-        self, settings: Settings, path: str, body: dict[str, Any]
+        self,
+        settings: Settings,
+        path: str,
+        body: dict[str, Any] | None,
+        *,
+        data: dict[str, str] | None = None,
+        files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
+        accept: str | None = None,
     ) -> AsyncIterator[httpx.Response]:
-        """Open a streaming POST; non-2xx answers are read and raised as UpstreamError."""
-        url = upstream_url(settings, path)
-        headers = upstream_headers(settings) | {"Accept": "text/event-stream"}
+        """Open a POST (JSON ``body``, or multipart ``data`` and ``files``) and yield its 2xx
+        response unread; a non-2xx answer is read and raised as UpstreamError."""
+        headers = upstream_headers(settings)
+        if accept is not None:
+            headers["Accept"] = accept
         request = self.client.build_request(
-            "POST", url, json=body, headers=headers, timeout=self._timeout(settings)
+            "POST",
+            upstream_url(settings, path),
+            json=body,
+            data=data,
+            files=files,
+            headers=headers,
+            timeout=self._timeout(settings),
         )
         try:
             resp = await self.client.send(request, stream=True)

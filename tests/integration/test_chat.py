@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from picgate.db.models import LogEntry
 from picgate.errors import StorageUnavailable
 from picgate.storage.store import StoredImage
-from tests.conftest import Gateway
+from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support.fixtures import load_json, load_sse
 from tests.support.images import ONE_PIXEL_PNG_B64, b64, data_url, make_image
 from tests.support.upstream import StubUpstream
@@ -157,6 +157,9 @@ def test_chat_stream_headers_and_comments_forwarded(
     assert raw.startswith(b": OPENROUTER PROCESSING\n\n")
     assert raw.endswith(DONE)
     assert b"base64" not in raw
+    sent = upstream.last(CHAT)
+    assert sent.headers["accept"] == "text/event-stream"
+    assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
 def test_chat_newapi_markdown_message_becomes_link(

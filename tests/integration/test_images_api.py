@@ -37,6 +37,7 @@ def test_generations_b64_upstream_url_reply_serves_same_bytes(
     assert sent.json["model"] == "gpt-image-1"
     assert "response_format" not in sent.json  # gpt-image-* rejects it
     assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert sent.headers["accept"] == "application/json"
     assert result.usage is not None and result.usage.total_tokens == 100
     assert result.output_format == "png"
 
@@ -111,6 +112,8 @@ def test_edits_multipart_image_array_forwarded_as_image_array(
     assert sent.form["prompt"] == ["make it blue"]
     assert sent.form["size"] == ["1024x1024"]
     assert sent.form["model"] == ["gpt-image-1"]
+    assert sent.headers["accept"] == "application/json"
+    assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
 def test_edits_openwebui_single_image_array_with_b64_json(

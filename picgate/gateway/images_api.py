@@ -25,6 +25,7 @@ from picgate.errors import (
 )
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
+from picgate.gateway.upstream import not_json_answer
 from picgate.services import Services
 from picgate.storage.codec import sniff
 from picgate.storage.incoming import Received
@@ -84,9 +85,9 @@ async def call_upstream(
     try:
         await services.upstream.post(settings, path, reader.feed, **request)
         try:
-            answer = reader.finish()
-        except ValueError:
-            answer = services.upstream.parse_answer(reader.body)  # raises its 502
+            answer = reader.finish()  # already falls back to parsing the whole body
+        except ValueError as exc:
+            raise not_json_answer() from exc
         streamed = await _streamed_images(reader, answer)
     except BaseException:
         reader.discard()

@@ -20,7 +20,7 @@ from picgate.errors import UpstreamError
 from picgate.gateway.chat import DONE, KEEPALIVE, ChunkReader, guarded
 from picgate.gateway.rewrite import ImageSink, rewrite_completion
 from picgate.gateway.sse import encode_event
-from picgate.gateway.upstream import error_from_upstream
+from picgate.gateway.upstream import Upstream, error_from_upstream
 from picgate.services import Services
 
 _ENVELOPE = ("id", "created", "model", "system_fingerprint", "provider")
@@ -86,13 +86,7 @@ async def _converted(
 
 
 def _completion(body: bytes) -> dict[str, Any]:
-    try:
-        answer = json.loads(body)
-    except ValueError as exc:
-        raise UpstreamError(
-            "the upstream API answered with something that is not JSON",
-            code="bad_upstream_response",
-        ) from exc
+    answer = Upstream.parse_answer(body)
     if isinstance(answer, dict) and "error" in answer:
         raise error_from_upstream(502, body)
     if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):

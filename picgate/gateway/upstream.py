@@ -112,6 +112,14 @@ def upstream_headers(settings: Settings) -> dict[str, str]:
     return headers
 
 
+def not_json_answer() -> UpstreamError:
+    """The 502 for a 2xx answer that is not JSON."""
+    return UpstreamError(
+        "the upstream API answered with something that is not JSON",
+        code="bad_upstream_response",
+    )
+
+
 def error_from_upstream(status: int, body: bytes) -> UpstreamError:
     """An upstream non-2xx answer, keeping its status and message (OpenAI or OpenRouter shape)."""
     message = f"upstream returned HTTP {status}"
@@ -231,10 +239,7 @@ class Upstream:
         try:
             return parse_json(body)
         except ValueError as exc:
-            raise UpstreamError(
-                "the upstream API answered with something that is not JSON",
-                code="bad_upstream_response",
-            ) from exc
+            raise not_json_answer() from exc
 
     @asynccontextmanager
     async def stream(

@@ -254,7 +254,7 @@ def test_generations_upstream_200_with_junk_is_502(
     resp = httpx.post(
         gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "x"}
     )
-    assert_openai_error(resp, 502)
+    assert assert_openai_error(resp, 502)["code"] == "bad_upstream_response"
 
 
 @pytest.mark.parametrize(

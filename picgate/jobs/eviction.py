@@ -2,12 +2,15 @@
 
 The rule: a local file is removed only when it is *safe*:
 
-- R2 configured: only rows whose ``r2_state`` is ``uploaded``. A ``pending``, ``failed`` or
-  ``none`` row may hold the only copy, so it stays, whatever its age or the cap says. The row
-  becomes ``local=False``; the image is fetched back from R2 when asked for.
-- R2 not configured: the local copy *is* the image. TTL and the cap delete it for good; the row
-  stays, ``local=False`` and ``expired=True`` (``/images/{id}`` answers 410). A row that was
-  uploaded while R2 was configured keeps ``expired=False``: its object still exists.
+- ``uploaded``: always safe. The row becomes ``local=False``; the image is fetched back from R2
+  when asked for (its object exists even if R2 has since been switched off).
+- ``pending`` or ``failed``: never safe, whatever the current settings. The upload was queued
+  while R2 was configured and has not happened: the local file is the only copy. Switching R2
+  off in the admin must not turn these into deletable files (they upload once R2 is back).
+- ``none`` with R2 not configured: the local copy *is* the image. TTL and the cap delete it for
+  good; the row stays, ``local=False`` and ``expired=True`` (``/images/{id}`` answers 410).
+- ``none`` with R2 configured: stored before R2 was set up and not queued yet; it stays until
+  "upload pending" queues it.
 
 Rows are read in small batches through the ``(local, accessed_at)`` index, oldest access first,
 and updated with one statement per batch; nothing loads the whole table.
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Executable, and_, func, select, true, update
 from sqlalchemy.orm import Session
 
-from picgate.db.models import R2_UPLOADED, Image
+from picgate.db.models import R2_NONE, R2_UPLOADED, Image
 
 if TYPE_CHECKING:
     from picgate.services import Services
@@ -64,8 +67,12 @@ def r2_configured(services: Services) -> bool:
 
 
 def safe_to_remove(r2_on: bool) -> ColumnElement[bool]:
-    """Rows whose local copy may go (see the module docstring)."""
-    return Image.r2_state == R2_UPLOADED if r2_on else true()
+    """Rows whose local copy may go (see the module docstring): ``uploaded`` always, ``none``
+    only while R2 is not configured. ``pending``/``failed`` never: the settings that queued
+    their upload may have changed since, but the file is still the only copy."""
+    if r2_on:
+        return Image.r2_state == R2_UPLOADED
+    return Image.r2_state.in_((R2_UPLOADED, R2_NONE))
 
 
 def fetch_rows(services: Services, query: Executable) -> list[Any]:
@@ -193,12 +200,14 @@ def evict_expired(services: Services, *, now: datetime, ttl_hours: float) -> Evi
     services.images.flush_access_times()
     cutoff = now - timedelta(hours=ttl_hours)
     result = _evict(services, where=Image.accessed_at < cutoff)
-    r2_on = r2_configured(services)
-    if r2_on:
-        result.kept = _count(
-            services,
-            and_(Image.local.is_(True), Image.accessed_at < cutoff, ~safe_to_remove(r2_on)),
-        )
+    result.kept = _count(
+        services,
+        and_(
+            Image.local.is_(True),
+            Image.accessed_at < cutoff,
+            ~safe_to_remove(r2_configured(services)),
+        ),
+    )
     return result
 
 

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import select, update
 
 from picgate.config import Settings
-from picgate.db.models import R2_FAILED, R2_UPLOADED, Image, JobLease
+from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, Image, JobLease
 from picgate.jobs.cleanup import run_jobs
 from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler, acquire_lease, run_scheduled
@@ -34,7 +34,9 @@ from picgate.storage.objects import DEFAULT_CACHE_CONTROL, MemoryObjectStore, S3
 from picgate.storage.store import StoredImage, utcnow
 from tests.conftest import GATEWAY_KEY, Gateway
 from tests.s3_fixtures import S3_TEST_BUCKET
+from tests.support.admin import signed_in
 from tests.support.images import make_image
+from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PAST_TTL = timedelta(hours=72, minutes=1)
@@ -91,6 +93,43 @@ def test_image_past_ttl_with_r2_is_fetched_back(
     assert resp.status_code == 200
     assert resp.content == make_image("PNG", 2_000, seed=2)
     assert row(gateway.services, image.id).local is True
+
+
+def test_pending_uploads_survive_r2_switched_off_then_the_cap(
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    """Images queued for R2 while it was on hold their only copy: switching R2 off in the admin
+    must not let the size cap or the TTL delete them (before: 3 of 6 lost)."""
+    gateway = start_gateway()
+    client, token = signed_in(gateway.url)
+    headers = {"X-CSRF-Token": token}
+    dead = {  # R2 on, but nothing listens there: every upload fails and stays queued
+        "r2_endpoint_url": f"http://127.0.0.1:{free_port()}",
+        "r2_access_key_id": "testing",
+        "r2_secret_access_key": "testing",
+        "r2_bucket_name": "picgate-dead",
+    }
+    answer = client.put("/admin/api/settings", json={"values": dead}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    images = [
+        gateway.services.images.store_bytes(make_image("PNG", 400_000, seed=30 + i), source="t")
+        for i in range(6)
+    ]
+    assert {row(gateway.services, i.id).r2_state for i in images} <= {R2_PENDING, R2_FAILED}
+
+    off = dict.fromkeys(dead) | {"max_local_cache_mb": 1}
+    answer = client.put("/admin/api/settings", json={"values": off}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert not gateway.services.config.current().r2_configured
+    store_one(gateway.services, seed=40)  # the cap runs after this store
+    run_jobs(gateway.services, now=utcnow() + PAST_TTL)  # and the TTL with the cap
+
+    for image in images:
+        assert gateway.services.cache.exists(image.id, "png"), image.id
+        served = httpx.get(f"{gateway.url}/images/{image.id}.png")
+        assert served.status_code == 200
+        assert served.content == make_image("PNG", 400_000, seed=30 + images.index(image))
+    client.close()
 
 
 # -- one runner at a time -------------------------------------------------------------------

@@ -118,8 +118,8 @@ SAFETY = [
     (True, R2_FAILED, False, False),
     (True, R2_UPLOADED, True, False),
     (False, R2_NONE, True, True),
-    (False, R2_PENDING, True, True),
-    (False, R2_FAILED, True, True),
+    (False, R2_PENDING, False, False),  # queued while R2 was on: the only copy
+    (False, R2_FAILED, False, False),
     (False, R2_UPLOADED, True, False),
 ]
 
@@ -136,7 +136,7 @@ def test_clean_expired_safety_rule_by_r2_state(
     result = clean_expired(services, now=now)
 
     assert result["removed"] == int(removed)
-    assert result["kept"] == int(r2_on and not removed)
+    assert result["kept"] == int(not removed)
     assert has_file(services, image) is not removed
     after = row(services, image.id)
     assert (after.local, after.expired) == (not removed, expired)

@@ -14,12 +14,14 @@ Serving an image with no local copy (``locate_remote``):
 - otherwise fetch it (once per id, however many requests miss at the same time), write it back to
   the local cache atomically, and serve the file;
 - missing from the bucket → None (the caller answers 410); the bucket unreachable →
-  ``StorageUnavailable`` (503 with ``Retry-After``).
+  ``StorageUnavailable`` (503 with ``Retry-After``); bytes whose SHA-256 is not the row's →
+  502 ``storage_checksum_mismatch``, nothing cached (also for ``fetch_bytes``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,7 +33,7 @@ from sqlalchemy import update
 
 from picgate.config import Settings
 from picgate.db.models import R2_NONE, R2_UPLOADED, Image
-from picgate.errors import StorageUnavailable
+from picgate.errors import PicGateError, StorageUnavailable
 from picgate.storage.objects import (
     ObjectNotFound,
     ObjectStore,
@@ -44,6 +46,8 @@ from picgate.storage.store import StoredImage
 if TYPE_CHECKING:
     from picgate.images.serving import Located
     from picgate.services import Services
+
+log = logging.getLogger("picgate")
 
 # Lambda returns at most 6 MB of payload, and binary bodies travel as base64 (4/3).
 SERVERLESS_MAX_BODY = 4_500_000
@@ -87,6 +91,29 @@ def storage_unavailable(detail: str) -> StorageUnavailable:
         f"The image store (R2) is unreachable and this image has no local copy: {detail}. "
         "Try again shortly.",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def digest_matches(data: bytes, sha256: str, image_id: str) -> bool:
+    """Whether ``data`` is the image its row describes; logs an error when it is not.
+
+    What R2 hands back is checked before it is cached or served: an object overwritten in the
+    bucket (by hand, another tool, a key collision between deployments) must never be served,
+    with the immutable caching of ``/images``, as if it were this image.
+    """
+    if hashlib.sha256(data).hexdigest() == sha256:
+        return True
+    log.error("R2 object for image %s does not match its SHA-256; not served", image_id)
+    return False
+
+
+def checksum_mismatch() -> PicGateError:
+    """502: the store answered, with the wrong bytes. Not 503 with ``Retry-After``: trying again
+    would fetch the same object."""
+    return PicGateError(
+        "The image store (R2) returned bytes that do not match this image's checksum.",
+        status_code=502,
+        code="storage_checksum_mismatch",
     )
 
 
@@ -186,9 +213,9 @@ class Remote:
             raise
         if data is None:
             return None
-        if hashlib.sha256(data).hexdigest() != row.sha256:
+        if not digest_matches(data, row.sha256, row.id):
             services.events.error(f"❌ R2 对象内容校验失败: {row.id[:8]}...")
-            raise storage_unavailable("the stored object does not match its checksum")
+            raise checksum_mismatch()
         path = services.cache.write(row.id, row.ext, data)
         services.db.call(
             lambda s: s.execute(
@@ -211,7 +238,10 @@ class Remote:
         store = self.objects()
         if store is None:
             return None
-        return self._get(store, image.id, image.ext)
+        data = self._get(store, image.id, image.ext)
+        if data is not None and not digest_matches(data, image.sha256, image.id):
+            raise checksum_mismatch()
+        return data
 
     def redirect_url(self, row: Image, *, max_body: int | None) -> str | None:
         """Where to send the client instead of serving the bytes ourselves, if anywhere."""

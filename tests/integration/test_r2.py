@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from sqlalchemy import select
@@ -19,6 +20,7 @@ from sqlalchemy import select
 from picgate.app import create_app
 from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, Image, LogEntry
+from picgate.errors import PicGateError
 from picgate.services import Services
 from picgate.storage.objects import (
     DEFAULT_CACHE_CONTROL,
@@ -285,6 +287,34 @@ def test_object_missing_from_r2_is_410(
     resp = httpx.get(url)
     assert resp.status_code == 410
     assert resp.json()["error"]["code"] == "image_expired"
+
+
+def test_object_overwritten_in_r2_is_502_never_served_nor_cached(
+    start_gateway: Start, r2_settings: dict[str, Any], s3_server: S3Server, upstream: StubUpstream
+) -> None:
+    gateway = start_gateway(**r2_settings)
+    url = generate(gateway)["data"][0]["url"]
+    ident = image_id(url)
+    wait_uploaded(gateway, [ident])
+    drop_local(gateway, ident)
+    other = make_image("PNG", 2_000, seed=99)
+    assert other != upstream.image
+    s3_server.client().put_object(Bucket=S3_TEST_BUCKET, Key=f"images/{ident}.png", Body=other)
+
+    resp = httpx.get(url)
+
+    assert resp.status_code == 502
+    assert resp.content != other and other not in resp.content
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "storage_checksum_mismatch"
+    assert not gateway.services.cache.exists(ident, "png")
+    assert row(gateway, ident).local is False
+    record = row(gateway, ident)
+    image = StoredImage(record.id, record.ext, record.mime, record.size, record.sha256)
+    with pytest.raises(PicGateError) as raised:  # the uncached read (inlining into a request)
+        anyio.run(gateway.services.fetch_remote_bytes, image)
+    assert raised.value.status_code == 502
 
 
 def test_public_base_url_redirects_302(start_gateway: Start, r2_settings: dict[str, Any]) -> None:

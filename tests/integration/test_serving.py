@@ -62,6 +62,77 @@ def test_get_image_unsatisfiable_range_is_416(gateway: Gateway, stored: StoredIm
         f"{gateway.url}/images/{stored.id}.jpg", headers={"Range": f"bytes={len(DATA) + 5}-"}
     )
     assert resp.status_code == 416
+    assert resp.headers["content-range"] == f"bytes */{len(DATA)}"
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "range_not_satisfiable"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=20-10",  # last before first: the whole header is invalid
+        "bytes=abc",
+        "bytes=1-2-3",
+        "bytes=-",
+        "bytes=",
+        "items=0-10",  # a unit PicGate does not know
+        "bytes 0-10",
+        "bytes=0-10," + ",".join(f"{i * 100}-{i * 100 + 1}" for i in range(1, 40)),
+    ],
+)
+def test_get_image_malformed_range_is_ignored_200_full_body(
+    gateway: Gateway, stored: StoredImage, header: str
+) -> None:
+    resp = httpx.get(f"{gateway.url}/images/{stored.id}.jpg", headers={"Range": header})
+    assert resp.status_code == 200, header
+    assert resp.content == DATA
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "end"),
+    [("bytes=-10", len(DATA) - 10, len(DATA)), ("bytes=5-", 5, len(DATA)), ("bytes=0-0", 0, 1)],
+)
+def test_get_image_suffix_and_open_ranges_are_206(
+    gateway: Gateway, stored: StoredImage, header: str, start: int, end: int
+) -> None:
+    resp = httpx.get(f"{gateway.url}/images/{stored.id}.jpg", headers={"Range": header})
+    assert resp.status_code == 206
+    assert resp.content == DATA[start:end]
+    assert resp.headers["content-range"] == f"bytes {start}-{end - 1}/{len(DATA)}"
+
+
+def test_get_image_one_satisfiable_range_of_two_is_206(
+    gateway: Gateway, stored: StoredImage
+) -> None:
+    header = f"bytes=0-3,{len(DATA) + 10}-{len(DATA) + 20}"
+    resp = httpx.get(f"{gateway.url}/images/{stored.id}.jpg", headers={"Range": header})
+    assert resp.status_code == 206
+    assert resp.content == DATA[0:4]
+
+
+def test_get_image_range_start_of_thousands_of_digits_is_416(
+    gateway: Gateway, stored: StoredImage
+) -> None:
+    """int() refuses strings over 4300 digits: such a position must still be "past the end"."""
+    header = "bytes=" + "9" * 5000 + "-"
+    resp = httpx.get(f"{gateway.url}/images/{stored.id}.jpg", headers={"Range": header})
+    assert resp.status_code == 416
+    assert resp.json()["error"]["code"] == "range_not_satisfiable"
+
+
+def test_head_image_unsatisfiable_range_is_416(gateway: Gateway, stored: StoredImage) -> None:
+    resp = httpx.head(f"{gateway.url}/images/{stored.id}.jpg", headers={"Range": "bytes=-0"})
+    assert resp.status_code == 416
+    assert resp.headers["content-range"] == f"bytes */{len(DATA)}"
+
+
+def test_get_image_if_range_other_etag_ignores_unsatisfiable_range(
+    gateway: Gateway, stored: StoredImage
+) -> None:
+    headers = {"Range": f"bytes={len(DATA) + 5}-", "If-Range": '"other"'}
+    resp = httpx.get(f"{gateway.url}/images/{stored.id}.jpg", headers=headers)
+    assert resp.status_code == 200 and resp.content == DATA
 
 
 def test_head_image_has_length_no_body(gateway: Gateway, stored: StoredImage) -> None:

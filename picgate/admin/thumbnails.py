@@ -1,6 +1,8 @@
 """Small WebP previews for the image grid, made with Pillow and kept on disk.
 
-Decoding refuses images over ``MAX_PIXELS`` (decompression bombs), whatever Pillow's default.
+Decoding refuses images over ``MAX_PIXELS`` (decompression bombs), whatever Pillow's default:
+measured from the headers of the image and of every frame (GIF, APNG, animated WebP), then
+enforced again by Pillow as a hard ``DecompressionBombError``.
 Thumbnails live in ``{images dir}/../thumbs/{id[:2]}/{id}.webp`` and are written atomically;
 a thumbnail is derived data, so losing the folder costs only the time to make them again.
 """
@@ -10,10 +12,11 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 from picgate.errors import PicGateError, UnsupportedMediaType
-from picgate.storage.codec import image_size, sniff
+from picgate.storage.codec import decoded_size, sniff
 from picgate.storage.local import ID_PATTERN
 
 # 4096×4096: above every size current image models produce. Decoding costs ~8 bytes a pixel
@@ -36,10 +39,11 @@ def thumb_path(root: Path, image_id: str) -> Path:
 
 def make_thumbnail(data: bytes, *, size: int = SIZE) -> bytes:
     """A WebP no larger than ``size``×``size``; UnsupportedMediaType for undecodable or huge input."""
-    # the size from the header, before Pillow decodes anything; checked here rather than with
-    # warnings.catch_warnings, whose filter swap is process-wide and races between threads
+    # the size from the headers of the image and of every frame, before Pillow decodes
+    # anything; checked here rather than with warnings.catch_warnings, whose filter swap is
+    # process-wide and races between threads
     try:
-        dims = image_size(data, sniff(data))
+        dims = decoded_size(data, sniff(data))
     except PicGateError as exc:
         raise UnsupportedMediaType("image cannot be decoded") from exc
     if dims is None or dims[0] * dims[1] > MAX_PIXELS:
@@ -47,7 +51,11 @@ def make_thumbnail(data: bytes, *, size: int = SIZE) -> bytes:
     # imported here: only the admin grid decodes images, and Lambda's cold start need not wait
     from PIL import Image, ImageOps
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # still Pillow's own check if a header lied to us
+    # Pillow's own check, should a header still lie to us: it *warns* above MAX_IMAGE_PIXELS and
+    # raises DecompressionBombError only above twice that. Half our limit makes the error
+    # start exactly at MAX_PIXELS; the warning below it is noise for images already measured.
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale
@@ -58,7 +66,7 @@ def make_thumbnail(data: bytes, *, size: int = SIZE) -> bytes:
             out = io.BytesIO()
             frame.convert(mode).save(out, "WEBP", quality=QUALITY, method=4)
             return out.getvalue()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise UnsupportedMediaType("image is too large to preview") from exc
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's ways of saying "not an image"
         raise UnsupportedMediaType("image cannot be decoded") from exc

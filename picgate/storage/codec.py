@@ -157,6 +157,91 @@ def image_size(data: bytes, kind: ImageType) -> tuple[int, int] | None:
     return None
 
 
+def decoded_size(data: bytes, kind: ImageType) -> tuple[int, int] | None:
+    """The largest width and height a decoder's canvas reaches: the header's size grown by
+    every frame (GIF image descriptors, APNG ``fcTL``, WebP ``ANMF``) that reaches past it.
+
+    The header alone is not enough: a GIF with a 1×1 logical screen may carry a 5700×5700
+    frame, and Pillow grows the canvas to fit it. Reads headers only (cost per block, no pixel
+    is decoded); None when the file cannot be walked, which callers treat as "too large".
+    """
+    size = image_size(data, kind)
+    if size is None:
+        return None
+    try:
+        if kind is GIF:
+            extents = _gif_frames(data)
+        elif kind is PNG:
+            extents = _apng_frames(data)
+        elif kind is WEBP:
+            extents = _webp_frames(data)
+        else:
+            extents = []
+    except (struct.error, IndexError):
+        return None
+    width, height = size
+    for right, bottom in extents:
+        width, height = max(width, right), max(height, bottom)
+    return width, height
+
+
+def _gif_frames(data: bytes) -> list[tuple[int, int]]:
+    """Right and bottom edge of every image descriptor (left + width, top + height)."""
+    packed = data[10]
+    pos = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)  # past the global palette
+    extents = []
+    while pos < len(data):
+        block = data[pos]
+        if block == 0x2C:  # image descriptor
+            left, top, width, height, flags = struct.unpack("<HHHHB", data[pos + 1 : pos + 10])
+            extents.append((left + width, top + height))
+            pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            pos = _skip_sub_blocks(data, pos + 1)  # one byte of LZW code size, then the data
+        elif block == 0x21:  # extension: label, then sub-blocks
+            pos = _skip_sub_blocks(data, pos + 2)
+        else:  # trailer (or junk after the last frame: decoders stop there too)
+            break
+    return extents
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    while True:
+        length = data[pos]
+        pos += 1 + length
+        if length == 0:
+            return pos
+
+
+def _apng_frames(data: bytes) -> list[tuple[int, int]]:
+    """x + width, y + height of every APNG frame control chunk (``fcTL``)."""
+    extents = []
+    pos = 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"fcTL":
+            width, height, x, y = struct.unpack(">IIII", data[pos + 12 : pos + 28])
+            extents.append((x + width, y + height))
+        pos += 12 + length
+    return extents
+
+
+def _webp_frames(data: bytes) -> list[tuple[int, int]]:
+    """x + width, y + height of every animation frame (``ANMF``) of an extended WebP."""
+    extents = []
+    pos = 12
+    while pos + 8 <= len(data):
+        fourcc = data[pos : pos + 4]
+        (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        if fourcc == b"ANMF":
+            fields = data[pos + 8 : pos + 20]
+            x, y, width, height = (
+                int.from_bytes(fields[i : i + 3], "little") for i in (0, 3, 6, 9)
+            )
+            extents.append((2 * x + width + 1, 2 * y + height + 1))
+        pos += 8 + length + (length & 1)  # chunks are padded to an even length
+    return extents
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     i = 2
     n = len(data)

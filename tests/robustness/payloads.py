@@ -69,3 +69,14 @@ def gif_bomb(width: int = 65_535, height: int = 65_535) -> bytes:
     descriptor = data.index(b"\x2c")  # image descriptor: left, top, width, height
     data[descriptor + 5 : descriptor + 9] = struct.pack("<HH", width, height)
     return bytes(data)
+
+
+def gif_frame_bomb(side: int = 5_700) -> bytes:
+    """A GIF whose logical screen is 1×1 but whose one frame is ``side``×``side`` pixels of real
+    (highly compressed) LZW data: the header passes any size check, and a decoder grows its
+    canvas to the frame (5700²: ~32 M pixels, under twice Pillow's default limit)."""
+    out = io.BytesIO()
+    Image.new("P", (side, side)).save(out, "GIF")
+    data = bytearray(out.getvalue())
+    data[6:10] = struct.pack("<HH", 1, 1)
+    return bytes(data)

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import base64
+import io
+import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from picgate.errors import BadRequest, UnsupportedMediaType
-from picgate.storage.codec import GIF, JPEG, PNG, WEBP, decode_base64, image_size, sniff
+from picgate.storage.codec import (
+    GIF,
+    JPEG,
+    PNG,
+    WEBP,
+    decode_base64,
+    decoded_size,
+    image_size,
+    sniff,
+)
 from tests.support.images import make_image
 
 PNG_BYTES = make_image("PNG", 2_000, seed=11)
@@ -92,3 +104,57 @@ def test_sniff_random_bytes_never_accepted_without_magic(data: bytes) -> None:
         return
     with pytest.raises(UnsupportedMediaType):
         sniff(data)
+
+
+# -- every frame counts ------------------------------------------------------------------------
+
+
+def animation(fmt: str) -> bytes:
+    """Two 8×8 frames, as Pillow writes an animated ``fmt``."""
+    frames = [Image.new("RGB", (8, 8), color) for color in ("red", "blue")]
+    out = io.BytesIO()
+    frames[0].save(out, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
+def test_decoded_size_gif_frame_larger_than_logical_screen() -> None:
+    out = io.BytesIO()
+    Image.new("P", (300, 200)).save(out, "GIF")
+    data = bytearray(out.getvalue())
+    data[6:10] = struct.pack("<HH", 1, 1)  # the logical screen claims 1×1
+    assert image_size(bytes(data), GIF) == (1, 1)
+    assert decoded_size(bytes(data), GIF) == (300, 200)
+
+
+def test_decoded_size_gif_later_frame_offset_grows_the_canvas() -> None:
+    data = bytearray(animation("GIF"))
+    last = data.rindex(b"\x2c")  # the second frame's image descriptor
+    data[last + 1 : last + 9] = struct.pack("<HHHH", 4000, 10, 8, 8)
+    assert decoded_size(bytes(data), GIF) == (4008, 18)
+
+
+def test_decoded_size_apng_second_frame_counts() -> None:
+    data = bytearray(animation("PNG"))
+    second = data.index(b"fcTL", data.index(b"fcTL") + 4)
+    data[second + 8 : second + 24] = struct.pack(">IIII", 5000, 6000, 0, 0)
+    assert image_size(bytes(data), PNG) == (8, 8)
+    assert decoded_size(bytes(data), PNG) == (5000, 6000)
+
+
+def test_decoded_size_animated_webp_frame_counts() -> None:
+    data = bytearray(animation("WEBP"))
+    frame = data.rindex(b"ANMF")
+    data[frame + 14 : frame + 20] = (4999).to_bytes(3, "little") + (2999).to_bytes(3, "little")
+    assert image_size(bytes(data), WEBP) == (8, 8)
+    assert decoded_size(bytes(data), WEBP) == (5000, 3000)
+
+
+@pytest.mark.parametrize("kind", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_decoded_size_still_image_is_its_header_size(kind: str) -> None:
+    data = make_image(kind, 4_000)
+    assert decoded_size(data, sniff(data)) == image_size(data, sniff(data))
+
+
+def test_decoded_size_truncated_gif_is_none() -> None:
+    data = animation("GIF")
+    assert decoded_size(data[: len(data) // 2] + b";", GIF) is None

@@ -50,7 +50,11 @@ def create_app(
     )
     app.state.services = services
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_request_body_mb * 2**20)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=services.settings.max_request_body_mb * 2**20,
+        timeout=services.settings.request_body_timeout_seconds,
+    )
     app.add_middleware(SecurityHeadersMiddleware)
 
     from picgate.gateway.routes import router as gateway_router

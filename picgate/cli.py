@@ -26,6 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from picgate.app import create_app
     from picgate.config import Settings, SettingsError
+    from picgate.protocol import MAX_HEAD_BYTES, bounded_protocol
 
     try:
         settings = Settings()
@@ -43,6 +44,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level=settings.log_level.lower(),
+        # h11 rather than httptools: it bounds the size of a request head (httptools takes
+        # megabytes); picgate.protocol adds a deadline for the head and JSON error answers
+        http=bounded_protocol(settings.request_header_timeout_seconds),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
     return 0
 

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     runtime_mode: RuntimeMode = "auto"
 
     max_request_body_mb: int = Field(50, ge=1)
+    # slow clients (``picgate serve``): a request head must arrive within this many seconds; a
+    # body within this many plus one second per 16 KiB received (picgate.middleware)
+    request_header_timeout_seconds: float = Field(30.0, gt=0)
+    request_body_timeout_seconds: float = Field(30.0, gt=0)
     max_image_mb: int = Field(50, ge=1)
     stream_keepalive_seconds: float = Field(15.0, gt=0)
     cleanup_interval_minutes: float = Field(60.0, gt=0)

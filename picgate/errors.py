@@ -3,6 +3,7 @@
     PicGateError                    500 server_error (never raised bare for bad input)
     ├── BadRequest                  400 invalid_request_error
     │   ├── PayloadTooLarge         413
+    │   ├── RequestTimeout          408 (a client too slow to send its request body)
     │   ├── UnsupportedMediaType    415 (not a raster image, wrong content type)
     │   └── Unprocessable           422 (well-formed but invalid fields)
     ├── AuthenticationFailed        401 (missing/wrong gateway key, no key configured)
@@ -67,6 +68,11 @@ class BadRequest(PicGateError):
 class PayloadTooLarge(BadRequest):
     status_code = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(BadRequest):
+    status_code = 408
+    code = "request_timeout"
 
 
 class UnsupportedMediaType(BadRequest):

@@ -1,20 +1,33 @@
-"""Pure ASGI middleware: a request body cap and the headers every response carries."""
+"""Pure ASGI middleware: a request body cap and deadline, and the headers every response has."""
 
 from __future__ import annotations
 
 import json
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from picgate.errors import PayloadTooLarge, error_body
+from picgate.errors import PayloadTooLarge, RequestTimeout, error_body
+
+# A body may take ``timeout`` seconds plus one more for every this many bytes received (as
+# Apache's mod_reqtimeout MinRate): a 50 MB upload at 128 kbit/s still gets through, while a
+# client trickling a byte now and then is cut off after about ``timeout`` seconds.
+BODY_MIN_BYTES_PER_SECOND = 16 * 1024
 
 
 class BodyLimitMiddleware:
-    """413 for bodies over ``max_bytes``: at once from Content-Length, else while reading."""
+    """413 for bodies over ``max_bytes``: at once from Content-Length, else while reading.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    408 (``RequestTimeout``, raised from ``receive``) when the body has not arrived by its
+    deadline: ``timeout`` seconds after the request head, extended by one second per
+    ``BODY_MIN_BYTES_PER_SECOND`` received. Once the body is complete, ``receive`` (which then
+    waits for a disconnect) is not timed.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -26,12 +39,27 @@ class BodyLimitMiddleware:
                 return
         seen = 0
         limit = self.max_bytes
+        timeout = self.timeout
+        started = anyio.current_time()
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done or timeout is None:
+                message = await receive()
+            else:
+                allowed = started + timeout + seen / BODY_MIN_BYTES_PER_SECOND
+                try:
+                    with anyio.fail_after(max(allowed - anyio.current_time(), 0)):
+                        message = await receive()
+                except TimeoutError:
+                    raise RequestTimeout(
+                        "The request body did not arrive in time.",
+                        headers={"Connection": "close"},
+                    ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > limit:
                     raise PayloadTooLarge(f"request body is larger than {limit // 2**20} MB")
             return message

@@ -1,0 +1,123 @@
+"""The HTTP/1.1 protocol ``picgate serve`` runs: uvicorn's h11 one, with bounds on request heads.
+
+uvicorn's default (httptools) accepts a request head of several megabytes and neither it nor the
+h11 implementation limits how long a head may take to arrive: ten connections that trickle
+unfinished 40 MB heads cost ~400 MB of memory and hold their sockets for ever. Here:
+
+- a head larger than ``MAX_HEAD_BYTES`` is refused (h11's ``max_incomplete_event_size``), with
+  431 in OpenAI's error shape, and the connection is closed;
+- a head must arrive within ``head_timeout`` seconds of its first byte (or of the connection
+  opening): otherwise 408 in OpenAI's error shape (nothing when no byte came), and the
+  connection is closed. Idle time *between* requests stays uvicorn's keep-alive timeout.
+
+Bodies are bounded in time by ``picgate.middleware.BodyLimitMiddleware``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from http import HTTPStatus
+from typing import Any
+
+import h11
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from picgate.errors import error_body
+
+# Cookies and long URLs fit with room to spare; uvicorn's httptools default is 8 MB a head.
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT_SECONDS = 30.0
+
+
+def _error_response(status: int, reason: bytes, message: str, code: str) -> bytes:
+    body = json.dumps(error_body(message, error_type="invalid_request_error", code=code)).encode()
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"x-content-type-options: nosniff\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+HEAD_TIMEOUT_RESPONSE = _error_response(
+    408, b"Request Timeout", "The request head did not arrive in time.", "request_timeout"
+)
+
+
+class BoundedH11Protocol(H11Protocol):
+    """H11Protocol with a deadline for each request head and JSON 400/431 answers."""
+
+    head_timeout: float = HEAD_TIMEOUT_SECONDS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()  # a connection that never sends a byte is a head that never arrives
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm()  # the first byte of the next request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()  # the head is complete (or broken: already answered)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a head h11 refuses, as JSON; 431 when it was too large."""
+        oversized = len(self.conn.trailing_data[0]) > self._max_head_bytes()
+        if oversized:
+            status, code = 431, "request_header_fields_too_large"
+            msg = f"The request head is larger than {self._max_head_bytes() // 1024} KiB."
+        else:
+            status, code = 400, "invalid_request"
+        body = json.dumps(error_body(msg, error_type="invalid_request_error", code=code)).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
+
+    def _max_head_bytes(self) -> int:
+        size = self.config.h11_max_incomplete_event_size
+        return size if size is not None else DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        if self.conn.trailing_data[0]:  # part of a head: say why it is closed
+            self.transport.write(HEAD_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+def bounded_protocol(head_timeout: float) -> type[BoundedH11Protocol]:
+    """The protocol class for uvicorn's ``http=`` with this head deadline."""
+    return type("BoundedH11Protocol", (BoundedH11Protocol,), {"head_timeout": head_timeout})

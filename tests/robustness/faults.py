@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY
 from tests.support.servers import free_port
 
 
@@ -210,3 +211,26 @@ class ServeProcess:
             text=True,
             timeout=120,
         )
+
+
+def serve_process(tmp_path: Path, upstream_base: str, **extra_env: str) -> ServeProcess:
+    """``picgate serve`` on a free port with its data under ``tmp_path / "data"``, not started.
+
+    ``extra_env`` adds or overrides settings (a test's own deadlines, say).
+    """
+    port = free_port()
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PICGATE", "R2_"))}
+    env.update(
+        DATA_DIR=str(data_dir),
+        DATABASE_URL=f"sqlite:///{data_dir}/db/picgate.db",
+        UPSTREAM_API_BASE=upstream_base,
+        UPSTREAM_API_KEY=UPSTREAM_KEY,
+        UPSTREAM_MODEL_NAME="gpt-image-1",
+        GATEWAY_API_KEY=GATEWAY_KEY,
+        SECRET_KEY="serve-process-secret-key-0123",
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        LOG_LEVEL="WARNING",
+    )
+    env.update(extra_env)
+    return ServeProcess(env, port, tmp_path / "serve.log")

@@ -31,12 +31,11 @@ from picgate.db.models import R2_UPLOADED, Image, LogEntry
 from picgate.storage.codec import sniff
 from picgate.storage.local import TMP_PREFIX, LocalCache
 from picgate.storage.store import utcnow
-from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY, Gateway
-from tests.robustness.faults import KillableProxy, ResettingUpstream, ServeProcess
+from tests.conftest import GATEWAY_KEY, Gateway
+from tests.robustness.faults import KillableProxy, ResettingUpstream, serve_process
 from tests.s3_fixtures import S3_TEST_BUCKET
 from tests.s3server import S3Server
 from tests.support.images import make_image
-from tests.support.servers import free_port
 from tests.support.upstream import StubUpstream
 
 CHUNK = "data: " + json.dumps(
@@ -304,31 +303,12 @@ def test_faults_disk_full_image_returned_inline_and_nothing_half_written(
 # -- (d) SIGKILL during a burst of writes -----------------------------------------------------
 
 
-def serve_process(tmp_path: Path, upstream: StubUpstream) -> ServeProcess:
-    """``picgate serve`` on a free port with its data under ``tmp_path / "data"``."""
-    port = free_port()
-    data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PICGATE", "R2_"))}
-    env.update(
-        DATA_DIR=str(data_dir),
-        DATABASE_URL=f"sqlite:///{data_dir}/db/picgate.db",
-        UPSTREAM_API_BASE=upstream.base_url,
-        UPSTREAM_API_KEY=UPSTREAM_KEY,
-        UPSTREAM_MODEL_NAME="gpt-image-1",
-        GATEWAY_API_KEY=GATEWAY_KEY,
-        SECRET_KEY="sigkill-test-secret-key-0123",
-        PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
-        LOG_LEVEL="WARNING",
-    )
-    return ServeProcess(env, port, tmp_path / "serve.log")
-
-
 @pytest.mark.slow
 def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
     tmp_path: Path, upstream: StubUpstream
 ) -> None:
     sent = unique_images(upstream)
-    server = serve_process(tmp_path, upstream).start()
+    server = serve_process(tmp_path, upstream.base_url).start()
     data_dir = tmp_path / "data"
     answered: list[str] = []
     stop = threading.Event()
@@ -411,7 +391,7 @@ def test_faults_serve_keeps_an_idle_connection_past_uvicorns_default(
 ) -> None:
     """Clients reuse idle connections for 15 s (aiohttp, OpenWebUI) to 60 s (nginx, AWS load
     balancers); uvicorn's own 5 s would close them under those clients."""
-    server = serve_process(tmp_path, upstream).start()
+    server = serve_process(tmp_path, upstream.base_url).start()
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             assert _exchange(sock).startswith(b"HTTP/1.1 200")

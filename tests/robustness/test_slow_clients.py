@@ -8,7 +8,6 @@ server that never cuts the client off fails the test instead of hanging it.
 from __future__ import annotations
 
 import json
-import os
 import select
 import socket
 from collections.abc import Iterator
@@ -17,9 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY
-from tests.robustness.faults import ServeProcess
-from tests.support.servers import free_port
+from tests.conftest import GATEWAY_KEY
+from tests.robustness.faults import ServeProcess, serve_process
 from tests.support.upstream import StubUpstream
 
 TRICKLE_CAP = 150  # bytes, one every 0.2 s: 30 s, far past the 1 s deadlines configured below
@@ -27,22 +25,12 @@ TRICKLE_CAP = 150  # bytes, one every 0.2 s: 30 s, far past the 1 s deadlines co
 
 @pytest.fixture
 def server(tmp_path: Path, upstream: StubUpstream) -> Iterator[ServeProcess]:
-    port = free_port()
-    data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PICGATE", "R2_"))}
-    env.update(
-        DATA_DIR=str(data_dir),
-        DATABASE_URL=f"sqlite:///{data_dir}/db/picgate.db",
-        UPSTREAM_API_BASE=upstream.base_url,
-        UPSTREAM_API_KEY=UPSTREAM_KEY,
-        UPSTREAM_MODEL_NAME="gpt-image-1",
-        GATEWAY_API_KEY=GATEWAY_KEY,
-        SECRET_KEY="slow-clients-secret-key-0123",
-        LOG_LEVEL="WARNING",
+    process = serve_process(
+        tmp_path,
+        upstream.base_url,
         REQUEST_HEADER_TIMEOUT_SECONDS="1",
         REQUEST_BODY_TIMEOUT_SECONDS="1",
-    )
-    process = ServeProcess(env, port, tmp_path / "serve.log").start()
+    ).start()
     yield process
     process.stop()
 

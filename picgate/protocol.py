@@ -10,6 +10,11 @@ unfinished 40 MB heads cost ~400 MB of memory and hold their sockets for ever. H
   opening): otherwise 408 in OpenAI's error shape (nothing when no byte came), and the
   connection is closed. Idle time *between* requests stays uvicorn's keep-alive timeout.
 
+Every close is a lingering one (as nginx's ``lingering_close``): the answer is followed by a FIN,
+what the client still sends is read and dropped, and the socket is closed when the client closes
+or after ``LINGER_SECONDS``. Closing at once while request bytes sit unread makes the kernel send
+an RST, which can destroy the error answer before the client has read it.
+
 Bodies are bounded in time by ``picgate.middleware.BodyLimitMiddleware``.
 """
 
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import h11
 from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
@@ -29,6 +34,7 @@ from picgate.errors import error_body
 # Cookies and long URLs fit with room to spare; uvicorn's httptools default is 8 MB a head.
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 30.0
+LINGER_SECONDS = 2.0
 
 
 def _error_response(status: int, reason: bytes, message: str, code: str) -> bytes:
@@ -50,6 +56,40 @@ HEAD_TIMEOUT_RESPONSE = _error_response(
 )
 
 
+class LingeringTransport:
+    """A transport whose ``close()`` half-closes and lingers; everything else is the real one's."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._linger: asyncio.TimerHandle | None = None
+
+    @property
+    def lingering(self) -> bool:
+        return self._linger is not None
+
+    def close(self) -> None:
+        if self._linger is not None or self._transport.is_closing():
+            return
+        if not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self._transport.write_eof()  # after what is buffered: the answer goes out first
+        self._linger = self._loop.call_later(LINGER_SECONDS, self.finish)
+
+    def finish(self) -> None:
+        """Close for real (the linger is over, or the connection is gone)."""
+        if self._linger is not None:
+            self._linger.cancel()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._linger is not None or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class BoundedH11Protocol(H11Protocol):
     """H11Protocol with a deadline for each request head and JSON 400/431 answers."""
 
@@ -60,10 +100,13 @@ class BoundedH11Protocol(H11Protocol):
         self._head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._lingering_transport = LingeringTransport(transport, self.loop)
+        super().connection_made(cast(asyncio.Transport, self._lingering_transport))
         self._arm()  # a connection that never sends a byte is a head that never arrives
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering_transport.lingering:
+            return  # the answer is out and the connection is closing: drop the rest
         if self._head_deadline is None and self.conn.their_state is h11.IDLE:
             self._arm()  # the first byte of the next request on a kept-alive connection
         super().data_received(data)
@@ -72,6 +115,7 @@ class BoundedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._lingering_transport.finish()
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:

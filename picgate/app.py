@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,11 +12,12 @@ import anyio.to_thread
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from picgate.config import Settings
-from picgate.errors import PicGateError, UpstreamError, error_body
+from picgate.errors import AuthenticationFailed, PicGateError, UpstreamError, error_body
 from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from picgate.services import Services
 
@@ -49,6 +51,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.services = services
+    app.openapi = public_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -67,6 +70,43 @@ def create_app(
     for extra in _optional_routers():
         app.include_router(extra)
     return app
+
+
+ADMIN_PREFIX = "/admin"
+
+
+def public_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``/openapi.json`` without the admin console: the public schema describes what clients
+    call, not the console's API (an admin gets the full one at ``/admin/api/openapi.json``)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            full = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            app.openapi_schema = without_paths(full, ADMIN_PREFIX)
+        return app.openapi_schema
+
+    return openapi
+
+
+def without_paths(schema: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A copy of an OpenAPI ``schema`` without the paths under ``prefix`` and without the
+    component schemas only they used."""
+    paths = {p: v for p, v in schema.get("paths", {}).items() if not p.startswith(prefix)}
+    components = schema.get("components", {}).get("schemas", {})
+    ref = "#/components/schemas/"
+    keep: set[str] = set()
+    todo = [paths]
+    while todo:  # walk $refs from the kept paths, through the schemas they reach
+        text = json.dumps(todo.pop())
+        for name in components:
+            if name not in keep and f'"{ref}{name}"' in text:
+                keep.add(name)
+                todo.append(components[name])
+    result = {**schema, "paths": paths}
+    if components:
+        kept = {k: v for k, v in components.items() if k in keep}
+        result["components"] = {**schema["components"], "schemas": kept}
+    return result
 
 
 def _optional_routers() -> list[Any]:
@@ -93,10 +133,13 @@ def _json_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def log_api_error(services: Services, exc: PicGateError) -> None:
-    """Count a failed ``/v1`` call and write its log line."""
+def log_api_error(services: Services, exc: PicGateError, source: str | None = None) -> None:
+    """Count a failed ``/v1`` call and write its log line (a wrong gateway key from ``source``
+    is counted per address and minute instead: one line, not one per call)."""
     services.events.count("errors")
-    if isinstance(exc, UpstreamError):
+    if isinstance(exc, AuthenticationFailed) and source is not None:
+        services.events.auth_failure(source)
+    elif isinstance(exc, UpstreamError):
         services.events.error(f"❌ 上游返回错误: HTTP {exc.status_code}: {exc.message}")
     elif exc.status_code >= 500:
         services.events.error(f"❌ 请求失败: HTTP {exc.status_code}: {exc.message}")
@@ -112,7 +155,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 "%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message
             )
         if request.url.path.startswith("/v1/"):
-            log_api_error(request.app.state.services, exc)
+            source = request.client.host if request.client else "unknown"
+            log_api_error(request.app.state.services, exc, source)
         return _json_error(exc.status_code, exc.to_dict(), exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -9,6 +9,7 @@ names the variable.
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -42,6 +43,29 @@ EDITABLE: tuple[str, ...] = (
 # Editable settings that are secrets: encrypted at rest, never sent to the browser in full.
 SECRETS: frozenset[str] = frozenset(
     {"upstream_api_key", "gateway_api_key", "r2_secret_access_key", "r2_access_key_id"}
+)
+
+# Upper bounds that keep every date computed from a setting representable (``timedelta`` and
+# ``datetime`` overflow far below 1e308): ten years of local cache, a century of metadata, 1 EiB.
+MAX_TTL_HOURS = 10 * 366 * 24
+MAX_RETENTION_DAYS = 100 * 366
+MAX_CACHE_MB = 2**40
+MAX_TEXT = 2048
+
+# Text settings checked for characters that cannot be stored, logged or sent in a header.
+TEXT_SETTINGS: tuple[str, ...] = (
+    "upstream_api_base",
+    "upstream_api_key",
+    "upstream_model_name",
+    "gateway_model_name",
+    "gateway_api_key",
+    "public_base_url",
+    "r2_account_id",
+    "r2_access_key_id",
+    "r2_secret_access_key",
+    "r2_bucket_name",
+    "r2_endpoint_url",
+    "r2_public_base_url",
 )
 
 PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "your-key", "sk-xxx", "pg-xxx", "xxx"})
@@ -82,9 +106,9 @@ class Settings(BaseSettings):
     r2_public_base_url: str | None = None
     r2_key_prefix: str = "images/"
 
-    local_cache_ttl_hours: float = Field(72.0, ge=0)
-    metadata_retention_days: int = Field(365, ge=0)
-    max_local_cache_mb: int = Field(0, ge=0)
+    local_cache_ttl_hours: float = Field(72.0, ge=0, le=MAX_TTL_HOURS, allow_inf_nan=False)
+    metadata_retention_days: int = Field(365, ge=0, le=MAX_RETENTION_DAYS)
+    max_local_cache_mb: int = Field(0, ge=0, le=MAX_CACHE_MB)
     allow_external_image_fetch: bool = False
     delete_r2_on_metadata_expire: bool = False
 
@@ -123,6 +147,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.strip()
             return value or None
+        return value
+
+    @field_validator(*TEXT_SETTINGS, mode="after")
+    @classmethod
+    def _printable_text(cls, value: str | None) -> str | None:
+        check_text(value)
         return value
 
     # -- derived values -------------------------------------------------------------------
@@ -176,6 +206,20 @@ class Settings(BaseSettings):
         # keep the record of what the environment pinned
         object.__setattr__(result, "__pydantic_fields_set__", set(self.model_fields_set))
         return result
+
+
+def check_text(value: str | None) -> None:
+    """Refuse text that would break a page, a log line or a header: lone surrogates (they
+    cannot be encoded as UTF-8), control characters, and anything over MAX_TEXT characters."""
+    if value is None:
+        return
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"must be at most {MAX_TEXT} characters")
+    for ch in value:
+        if "\ud800" <= ch <= "\udfff":
+            raise ValueError("contains a lone surrogate (not valid Unicode text)")
+        if unicodedata.category(ch) == "Cc":
+            raise ValueError(f"contains a control character (U+{ord(ch):04X})")
 
 
 def _check_url(

@@ -48,10 +48,17 @@ async def require_gateway_key(request: Request) -> Gateway:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed(
-            "Missing API key: send 'Authorization: Bearer <gateway key>'.", code="missing_api_key"
+            "Missing gateway API key (GATEWAY_API_KEY): send "
+            "'Authorization: Bearer <gateway key>'. This is PicGate's own key, not the "
+            "upstream's.",
+            code="missing_api_key",
         )
     if not keys_match(token.strip(), expected):
-        raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+        raise AuthenticationFailed(
+            "Incorrect gateway API key (GATEWAY_API_KEY) provided. PicGate refused the call "
+            "before contacting the upstream; use the key shown in the PicGate admin console.",
+            code="invalid_api_key",
+        )
     return Gateway(services, settings)
 
 

@@ -3,7 +3,12 @@
 Every event also goes to stdout through ``logging`` (``docker logs``, CloudWatch). Lines are
 buffered and written in batches (``flush``): by a background task in server mode, and before
 the response leaves in serverless mode. Long base64 runs and anything shaped like a key are
-scrubbed before a line is kept.
+scrubbed before a line is kept. Every flush that adds lines trims the table to ``max_entries``.
+
+Wrong gateway keys are not one line each (a client retrying a bad key, or someone guessing,
+would write a row per call): ``auth_failure`` counts them per source address and minute, and
+each (address, minute) is one line, ``⚠️ 网关密钥错误 ×N 来自 ADDRESS``, whose count is updated
+in place by later flushes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from picgate.db.models import DailyStat, LogEntry
 log = logging.getLogger("picgate")
 
 MAX_MESSAGE = 500
+# distinct addresses tracked per minute; beyond this, failures count under OTHER_ADDRESSES so
+# that a flood from many addresses stays a bounded number of rows and dict entries
+MAX_AUTH_SOURCES = 100
+OTHER_ADDRESSES = "其他地址 (other addresses)"
 _BASE64_RUN = re.compile(r"(?:data:[\w/.+-]+;base64,)?[A-Za-z0-9+/_-]{120,}={0,2}")
 _KEYLIKE = re.compile(r"\b(sk|pg|rk)-[A-Za-z0-9_-]{8,}")
 
@@ -60,7 +69,10 @@ class EventLog:
         self._buffer: list[Event] = []
         self._counters: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
-        self._flushes = 0
+        self._flush_lock = threading.Lock()  # one flush at a time: a minute's line is one row
+        # (minute, address) -> failures not yet written; and -> (row id, total) once written
+        self._auth_pending: dict[tuple[str, str], int] = {}
+        self._auth_rows: dict[tuple[str, str], tuple[str, int]] = {}
 
     def add(self, level: str, message: str) -> None:
         message = scrub(message)
@@ -82,6 +94,22 @@ class EventLog:
     def error(self, message: str) -> None:
         self.add("ERROR", message)
 
+    def auth_failure(self, address: str) -> None:
+        """Count one call refused for a wrong or missing gateway key from ``address``."""
+        now = _utcnow()
+        minute = now.strftime("%Y-%m-%d %H:%M")
+        address = address[:64]
+        with self._lock:
+            key = (minute, address)
+            if key not in self._auth_pending and key not in self._auth_rows:
+                sources = {a for m, a in (*self._auth_pending, *self._auth_rows) if m == minute}
+                if len(sources) >= MAX_AUTH_SOURCES:
+                    key = (minute, OTHER_ADDRESSES)
+                else:
+                    # stdout gets the first failure of each address and minute, not all of them
+                    log.warning("wrong gateway API key from %s", address)
+            self._auth_pending[key] = self._auth_pending.get(key, 0) + 1
+
     def count(self, name: str, amount: int = 1) -> None:
         key = (_utcnow().strftime("%Y-%m-%d"), name)
         with self._lock:
@@ -92,19 +120,41 @@ class EventLog:
         return len(self._buffer)
 
     def flush(self) -> None:
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             events, self._buffer = self._buffer, []
             counters, self._counters = self._counters, {}
-        if not events and not counters:
+            auth, self._auth_pending = self._auth_pending, {}
+            rows = dict(self._auth_rows)
+        if not events and not counters and not auth:
             return
-        self._flushes += 1
-        trim = self._flushes % 20 == 1
+        written: dict[tuple[str, str], tuple[str, int]] = {}
 
         def work(session: Session) -> None:
+            written.clear()  # the database layer may run this again after a conflict
             for e in events:
                 session.add(
                     LogEntry(id=e.id, created_at=e.created_at, level=e.level, message=e.message)
                 )
+            for key, amount in auth.items():
+                row_id, total = rows.get(key, ("", 0))
+                total += amount
+                message = auth_failure_message(key[1], total)
+                if row_id:
+                    result = session.execute(
+                        update(LogEntry).where(LogEntry.id == row_id).values(message=message)
+                    )
+                    if getattr(result, "rowcount", 1):
+                        written[key] = (row_id, total)
+                        continue
+                row_id = new_log_id()  # first line of this minute, or its row was cleared
+                session.add(
+                    LogEntry(id=row_id, created_at=_utcnow(), level="WARNING", message=message)
+                )
+                written[key] = (row_id, total)
             for (day, name), amount in counters.items():
                 row = session.get(DailyStat, (day, name))
                 if row is None:
@@ -115,19 +165,30 @@ class EventLog:
                         .where(DailyStat.day == day, DailyStat.name == name)
                         .values(value=DailyStat.value + amount)
                     )
-            if trim:
+            if events or auth:
                 trim_logs(session, self.max_entries)
 
         try:
             self.db.call(work)
         except Exception as exc:  # the log must never take a request down with it
-            log.warning("could not write %d log lines: %s", len(events), exc)
+            log.warning("could not write %d log lines: %s", len(events) + len(auth), exc)
+            return
+        minute = _utcnow().strftime("%Y-%m-%d %H:%M")
+        with self._lock:
+            self._auth_rows.update(written)
+            # a past minute's line is final: forget it so the dict stays small
+            for key in [k for k in self._auth_rows if k[0] != minute]:
+                del self._auth_rows[key]
 
     async def aflush(self) -> None:
         import anyio.to_thread
 
-        if self._buffer or self._counters:
+        if self._buffer or self._counters or self._auth_pending:
             await anyio.to_thread.run_sync(self.flush)
+
+
+def auth_failure_message(address: str, count: int) -> str:
+    return f"⚠️ 网关密钥错误 ×{count} 来自 {address} (wrong gateway API key)"
 
 
 def trim_logs(session: Session, max_entries: int) -> int:

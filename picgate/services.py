@@ -111,8 +111,33 @@ class Services:
                     "Clients must send:  Authorization: Bearer <key>\n" + "=" * 64
                 )
                 print(banner, flush=True)
+            self._announce_setup()
             self.config.reload()
             self._prepared = True
+
+    def _announce_setup(self) -> None:
+        """While no admin exists, print the one-time setup link (console, docker logs,
+        CloudWatch): first-run setup needs its token, so reaching the port is not enough."""
+        try:
+            from picgate.admin import auth
+        except ImportError:  # a build without the console has nothing to set up
+            return
+        if self.db.call(auth.admin_exists):
+            return
+        token = auth.setup_token(self.config.box)
+        base = (self.settings.public_base_url or "").rstrip("/")
+        if not base:
+            host = self.settings.host
+            shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+            base = "<function URL>" if self.serverless else f"http://{shown}:{self.settings.port}"
+        banner = (
+            "\n" + "=" * 64 + "\n"
+            "PicGate has no admin yet. Create one with this one-time link:\n"
+            f"    {base}/admin/setup?token={token}\n"
+            f"(or enter the setup token {token} on /admin/setup,\n"
+            " or run: picgate admin create --username U --password P)\n" + "=" * 64
+        )
+        print(banner, flush=True)
 
     async def after_store(self, image: StoredImage) -> StoredImage:
         """Hook run after an image is stored: queue its R2 upload, or do it now (serverless).

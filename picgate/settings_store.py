@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -17,11 +18,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from picgate.config import EDITABLE, SECRETS, Settings, validate_settings
+from picgate.config import EDITABLE, SECRETS, Settings, SettingsError, validate_settings
 from picgate.db.engine import Database
 from picgate.db.models import Setting
 
@@ -70,6 +73,12 @@ class SecretBox:
             self._fernet_instance = Fernet(self._key)
         return self._fernet_instance
 
+    def derive(self, purpose: str) -> str:
+        """A URL-safe token fixed by ``SECRET_KEY`` and ``purpose`` (HMAC-SHA256, 256 bits):
+        every replica and Lambda container computes the same one without storing it."""
+        digest = hmac.new(self._key, b"picgate-derive:" + purpose.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+
     def seal(self, value: str) -> str:
         return self._fernet.encrypt(value.encode()).decode()
 
@@ -82,13 +91,59 @@ class SecretBox:
             return None
 
 
+MASK = "••••••••"
+MASK_REVEAL_FROM = 24  # a secret this long keeps >100 bits hidden after showing 7 characters
+
+
 def mask(value: str | None) -> str:
-    """What the browser may see of a secret."""
+    """What the browser may see of a secret: a fixed mask, plus its first 3 and last 4
+    characters only when it is at least MASK_REVEAL_FROM long (a short secret shows nothing)."""
     if not value:
         return ""
-    if len(value) <= 8:
-        return "••••"
-    return f"{value[:3]}••••{value[-4:]}"
+    if len(value) < MASK_REVEAL_FROM:
+        return MASK
+    return f"{value[:3]}{MASK}{value[-4:]}"
+
+
+# A stored secret is bound to the host it is sent to: moving that host from the console needs the
+# secret again in the same save, so that a session (or a forged request) cannot point PicGate
+# somewhere else and have it hand over the stored key (on "test upstream" or any later call).
+BOUND_SECRETS: dict[str, tuple[str, ...]] = {
+    "upstream_api_key": ("upstream_api_base",),
+    "r2_secret_access_key": ("r2_endpoint_url", "r2_account_id"),
+}
+
+
+def _origin(settings: Settings, field: str) -> str | None:
+    """scheme://host:port that ``field`` (the first of a BOUND_SECRETS entry) sends to."""
+    value = settings.upstream_api_base if field == "upstream_api_base" else settings.r2_endpoint
+    if not value:
+        return None
+    parts = urlsplit(value)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def check_moved_secrets(
+    before: Settings, after: Settings, values: dict[str, Any], fixed: frozenset[str]
+) -> None:
+    """Refuse (SettingsError naming the field) a save that moves a stored secret's host
+    without giving that secret again (a new value, or ``None`` to clear it)."""
+    for secret, fields in BOUND_SECRETS.items():
+        moved = [f for f in fields if f in values]
+        if secret in values or not moved or getattr(before, secret) is None:
+            continue
+        old = _origin(before, fields[0])
+        if old is None or old == _origin(after, fields[0]):
+            continue
+        if secret in fixed:
+            raise SettingsError(
+                f"{moved[0].upper()} cannot move to another host from the console while "
+                f"{secret.upper()} is set in the environment"
+            )
+        raise SettingsError(
+            f"{moved[0].upper()} points to another host: enter {secret.upper()} again in the "
+            "same save (the stored one is never sent to a new host)"
+        )
 
 
 class ConfigService:
@@ -111,16 +166,29 @@ class ConfigService:
             if raw is None:
                 log.warning("stored setting %s cannot be decrypted (SECRET_KEY changed?)", row.key)
                 continue
-            stored[row.key] = json.loads(raw)
+            try:
+                stored[row.key] = json.loads(raw)
+            except ValueError:
+                log.warning("stored setting %s is not valid JSON; using the default", row.key)
         return stored
 
+    def _apply(self, stored: dict[str, Any]) -> Settings:
+        """``base.with_stored(stored)``, skipping (with a warning) stored values that no longer
+        validate, so one bad row cannot take every page down."""
+        stored = dict(stored)
+        while True:
+            try:
+                return self.base.with_stored(stored)
+            except ValidationError as exc:
+                bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} & set(stored)
+                if not bad:
+                    raise
+                for key in sorted(bad):
+                    log.warning("stored setting %s is invalid; using the default", key)
+                    del stored[key]
+
     def reload(self) -> Settings:
-        stored = self.db.call(self._read)
-        merged = self.base.with_stored(stored)
-        with self._lock:
-            self._current = merged
-            self._loaded_at = time.monotonic()
-        return merged
+        return self._merge(self.db.call(self._read))
 
     def current(self) -> Settings:
         """Effective settings; refreshed from the database at most every REFRESH_SECONDS."""
@@ -134,7 +202,7 @@ class ConfigService:
         return self._current
 
     def _merge(self, stored: dict[str, Any]) -> Settings:
-        merged = self.base.with_stored(stored)
+        merged = self._apply(stored)
         with self._lock:
             self._current = merged
             self._loaded_at = time.monotonic()
@@ -148,7 +216,8 @@ class ConfigService:
     def save(self, values: dict[str, Any]) -> Settings:
         """Validate and store editable, non-fixed values; returns the new effective settings.
 
-        Raises SettingsError / pydantic.ValidationError for values that are refused.
+        Raises SettingsError / pydantic.ValidationError for values that are refused (nothing
+        is stored then), including a move of a stored secret's host without that secret.
         """
         fixed = self.base.fixed_fields()
         unknown = [k for k in values if k not in EDITABLE]
@@ -160,8 +229,12 @@ class ConfigService:
 
         def work(session: Session) -> Settings:
             stored = self._read(session)
+            before = self._apply(stored)
+            # every new value is validated on its own first: a refused one is never stored
+            self.base.with_stored(values)
             stored.update(values)
-            candidate = self.base.with_stored(stored)
+            candidate = self._apply(stored)
+            check_moved_secrets(before, candidate, values, fixed)
             validate_settings(candidate)
             now = datetime.now(UTC).replace(tzinfo=None)
             for key in values:

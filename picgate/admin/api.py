@@ -8,7 +8,8 @@ import time
 from typing import Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
@@ -47,6 +48,17 @@ class SettingsUpdate(BaseModel):
 class DeleteRequest(BaseModel):
     ids: list[str] = Field(min_length=1, max_length=500)
     mode: Literal["local", "r2", "all"]
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def full_openapi(request: Request, _admin: AdminDep) -> dict[str, Any]:
+    """The whole schema, admin routes included (the public ``/openapi.json`` leaves them out)."""
+    schema: dict[str, Any] | None = getattr(request.app.state, "full_openapi", None)
+    if schema is None:
+        app = request.app
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        app.state.full_openapi = schema
+    return schema
 
 
 # -- dashboard -------------------------------------------------------------------------------

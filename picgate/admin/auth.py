@@ -5,8 +5,12 @@ verify one. A session cookie carries a random token; the database keeps only its
 leaked database hands out no live sessions. Sessions end after ``IDLE`` without use or
 ``ABSOLUTE`` after login, whichever comes first. Every session has its own CSRF token.
 
-Login is rate limited per account name and per client address. A wrong name and a wrong password
-get the same answer after the same work: a missing account still costs one hash verification.
+Login is rate limited per account name and client address together (5 failures lock that pair
+for 15 minutes) and per client address (20 failures lock the address); failures on one account
+from many addresses slow every attempt on it down (``account_delay``) but never lock it, so no
+one can keep the admin out. A wrong name and a wrong password get the same answer after the
+same work: a missing account still costs one hash verification. First-run setup needs the
+``setup_token`` printed on the console at start.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from picgate.db.models import AdminSession, AdminUser, LoginAttempt
 from picgate.errors import PicGateError
+from picgate.settings_store import SecretBox
 
 ADMIN_ID = "admin"  # one admin account: a fixed key makes concurrent first-run setups safe
 IDLE = timedelta(hours=12)
@@ -33,12 +38,17 @@ TOUCH_EVERY = timedelta(minutes=1)
 
 WINDOW = timedelta(minutes=15)
 LOCKOUT = timedelta(minutes=15)
-MAX_USER_FAILURES = 5  # one address guessing one account
-MAX_IP_FAILURES = 20  # one address guessing any account
-# many addresses guessing one account. High: reaching it locks the admin out everywhere
-# (a denial of service that now needs several addresses), and with argon2id at ~100 guesses
-# per 15 minutes a password of 8+ characters is out of reach
-MAX_ACCOUNT_FAILURES = 100
+MAX_USER_FAILURES = 5  # one address guessing one account: that pair is locked
+MAX_IP_FAILURES = 20  # one address guessing any account: that address is locked
+# Many addresses guessing one account are slowed, never locked out: a lock keyed on the account
+# alone would let anyone with a few addresses keep the real admin out for ever. Past
+# ACCOUNT_SLOWDOWN_AFTER failures in the window every attempt on the account waits, doubling
+# per further failure up to ACCOUNT_DELAY_MAX seconds (the right password still gets in).
+ACCOUNT_SLOWDOWN_AFTER = 10
+ACCOUNT_DELAY_BASE = 0.25
+ACCOUNT_DELAY_MAX = 5.0
+
+SETUP_PURPOSE = "admin-setup"
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 PASSWORD_MIN = 8
@@ -123,6 +133,15 @@ def check_credentials_shape(username: str, password: str) -> str | None:
 # -- accounts --------------------------------------------------------------------------------
 
 
+def setup_token(box: SecretBox) -> str:
+    """The one-time token that first-run setup needs while no admin exists.
+
+    Derived from ``SECRET_KEY``, so every replica and Lambda container prints and accepts the
+    same one; once an admin exists, setup is closed and the token opens nothing.
+    """
+    return box.derive(SETUP_PURPOSE)
+
+
 def admin_exists(session: Session) -> bool:
     return bool(session.scalar(select(func.count()).select_from(AdminUser)))
 
@@ -174,28 +193,62 @@ def change_password(session: Session, user_id: str, *, current: str, new: str) -
 # -- rate limiting ---------------------------------------------------------------------------
 
 
-def _attempt_keys(username: str, ip: str) -> list[tuple[str, int]]:
-    """The failure counters a login attempt counts against.
+def _account_key(username: str) -> str:
+    return "user:" + username.strip().lower()[:64]
 
-    The tight limit is per account *and* address: someone guessing from one address locks out
-    that address, not the admin signing in from another.
+
+def _attempt_keys(username: str, ip: str) -> list[tuple[str, int | None]]:
+    """The failure counters a login attempt counts against, with the count that locks them.
+
+    Locks are per account *and* address, and per address: someone guessing from one address
+    locks out that address, not the admin signing in from another. The account's own counter
+    (limit None) never locks; it only feeds ``account_delay``.
     """
     # keys fit the 128-character column: "user:" + 64 + "|ip:" + 54 (an IPv6 address is <= 45)
-    name, address = username.strip().lower()[:64], ip[:54]
+    account, address = _account_key(username), ip[:54]
     return [
-        (f"user:{name}|ip:{address}", MAX_USER_FAILURES),
+        (f"{account}|ip:{address}", MAX_USER_FAILURES),
         ("ip:" + address, MAX_IP_FAILURES),
-        ("user:" + name, MAX_ACCOUNT_FAILURES),
+        (account, None),
     ]
 
 
 def is_locked(session: Session, *, username: str, ip: str) -> bool:
     now = utcnow()
-    for key, _limit in _attempt_keys(username, ip):
+    for key, limit in _attempt_keys(username, ip):
+        if limit is None:
+            continue  # rows written before account locks were dropped may carry a lock
         row = session.get(LoginAttempt, key)
         if row is not None and row.locked_until is not None and row.locked_until > now:
             return True
     return False
+
+
+def delay_for(failures: int) -> float:
+    """Seconds an attempt on an account with ``failures`` recent failures waits first."""
+    if failures < ACCOUNT_SLOWDOWN_AFTER:
+        return 0.0
+    steps = min(failures - ACCOUNT_SLOWDOWN_AFTER, 32)
+    return float(min(ACCOUNT_DELAY_MAX, ACCOUNT_DELAY_BASE * 2**steps))
+
+
+def account_delay(session: Session, *, username: str) -> float:
+    """The wait before checking a password for ``username`` (0 unless it is being guessed)."""
+    row = session.get(LoginAttempt, _account_key(username))
+    if row is None or utcnow() - row.window_start > WINDOW:
+        return 0.0
+    return delay_for(row.failures)
+
+
+def unlock(session: Session, username: str | None = None) -> int:
+    """Forget failed logins (all, or those of one account); returns the records removed."""
+    query = delete(LoginAttempt)
+    if username is not None:
+        account = _account_key(username)
+        query = query.where(
+            (LoginAttempt.key == account) | LoginAttempt.key.startswith(account + "|ip:")
+        )
+    return int(getattr(session.execute(query), "rowcount", 0) or 0)
 
 
 def record_failure(session: Session, *, username: str, ip: str) -> None:
@@ -208,11 +261,12 @@ def record_failure(session: Session, *, username: str, ip: str) -> None:
         if now - row.window_start > WINDOW:
             row.failures, row.window_start, row.locked_until = 0, now, None
         row.failures += 1
-        if row.failures >= limit:
+        if limit is not None and row.failures >= limit:
             row.locked_until = now + LOCKOUT
 
 
 def clear_failures(session: Session, *, username: str, ip: str) -> None:
+    # the account's counter goes too: the admin got in, whoever else was guessing starts over
     keys = [key for key, _ in _attempt_keys(username, ip)]
     session.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(keys)))
 

@@ -1,7 +1,9 @@
 """``picgate admin create --username U --password P``: create or reset the admin account.
+``picgate admin unlock [--username U]``: forget failed logins (all, or one account's).
 
-Works without the browser (a lost password, an automated deployment). Resetting ends every
-session of the admin. Exit status: 0 done, 2 refused (bad name, short password, bad settings).
+Work without the browser (a lost password, an automated deployment, an admin locked out by
+someone guessing). Resetting ends every session of the admin. Exit status: 0 done, 2 refused
+(bad name, short password, bad settings).
 """
 
 from __future__ import annotations
@@ -9,13 +11,43 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from picgate.db.engine import Database
+
+
+def _database() -> Database | None:
+    """The database the settings point at (None, with the reason printed, when they are bad)."""
+    from picgate.config import Settings, SettingsError
+    from picgate.db.engine import Database
+
+    try:
+        settings = Settings()
+    except (SettingsError, ValueError) as exc:
+        print(f"picgate: configuration error: {exc}", file=sys.stderr)
+        return None
+    return Database(settings.database_url, auth_token=settings.database_auth_token)
+
+
+def cmd_admin_unlock(args: argparse.Namespace) -> int:
+    from picgate.admin import auth
+
+    db = _database()
+    if db is None:
+        return 2
+    try:
+        db.migrate()
+        removed = db.call(lambda s: auth.unlock(s, args.username))
+    finally:
+        db.dispose()
+    who = f"account {args.username!r}" if args.username else "every account and address"
+    print(f"picgate: cleared {removed} failed-login record(s) for {who}")
+    return 0
 
 
 def cmd_admin_create(args: argparse.Namespace) -> int:
     from picgate.admin import auth
-    from picgate.config import Settings, SettingsError
-    from picgate.db.engine import Database
 
     password = args.password
     if password is None:
@@ -27,12 +59,9 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
     if problem is not None:
         print("picgate: the password must be 8-256 characters long", file=sys.stderr)
         return 2
-    try:
-        settings = Settings()
-    except (SettingsError, ValueError) as exc:
-        print(f"picgate: configuration error: {exc}", file=sys.stderr)
+    db = _database()
+    if db is None:
         return 2
-    db = Database(settings.database_url, auth_token=settings.database_auth_token)
     try:
         db.migrate()
         created = db.call(lambda s: auth.set_admin(s, username=args.username, password=password))
@@ -44,7 +73,7 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``admin create`` to the ``picgate`` command line."""
+    """Add ``admin create`` and ``admin unlock`` to the ``picgate`` command line."""
     admin = subparsers.add_parser("admin", help="manage the admin console account")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     create = admin_sub.add_parser("create", help="create the admin, or reset its password")
@@ -55,3 +84,10 @@ def register(subparsers: Any) -> None:
         help="the new password (8+ characters; or set PICGATE_ADMIN_PASSWORD)",
     )
     create.set_defaults(func=cmd_admin_create)
+    unlock = admin_sub.add_parser(
+        "unlock", help="clear failed-login records (login lockouts and slowdowns)"
+    )
+    unlock.add_argument(
+        "--username", default=None, help="only this account's records (default: all)"
+    )
+    unlock.set_defaults(func=cmd_admin_unlock)

@@ -45,10 +45,17 @@ def decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         raw, image_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        value: Any = int(raw) if sort == "size" else datetime.fromisoformat(raw)
-        if not isinstance(image_id, str):
+        value: Any
+        if sort == "size":
+            # an int the database can bind: a float (1e400 is inf), bool or 2**70 is refused
+            if type(raw) is not int or not 0 <= raw < 2**63:
+                raise ValueError("size")
+            value = raw
+        else:
+            value = datetime.fromisoformat(raw)
+        if not isinstance(image_id, str) or len(image_id) > 64:
             raise TypeError("id")
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadRequest("Invalid page cursor.", code="invalid_cursor", param="cursor") from exc
     return value, image_id
 

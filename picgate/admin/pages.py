@@ -9,7 +9,9 @@ fitting status, on failure.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +41,9 @@ def language_switch(request: Request) -> Response | None:
     lang = request.query_params.get("lang")
     if lang is None:
         return None
-    response = redirect(request.url.path)
+    # keep the other parameters: the setup link carries its token in the query
+    rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "lang"])
+    response = redirect(request.url.path + (f"?{rest}" if rest else ""))
     if lang in i18n.LANGUAGES:
         response.set_cookie(
             i18n.COOKIE, lang, max_age=365 * 86400, path="/admin", samesite="lax", httponly=True
@@ -150,13 +154,21 @@ def auth_page(
     notice: str | None = None,
     username: str = "",
     status_code: int = 200,
+    setup_token: str = "",
 ) -> Response:
     token = guard.form_csrf_token(request)
     page = template.removesuffix(".html")
     response = render(
         template,
         context(
-            request, page, None, form_csrf=token, error=error, notice=notice, username=username
+            request,
+            page,
+            None,
+            form_csrf=token,
+            error=error,
+            notice=notice,
+            username=username,
+            setup_token=setup_token,
         ),
         status_code=status_code,
     )
@@ -171,7 +183,9 @@ async def setup_form(request: Request, services: ServicesDep) -> Response:
         return switched
     if await guard.admin_ready(request, services):
         return redirect("/admin/login")
-    return auth_page(request, "setup.html")
+    # a token from the console's link rides along hidden; without one the form asks for it
+    given = request.query_params.get("token", "")[:128]
+    return auth_page(request, "setup.html", setup_token=given)
 
 
 @router.post("/setup")
@@ -181,13 +195,30 @@ async def setup_submit(request: Request, services: ServicesDep) -> Response:
     form = await request.form()
     username = str(form.get("username", "")).strip()
     password = str(form.get("password", ""))
+    given = str(form.get("setup_token", "")).strip()[:128]
     if not guard.form_csrf_ok(request, str(form.get("csrf_token", ""))):
         return auth_page(request, "setup.html", error="auth.error.csrf", status_code=403)
+    if not auth.tokens_match(given, auth.setup_token(services.config.box)):
+        services.events.warning(f"🚫 首次设置被拒绝：设置令牌错误 (IP {guard.client_ip(request)})")
+        return auth_page(
+            request,
+            "setup.html",
+            error="auth.error.setup_token",
+            username=username,
+            status_code=403,
+        )
     problem = auth.check_credentials_shape(username, password)
     if problem is None and password != str(form.get("password_confirm", "")):
         problem = "auth.error.mismatch"
     if problem is not None:
-        return auth_page(request, "setup.html", error=problem, username=username, status_code=422)
+        return auth_page(
+            request,
+            "setup.html",
+            error=problem,
+            username=username,
+            status_code=422,
+            setup_token=given,
+        )
     try:
         created = await services.db.run(
             lambda s: auth.create_first_admin(s, username=username, password=password)
@@ -226,6 +257,10 @@ async def login_submit(request: Request, services: ServicesDep) -> Response:
     if not guard.form_csrf_ok(request, str(form.get("csrf_token", ""))):
         return auth_page(request, "login.html", error="auth.error.csrf", status_code=403)
     ip = guard.client_ip(request)
+    # an account being guessed from many addresses is slowed down here, never locked out
+    delay = await services.db.run(lambda s: auth.account_delay(s, username=username))
+    if delay > 0:
+        await anyio.sleep(delay)
 
     def attempt(session: Any) -> str | None:
         user = auth.authenticate(session, username=username, password=password, ip=ip)

@@ -21,7 +21,7 @@ import pytest
 
 from picgate.db.models import Image
 from tests.conftest import Gateway
-from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER
+from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, setup_token
 from tests.support.images import make_image
 
 pytestmark = pytest.mark.browser
@@ -126,6 +126,16 @@ def test_admin_console_end_to_end_in_chromium(
     # -- first run: every page leads to setup, then login ----------------------------------
     page.goto(url + "/admin/images")
     assert page.url.endswith("/admin/setup")
+    # without the console's token the form asks for it, and a wrong one is refused
+    page.fill("input[name=setup_token]", "not-the-token")
+    page.fill("input[name=username]", ADMIN_USER)
+    page.fill("input[name=password]", ADMIN_PASSWORD)
+    page.fill("input[name=password_confirm]", ADMIN_PASSWORD)
+    page.click("button[type=submit]")
+    assert "设置令牌" in page.inner_text("#error")
+    # the link printed on the console carries the token in a hidden field
+    page.goto(url + "/admin/setup?token=" + setup_token())
+    assert page.locator("input[name=setup_token]").get_attribute("type") == "hidden"
     shot(page, "setup")
     page.fill("input[name=username]", ADMIN_USER)
     page.fill("input[name=password]", ADMIN_PASSWORD)

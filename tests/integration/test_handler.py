@@ -257,6 +257,8 @@ def _cookie_pairs(answer: dict[str, Any]) -> list[str]:
 def test_handler_admin_login_cookie_round_trip(lam: ModuleType) -> None:
     if importlib.util.find_spec("picgate.admin.routes") is None:
         pytest.skip("the admin console (picgate.admin) is not in this build")
+    from tests.support.admin import setup_token
+
     form_headers = {"content-type": "application/x-www-form-urlencoded"}
     page = invoke(lam, http_event("function_url_get.json", path="/admin/setup"))
     assert page["statusCode"] == 200
@@ -267,6 +269,7 @@ def test_handler_admin_login_cookie_round_trip(lam: ModuleType) -> None:
             "password": "correct horse battery staple",
             "password_confirm": "correct horse battery staple",
             "csrf_token": _csrf(page),
+            "setup_token": setup_token("lambda-test-secret-0123456789"),
         }
     )
     done = invoke(

@@ -6,8 +6,19 @@ import re
 
 import httpx
 
+from picgate.admin import auth
+from picgate.settings_store import SecretBox
+
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "correct-horse-battery"
+# the SECRET_KEY the test gateways run with (tests/conftest.py ``make_settings``)
+TEST_SECRET_KEY = "test-secret-key-0123456789"
+
+
+def setup_token(secret_key: str = TEST_SECRET_KEY) -> str:
+    """The first-run setup token a gateway with this SECRET_KEY prints on its console."""
+    return auth.setup_token(SecretBox(secret_key))
+
 
 _FORM_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 _META_TOKEN = re.compile(r'<meta name="csrf-token" content="([^"]*)"')
@@ -26,16 +37,23 @@ def meta_token(html: str) -> str:
 
 
 def setup_admin(
-    client: httpx.Client, username: str = ADMIN_USER, password: str = ADMIN_PASSWORD
+    client: httpx.Client,
+    username: str = ADMIN_USER,
+    password: str = ADMIN_PASSWORD,
+    *,
+    token: str | None = None,
 ) -> httpx.Response:
-    token = form_token(client.get("/admin/setup").text)
+    """First-run setup through the form, with the console's setup token (``token``; by default
+    the one for TEST_SECRET_KEY)."""
+    csrf = form_token(client.get("/admin/setup").text)
     return client.post(
         "/admin/setup",
         data={
             "username": username,
             "password": password,
             "password_confirm": password,
-            "csrf_token": token,
+            "csrf_token": csrf,
+            "setup_token": setup_token() if token is None else token,
         },
     )
 

@@ -160,3 +160,11 @@ def test_packaging_lists_every_package_and_ships_the_templates() -> None:
     assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
     assert config["package-dir"]["picgate.admin_templates"] == "admin_templates"
     assert (ROOT / "admin_templates" / "base.html").is_file()
+
+
+def test_mask_hides_short_secrets_fully_and_long_ones_but_seven_characters() -> None:
+    for short in ("sk-abc", "sk-live-abcdefghijkl", "x" * 23):
+        assert mask(short) == "••••••••"
+    key = "pg-" + "A" * 40 + "wxyz"
+    assert mask(key) == "pg-••••••••wxyz"
+    assert mask(None) == mask("") == ""

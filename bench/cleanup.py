@@ -59,8 +59,8 @@ def build(data: Path, rows: int, files: int) -> None:
     )
     from picgate.eventlog import new_log_id
     from picgate.services import Services
-    from picgate.storage.objects import MemoryObjectStore
-    from picgate.storage.store import utcnow
+    from picgate.storage.image_store import utcnow
+    from picgate.storage.memory_store import MemoryObjectStore
 
     services = Services(settings_for(data), objects=MemoryObjectStore())
     services.prepare()
@@ -145,7 +145,7 @@ def run_child(data: Path, *, trace: bool) -> dict[str, Any]:
 
     from picgate.jobs.cleanup import run_jobs
     from picgate.services import Services
-    from picgate.storage.objects import MemoryObjectStore
+    from picgate.storage.memory_store import MemoryObjectStore
 
     services = Services(settings_for(data), objects=MemoryObjectStore())
     services.prepare()

@@ -22,11 +22,11 @@ from picgate.errors import StorageUnavailable
 from picgate.eventlog import EventLog
 from picgate.gateway.upstream import Upstream
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
+from picgate.storage.archive import Remote, fetch_remote_bytes, locate_remote
+from picgate.storage.image_store import ImageStore, StoredImage
 from picgate.storage.local import LocalCache
-from picgate.storage.objects import ObjectStore
-from picgate.storage.remote import Remote, fetch_remote_bytes, locate_remote
-from picgate.storage.store import ImageStore, StoredImage
-from picgate.storage.uploads import UploadWorker, upload_now
+from picgate.storage.object_store import ObjectStore
+from picgate.storage.upload_queue import UploadWorker, upload_now
 
 if TYPE_CHECKING:
     from picgate.db.models import Image

@@ -67,7 +67,7 @@ def make_services(make_settings: Callable[..., Settings]) -> Iterator[Callable[.
     """Services (prepared, server mode) on the test's data folder; closed after the test."""
     import anyio
 
-    from picgate.storage.objects import ObjectStore
+    from picgate.storage.object_store import ObjectStore
 
     made: list[Services] = []
 

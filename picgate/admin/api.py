@@ -21,7 +21,7 @@ from picgate.deps import ServicesDep
 from picgate.errors import Gone, NotConfigured, NotFound, Unprocessable, UpstreamError
 from picgate.services import Services
 from picgate.settings_store import generate_api_key, mask
-from picgate.storage.store import StoredImage
+from picgate.storage.image_store import StoredImage
 
 router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
 

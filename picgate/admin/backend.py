@@ -106,8 +106,8 @@ async def r2_health(services: Services, settings: Settings) -> dict[str, Any]:
     cached = _r2_checked.get(id(services))
     if cached and cached[1] == signature and time.monotonic() - cached[0] < R2_CHECK_SECONDS:
         return cached[2]
-    from picgate.storage.objects import ObjectStoreError
-    from picgate.storage.remote import build_object_store
+    from picgate.storage.archive import build_object_store
+    from picgate.storage.object_store import ObjectStoreError
 
     store = build_object_store(settings, max_attempts=1)
     result: dict[str, Any]

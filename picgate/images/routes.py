@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from picgate.deps import ServicesDep
 from picgate.errors import NotFound
 from picgate.images.serving import locate
-from picgate.storage.store import parse_image_name
+from picgate.storage.image_store import parse_image_name
 
 router = APIRouter()
 

@@ -11,7 +11,7 @@ import anyio.to_thread
 
 from picgate.errors import Gone, NotFound
 from picgate.services import Services
-from picgate.storage.store import StoredImage
+from picgate.storage.image_store import StoredImage
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ async def _local(
 ) -> Located:
     if services.serverless:
         # Lambda refuses answers over ~6 MB: a large image leaves by redirect even from /tmp
-        from picgate.storage.remote import oversize_redirect
+        from picgate.storage.archive import oversize_redirect
 
         redirect = await oversize_redirect(services, record)
         if redirect is not None:

@@ -4,7 +4,7 @@
 scheduler of server mode and ``handler.cleanup`` on Lambda (the last two through
 ``picgate.jobs.scheduler.run_scheduled``, which adds the lease). In order:
 
-1. retry due R2 uploads (``picgate.storage.uploads.upload_due``);
+1. retry due R2 uploads (``picgate.storage.upload_queue.upload_due``);
 2. local TTL (``LOCAL_CACHE_TTL_HOURS``, by last access) and 3. the size cap
    (``MAX_LOCAL_CACHE_MB``, least recently accessed first), both under the safety rule of
    ``picgate.jobs.eviction``;
@@ -39,7 +39,7 @@ from picgate.jobs.eviction import (
     r2_configured,
 )
 from picgate.jobs.repair import repair
-from picgate.storage.objects import ObjectStoreError
+from picgate.storage.object_store import ObjectStoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -239,7 +239,7 @@ def drain_uploads(
 
     A row that fails is rescheduled into the future, so each pass shrinks the due set.
     """
-    from picgate.storage.uploads import upload_due
+    from picgate.storage.upload_queue import upload_due
 
     totals: dict[str, int] = {}
     deadline = time.monotonic() + budget

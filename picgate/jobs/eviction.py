@@ -31,7 +31,7 @@ from picgate.db.models import R2_UPLOADED, Image
 
 if TYPE_CHECKING:
     from picgate.services import Services
-    from picgate.storage.store import StoredImage
+    from picgate.storage.image_store import StoredImage
 
 log = logging.getLogger("picgate")
 

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image
-from picgate.storage.objects import ConnectionCheck, ObjectStore, ObjectStoreError
-from picgate.storage.remote import build_object_store, missing_r2_settings
-from picgate.storage.store import utcnow
-from picgate.storage.uploads import upload_due
+from picgate.storage.archive import build_object_store, missing_r2_settings
+from picgate.storage.image_store import utcnow
+from picgate.storage.object_store import ConnectionCheck, ObjectStore, ObjectStoreError
+from picgate.storage.upload_queue import upload_due
 
 if TYPE_CHECKING:
     from picgate.services import Services

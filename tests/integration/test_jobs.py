@@ -30,8 +30,10 @@ from picgate.jobs.cleanup import run_jobs
 from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler, acquire_lease, run_scheduled
 from picgate.services import Services
-from picgate.storage.objects import DEFAULT_CACHE_CONTROL, MemoryObjectStore, S3ObjectStore
-from picgate.storage.store import StoredImage, utcnow
+from picgate.storage.image_store import StoredImage, utcnow
+from picgate.storage.memory_store import MemoryObjectStore
+from picgate.storage.object_store import DEFAULT_CACHE_CONTROL
+from picgate.storage.s3_store import S3ObjectStore
 from tests.conftest import GATEWAY_KEY, Gateway
 from tests.s3_fixtures import S3_TEST_BUCKET
 from tests.support.images import make_image

@@ -20,16 +20,13 @@ from picgate.app import create_app
 from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, Image, LogEntry
 from picgate.services import Services
-from picgate.storage.objects import (
-    DEFAULT_CACHE_CONTROL,
-    MemoryObjectStore,
-    ObjectStore,
-    S3ObjectStore,
-)
+from picgate.storage.archive import oversize_redirect
+from picgate.storage.image_store import StoredImage, utcnow
+from picgate.storage.memory_store import MemoryObjectStore
+from picgate.storage.object_store import DEFAULT_CACHE_CONTROL, ObjectStore
 from picgate.storage.operations import delete_images, test_r2
-from picgate.storage.remote import oversize_redirect
-from picgate.storage.store import StoredImage, utcnow
-from picgate.storage.uploads import upload_due
+from picgate.storage.s3_store import S3ObjectStore
+from picgate.storage.upload_queue import upload_due
 from tests.conftest import Gateway
 from tests.s3_fixtures import S3_TEST_BUCKET
 from tests.s3server import S3Server

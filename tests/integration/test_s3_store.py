@@ -9,13 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picgate.storage.objects import (
-    MemoryObjectStore,
-    ObjectNotFound,
-    ObjectStoreError,
-    S3ObjectStore,
-    object_key,
-)
+from picgate.storage.memory_store import MemoryObjectStore
+from picgate.storage.object_store import ObjectNotFound, ObjectStoreError, object_key
+from picgate.storage.s3_store import S3ObjectStore
 from tests.s3server import S3Server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -224,7 +220,7 @@ def test_s3_store_injected_client_is_used_as_is() -> None:
 
 
 def test_objects_module_import_does_not_import_boto3() -> None:
-    code = "import picgate.storage.objects, sys; assert 'boto3' not in sys.modules, 'boto3'"
+    code = "import picgate.storage.s3_store, sys; assert 'boto3' not in sys.modules, 'boto3'"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
     result = subprocess.run(

@@ -29,8 +29,8 @@ from starlette.responses import JSONResponse, Response
 from picgate.db.engine import Database
 from picgate.db.models import R2_UPLOADED, Image, LogEntry
 from picgate.storage.codec import sniff
+from picgate.storage.image_store import utcnow
 from picgate.storage.local import TMP_PREFIX, LocalCache
-from picgate.storage.store import utcnow
 from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY, Gateway
 from tests.robustness.faults import KillableProxy, ResettingUpstream, ServeProcess
 from tests.s3_fixtures import S3_TEST_BUCKET
@@ -89,7 +89,7 @@ def test_faults_s3_killed_and_revived_mid_burst_zero_images_lost(
     s3_server: S3Server,
     s3_store: Any,
 ) -> None:
-    from picgate.storage.uploads import upload_due
+    from picgate.storage.upload_queue import upload_due
 
     sent = unique_images(upstream)
     host, port = s3_server.endpoint_url.removeprefix("http://").split(":")

@@ -32,8 +32,8 @@ from picgate.jobs.repair import repair
 from picgate.jobs.scheduler import run_scheduled
 from picgate.jobs.stats import cache_stats, dashboard_stats
 from picgate.services import Services
-from picgate.storage.objects import MemoryObjectStore
-from picgate.storage.store import StoredImage, utcnow
+from picgate.storage.image_store import StoredImage, utcnow
+from picgate.storage.memory_store import MemoryObjectStore
 from tests.support.images import make_image
 
 MakeServices = Callable[..., Services]

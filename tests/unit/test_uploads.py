@@ -13,7 +13,9 @@ from sqlalchemy import select
 from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image, LogEntry
 from picgate.services import Services
-from picgate.storage.objects import DEFAULT_CACHE_CONTROL, MemoryObjectStore, S3ObjectStore
+from picgate.storage.image_store import StoredImage, utcnow
+from picgate.storage.memory_store import MemoryObjectStore
+from picgate.storage.object_store import DEFAULT_CACHE_CONTROL
 from picgate.storage.operations import (
     archive_local,
     delete_images,
@@ -21,8 +23,8 @@ from picgate.storage.operations import (
     test_r2,
     upload_pending,
 )
-from picgate.storage.store import StoredImage, utcnow
-from picgate.storage.uploads import (
+from picgate.storage.s3_store import S3ObjectStore
+from picgate.storage.upload_queue import (
     MAX_FAST_ATTEMPTS,
     MISSING_LOCAL,
     backoff_delay,

@@ -36,8 +36,8 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image
-from picgate.storage.objects import DEFAULT_CACHE_CONTROL, ObjectStore, ObjectStoreError
-from picgate.storage.store import utcnow
+from picgate.storage.image_store import utcnow
+from picgate.storage.object_store import DEFAULT_CACHE_CONTROL, ObjectStore, ObjectStoreError
 
 if TYPE_CHECKING:
     from picgate.services import Services

@@ -4,7 +4,7 @@
 settings (the admin console can change them while PicGate runs) and rebuilds it only when the
 endpoint, keys or bucket change. Two stores are kept: one for serving, whose client retries a
 request a few times, and one for uploads, whose client tries once, because the upload queue
-(``picgate.storage.uploads``) owns the retries and an outage must fail fast there.
+(``picgate.storage.upload_queue``) owns the retries and an outage must fail fast there.
 
 Serving an image with no local copy (``locate_remote``):
 
@@ -32,14 +32,9 @@ from sqlalchemy import update
 from picgate.config import Settings
 from picgate.db.models import R2_NONE, R2_UPLOADED, Image
 from picgate.errors import StorageUnavailable
-from picgate.storage.objects import (
-    ObjectNotFound,
-    ObjectStore,
-    ObjectStoreError,
-    S3ObjectStore,
-    object_key,
-)
-from picgate.storage.store import StoredImage
+from picgate.storage.image_store import StoredImage
+from picgate.storage.object_store import ObjectNotFound, ObjectStore, ObjectStoreError, object_key
+from picgate.storage.s3_store import S3ObjectStore
 
 if TYPE_CHECKING:
     from picgate.images.serving import Located

@@ -53,6 +53,8 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_request_body_mb * 2**20)
     app.add_middleware(SecurityHeadersMiddleware)
 
+    from picgate.admin.routes import router as admin_router
+    from picgate.gateway.chat_routes import router as chat_router
     from picgate.gateway.routes import router as gateway_router
     from picgate.health import router as health_router
     from picgate.images.routes import router as images_router
@@ -60,27 +62,9 @@ def create_app(
     app.include_router(health_router)
     app.include_router(gateway_router)
     app.include_router(images_router)
-    for extra in _optional_routers():
-        app.include_router(extra)
+    app.include_router(chat_router)
+    app.include_router(admin_router)
     return app
-
-
-def _optional_routers() -> list[Any]:
-    """Routers of parts that may be absent in a slim build (chat, admin)."""
-    routers = []
-    try:
-        from picgate.gateway.chat_routes import router as chat_router
-    except ImportError:
-        pass
-    else:
-        routers.append(chat_router)
-    try:
-        from picgate.admin.routes import router as admin_router
-    except ImportError:
-        pass
-    else:
-        routers.append(admin_router)
-    return routers
 
 
 def _json_error(

@@ -201,7 +201,6 @@ def chat(gateway: Gateway, *, stream: bool) -> httpx.Response:
 def test_faults_upstream_reset_mid_stream_error_event_then_end(
     start_gateway: Callable[..., Gateway], resetting: ResettingUpstream
 ) -> None:
-    pytest.importorskip("picgate.gateway.chat_routes")
     resetting.prefix = STREAM_PREFIX
     gateway = start_gateway(upstream_api_base=resetting.base_url)
     answer = chat(gateway, stream=True)
@@ -220,7 +219,6 @@ def test_faults_upstream_reset_mid_stream_error_event_then_end(
 def test_faults_upstream_reset_chat_before_first_byte_502(
     start_gateway: Callable[..., Gateway], resetting: ResettingUpstream, prefix: bytes
 ) -> None:
-    pytest.importorskip("picgate.gateway.chat_routes")
     resetting.prefix = prefix
     gateway = start_gateway(upstream_api_base=resetting.base_url)
     answer = chat(gateway, stream=False)

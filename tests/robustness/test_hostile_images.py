@@ -160,7 +160,6 @@ def test_hostile_valid_png_polyglot_served_only_as_png_with_nosniff(
 def test_hostile_bomb_stored_raw_and_preview_refused(
     start_gateway: Callable[..., Gateway], upstream: StubUpstream, bomb: str
 ) -> None:
-    pytest.importorskip("picgate.admin.api")
     gateway = start_gateway()
     data = payloads.png_bomb() if bomb == "png" else payloads.gif_bomb()
     upstream_answers(
@@ -203,7 +202,6 @@ PREVIEW_RSS = textwrap.dedent(
 @pytest.mark.parametrize("bomb", ["png", "gif"])
 def test_hostile_bomb_preview_refused_in_bounded_memory(bomb: str) -> None:
     """Peak RSS of a fresh process: refusing a 400 M / 4.3 G pixel bomb costs a few MB at most."""
-    pytest.importorskip("picgate.admin.thumbnails")
     result = subprocess.run(
         [sys.executable, "-c", PREVIEW_RSS, bomb], capture_output=True, text=True, check=True
     )
@@ -346,7 +344,6 @@ def test_hostile_lying_data_url_edit_input_forwarded_with_real_type(
 def test_hostile_chat_images_stored_with_real_type_svg_never_stored(
     start_gateway: Callable[..., Gateway], upstream: StubUpstream
 ) -> None:
-    pytest.importorskip("picgate.gateway.chat_routes")
     gateway = start_gateway()
     jpeg = make_image("JPEG", 3_000, seed=7)
     lie = "data:image/png;base64," + base64.b64encode(jpeg).decode()

@@ -217,6 +217,4 @@ def _own_image(url: str, base_url: str) -> str | None:
 
 
 async def own_image_bytes(services: Services, image_id: str) -> bytes:
-    from picgate.images.serving import read_image_bytes
-
-    return await read_image_bytes(services, image_id)
+    return await services.serving.read_bytes(image_id)

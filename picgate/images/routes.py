@@ -10,7 +10,6 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from picgate.deps import ServicesDep
 from picgate.errors import NotFound
-from picgate.images.serving import locate
 from picgate.storage.image_store import parse_image_name
 
 router = APIRouter()
@@ -51,7 +50,7 @@ async def get_image(name: str, request: Request, services: ServicesDep) -> Respo
     if parsed is None:
         raise NotFound("No such image.")
     image_id, ext = parsed
-    located = await locate(services, image_id, ext)
+    located = await services.serving.locate(image_id, ext)
     image = located.image
     services.images.touch(image_id)
     headers = {

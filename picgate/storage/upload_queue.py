@@ -12,15 +12,14 @@ shared by every replica:
 - a failure schedules the next fast attempt with exponential backoff and jitter; after
   ``MAX_FAST_ATTEMPTS`` the row is ``failed`` (the last error kept) and retried at a slow pace.
 
-In server mode ``UploadWorker`` runs the queue in the background; in serverless mode
+``UploadQueue(db=, cache=, archive=, events=)`` claims, uploads and drains. In server mode
+``picgate.jobs.upload_worker.UploadWorker`` runs it in the background; in serverless mode
 ``upload_now`` uploads one image before the response returns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import os
 import random
 import secrets
@@ -29,20 +28,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-import anyio.to_thread
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from picgate.db.engine import Database
 from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image
+from picgate.eventlog import EventLog
+from picgate.storage.archive import Archive
 from picgate.storage.image_store import utcnow
+from picgate.storage.local import LocalCache
 from picgate.storage.object_store import DEFAULT_CACHE_CONTROL, ObjectStore, ObjectStoreError
-
-if TYPE_CHECKING:
-    from picgate.services import Services
-
-log = logging.getLogger("picgate")
 
 MAX_FAST_ATTEMPTS = 5
 BACKOFF_BASE_SECONDS = 2.0
@@ -50,10 +47,10 @@ BACKOFF_CAP_SECONDS = 300.0
 SLOW_RETRY_SECONDS = 1800.0
 LEASE_SECONDS = 300.0
 UPLOAD_THREADS = 4
-WAKE_SECONDS = 5.0
 INLINE_ATTEMPTS = 2
 INLINE_PAUSE_SECONDS = 0.2
 MISSING_LOCAL = "local copy missing, nothing to upload"
+DRAIN_BATCH = 100
 
 _RNG = random.Random()  # noqa: S311  (jitter, not a secret)
 
@@ -115,269 +112,248 @@ def lease_free(clock: datetime) -> ColumnElement[bool]:
     return or_(Image.r2_lease_until.is_(None), Image.r2_lease_until < clock)
 
 
-def claim(
-    services: Services,
-    *,
-    owner: str,
-    now: datetime,
-    include_failed: bool = False,
-    limit: int = 100,
-    image_id: str | None = None,
-) -> tuple[list[UploadTask], int]:
-    """Lease up to ``limit`` due rows to ``owner``; returns them and how many others hold.
+class UploadQueue:
+    """The queue in the ``images`` table, and the uploads it drives (see the module docstring).
 
-    The candidates are read first (a read, so an idle queue costs no write), then leased with a
-    single UPDATE that repeats every condition: of two claimers, only one matches a row.
+    Synchronous: callers run it in a worker thread. Built once by ``Services``.
     """
-    clock = utcnow()
-    due = due_condition(now, include_failed=include_failed)
-    if image_id is not None:
-        due = and_(Image.id == image_id, Image.r2_state.in_((R2_PENDING, R2_FAILED)))
 
-    def candidates(session: Session) -> tuple[list[str], int]:
-        ids = session.scalars(
-            select(Image.id)
-            .where(due, lease_free(clock))
-            .order_by(Image.r2_next_attempt_at, Image.id)
-            .limit(limit)
-        ).all()
-        held = session.scalar(
-            select(func.count()).select_from(Image).where(due, ~lease_free(clock))
-        )
-        return list(ids), int(held or 0)
+    def __init__(
+        self, *, db: Database, cache: LocalCache, archive: Archive, events: EventLog
+    ) -> None:
+        self.db = db
+        self.cache = cache
+        self.archive = archive
+        self.events = events
 
-    ids, held = services.db.call(candidates)
-    if not ids:
-        return [], held
-    until = clock + timedelta(seconds=LEASE_SECONDS)
+    def claim(
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        include_failed: bool = False,
+        limit: int = 100,
+        image_id: str | None = None,
+    ) -> tuple[list[UploadTask], int]:
+        """Lease up to ``limit`` due rows to ``owner``; returns them and how many others hold.
 
-    def lease(session: Session) -> list[UploadTask]:
-        session.execute(
-            update(Image)
-            .where(Image.id.in_(ids), due, lease_free(clock))
-            .values(r2_lease_owner=owner, r2_lease_until=until)
-            .execution_options(synchronize_session=False)
-        )
-        rows = session.execute(
-            select(Image.id, Image.ext, Image.mime, Image.r2_state, Image.r2_attempts).where(
-                Image.r2_lease_owner == owner
+        The candidates are read first (a read, so an idle queue costs no write), then leased with a
+        single UPDATE that repeats every condition: of two claimers, only one matches a row.
+        """
+        clock = utcnow()
+        due = due_condition(now, include_failed=include_failed)
+        if image_id is not None:
+            due = and_(Image.id == image_id, Image.r2_state.in_((R2_PENDING, R2_FAILED)))
+
+        def candidates(session: Session) -> tuple[list[str], int]:
+            ids = session.scalars(
+                select(Image.id)
+                .where(due, lease_free(clock))
+                .order_by(Image.r2_next_attempt_at, Image.id)
+                .limit(limit)
+            ).all()
+            held = session.scalar(
+                select(func.count()).select_from(Image).where(due, ~lease_free(clock))
             )
-        ).all()
-        return [UploadTask(r.id, r.ext, r.mime, r.r2_state, r.r2_attempts or 0) for r in rows]
+            return list(ids), int(held or 0)
 
-    tasks = services.db.call(lease)
-    return tasks, held + len(ids) - len(tasks)
+        ids, held = self.db.call(candidates)
+        if not ids:
+            return [], held
+        until = clock + timedelta(seconds=LEASE_SECONDS)
 
-
-def upload_task(
-    services: Services, store: ObjectStore, task: UploadTask, *, owner: str, now: datetime
-) -> tuple[Outcome, str | None]:
-    """Upload one claimed row from its local file and record the result; (outcome, error)."""
-    try:
-        data = services.cache.path(task.id, task.ext).read_bytes()
-    except FileNotFoundError:
-        return record_failure(services, task, owner=owner, now=now, error=MISSING_LOCAL), (
-            MISSING_LOCAL
-        )
-    key = services.remote.key(task.id, task.ext)
-    try:
-        store.put(key, data, content_type=task.mime, cache_control=DEFAULT_CACHE_CONTROL)
-    except ObjectStoreError as exc:
-        return record_failure(services, task, owner=owner, now=now, error=str(exc)), str(exc)
-    record_success(services, store, task, owner=owner, key=key)
-    return "uploaded", None
-
-
-def record_success(
-    services: Services, store: ObjectStore, task: UploadTask, *, owner: str, key: str
-) -> None:
-    def work(session: Session) -> int:
-        result = session.execute(
-            update(Image)
-            .where(
-                Image.id == task.id,
-                Image.r2_lease_owner == owner,
-                Image.r2_state.in_((R2_PENDING, R2_FAILED)),
+        def lease(session: Session) -> list[UploadTask]:
+            session.execute(
+                update(Image)
+                .where(Image.id.in_(ids), due, lease_free(clock))
+                .values(r2_lease_owner=owner, r2_lease_until=until)
+                .execution_options(synchronize_session=False)
             )
-            .values(
-                r2_state=R2_UPLOADED,
-                r2_last_error=None,
-                r2_next_attempt_at=None,
-                r2_lease_owner=None,
-                r2_lease_until=None,
+            rows = session.execute(
+                select(Image.id, Image.ext, Image.mime, Image.r2_state, Image.r2_attempts).where(
+                    Image.r2_lease_owner == owner
+                )
+            ).all()
+            return [UploadTask(r.id, r.ext, r.mime, r.r2_state, r.r2_attempts or 0) for r in rows]
+
+        tasks = self.db.call(lease)
+        return tasks, held + len(ids) - len(tasks)
+
+    def upload_task(
+        self, store: ObjectStore, task: UploadTask, *, owner: str, now: datetime
+    ) -> tuple[Outcome, str | None]:
+        """Upload one claimed row from its local file and record the result; (outcome, error)."""
+        try:
+            data = self.cache.path(task.id, task.ext).read_bytes()
+        except FileNotFoundError:
+            return self.record_failure(task, owner=owner, now=now, error=MISSING_LOCAL), (
+                MISSING_LOCAL
             )
-            .execution_options(synchronize_session=False)
-        )
-        return int(getattr(result, "rowcount", 0) or 0)
-
-    if services.db.call(work):
-        services.events.info(f"☁️ 已上传到 R2: {task.id[:8]}...")
-        return
-    # The row changed under us: deleted, or its R2 copy removed on purpose while we uploaded.
-    # Then the object we just wrote must not outlive that decision. (A row leased to another
-    # worker after our lease expired is left alone: that worker writes the same bytes.)
-    state = services.db.call(lambda s: s.scalar(select(Image.r2_state).where(Image.id == task.id)))
-    if state is None or state == R2_NONE:
-        with contextlib.suppress(ObjectStoreError):
-            store.delete(key)
-
-
-def record_failure(
-    services: Services, task: UploadTask, *, owner: str, now: datetime, error: str
-) -> Outcome:
-    """Schedule the next attempt (backoff), or mark the row ``failed`` after the fast ones."""
-    attempts = task.attempts + 1
-    outcome: Outcome
-    if error == MISSING_LOCAL:
-        # retrying cannot help until someone puts the file back; the admin can retry by hand
-        outcome, state, next_at = "failed", R2_FAILED, None
-    elif task.state == R2_FAILED or attempts >= MAX_FAST_ATTEMPTS:
-        outcome, state = "failed", R2_FAILED
-        next_at = now + timedelta(seconds=slow_retry_delay())
-    else:
-        outcome, state = "retried", R2_PENDING
-        next_at = now + timedelta(seconds=backoff_delay(attempts))
-    services.db.call(
-        lambda s: s.execute(
-            update(Image)
-            .where(Image.id == task.id, Image.r2_lease_owner == owner)
-            .values(
-                r2_state=state,
-                r2_attempts=attempts,
-                r2_last_error=error[:1000],
-                r2_next_attempt_at=next_at,
-                r2_lease_owner=None,
-                r2_lease_until=None,
-            )
-            .execution_options(synchronize_session=False)
-        )
-    )
-    if outcome == "failed":
-        services.events.error(f"❌ R2 上传失败: {task.id[:8]}... (第 {attempts} 次) {error}")
-    return outcome
-
-
-def upload_due(
-    services: Services,
-    *,
-    now: datetime | None = None,
-    include_failed: bool = False,
-    limit: int = 100,
-) -> dict[str, int]:
-    """Claim and upload the due rows (synchronous; run it in a thread).
-
-    Returns counts: ``uploaded``, ``failed`` (now in the failed state), ``retried`` (failed
-    again, next fast attempt scheduled) and ``skipped`` (due, but leased by another worker).
-    Does nothing when R2 is not configured.
-    """
-    counts = {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0}
-    store = services.remote.upload_objects()
-    if store is None:
-        return counts
-    now = _naive_utc(now)
-    owner = new_owner()
-    tasks, counts["skipped"] = claim(
-        services, owner=owner, now=now, include_failed=include_failed, limit=limit
-    )
-    if not tasks:
-        return counts
-    errors: list[str] = []
-    with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(tasks))) as pool:
-        results = pool.map(
-            lambda task: upload_task(services, store, task, owner=owner, now=now), tasks
-        )
-        for outcome, error in results:
-            counts[outcome] += 1
-            if outcome == "retried" and error:
-                errors.append(error)
-    if errors:
-        # one line per batch: an outage would otherwise log every image every few seconds
-        services.events.warning(f"⚠️ R2 上传失败，稍后重试: {len(errors)} 张 ({errors[-1]})")
-    return counts
-
-
-def upload_now(services: Services, image_id: str) -> bool:
-    """Upload one image right away (serverless mode, before the response returns).
-
-    A couple of quick attempts; after that the row keeps its place in the queue (backoff) for
-    the scheduled job. Returns whether the object is in R2 (or being uploaded by someone else).
-    """
-    store = services.remote.upload_objects()
-    if store is None:
-        return False
-    owner = new_owner()
-    tasks, held = claim(services, owner=owner, now=utcnow(), image_id=image_id)
-    if not tasks:
-        return held > 0
-    task = tasks[0]
-    key = services.remote.key(task.id, task.ext)
-    try:
-        data = services.cache.path(task.id, task.ext).read_bytes()
-    except FileNotFoundError:
-        record_failure(services, task, owner=owner, now=utcnow(), error=MISSING_LOCAL)
-        return False
-    error = ""
-    for attempt in range(INLINE_ATTEMPTS):
-        if attempt:
-            time.sleep(INLINE_PAUSE_SECONDS)
+        key = self.archive.key(task.id, task.ext)
         try:
             store.put(key, data, content_type=task.mime, cache_control=DEFAULT_CACHE_CONTROL)
         except ObjectStoreError as exc:
-            error = str(exc)
-            continue
-        record_success(services, store, task, owner=owner, key=key)
-        return True
-    outcome = record_failure(services, task, owner=owner, now=utcnow(), error=error)
-    if outcome == "retried":
-        services.events.error(f"❌ R2 上传失败: {task.id[:8]}... {error}（已排队稍后重试）")
-    return False
+            return self.record_failure(task, owner=owner, now=now, error=str(exc)), str(exc)
+        self.record_success(store, task, owner=owner, key=key)
+        return "uploaded", None
 
-
-class UploadWorker:
-    """Server mode: runs ``upload_due`` in a thread when woken (new image) or every few seconds.
-
-    ``run`` is registered in ``services.background``; it never blocks the event loop, so a slow
-    or unreachable bucket never delays a response.
-    """
-
-    def __init__(self, services: Services, *, interval: float = WAKE_SECONDS) -> None:
-        self.services = services
-        self.interval = interval
-        self._event: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.runs = 0
-
-    def wake(self) -> None:
-        """Ask for a run soon; callable from any thread, harmless before ``run`` starts."""
-        loop, event = self._loop, self._event
-        if loop is None or event is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            event.set()
-        else:
-            loop.call_soon_threadsafe(event.set)
-
-    async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._event = event = asyncio.Event()
-        event.set()  # a first pass at start: rows left pending by a previous run
-        limit = 100
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), self.interval)
-            event.clear()
-            try:
-                counts = await anyio.to_thread.run_sync(
-                    lambda: upload_due(self.services, limit=limit), abandon_on_cancel=True
+    def record_success(self, store: ObjectStore, task: UploadTask, *, owner: str, key: str) -> None:
+        def work(session: Session) -> int:
+            result = session.execute(
+                update(Image)
+                .where(
+                    Image.id == task.id,
+                    Image.r2_lease_owner == owner,
+                    Image.r2_state.in_((R2_PENDING, R2_FAILED)),
                 )
-            except Exception as exc:  # keep the worker alive; the rows stay due
-                log.warning("upload worker pass failed: %s", exc)
+                .values(
+                    r2_state=R2_UPLOADED,
+                    r2_last_error=None,
+                    r2_next_attempt_at=None,
+                    r2_lease_owner=None,
+                    r2_lease_until=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+        if self.db.call(work):
+            self.events.info(f"☁️ 已上传到 R2: {task.id[:8]}...")
+            return
+        # The row changed under us: deleted, or its R2 copy removed on purpose while we uploaded.
+        # Then the object we just wrote must not outlive that decision. (A row leased to another
+        # worker after our lease expired is left alone: that worker writes the same bytes.)
+        state = self.db.call(lambda s: s.scalar(select(Image.r2_state).where(Image.id == task.id)))
+        if state is None or state == R2_NONE:
+            with contextlib.suppress(ObjectStoreError):
+                store.delete(key)
+
+    def record_failure(self, task: UploadTask, *, owner: str, now: datetime, error: str) -> Outcome:
+        """Schedule the next attempt (backoff), or mark the row ``failed`` after the fast ones."""
+        attempts = task.attempts + 1
+        outcome: Outcome
+        if error == MISSING_LOCAL:
+            # retrying cannot help until someone puts the file back; the admin can retry by hand
+            outcome, state, next_at = "failed", R2_FAILED, None
+        elif task.state == R2_FAILED or attempts >= MAX_FAST_ATTEMPTS:
+            outcome, state = "failed", R2_FAILED
+            next_at = now + timedelta(seconds=slow_retry_delay())
+        else:
+            outcome, state = "retried", R2_PENDING
+            next_at = now + timedelta(seconds=backoff_delay(attempts))
+        self.db.call(
+            lambda s: s.execute(
+                update(Image)
+                .where(Image.id == task.id, Image.r2_lease_owner == owner)
+                .values(
+                    r2_state=state,
+                    r2_attempts=attempts,
+                    r2_last_error=error[:1000],
+                    r2_next_attempt_at=next_at,
+                    r2_lease_owner=None,
+                    r2_lease_until=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        )
+        if outcome == "failed":
+            self.events.error(f"❌ R2 上传失败: {task.id[:8]}... (第 {attempts} 次) {error}")
+        return outcome
+
+    def upload_due(
+        self,
+        *,
+        now: datetime | None = None,
+        include_failed: bool = False,
+        limit: int = 100,
+    ) -> dict[str, int]:
+        """Claim and upload the due rows (synchronous; run it in a thread).
+
+        Returns counts: ``uploaded``, ``failed`` (now in the failed state), ``retried`` (failed
+        again, next fast attempt scheduled) and ``skipped`` (due, but leased by another worker).
+        Does nothing when R2 is not configured.
+        """
+        counts = {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0}
+        store = self.archive.upload_objects()
+        if store is None:
+            return counts
+        now = _naive_utc(now)
+        owner = new_owner()
+        tasks, counts["skipped"] = self.claim(
+            owner=owner, now=now, include_failed=include_failed, limit=limit
+        )
+        if not tasks:
+            return counts
+        errors: list[str] = []
+        with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(tasks))) as pool:
+            results = pool.map(
+                lambda task: self.upload_task(store, task, owner=owner, now=now), tasks
+            )
+            for outcome, error in results:
+                counts[outcome] += 1
+                if outcome == "retried" and error:
+                    errors.append(error)
+        if errors:
+            # one line per batch: an outage would otherwise log every image every few seconds
+            self.events.warning(f"⚠️ R2 上传失败，稍后重试: {len(errors)} 张 ({errors[-1]})")
+        return counts
+
+    def upload_now(self, image_id: str) -> bool:
+        """Upload one image right away (serverless mode, before the response returns).
+
+        A couple of quick attempts; after that the row keeps its place in the queue (backoff) for
+        the scheduled job. Returns whether the object is in R2 (or being uploaded by someone else).
+        """
+        store = self.archive.upload_objects()
+        if store is None:
+            return False
+        owner = new_owner()
+        tasks, held = self.claim(owner=owner, now=utcnow(), image_id=image_id)
+        if not tasks:
+            return held > 0
+        task = tasks[0]
+        key = self.archive.key(task.id, task.ext)
+        try:
+            data = self.cache.path(task.id, task.ext).read_bytes()
+        except FileNotFoundError:
+            self.record_failure(task, owner=owner, now=utcnow(), error=MISSING_LOCAL)
+            return False
+        error = ""
+        for attempt in range(INLINE_ATTEMPTS):
+            if attempt:
+                time.sleep(INLINE_PAUSE_SECONDS)
+            try:
+                store.put(key, data, content_type=task.mime, cache_control=DEFAULT_CACHE_CONTROL)
+            except ObjectStoreError as exc:
+                error = str(exc)
                 continue
-            finally:
-                self.runs += 1
-            if counts["uploaded"] + counts["failed"] + counts["retried"] >= limit:
-                event.set()  # a full batch: there may be more waiting
+            self.record_success(store, task, owner=owner, key=key)
+            return True
+        outcome = self.record_failure(task, owner=owner, now=utcnow(), error=error)
+        if outcome == "retried":
+            self.events.error(f"❌ R2 上传失败: {task.id[:8]}... {error}（已排队稍后重试）")
+        return False
+
+    def drain(
+        self,
+        *,
+        now: datetime | None = None,
+        include_failed: bool = False,
+        budget: float,
+        batch: int = DRAIN_BATCH,
+    ) -> dict[str, int]:
+        """``upload_due`` batch after batch until a batch is not full or ``budget`` s are spent.
+
+        A row that fails is rescheduled into the future, so each pass shrinks the due set.
+        Counts are summed over the batches.
+        """
+        totals: dict[str, int] = {}
+        deadline = time.monotonic() + budget
+        while True:
+            counts = self.upload_due(now=now, include_failed=include_failed, limit=batch)
+            for name, value in counts.items():
+                totals[name] = totals.get(name, 0) + value
+            worked = counts["uploaded"] + counts["failed"] + counts["retried"]
+            if worked < batch or time.monotonic() > deadline:
+                return totals
+            include_failed = False  # every failed row had its extra chance in the first pass

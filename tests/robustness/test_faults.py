@@ -89,7 +89,6 @@ def test_faults_s3_killed_and_revived_mid_burst_zero_images_lost(
     s3_server: S3Server,
     s3_store: Any,
 ) -> None:
-    from picgate.storage.upload_queue import upload_due
 
     sent = unique_images(upstream)
     host, port = s3_server.endpoint_url.removeprefix("http://").split(":")
@@ -119,7 +118,9 @@ def test_faults_s3_killed_and_revived_mid_burst_zero_images_lost(
         ids = [url.rsplit("/", 1)[1].split(".")[0] for url in answered]
 
         def all_uploaded() -> bool:
-            upload_due(gateway.services, now=utcnow() + timedelta(days=1), include_failed=True)
+            gateway.services.uploads.upload_due(
+                now=utcnow() + timedelta(days=1), include_failed=True
+            )
             rows = gateway.services.db.call(
                 lambda s: [r.r2_state for r in s.scalars(select(Image).where(Image.id.in_(ids)))]
             )

@@ -10,7 +10,6 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY picgate ./picgate
-COPY admin_templates ./admin_templates
 RUN python -m venv /opt/venv \
  && extras="" && if [ "$TARGETARCH" = "amd64" ]; then extras="[libsql]"; fi \
  && /opt/venv/bin/pip install ".${extras}"

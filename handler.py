@@ -93,7 +93,7 @@ def cleanup(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     asyncio.set_event_loop(LOOP)
     try:
-        result = run_scheduled(services)
+        result = run_scheduled(services.cleanup)
         if inspect.isawaitable(result):
             result = LOOP.run_until_complete(result)
         report: dict[str, Any] = dict(result)

@@ -1,7 +1,7 @@
 """The cleanup job over 100,000 image rows and 10,000 local files: seconds and peak memory.
 
 Builds a data folder (rows inserted with bulk SQL, small files written directly), then runs
-``run_jobs`` once in a fresh child process, so the child's peak RSS is the job's own (plus
+``Cleanup.run`` once in a fresh child process, so the child's peak RSS is the job's own (plus
 imports). A second child reruns on a fresh copy with tracemalloc for the Python heap peak.
 
 The data set makes every step work: R2 on (an in-memory store), 1% of the local rows pending
@@ -59,8 +59,8 @@ def build(data: Path, rows: int, files: int) -> None:
     )
     from picgate.eventlog import new_log_id
     from picgate.services import Services
-    from picgate.storage.objects import MemoryObjectStore
-    from picgate.storage.store import utcnow
+    from picgate.storage.image_store import utcnow
+    from picgate.storage.memory_store import MemoryObjectStore
 
     services = Services(settings_for(data), objects=MemoryObjectStore())
     services.prepare()
@@ -143,9 +143,8 @@ def run_child(data: Path, *, trace: bool) -> dict[str, Any]:
     """In this (fresh) process: run the job once; report seconds and memory."""
     import tracemalloc
 
-    from picgate.jobs.cleanup import run_jobs
     from picgate.services import Services
-    from picgate.storage.objects import MemoryObjectStore
+    from picgate.storage.memory_store import MemoryObjectStore
 
     services = Services(settings_for(data), objects=MemoryObjectStore())
     services.prepare()
@@ -153,7 +152,7 @@ def run_child(data: Path, *, trace: bool) -> dict[str, Any]:
     if trace:
         tracemalloc.start()
     started = time.perf_counter()
-    report = run_jobs(services)
+    report = services.cleanup.run()
     seconds = time.perf_counter() - started
     heap_peak = tracemalloc.get_traced_memory()[1] if trace else 0
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -201,7 +200,7 @@ def main() -> None:
         traced = spawn(data, trace=True)
     r = timed["report"]
     print(
-        f"run_jobs: {timed['seconds']:.2f} s | peak RSS {timed['rss_peak_mb']:.0f} MB "
+        f"cleanup: {timed['seconds']:.2f} s | peak RSS {timed['rss_peak_mb']:.0f} MB "
         f"(after imports and start-up {timed['rss_before_mb']:.0f} MB) | "
         f"Python heap peak during the job {traced['heap_peak_mb']:.1f} MB (tracemalloc run: "
         f"{traced['seconds']:.2f} s)"

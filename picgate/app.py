@@ -60,6 +60,8 @@ def create_app(
     )
     app.add_middleware(SecurityHeadersMiddleware)
 
+    from picgate.admin.routes import router as admin_router
+    from picgate.gateway.chat_routes import router as chat_router
     from picgate.gateway.routes import router as gateway_router
     from picgate.health import router as health_router
     from picgate.images.routes import router as images_router
@@ -67,8 +69,8 @@ def create_app(
     app.include_router(health_router)
     app.include_router(gateway_router)
     app.include_router(images_router)
-    for extra in _optional_routers():
-        app.include_router(extra)
+    app.include_router(chat_router)
+    app.include_router(admin_router)
     return app
 
 
@@ -107,24 +109,6 @@ def without_paths(schema: dict[str, Any], prefix: str) -> dict[str, Any]:
         kept = {k: v for k, v in components.items() if k in keep}
         result["components"] = {**schema["components"], "schemas": kept}
     return result
-
-
-def _optional_routers() -> list[Any]:
-    """Routers of parts that may be absent in a slim build (chat, admin)."""
-    routers = []
-    try:
-        from picgate.gateway.chat_routes import router as chat_router
-    except ImportError:
-        pass
-    else:
-        routers.append(chat_router)
-    try:
-        from picgate.admin.routes import router as admin_router
-    except ImportError:
-        pass
-    else:
-        routers.append(admin_router)
-    return routers
 
 
 def _json_error(

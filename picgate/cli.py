@@ -63,30 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.set_defaults(func=cmd_serve)
 
-    for register in _extra_commands():
-        register(sub)
+    from picgate.admin.cli import register as register_admin
+    from picgate.jobs.cli import register as register_jobs
+
+    register_jobs(sub)
+    register_admin(sub)
 
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
-
-
-def _extra_commands() -> list:  # type: ignore[type-arg]
-    """Subcommands contributed by other modules (cleanup, admin)."""
-    found = []
-    try:
-        from picgate.jobs.cli import register as register_jobs
-    except ImportError:
-        pass
-    else:
-        found.append(register_jobs)
-    try:
-        from picgate.admin.cli import register as register_admin
-    except ImportError:
-        pass
-    else:
-        found.append(register_admin)
-    return found
 
 
 if __name__ == "__main__":

@@ -76,9 +76,9 @@ def public_base_url(request: Request, settings: Settings) -> str:
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
     services: Services = request.app.state.services
-    if not getattr(services, "_warned_base_url", False):
+    if not services.base_url_warned:
         services.events.warning(
             "⚠️ PUBLIC_BASE_URL 未设置，图片链接使用请求地址生成 (PUBLIC_BASE_URL is not set)"
         )
-        services._warned_base_url = True  # type: ignore[attr-defined]
+        services.base_url_warned = True
     return str(request.base_url).rstrip("/")

@@ -1,4 +1,10 @@
-"""Everything the routes need, built once per process and handed to them through ``deps``.
+"""The container: builds every component once per process, wires them, runs their tasks.
+
+Components (each takes only the others it uses): ``db`` (Database), ``events`` (EventLog),
+``cache`` (LocalCache), ``config`` (ConfigService, built on first use), ``upstream``,
+``archive`` (the R2 store), ``images`` (ImageStore), ``uploads`` (UploadQueue), ``serving``
+(ImageServing), ``cleanup`` (the cleanup job). Routes receive the container through ``deps``;
+the domain, storage and jobs modules never import it.
 
 Building does no I/O. ``prepare()`` (synchronous) makes folders, migrates the database and
 generates a gateway key on first start; ``start()``/``stop()`` run the background tasks of
@@ -12,7 +18,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -21,16 +27,17 @@ from picgate.db.engine import Database
 from picgate.errors import StorageUnavailable
 from picgate.eventlog import EventLog
 from picgate.gateway.upstream import Upstream
+from picgate.images.serving import ImageServing
+from picgate.jobs.cleanup import Cleanup
+from picgate.jobs.eviction import CapGuard
+from picgate.jobs.scheduler import CleanupScheduler
+from picgate.jobs.upload_worker import UploadWorker
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
+from picgate.storage.archive import Archive
+from picgate.storage.image_store import ImageStore, StoredImage
 from picgate.storage.local import LocalCache
-from picgate.storage.objects import ObjectStore
-from picgate.storage.remote import Remote, fetch_remote_bytes, locate_remote
-from picgate.storage.store import ImageStore, StoredImage
-from picgate.storage.uploads import UploadWorker, upload_now
-
-if TYPE_CHECKING:
-    from picgate.db.models import Image
-    from picgate.images.serving import Located
+from picgate.storage.object_store import ObjectStore
+from picgate.storage.upload_queue import UploadQueue
 
 log = logging.getLogger("picgate")
 
@@ -57,26 +64,59 @@ class Services:
         self._http: httpx.AsyncClient | None = None
         self.upstream = Upstream(lambda: self.http)
         self._config: ConfigService | None = None
-        self.remote = Remote(lambda: self.config.current(), forced=objects)
+        self.archive = Archive(self._current_settings, forced=objects)
         self.images = ImageStore(
             db=self.db,
             cache=self.cache,
             events=self.events,
             max_image_bytes=settings.max_image_mb * 2**20,
-            r2_enabled=self.remote.configured,
+            r2_enabled=self.archive.configured,
+        )
+        self.uploads = UploadQueue(
+            db=self.db, cache=self.cache, archive=self.archive, events=self.events
+        )
+        self.serving = ImageServing(
+            images=self.images,
+            cache=self.cache,
+            archive=self.archive,
+            events=self.events,
+            serverless=self.serverless,
+        )
+        self.cleanup = Cleanup(
+            db=self.db,
+            events=self.events,
+            cache=self.cache,
+            images=self.images,
+            archive=self.archive,
+            uploads=self.uploads,
+            settings=self._current_settings,
+        )
+        # the size cap runs after every store
+        self.images.on_stored.append(
+            CapGuard(
+                db=self.db,
+                cache=self.cache,
+                images=self.images,
+                archive=self.archive,
+                events=self.events,
+                settings=self._current_settings,
+            )
         )
         self._prepared = False
         self._prepare_lock = threading.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        # extra periodic work registered by other parts (upload worker, scheduler)
+        # the periodic work of server mode (Lambda uploads inline and has EventBridge)
         self.background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.generated_key: str | None = None
-        self.uploader = UploadWorker(self)
+        # the "PUBLIC_BASE_URL is not set" warning is logged once per process
+        self.base_url_warned = False
+        self.uploader = UploadWorker(self.uploads)
         if not self.serverless:
+            scheduler = CleanupScheduler(
+                self.cleanup, interval_minutes=settings.cleanup_interval_minutes
+            )
             self.background.append(self.uploader.run)
-        from picgate.jobs import install as install_jobs
-
-        install_jobs(self)  # the size cap after each store; the cleanup scheduler (server mode)
+            self.background.append(scheduler.run)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -84,6 +124,9 @@ class Services:
         if self._http is None:
             self._http = Upstream.build_client(transport=self._transport)
         return self._http
+
+    def _current_settings(self) -> Settings:
+        return self.config.current()
 
     @property
     def config(self) -> ConfigService:
@@ -154,18 +197,11 @@ class Services:
 
         def archive() -> bool:
             # configured() may read the settings table: off the event loop
-            return not self.remote.configured() or upload_now(self, image.id)
+            return not self.archive.configured() or self.uploads.upload_now(image.id)
 
         if not await anyio.to_thread.run_sync(archive):
             raise StorageUnavailable("the image could not be archived to R2; returned inline")
         return image
-
-    async def locate_remote(self, row: Image) -> Located | None:
-        """Serve an image with no local copy from the remote store (None: not there)."""
-        return await locate_remote(self, row)
-
-    async def fetch_remote_bytes(self, image: StoredImage) -> bytes | None:
-        return await fetch_remote_bytes(self, image)
 
     # -- background work (server mode) ---------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +66,7 @@ def make_services(make_settings: Callable[..., Settings]) -> Iterator[Callable[.
     """Services (prepared, server mode) on the test's data folder; closed after the test."""
     import anyio
 
-    from picgate.storage.objects import ObjectStore
+    from picgate.storage.object_store import ObjectStore
 
     made: list[Services] = []
 
@@ -143,6 +142,6 @@ def openai_client(gateway: Gateway) -> Any:
 
 
 def pytest_report_header() -> list[str]:
-    return [
-        f"PicGate fixtures: {os.environ.get('PICGATE_FIXTURES', '../shared/fixtures/upstream')}"
-    ]
+    from tests.support.fixtures import FIXTURES
+
+    return [f"PicGate fixtures: {FIXTURES}"]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from picgate.storage.objects import S3ObjectStore
+from picgate.storage.s3_store import S3ObjectStore
 from tests.s3server import S3Server
 
 # _s3_shared_store is listed so that `from tests.s3_fixtures import *` brings it along.

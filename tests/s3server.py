@@ -23,7 +23,7 @@ from typing import IO, Any, Self
 
 import httpx
 
-from picgate.storage.objects import S3ObjectStore
+from picgate.storage.s3_store import S3ObjectStore
 
 ACCESS_KEY_ID = "testing"
 SECRET_ACCESS_KEY = "testing"

@@ -22,17 +22,10 @@ from picgate.deps import ServicesDep
 from picgate.errors import Gone, NotConfigured, NotFound, Unprocessable, UpstreamError
 from picgate.services import Services
 from picgate.settings_store import generate_api_key, mask
-from picgate.storage.store import StoredImage
+from picgate.storage.image_store import StoredImage
 
 router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
 
-CACHE_ACTIONS: dict[str, tuple[str, str]] = {
-    "clean-expired": (backend.CLEANUP, "clean_expired"),
-    "clear-local": (backend.CLEANUP, "clear_local"),
-    "upload-pending": (backend.OPERATIONS, "upload_pending"),
-    "retry-failed": (backend.OPERATIONS, "retry_failed"),
-    "archive-local": (backend.OPERATIONS, "archive_local"),
-}
 DELETE_MODES: dict[str, dict[str, bool]] = {
     "local": {"local": True, "remote": False, "forget": False},
     "r2": {"local": False, "remote": True, "forget": False},
@@ -130,7 +123,7 @@ async def test_r2(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]
     settings = await services.config.acurrent()
     if not settings.r2_configured:
         return {"ok": False, "steps": [], "detail": "not_configured"}
-    steps = backend.plain(await backend.call(backend.OPERATIONS, "test_r2", settings))
+    steps = backend.plain(await backend.test_r2(settings))
     ok = bool(steps) and all(step.get("ok") for step in steps)
     return {"ok": ok, "steps": steps, "detail": ""}
 
@@ -154,10 +147,10 @@ async def cache(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
 
 @router.post("/cache/{action}")
 async def cache_action(action: str, services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
-    target = CACHE_ACTIONS.get(action)
+    target = backend.CACHE_ACTIONS.get(action)
     if target is None:
         raise NotFound(f"Unknown cache action {action!r}.")
-    result = await backend.call(target[0], target[1], services)
+    result = await backend.cache_action(services, target)
     await anyio.to_thread.run_sync(services.events.flush)
     return {
         "ok": True,
@@ -190,7 +183,7 @@ async def delete_images(
 ) -> dict[str, Any]:
     flags = DELETE_MODES[body.mode]
     ids = list(dict.fromkeys(body.ids))
-    result = await backend.call(backend.OPERATIONS, "delete_images", services, ids, **flags)
+    result = await backend.delete_images(services, ids, **flags)
     if flags["local"]:
         root = thumbnails.thumbs_dir(services.cache.root)
         for image_id in ids:
@@ -206,7 +199,7 @@ async def _image_bytes(services: Services, row: Image) -> bytes:
     data = await anyio.to_thread.run_sync(services.cache.read, row.id, row.ext)
     if data is None:
         image = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
-        data = await services.fetch_remote_bytes(image)
+        data = await services.serving.fetch_bytes(image)
     if data is None:
         raise Gone("This image is no longer stored anywhere.")
     return data

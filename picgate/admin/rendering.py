@@ -1,7 +1,7 @@
 """Templates, static files and the response headers of every admin route.
 
-Templates live in ``admin_templates/`` at the repository root; a wheel installs them as the
-package ``picgate.admin_templates``. Both layouts are found without configuration. Pages carry
+Templates live in ``picgate/admin/templates/`` (static files in its ``static/``), package data
+of ``picgate.admin``, so a checkout and an installed wheel find them the same way. Pages carry
 a strict CSP (no inline script or style), so the JS reads its data from JSON blocks and the
 stylesheet is a file.
 """
@@ -40,14 +40,11 @@ _STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\.(css|js|svg|png|ico)$")
 
 @functools.cache
 def templates_root() -> Path:
-    """The folder holding the templates: installed package data first, then the checkout."""
-    installed = Path(str(resources.files("picgate") / "admin_templates"))
-    if (installed / "base.html").is_file():
-        return installed
-    source = Path(__file__).resolve().parents[2] / "admin_templates"
-    if (source / "base.html").is_file():
-        return source
-    raise RuntimeError("admin templates not found (expected admin_templates/ next to picgate/)")
+    """The folder holding the templates (package data of ``picgate.admin``)."""
+    root = Path(str(resources.files("picgate.admin") / "templates"))
+    if not (root / "base.html").is_file():
+        raise RuntimeError(f"admin templates not found (expected {root}/base.html)")
+    return root
 
 
 @functools.cache

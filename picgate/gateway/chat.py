@@ -98,11 +98,10 @@ def history_images(
     services: Services, settings: Settings, own_bases: Sequence[str]
 ) -> HistoryImages:
     """``HistoryImages`` backed by the image store and, when allowed, the SSRF-guarded fetch."""
-    from picgate.images.serving import read_image_bytes
 
     async def load_own(image_id: str) -> bytes | None:
         try:
-            return await read_image_bytes(services, image_id)
+            return await services.serving.read_bytes(image_id)
         except (NotFound, Gone):
             return None
 

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from picgate.errors import BadRequest, PicGateError
 from picgate.storage.codec import data_url, sniff
-from picgate.storage.store import parse_image_name
+from picgate.storage.image_store import parse_image_name
 
 __all__ = [
     "HistoryImages",

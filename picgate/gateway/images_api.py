@@ -28,8 +28,8 @@ from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
 from picgate.gateway.upstream import not_json_answer
 from picgate.services import Services
 from picgate.storage.codec import sniff
+from picgate.storage.image_store import StoredImage
 from picgate.storage.incoming import Received
-from picgate.storage.store import StoredImage
 
 RESPONSE_FORMATS = ("url", "b64_json")
 ENCODE_OFF_LOOP_BYTES = 256 * 1024

@@ -207,7 +207,7 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
 
 
 def _own_image(url: str, base_url: str) -> str | None:
-    from picgate.storage.store import parse_image_name
+    from picgate.storage.image_store import parse_image_name
 
     prefix = base_url + "/images/"
     if not url.startswith(prefix):
@@ -217,6 +217,4 @@ def _own_image(url: str, base_url: str) -> str | None:
 
 
 async def own_image_bytes(services: Services, image_id: str) -> bytes:
-    from picgate.images.serving import read_image_bytes
-
-    return await read_image_bytes(services, image_id)
+    return await services.serving.read_bytes(image_id)

@@ -15,8 +15,7 @@ from fastapi.responses import RedirectResponse, Response
 from picgate.deps import ServicesDep
 from picgate.errors import NotFound
 from picgate.images.ranges import RangedFileResponse, check_ranges
-from picgate.images.serving import locate
-from picgate.storage.store import parse_image_name
+from picgate.storage.image_store import parse_image_name
 
 router = APIRouter()
 
@@ -56,7 +55,7 @@ async def get_image(name: str, request: Request, services: ServicesDep) -> Respo
     if parsed is None:
         raise NotFound("No such image.")
     image_id, ext = parsed
-    located = await locate(services, image_id, ext)
+    located = await services.serving.locate(image_id, ext)
     image = located.image
     services.images.touch(image_id)
     headers = {

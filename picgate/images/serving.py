@@ -1,17 +1,67 @@
-"""Finding the bytes of an image: local cache first, then the remote store (R2)."""
+"""The serving policy: where the bytes of ``/images/{id}`` come from.
+
+``ImageServing.locate`` decides, in this order:
+
+- a local copy whose size matches its row → serve the file, except in serverless mode when the
+  image is larger than Lambda can return (4.5 MB raw): then redirect (public URL, else a
+  presigned one);
+- no local copy, the row never archived (``r2_state = none``) → 410;
+- ``R2_PUBLIC_BASE_URL`` set and the object uploaded → redirect to the public URL;
+- larger than the runtime can return → redirect to a short-lived presigned URL;
+- otherwise fetch it back from R2 (once per id, however many requests miss at the same time),
+  write it to the local cache atomically, and serve the file;
+- missing from the bucket → 410; the bucket unreachable → ``StorageUnavailable`` (503); bytes
+  whose SHA-256 is not the row's → 502 ``storage_checksum_mismatch``, nothing cached (also for
+  ``fetch_bytes``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import stat
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
 
-from picgate.errors import Gone, NotFound
-from picgate.services import Services
-from picgate.storage.store import StoredImage
+from picgate.db.models import R2_NONE, R2_UPLOADED, Image
+from picgate.errors import Gone, NotFound, PicGateError, StorageUnavailable
+from picgate.eventlog import EventLog
+from picgate.storage.archive import Archive
+from picgate.storage.image_store import ImageStore, StoredImage
+from picgate.storage.local import LocalCache
+
+log = logging.getLogger("picgate")
+
+# Lambda returns at most 6 MB of payload, and binary bodies travel as base64 (4/3).
+SERVERLESS_MAX_BODY = 4_500_000
+
+
+def digest_matches(data: bytes, sha256: str, image_id: str) -> bool:
+    """Whether ``data`` is the image its row describes; logs an error when it is not.
+
+    What R2 hands back is checked before it is cached or served: an object overwritten in the
+    bucket (by hand, another tool, a key collision between deployments) must never be served,
+    with the immutable caching of ``/images``, as if it were this image.
+    """
+    if hashlib.sha256(data).hexdigest() == sha256:
+        return True
+    log.error("R2 object for image %s does not match its SHA-256; not served", image_id)
+    return False
+
+
+def checksum_mismatch() -> PicGateError:
+    """502: the store answered, with the wrong bytes. Not 503 with ``Retry-After``: trying again
+    would fetch the same object."""
+    return PicGateError(
+        "The image store (R2) returned bytes that do not match this image's checksum.",
+        status_code=502,
+        code="storage_checksum_mismatch",
+    )
 
 
 @dataclass(frozen=True)
@@ -32,47 +82,152 @@ def _stat_file(path: Path, size: int) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) and st.st_size == size else None
 
 
-async def _local(
-    services: Services, record: StoredImage, path: Path, st: os.stat_result
-) -> Located:
-    if services.serverless:
-        # Lambda refuses answers over ~6 MB: a large image leaves by redirect even from /tmp
-        from picgate.storage.remote import oversize_redirect
+class ImageServing:
+    """Finds an image's bytes: the local cache first, then the archive (see the module doc)."""
 
-        redirect = await oversize_redirect(services, record)
+    def __init__(
+        self,
+        *,
+        images: ImageStore,
+        cache: LocalCache,
+        archive: Archive,
+        events: EventLog,
+        serverless: bool,
+    ) -> None:
+        self.images = images
+        self.cache = cache
+        self.archive = archive
+        self.events = events
+        # Lambda refuses answers over ~6 MB: larger images leave by redirect
+        self.max_body = SERVERLESS_MAX_BODY if serverless else None
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future[Path | None]] = {}
+
+    async def locate(self, image_id: str, ext: str | None) -> Located:
+        """Where to get ``image_id``'s bytes; NotFound (unknown id, wrong extension) or Gone."""
+        record = self.images.cached_record(image_id)
+        if record is not None and (ext is None or ext == record.ext):
+            path = self.cache.path(image_id, record.ext)
+            st = await anyio.to_thread.run_sync(_stat_file, path, record.size)
+            if st is not None:
+                return await self._local(record, path, st)
+        row = await anyio.to_thread.run_sync(self.images.load_row, image_id)
+        if row is None or (ext is not None and ext != row.ext):
+            raise NotFound("No such image.")
+        record = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
+        path = self.cache.path(image_id, row.ext)
+        st = await anyio.to_thread.run_sync(_stat_file, path, row.size)
+        if st is not None:
+            return await self._local(record, path, st)
+        remote = await self.locate_remote(row)
+        if remote is not None:
+            return remote
+        raise Gone("This image has expired and is no longer stored anywhere.")
+
+    async def read_bytes(self, image_id: str) -> bytes:
+        """The bytes of a stored image (for inlining into upstream requests)."""
+        located = await self.locate(image_id, None)
+        if located.path is not None:
+            return await anyio.to_thread.run_sync(located.path.read_bytes)
+        data = await self.fetch_bytes(located.image)
+        if data is None:
+            raise Gone("This image has expired and is no longer stored anywhere.")
+        return data
+
+    async def fetch_bytes(self, image: StoredImage) -> bytes | None:
+        """The object's bytes straight from the archive (no caching); None when not there."""
+        data = await anyio.to_thread.run_sync(self.archive.get, image.id, image.ext)
+        if data is not None and not digest_matches(data, image.sha256, image.id):
+            raise checksum_mismatch()
+        return data
+
+    async def _local(self, record: StoredImage, path: Path, st: os.stat_result) -> Located:
+        redirect = await self.oversize_redirect(record)
         if redirect is not None:
             return redirect
-    return Located(record, path=path, stat=st)
+        return Located(record, path=path, stat=st)
 
+    async def oversize_redirect(self, image: StoredImage) -> Located | None:
+        """Serverless: a redirect for an image too large for a Lambda answer, even with a /tmp
+        copy (public URL, else presigned). None when the image can be served directly."""
+        if self.max_body is None or image.size <= self.max_body:
+            return None
+        archive = self.archive
 
-async def locate(services: Services, image_id: str, ext: str | None) -> Located:
-    """Where to get ``image_id``'s bytes; NotFound (unknown id, wrong extension) or Gone."""
-    record = services.images.cached_record(image_id)
-    if record is not None and (ext is None or ext == record.ext):
-        path = services.cache.path(image_id, record.ext)
-        st = await anyio.to_thread.run_sync(_stat_file, path, record.size)
-        if st is not None:
-            return await _local(services, record, path, st)
-    row = await anyio.to_thread.run_sync(services.images.load_row, image_id)
-    if row is None or (ext is not None and ext != row.ext):
-        raise NotFound("No such image.")
-    record = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
-    path = services.cache.path(image_id, row.ext)
-    st = await anyio.to_thread.run_sync(_stat_file, path, row.size)
-    if st is not None:
-        return await _local(services, record, path, st)
-    remote = await services.locate_remote(row)
-    if remote is not None:
-        return remote
-    raise Gone("This image has expired and is no longer stored anywhere.")
+        def url() -> str | None:
+            public = archive.public_url(image.id, image.ext)
+            if public is not None:
+                return public
+            return archive.presigned_url(image.id, image.ext)
 
+        target = await anyio.to_thread.run_sync(url)
+        return None if target is None else Located(image, redirect=target)
 
-async def read_image_bytes(services: Services, image_id: str) -> bytes:
-    """The bytes of a stored image (for inlining into upstream requests)."""
-    located = await locate(services, image_id, None)
-    if located.path is not None:
-        return await anyio.to_thread.run_sync(located.path.read_bytes)
-    data = await services.fetch_remote_bytes(located.image)
-    if data is None:
-        raise Gone("This image has expired and is no longer stored anywhere.")
-    return data
+    async def locate_remote(self, row: Image) -> Located | None:
+        """Serve an image with no local copy from the archive (None: not there)."""
+        if row.r2_state == R2_NONE:
+            return None
+        # everything below reads the settings (maybe from the database): in worker threads
+        image = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
+        redirect = await anyio.to_thread.run_sync(self.redirect_url, row)
+        if redirect is not None:
+            return Located(image, redirect=redirect)
+        path = await anyio.to_thread.run_sync(self.fetch_to_cache, row)
+        if path is None:
+            return None
+        return Located(image, path=path)
+
+    def redirect_url(self, row: Image) -> str | None:
+        """Where to send the client instead of serving the bytes ourselves, if anywhere."""
+        if row.r2_state == R2_UPLOADED:
+            public = self.archive.public_url(row.id, row.ext)
+            if public is not None:
+                return public
+        if self.max_body is not None and row.size > self.max_body:
+            return self.archive.presigned_url(row.id, row.ext)
+        return None
+
+    def fetch_to_cache(self, row: Image) -> Path | None:
+        """Fetch ``row``'s object into the local cache; the file path, or None if not in R2.
+
+        Synchronous (call from a worker thread). Concurrent calls for the same id share one
+        fetch: the first caller does the work, the others wait for its result.
+        """
+        with self._lock:
+            flight = self._inflight.get(row.id)
+            leader = flight is None
+            if flight is None:
+                flight = Future()
+                self._inflight[row.id] = flight
+        if not leader:
+            return flight.result()
+        try:
+            path = self._fetch_and_cache(row)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        else:
+            flight.set_result(path)
+            return path
+        finally:
+            with self._lock:
+                self._inflight.pop(row.id, None)
+
+    def _fetch_and_cache(self, row: Image) -> Path | None:
+        path = self.cache.path(row.id, row.ext)
+        if path.is_file():  # a previous flight finished just before this one started
+            return path
+        try:
+            data = self.archive.get(row.id, row.ext)
+        except StorageUnavailable:
+            self.events.warning(f"⚠️ R2 不可用，无法取回图片: {row.id[:8]}...")
+            raise
+        if data is None:
+            return None
+        if not digest_matches(data, row.sha256, row.id):
+            self.events.error(f"❌ R2 对象内容校验失败: {row.id[:8]}...")
+            raise checksum_mismatch()
+        path = self.cache.write(row.id, row.ext, data)
+        self.images.mark_cached(row.id)
+        self.events.info(f"📥 已从 R2 取回并缓存: {row.id[:8]}...")
+        return path

@@ -67,7 +67,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + max(0.0, args.wait)
         while True:
             # every pending and failed upload is tried at once (DESIGN: picgate cleanup)
-            result = run_scheduled(services, include_failed=True)
+            result = run_scheduled(services.cleanup, include_failed=True)
             if result["ran"] or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_SECONDS)

@@ -33,8 +33,12 @@ from sqlalchemy.orm import Session
 from picgate.db.models import R2_NONE, R2_UPLOADED, Image
 
 if TYPE_CHECKING:
-    from picgate.services import Services
-    from picgate.storage.store import StoredImage
+    from picgate.config import Settings
+    from picgate.db.engine import Database
+    from picgate.eventlog import EventLog
+    from picgate.storage.archive import Archive
+    from picgate.storage.image_store import ImageStore, StoredImage
+    from picgate.storage.local import LocalCache
 
 log = logging.getLogger("picgate")
 
@@ -58,14 +62,6 @@ class Eviction:
     errors: list[str] = field(default_factory=list)
 
 
-def r2_configured(services: Services) -> bool:
-    """Whether images are archived in R2 (the effective settings; cheap)."""
-    remote: Any = getattr(services, "remote", None)
-    if remote is not None:
-        return bool(remote.configured())
-    return services.config.current().r2_configured
-
-
 def safe_to_remove(r2_on: bool) -> ColumnElement[bool]:
     """Rows whose local copy may go (see the module docstring): ``uploaded`` always, ``none``
     only while R2 is not configured. ``pending``/``failed`` never: the settings that queued
@@ -75,18 +71,21 @@ def safe_to_remove(r2_on: bool) -> ColumnElement[bool]:
     return Image.r2_state.in_((R2_UPLOADED, R2_NONE))
 
 
-def fetch_rows(services: Services, query: Executable) -> list[Any]:
+def fetch_rows(db: Database, query: Executable) -> list[Any]:
     """All rows of ``query`` (a small batch), read in one transaction."""
-    return services.db.call(lambda session: list(session.execute(query).all()))
+    return db.call(lambda session: list(session.execute(query).all()))
 
 
-def execute(services: Services, statement: Executable) -> None:
-    services.db.call(lambda session: session.execute(statement))
+def execute(db: Database, statement: Executable) -> None:
+    db.call(lambda session: session.execute(statement))
 
 
 def _evict(
-    services: Services,
     *,
+    db: Database,
+    cache: LocalCache,
+    images: ImageStore,
+    archive: Archive,
     where: ColumnElement[bool],
     excess: Callable[[], int] | None = None,
 ) -> Eviction:
@@ -95,7 +94,7 @@ def _evict(
     ``excess`` (the size cap) gives the bytes still to free; each batch takes just enough rows
     by their recorded size, and the pass ends once it is ≤ 0.
     """
-    r2_on = r2_configured(services)
+    r2_on = archive.configured()
     result = Eviction()
     failed: list[str] = []
     condition = and_(Image.local.is_(True), safe_to_remove(r2_on), where)
@@ -111,14 +110,14 @@ def _evict(
         )
         if failed:
             query = query.where(Image.id.not_in(failed))
-        rows = fetch_rows(services, query)
+        rows = fetch_rows(db, query)
         if not rows:
             break
         if need is not None:
             rows = _just_enough(rows, need)
         gone_for_good: list[str] = []
         remote_kept: list[str] = []
-        for row, outcome in zip(rows, _remove_files(services, rows), strict=True):
+        for row, outcome in zip(rows, _remove_files(cache, rows), strict=True):
             if isinstance(outcome, OSError):  # the row keeps local=True; the file is served
                 failed.append(row.id)
                 result.errors.append(
@@ -126,10 +125,10 @@ def _evict(
                 )
                 continue
             result.bytes_freed += outcome
-            services.images.forget(row.id)
+            images.forget(row.id)
             (remote_kept if row.r2_state == R2_UPLOADED else gone_for_good).append(row.id)
-        _mark_removed(services, remote_kept, expired=False)
-        _mark_removed(services, gone_for_good, expired=True)
+        _mark_removed(db, remote_kept, expired=False)
+        _mark_removed(db, gone_for_good, expired=True)
         result.removed += len(remote_kept) + len(gone_for_good)
         result.expired += len(gone_for_good)
         if len(failed) >= MAX_FAILURES:
@@ -149,7 +148,7 @@ def _just_enough(rows: list[Any], need: int) -> list[Any]:
     return chosen
 
 
-def _remove_files(services: Services, rows: list[Any]) -> list[int | OSError]:
+def _remove_files(cache: LocalCache, rows: list[Any]) -> list[int | OSError]:
     """Unlink the rows' files: bytes freed (0 if already gone) or the OSError, in row order.
 
     A few threads: an unlink can wait on the filesystem journal while other processes write,
@@ -158,7 +157,7 @@ def _remove_files(services: Services, rows: list[Any]) -> list[int | OSError]:
 
     def remove(row: Any) -> int | OSError:
         try:
-            return services.cache.delete(row.id, row.ext)
+            return cache.delete(row.id, row.ext)
         except OSError as exc:
             return exc
 
@@ -168,14 +167,14 @@ def _remove_files(services: Services, rows: list[Any]) -> list[int | OSError]:
         return list(pool.map(remove, rows))
 
 
-def _mark_removed(services: Services, ids: list[str], *, expired: bool) -> None:
+def _mark_removed(db: Database, ids: list[str], *, expired: bool) -> None:
     if not ids:
         return
     values: dict[str, Any] = {"local": False}
     if expired:
         values["expired"] = True
     execute(
-        services,
+        db,
         update(Image)
         .where(Image.id.in_(ids))
         .values(**values)
@@ -183,73 +182,96 @@ def _mark_removed(services: Services, ids: list[str], *, expired: bool) -> None:
     )
 
 
-def _count(services: Services, where: ColumnElement[bool]) -> int:
+def _count(db: Database, where: ColumnElement[bool]) -> int:
     def work(session: Session) -> int:
         return int(session.scalar(select(func.count()).select_from(Image).where(where)) or 0)
 
-    return services.db.call(work)
+    return db.call(work)
 
 
-def evict_expired(services: Services, *, now: datetime, ttl_hours: float) -> Eviction:
+def evict_expired(
+    *,
+    db: Database,
+    cache: LocalCache,
+    images: ImageStore,
+    archive: Archive,
+    now: datetime,
+    ttl_hours: float,
+) -> Eviction:
     """Remove safe local copies not accessed for ``ttl_hours`` (0: TTL off, nothing removed).
 
     A row accessed exactly at the cutoff stays; one a moment older goes.
     """
     if ttl_hours <= 0:
         return Eviction()
-    services.images.flush_access_times()
+    images.flush_access_times()
     cutoff = now - timedelta(hours=ttl_hours)
-    result = _evict(services, where=Image.accessed_at < cutoff)
+    result = _evict(
+        db=db, cache=cache, images=images, archive=archive, where=Image.accessed_at < cutoff
+    )
     result.kept = _count(
-        services,
+        db,
         and_(
             Image.local.is_(True),
             Image.accessed_at < cutoff,
-            ~safe_to_remove(r2_configured(services)),
+            ~safe_to_remove(archive.configured()),
         ),
     )
     return result
 
 
-def evict_to_cap(services: Services, *, cap_bytes: int, spare: str | None = None) -> Eviction:
+def evict_to_cap(
+    *,
+    db: Database,
+    cache: LocalCache,
+    images: ImageStore,
+    archive: Archive,
+    cap_bytes: int,
+    spare: str | None = None,
+) -> Eviction:
     """Remove safe local copies, least recently accessed first, until usage ≤ ``cap_bytes``.
 
-    Usage is ``services.cache.usage()`` (a running total). 0 means no cap. ``spare`` is an id
+    Usage is ``cache.usage()`` (a running total). 0 means no cap. ``spare`` is an id
     never removed (the image just stored: its URL is about to be handed out). ``kept`` is 1
     when the cache is still over the cap because every remaining copy is unsafe to remove.
     """
-    if cap_bytes <= 0 or services.cache.usage() <= cap_bytes:
+    if cap_bytes <= 0 or cache.usage() <= cap_bytes:
         return Eviction()
-    services.images.flush_access_times()
+    images.flush_access_times()
     where = true() if spare is None else Image.id != spare
-    result = _evict(services, where=where, excess=lambda: services.cache.usage() - cap_bytes)
-    if services.cache.usage() > cap_bytes:
+    result = _evict(
+        db=db,
+        cache=cache,
+        images=images,
+        archive=archive,
+        where=where,
+        excess=lambda: cache.usage() - cap_bytes,
+    )
+    if cache.usage() > cap_bytes:
         result.kept = 1
     return result
 
 
-def evict_all_remote(services: Services) -> Eviction:
+def evict_all_remote(
+    *, db: Database, cache: LocalCache, images: ImageStore, archive: Archive
+) -> Eviction:
     """Remove every local copy that has an R2 copy; nothing at all when R2 is not configured.
 
     ``kept`` counts the local copies left because they are the only copy.
     """
-    if not r2_configured(services):
-        return Eviction(kept=_count(services, Image.local.is_(True)))
-    result = _evict(services, where=true())
-    result.kept = _count(services, Image.local.is_(True))
+    if not archive.configured():
+        return Eviction(kept=_count(db, Image.local.is_(True)))
+    result = _evict(db=db, cache=cache, images=images, archive=archive, where=true())
+    result.kept = _count(db, Image.local.is_(True))
     return result
 
 
-def log_cap(services: Services, result: Eviction, cap_bytes: int) -> None:
+def log_cap(events: EventLog, result: Eviction, cap_bytes: int) -> None:
     cap_mb = cap_bytes // 2**20
     if result.removed:
-        services.events.info(
-            f"🧹 自动清理: 删除 {result.removed} 张最早的图片，保持在 {cap_mb}MB 限制内"
-        )
+        events.info(f"🧹 自动清理: 删除 {result.removed} 张最早的图片，保持在 {cap_mb}MB 限制内")
     if result.kept:
-        services.events.warning(
-            f"⚠️ 本地缓存超过 {cap_mb}MB 上限，但剩余图片尚未上传到 R2，暂不删除"
-        )
+        events.warning(f"⚠️ 本地缓存超过 {cap_mb}MB 上限，但剩余图片尚未上传到 R2，暂不删除")
 
 
 class CapGuard:
@@ -259,19 +281,40 @@ class CapGuard:
     time per process; after a pass that found nothing safe, it rests CAP_BLOCKED_SECONDS.
     """
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(
+        self,
+        *,
+        db: Database,
+        cache: LocalCache,
+        images: ImageStore,
+        archive: Archive,
+        events: EventLog,
+        settings: Callable[[], Settings],
+    ) -> None:
+        self.db = db
+        self.cache = cache
+        self.images = images
+        self.archive = archive
+        self.events = events
+        self.settings = settings
         self._lock = threading.Lock()
         self._blocked_until = 0.0
 
     def __call__(self, image: StoredImage) -> None:
-        cap_bytes = self.services.config.current().max_local_cache_mb * 2**20
-        if cap_bytes <= 0 or self.services.cache.usage() <= cap_bytes:
+        cap_bytes = self.settings().max_local_cache_mb * 2**20
+        if cap_bytes <= 0 or self.cache.usage() <= cap_bytes:
             return
         if time.monotonic() < self._blocked_until or not self._lock.acquire(blocking=False):
             return
         try:
-            result = evict_to_cap(self.services, cap_bytes=cap_bytes, spare=image.id)
+            result = evict_to_cap(
+                db=self.db,
+                cache=self.cache,
+                images=self.images,
+                archive=self.archive,
+                cap_bytes=cap_bytes,
+                spare=image.id,
+            )
         except Exception as exc:  # a failed eviction must not fail the store; the job retries
             log.warning("size cap eviction failed: %s", exc)
             return
@@ -279,4 +322,4 @@ class CapGuard:
             self._lock.release()
         if result.kept:
             self._blocked_until = time.monotonic() + CAP_BLOCKED_SECONDS
-        log_cap(self.services, result, cap_bytes)
+        log_cap(self.events, result, cap_bytes)

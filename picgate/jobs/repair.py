@@ -27,10 +27,11 @@ from sqlalchemy.orm import Session
 
 from picgate.db.models import R2_UPLOADED, Image
 from picgate.jobs.eviction import execute
-from picgate.storage.local import LocalFile
+from picgate.storage.local import LocalCache, LocalFile
 
 if TYPE_CHECKING:
-    from picgate.services import Services
+    from picgate.db.engine import Database
+    from picgate.storage.image_store import ImageStore
 
 GRACE = timedelta(hours=1)
 BATCH = 500
@@ -58,18 +59,18 @@ def _epoch(now: datetime) -> float:
     return now.replace(tzinfo=UTC).timestamp()
 
 
-def repair(services: Services, *, now: datetime) -> Repair:
+def repair(*, db: Database, cache: LocalCache, images: ImageStore, now: datetime) -> Repair:
     """Reconcile the folder with the table (see the module docstring); ``now`` is naive UTC."""
     result = Repair()
     old_before = _epoch(now - GRACE)
     seen: set[str] = set()
-    for files in batched(services.cache.scan(), BATCH):
-        _compare(services, files, seen, old_before, result)
+    for files in batched(cache.scan(), BATCH):
+        _compare(db, files, seen, old_before, result)
     if result.orphans_removed:
         # orphans were in the running total; it is walked again when next needed
-        services.cache.reset_usage()
-    _mark_missing(services, seen, result)
-    for tmp in services.cache.temp_files():
+        cache.reset_usage()
+    _mark_missing(db, cache, images, seen, result)
+    for tmp in cache.temp_files():
         try:
             stat = tmp.stat()
             if stat.st_mtime < old_before:
@@ -83,7 +84,7 @@ def repair(services: Services, *, now: datetime) -> Repair:
 
 
 def _compare(
-    services: Services, files: list[LocalFile], seen: set[str], old_before: float, result: Repair
+    db: Database, files: list[LocalFile], seen: set[str], old_before: float, result: Repair
 ) -> None:
     ids = [f.image_id for f in files]
 
@@ -93,7 +94,7 @@ def _compare(
         ).all()
         return {r.id: (r.ext, bool(r.local)) for r in found}
 
-    known = services.db.call(rows)
+    known = db.call(rows)
     relink: list[str] = []
     for f in files:
         row = known.get(f.image_id)
@@ -115,7 +116,7 @@ def _compare(
         result.bytes_freed += f.size
     if relink:
         execute(
-            services,
+            db,
             update(Image)
             .where(Image.id.in_(relink))
             .values(local=True, expired=False)
@@ -124,27 +125,29 @@ def _compare(
         result.relinked += len(relink)
 
 
-def _mark_missing(services: Services, seen: set[str], result: Repair) -> None:
+def _mark_missing(
+    db: Database, cache: LocalCache, images: ImageStore, seen: set[str], result: Repair
+) -> None:
     def unseen(session: Session) -> list[tuple[str, str, str]]:
         # one index scan, streamed in partitions; only the (usually few) unseen rows are kept
         query = select(Image.id, Image.ext, Image.r2_state).where(Image.local.is_(True))
         found = session.execute(query.execution_options(yield_per=BATCH * 4))
         return [(r.id, r.ext, r.r2_state) for r in found if r.id not in seen]
 
-    candidates = services.db.call(unseen)
+    candidates = db.call(unseen)
     for chunk in batched(candidates, BATCH):
         in_r2: list[str] = []
         lost: list[str] = []
         for image_id, ext, state in chunk:
             with contextlib.suppress(ValueError):
-                if services.cache.exists(image_id, ext):  # written after the walk passed
+                if cache.exists(image_id, ext):  # written after the walk passed
                     continue
             (in_r2 if state == R2_UPLOADED else lost).append(image_id)
-            services.images.forget(image_id)
+            images.forget(image_id)
         for ids, values in ((in_r2, {"local": False}), (lost, {"local": False, "expired": True})):
             if ids:
                 execute(
-                    services,
+                    db,
                     update(Image)
                     .where(Image.id.in_(ids), Image.local.is_(True))
                     .values(**values)

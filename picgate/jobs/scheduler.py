@@ -6,9 +6,10 @@ INSERT that only one concurrent caller can win (primary key). A runner that cras
 lease until ``lease_until``; then the next runner takes over. Releasing records ``last_run_at``
 and the JSON report, which the dashboard shows.
 
-- server mode: ``CleanupScheduler.run`` is registered in ``services.background``; it polls and
+- server mode: ``Services`` runs ``CleanupScheduler.run`` as a background task; it polls and
   runs when ``cleanup_interval_minutes`` have passed since the last run by *any* replica;
-- Lambda: ``handler.cleanup`` calls ``run_scheduled(services)`` (EventBridge sets the pace);
+- Lambda: ``handler.cleanup`` calls ``run_scheduled(services.cleanup)`` (EventBridge sets the
+  pace);
 - ``picgate cleanup`` calls ``run_scheduled(..., include_failed=True)``.
 """
 
@@ -29,11 +30,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from picgate.db.models import JobLease
-from picgate.jobs.cleanup import JobReport, naive_utc, run_jobs
+from picgate.jobs.cleanup import Cleanup, JobReport, naive_utc
 
 if TYPE_CHECKING:
     from picgate.db.engine import Database
-    from picgate.services import Services
 
 log = logging.getLogger("picgate")
 
@@ -111,7 +111,7 @@ def release_lease(
 
 
 def run_scheduled(
-    services: Services,
+    cleanup: Cleanup,
     *,
     now: datetime | None = None,
     min_interval: timedelta | None = None,
@@ -120,19 +120,19 @@ def run_scheduled(
     """Take the lease, run the job, record the report; a JSON-able dict for Lambda and the CLI.
 
     ``{"ran": False, "reason": ...}`` when another runner holds the lease (or, with
-    ``min_interval``, the last run is too recent); else ``{"ran": True, **report}``.
+    ``min_interval``, the last run is too recent); else ``{"ran": True, **report}``. The
+    database must be migrated (``Services.prepare``).
     """
-    services.prepare()
     now = naive_utc(now)
     owner = new_owner()
-    if not acquire_lease(services.db, owner=owner, now=now, due_after=min_interval):
+    if not acquire_lease(cleanup.db, owner=owner, now=now, due_after=min_interval):
         return {"ran": False, "reason": "another runner holds the cleanup lease, or not due yet"}
     report: JobReport | None = None
     try:
-        report = run_jobs(services, now=now, include_failed=include_failed)
+        report = cleanup.run(now=now, include_failed=include_failed)
     finally:
         release_lease(
-            services.db,
+            cleanup.db,
             owner=owner,
             ran_at=now,
             report=report.to_dict() if report is not None else {"ok": False, "aborted": True},
@@ -145,15 +145,14 @@ class CleanupScheduler:
 
     def __init__(
         self,
-        services: Services,
+        cleanup: Cleanup,
         *,
-        interval_minutes: float | None = None,
+        interval_minutes: float,
         first_delay: float = FIRST_RUN_DELAY_SECONDS,
         poll: float = POLL_SECONDS,
     ) -> None:
-        self.services = services
-        minutes = interval_minutes or services.settings.cleanup_interval_minutes
-        self.interval = timedelta(minutes=minutes)
+        self.cleanup = cleanup
+        self.interval = timedelta(minutes=interval_minutes)
         # a run is never more than one poll late, and an interval shorter than a poll holds
         self.poll = min(poll, self.interval.total_seconds())
         self.first_delay = first_delay
@@ -161,7 +160,7 @@ class CleanupScheduler:
         self.last_result: dict[str, Any] | None = None
 
     def tick(self) -> dict[str, Any]:
-        return run_scheduled(self.services, min_interval=self.interval)
+        return run_scheduled(self.cleanup, min_interval=self.interval)
 
     async def run(self) -> None:
         # let start-up (and short-lived test servers) finish before the first pass
@@ -176,12 +175,3 @@ class CleanupScheduler:
                 if result.get("ran"):
                     self.runs += 1
             await asyncio.sleep(self.poll)
-
-
-def register(services: Services) -> CleanupScheduler | None:
-    """Add the scheduler to ``services.background`` in server mode (Lambda has EventBridge)."""
-    if services.serverless:
-        return None
-    scheduler = CleanupScheduler(services)
-    services.background.append(scheduler.run)
-    return scheduler

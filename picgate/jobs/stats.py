@@ -15,18 +15,23 @@ from sqlalchemy.orm import Session
 
 from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, DailyStat, Image, JobLease
 from picgate.jobs.cleanup import naive_utc
-from picgate.jobs.eviction import r2_configured
 from picgate.jobs.scheduler import LEASE_NAME
 
 if TYPE_CHECKING:
-    from picgate.services import Services
+    from picgate.config import Settings
+    from picgate.db.engine import Database
+    from picgate.eventlog import EventLog
+    from picgate.storage.archive import Archive
+    from picgate.storage.local import LocalCache
 
 
 def _flag(condition: Any) -> Any:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
-def cache_stats(services: Services) -> dict[str, Any]:
+def cache_stats(
+    *, db: Database, cache: LocalCache, archive: Archive, settings: Settings
+) -> dict[str, Any]:
     """Keys: total, local, r2, pending, failed, expired (row counts), disk_bytes (local files),
     local_bytes (sum of sizes of rows with a local copy), cap_bytes (0: no cap), cap_ratio
     (disk_bytes / cap_bytes, 0 without a cap), r2_configured.
@@ -45,10 +50,9 @@ def cache_stats(services: Services) -> dict[str, Any]:
             ).select_from(Image)
         ).one()
 
-    total, local, r2, pending, failed, expired, local_bytes = services.db.call(work)
-    settings = services.config.current()
+    total, local, r2, pending, failed, expired, local_bytes = db.call(work)
     cap_bytes = settings.max_local_cache_mb * 2**20
-    disk_bytes = services.cache.usage()
+    disk_bytes = cache.usage()
     return {
         "total": int(total),
         "local": int(local),
@@ -60,18 +64,26 @@ def cache_stats(services: Services) -> dict[str, Any]:
         "local_bytes": int(local_bytes),
         "cap_bytes": cap_bytes,
         "cap_ratio": round(disk_bytes / cap_bytes, 4) if cap_bytes else 0.0,
-        "r2_configured": r2_configured(services),
+        "r2_configured": archive.configured(),
     }
 
 
-def dashboard_stats(services: Services, *, now: datetime | None = None) -> dict[str, Any]:
+def dashboard_stats(
+    *,
+    db: Database,
+    cache: LocalCache,
+    archive: Archive,
+    events: EventLog,
+    settings: Settings,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """``cache_stats`` plus requests_today, errors_today, images_today (UTC day, from
     daily_stats) and last_cleanup: None, or {last_run_at (ISO), running, report (dict)}.
     """
-    stats = cache_stats(services)
+    stats = cache_stats(db=db, cache=cache, archive=archive, settings=settings)
     now = naive_utc(now)
     day = now.strftime("%Y-%m-%d")
-    services.events.flush()  # today's counters are buffered with the log lines
+    events.flush()  # today's counters are buffered with the log lines
 
     def work(session: Session) -> tuple[dict[str, int], JobLease | None]:
         counters = {
@@ -82,7 +94,7 @@ def dashboard_stats(services: Services, *, now: datetime | None = None) -> dict[
         }
         return counters, session.get(JobLease, LEASE_NAME)
 
-    counters, lease = services.db.call(work)
+    counters, lease = db.call(work)
     stats["requests_today"] = counters.get("requests", 0)
     stats["errors_today"] = counters.get("errors", 0)
     stats["images_today"] = counters.get("images", 0)

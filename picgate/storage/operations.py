@@ -8,26 +8,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from picgate.config import Settings
+from picgate.db.engine import Database
 from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image
-from picgate.storage.objects import ConnectionCheck, ObjectStore, ObjectStoreError
-from picgate.storage.remote import build_object_store, missing_r2_settings
-from picgate.storage.store import utcnow
-from picgate.storage.uploads import upload_due
-
-if TYPE_CHECKING:
-    from picgate.services import Services
+from picgate.eventlog import EventLog
+from picgate.storage.archive import Archive, build_object_store, missing_r2_settings
+from picgate.storage.image_store import ImageStore, utcnow
+from picgate.storage.local import LocalCache
+from picgate.storage.object_store import ConnectionCheck, ObjectStore, ObjectStoreError
+from picgate.storage.upload_queue import UploadQueue
 
 BATCH = 100
 DEFAULT_BUDGET_SECONDS = 120.0
 
 
-def _drain(services: Services, *, include_failed: bool, budget: float) -> dict[str, int]:
+def _drain(
+    *, db: Database, uploads: UploadQueue, include_failed: bool, budget: float
+) -> dict[str, int]:
     """Run ``upload_due`` batch after batch until nothing is due (or the time budget is spent).
 
     A row that fails is rescheduled into the future, so every pass shrinks the due set and the
@@ -36,7 +37,7 @@ def _drain(services: Services, *, include_failed: bool, budget: float) -> dict[s
     totals = {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0}
     deadline = time.monotonic() + budget
     while True:
-        counts = upload_due(services, include_failed=include_failed, limit=BATCH)
+        counts = uploads.upload_due(include_failed=include_failed, limit=BATCH)
         for name in ("uploaded", "failed", "retried"):
             totals[name] += counts[name]
         totals["skipped"] = counts["skipped"]
@@ -44,7 +45,7 @@ def _drain(services: Services, *, include_failed: bool, budget: float) -> dict[s
         if worked < BATCH or time.monotonic() > deadline:
             break
         include_failed = False  # each failed row had its one extra chance in the first pass
-    totals["remaining"] = services.db.call(
+    totals["remaining"] = db.call(
         lambda s: int(
             s.scalar(
                 select(func.count())
@@ -57,15 +58,21 @@ def _drain(services: Services, *, include_failed: bool, budget: float) -> dict[s
     return totals
 
 
-def upload_pending(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS) -> dict[str, int]:
+def upload_pending(
+    *,
+    db: Database,
+    archive: Archive,
+    uploads: UploadQueue,
+    budget: float = DEFAULT_BUDGET_SECONDS,
+) -> dict[str, int]:
     """Upload every pending image now, whatever its backoff says.
 
     Counts: uploaded, failed, retried, skipped (another worker holds them), remaining.
     """
-    if services.remote.upload_objects() is None:
+    if archive.upload_objects() is None:
         return {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0, "remaining": 0}
     now = utcnow()
-    services.db.call(
+    db.call(
         lambda s: s.execute(
             update(Image)
             .where(Image.r2_state == R2_PENDING, Image.r2_next_attempt_at > now)
@@ -73,10 +80,17 @@ def upload_pending(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS
             .execution_options(synchronize_session=False)
         )
     )
-    return _drain(services, include_failed=False, budget=budget)
+    return _drain(db=db, uploads=uploads, include_failed=False, budget=budget)
 
 
-def archive_local(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS) -> dict[str, int]:
+def archive_local(
+    *,
+    db: Database,
+    archive: Archive,
+    events: EventLog,
+    uploads: UploadQueue,
+    budget: float = DEFAULT_BUDGET_SECONDS,
+) -> dict[str, int]:
     """Queue every local image that has no R2 copy, then upload.
 
     These are images stored before R2 was configured, and images whose R2 copy was deleted
@@ -84,22 +98,35 @@ def archive_local(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS)
     Counts as for ``upload_pending``, plus ``queued``: how many rows were put in the queue.
     """
     return _requeue_and_drain(
-        services,
         (Image.r2_state == R2_NONE) & Image.local.is_(True),
+        db=db,
+        archive=archive,
+        events=events,
+        uploads=uploads,
         key="queued",
         message="☁️ 未归档的本地图片已排队上传到 R2: {} 张",
         budget=budget,
     )
 
 
-def retry_failed(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS) -> dict[str, int]:
+def retry_failed(
+    *,
+    db: Database,
+    archive: Archive,
+    events: EventLog,
+    uploads: UploadQueue,
+    budget: float = DEFAULT_BUDGET_SECONDS,
+) -> dict[str, int]:
     """Put every failed upload back in the queue with fresh fast attempts, then upload.
 
     Counts as for ``upload_pending``, plus ``reset``: how many failed rows were re-queued.
     """
     return _requeue_and_drain(
-        services,
         Image.r2_state == R2_FAILED,
+        db=db,
+        archive=archive,
+        events=events,
+        uploads=uploads,
         key="reset",
         message="🔁 重新排队上传失败的图片: {} 张",
         budget=budget,
@@ -107,10 +134,18 @@ def retry_failed(services: Services, *, budget: float = DEFAULT_BUDGET_SECONDS) 
 
 
 def _requeue_and_drain(
-    services: Services, which: ColumnElement[bool], *, key: str, message: str, budget: float
+    which: ColumnElement[bool],
+    *,
+    db: Database,
+    archive: Archive,
+    events: EventLog,
+    uploads: UploadQueue,
+    key: str,
+    message: str,
+    budget: float,
 ) -> dict[str, int]:
     """Queue the rows ``which`` selects with fresh fast attempts, then upload what is due."""
-    if services.remote.upload_objects() is None:
+    if archive.upload_objects() is None:
         return {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0, "remaining": 0, key: 0}
     now = utcnow()
 
@@ -123,9 +158,9 @@ def _requeue_and_drain(
         )
         return int(getattr(result, "rowcount", 0) or 0)
 
-    count = services.db.call(queue)
-    services.events.info(message.format(count))
-    totals = _drain(services, include_failed=False, budget=budget)
+    count = db.call(queue)
+    events.info(message.format(count))
+    totals = _drain(db=db, uploads=uploads, include_failed=False, budget=budget)
     totals[key] = count
     return totals
 
@@ -154,7 +189,16 @@ test_r2.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, des
 
 
 def delete_images(
-    services: Services, ids: list[str], *, local: bool, remote: bool, forget: bool
+    ids: list[str],
+    *,
+    db: Database,
+    cache: LocalCache,
+    images: ImageStore,
+    archive: Archive,
+    events: EventLog,
+    local: bool,
+    remote: bool,
+    forget: bool,
 ) -> dict[str, int]:
     """Delete images' local copies, R2 objects and/or rows.
 
@@ -166,16 +210,16 @@ def delete_images(
     """
     counts = {"requested": len(ids), "local": 0, "remote": 0, "forgotten": 0}
     counts |= {"not_found": 0, "failed": 0}
-    store = services.remote.objects() if remote else None
+    store = archive.objects() if remote else None
     last_error = ""
     for image_id in dict.fromkeys(ids):
-        row = services.db.call(_load(image_id))
+        row = db.call(_load(image_id))
         if row is None:
             counts["not_found"] += 1
             continue
         remote_gone = row.r2_state == R2_NONE
         if remote and not remote_gone:
-            error = _delete_object(services, store, row)
+            error = _delete_object(archive, store, row)
             if error is None:
                 counts["remote"] += 1
                 remote_gone = True
@@ -183,21 +227,21 @@ def delete_images(
                 counts["failed"] += 1
                 last_error = error
         row_goes = forget and (remote_gone or not remote)
-        if (local or row_goes) and services.cache.delete(row.id, row.ext):
+        if (local or row_goes) and cache.delete(row.id, row.ext):
             counts["local"] += 1
         if row_goes:
-            services.db.call(_forget(row.id))
+            db.call(_forget(row.id))
             counts["forgotten"] += 1
         else:
-            services.db.call(_mark(row.id, local=local, remote=remote and remote_gone))
-        services.images.forget(row.id)
+            db.call(_mark(row.id, local=local, remote=remote and remote_gone))
+        images.forget(row.id)
     if counts["local"] or counts["remote"] or counts["forgotten"]:
-        services.events.info(
+        events.info(
             f"🗑️ 已删除图片: 本地 {counts['local']} 张, R2 {counts['remote']} 个, "
             f"记录 {counts['forgotten']} 条"
         )
     if counts["failed"]:
-        services.events.error(f"❌ R2 删除失败: {counts['failed']} 个 ({last_error})")
+        events.error(f"❌ R2 删除失败: {counts['failed']} 个 ({last_error})")
     return counts
 
 
@@ -205,11 +249,11 @@ def _load(image_id: str) -> Callable[[Session], Image | None]:
     return lambda session: session.get(Image, image_id)
 
 
-def _delete_object(services: Services, store: ObjectStore | None, row: Image) -> str | None:
+def _delete_object(archive: Archive, store: ObjectStore | None, row: Image) -> str | None:
     if store is None:
         return "R2 is not configured"
     try:
-        store.delete(services.remote.key(row.id, row.ext))
+        store.delete(archive.key(row.id, row.ext))
     except ObjectStoreError as exc:
         return str(exc)
     return None

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from picgate.db.models import LogEntry
 from picgate.errors import StorageUnavailable
-from picgate.storage.store import StoredImage
+from picgate.storage.image_store import StoredImage
 from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support.fixtures import load_json, load_sse
 from tests.support.images import ONE_PIXEL_PNG_B64, b64, data_url, make_image

@@ -26,12 +26,13 @@ from sqlalchemy import select, update
 
 from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, Image, JobLease
-from picgate.jobs.cleanup import run_jobs
 from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler, acquire_lease, run_scheduled
 from picgate.services import Services
-from picgate.storage.objects import DEFAULT_CACHE_CONTROL, MemoryObjectStore, S3ObjectStore
-from picgate.storage.store import StoredImage, utcnow
+from picgate.storage.image_store import StoredImage, utcnow
+from picgate.storage.memory_store import MemoryObjectStore
+from picgate.storage.object_store import DEFAULT_CACHE_CONTROL
+from picgate.storage.s3_store import S3ObjectStore
 from tests.conftest import GATEWAY_KEY, Gateway
 from tests.s3_fixtures import S3_TEST_BUCKET
 from tests.support.admin import signed_in
@@ -62,7 +63,7 @@ def test_image_past_ttl_without_r2_is_410_gone(start_gateway: Callable[..., Gate
     url = f"{gateway.url}/images/{image.id}.png"
     assert httpx.get(url).status_code == 200
 
-    report = run_jobs(gateway.services, now=utcnow() + PAST_TTL)
+    report = gateway.services.cleanup.run(now=utcnow() + PAST_TTL)
 
     assert report.ttl_removed == 1 and report.expired_for_good == 1
     resp = httpx.get(url)
@@ -79,13 +80,13 @@ def test_image_past_ttl_with_r2_is_fetched_back(
     gateway = start_gateway(**r2_settings)
     image = store_one(gateway.services, seed=2)
     for _ in range(100):  # the gateway's own upload worker may hold the row for a moment
-        run_jobs(gateway.services)
+        gateway.services.cleanup.run()
         if row(gateway.services, image.id).r2_state == R2_UPLOADED:
             break
         time.sleep(0.05)
     assert s3_store.exists(f"images/{image.id}.png")
 
-    report = run_jobs(gateway.services, now=utcnow() + PAST_TTL)
+    report = gateway.services.cleanup.run(now=utcnow() + PAST_TTL)
 
     assert report.ttl_removed == 1 and report.expired_for_good == 0
     assert not gateway.services.cache.exists(image.id, "png")
@@ -122,7 +123,7 @@ def test_pending_uploads_survive_r2_switched_off_then_the_cap(
     assert answer.status_code == 200, answer.text
     assert not gateway.services.config.current().r2_configured
     store_one(gateway.services, seed=40)  # the cap runs after this store
-    run_jobs(gateway.services, now=utcnow() + PAST_TTL)  # and the TTL with the cap
+    gateway.services.cleanup.run(now=utcnow() + PAST_TTL)  # and the TTL with the cap
 
     for image in images:
         assert gateway.services.cache.exists(image.id, "png"), image.id
@@ -167,7 +168,7 @@ def test_two_runners_on_one_database_exactly_one_works(make_services: MakeServic
 
     def runner(services: Services) -> None:
         barrier.wait()
-        result = run_scheduled(services)
+        result = run_scheduled(services.cleanup)
         with done:
             results.append(result)
             done.notify_all()
@@ -194,8 +195,8 @@ def test_run_scheduled_crashed_runners_lease_expires(make_services: MakeServices
     now = utcnow()
     assert acquire_lease(services.db, owner="crashed-runner", now=now)
 
-    assert run_scheduled(services, now=now + timedelta(minutes=10))["ran"] is False
-    result = run_scheduled(services, now=now + timedelta(minutes=31))
+    assert run_scheduled(services.cleanup, now=now + timedelta(minutes=10))["ran"] is False
+    result = run_scheduled(services.cleanup, now=now + timedelta(minutes=31))
 
     assert result["ran"] is True
     json.dumps(result)  # what handler.cleanup returns to Lambda
@@ -205,14 +206,14 @@ def test_run_scheduled_min_interval_skips_recent_run(make_services: MakeServices
     services = make_services()
     now = utcnow()
     hour = timedelta(hours=1)
-    assert run_scheduled(services, now=now, min_interval=hour)["ran"] is True
-    assert run_scheduled(services, now=now + hour / 2, min_interval=hour)["ran"] is False
-    assert run_scheduled(services, now=now + hour, min_interval=hour)["ran"] is True
+    assert run_scheduled(services.cleanup, now=now, min_interval=hour)["ran"] is True
+    assert run_scheduled(services.cleanup, now=now + hour / 2, min_interval=hour)["ran"] is False
+    assert run_scheduled(services.cleanup, now=now + hour, min_interval=hour)["ran"] is True
 
 
 async def test_cleanup_scheduler_runs_when_due_then_waits(make_services: MakeServices) -> None:
     services = make_services()
-    scheduler = CleanupScheduler(services, interval_minutes=60, first_delay=0, poll=0.02)
+    scheduler = CleanupScheduler(services.cleanup, interval_minutes=60, first_delay=0, poll=0.02)
     task = asyncio.create_task(scheduler.run())
     try:
         for _ in range(1000):

@@ -22,16 +22,11 @@ from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, Image, LogEntry
 from picgate.errors import PicGateError
 from picgate.services import Services
-from picgate.storage.objects import (
-    DEFAULT_CACHE_CONTROL,
-    MemoryObjectStore,
-    ObjectStore,
-    S3ObjectStore,
-)
+from picgate.storage.image_store import StoredImage, utcnow
+from picgate.storage.memory_store import MemoryObjectStore
+from picgate.storage.object_store import DEFAULT_CACHE_CONTROL, ObjectStore
 from picgate.storage.operations import delete_images, test_r2
-from picgate.storage.remote import oversize_redirect
-from picgate.storage.store import StoredImage, utcnow
-from picgate.storage.uploads import upload_due
+from picgate.storage.s3_store import S3ObjectStore
 from tests.conftest import Gateway
 from tests.s3_fixtures import S3_TEST_BUCKET
 from tests.s3server import S3Server
@@ -216,7 +211,9 @@ def test_outage_burst_served_locally_then_every_image_uploaded_once(
     # the worker and this loop drain the queue together; leases keep them off each other's rows
     wait_for(
         lambda: (
-            upload_due(gateway.services, now=utcnow() + timedelta(days=1), include_failed=True)
+            gateway.services.uploads.upload_due(
+                now=utcnow() + timedelta(days=1), include_failed=True
+            )
             is not None
             and all(row(gateway, i).r2_state == R2_UPLOADED for i in ids)
         ),
@@ -313,7 +310,7 @@ def test_object_overwritten_in_r2_is_502_never_served_nor_cached(
     record = row(gateway, ident)
     image = StoredImage(record.id, record.ext, record.mime, record.size, record.sha256)
     with pytest.raises(PicGateError) as raised:  # the uncached read (inlining into a request)
-        anyio.run(gateway.services.fetch_remote_bytes, image)
+        anyio.run(gateway.services.serving.fetch_bytes, image)
     assert raised.value.status_code == 502
 
 
@@ -397,11 +394,11 @@ async def test_oversize_redirect_serverless_large_image_even_with_local_copy(
     record = gateway.services.images.load_row(image_id(url))
     assert record is not None and gateway.services.cache.exists(record.id, "png")
     image = StoredImage(record.id, record.ext, record.mime, record.size, record.sha256)
-    located = await oversize_redirect(gateway.services, image)
+    located = await gateway.services.serving.oversize_redirect(image)
     assert located is not None and located.redirect is not None
     assert httpx.get(located.redirect).content == upstream.image
     small = StoredImage(record.id, record.ext, record.mime, 1000, record.sha256)
-    assert await oversize_redirect(gateway.services, small) is None
+    assert await gateway.services.serving.oversize_redirect(small) is None
 
 
 # -- operations against a real bucket ---------------------------------------------------------
@@ -432,7 +429,17 @@ def test_delete_images_remote_removes_object_and_serving_goes_410(
     gateway = start_gateway(**r2_settings)
     url = generate(gateway)["data"][0]["url"]
     wait_uploaded(gateway, [image_id(url)])
-    counts = delete_images(gateway.services, [image_id(url)], local=True, remote=True, forget=False)
+    counts = delete_images(
+        [image_id(url)],
+        db=gateway.services.db,
+        cache=gateway.services.cache,
+        images=gateway.services.images,
+        archive=gateway.services.archive,
+        events=gateway.services.events,
+        local=True,
+        remote=True,
+        forget=False,
+    )
     assert (counts["local"], counts["remote"]) == (1, 1)
     listed = s3_server.client().list_objects_v2(Bucket=S3_TEST_BUCKET).get("Contents", [])
     assert listed == []

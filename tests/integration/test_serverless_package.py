@@ -45,8 +45,6 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(REPO / name, work / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO / "picgate", work / "picgate", ignore=ignore)
-    if (REPO / "admin_templates").is_dir():
-        shutil.copytree(REPO / "admin_templates", work / "admin_templates", ignore=ignore)
     for junk in ("tests", "docs", "bench", "data", ".venv"):  # must stay out of the zip
         (work / junk).mkdir()
         (work / junk / "junk.py").write_text("# not for Lambda\n")

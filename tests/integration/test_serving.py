@@ -7,7 +7,7 @@ import hashlib
 import httpx
 import pytest
 
-from picgate.storage.store import StoredImage
+from picgate.storage.image_store import StoredImage
 from tests.conftest import Gateway
 from tests.support.images import make_image
 

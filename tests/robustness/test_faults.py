@@ -29,8 +29,8 @@ from starlette.responses import JSONResponse, Response
 from picgate.db.engine import Database
 from picgate.db.models import R2_UPLOADED, Image, LogEntry
 from picgate.storage.codec import sniff
+from picgate.storage.image_store import utcnow
 from picgate.storage.local import TMP_PREFIX, LocalCache
-from picgate.storage.store import utcnow
 from tests.conftest import GATEWAY_KEY, Gateway
 from tests.robustness.faults import KillableProxy, ResettingUpstream, serve_process
 from tests.s3_fixtures import S3_TEST_BUCKET
@@ -88,7 +88,6 @@ def test_faults_s3_killed_and_revived_mid_burst_zero_images_lost(
     s3_server: S3Server,
     s3_store: Any,
 ) -> None:
-    from picgate.storage.uploads import upload_due
 
     sent = unique_images(upstream)
     host, port = s3_server.endpoint_url.removeprefix("http://").split(":")
@@ -118,7 +117,9 @@ def test_faults_s3_killed_and_revived_mid_burst_zero_images_lost(
         ids = [url.rsplit("/", 1)[1].split(".")[0] for url in answered]
 
         def all_uploaded() -> bool:
-            upload_due(gateway.services, now=utcnow() + timedelta(days=1), include_failed=True)
+            gateway.services.uploads.upload_due(
+                now=utcnow() + timedelta(days=1), include_failed=True
+            )
             rows = gateway.services.db.call(
                 lambda s: [r.r2_state for r in s.scalars(select(Image).where(Image.id.in_(ids)))]
             )
@@ -200,7 +201,6 @@ def chat(gateway: Gateway, *, stream: bool) -> httpx.Response:
 def test_faults_upstream_reset_mid_stream_error_event_then_end(
     start_gateway: Callable[..., Gateway], resetting: ResettingUpstream
 ) -> None:
-    pytest.importorskip("picgate.gateway.chat_routes")
     resetting.prefix = STREAM_PREFIX
     gateway = start_gateway(upstream_api_base=resetting.base_url)
     answer = chat(gateway, stream=True)
@@ -219,7 +219,6 @@ def test_faults_upstream_reset_mid_stream_error_event_then_end(
 def test_faults_upstream_reset_chat_before_first_byte_502(
     start_gateway: Callable[..., Gateway], resetting: ResettingUpstream, prefix: bytes
 ) -> None:
-    pytest.importorskip("picgate.gateway.chat_routes")
     resetting.prefix = prefix
     gateway = start_gateway(upstream_api_base=resetting.base_url)
     answer = chat(gateway, stream=False)

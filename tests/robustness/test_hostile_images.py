@@ -160,7 +160,6 @@ def test_hostile_valid_png_polyglot_served_only_as_png_with_nosniff(
 def test_hostile_bomb_stored_raw_and_preview_refused(
     start_gateway: Callable[..., Gateway], upstream: StubUpstream, bomb: str
 ) -> None:
-    pytest.importorskip("picgate.admin.api")
     gateway = start_gateway()
     data = payloads.png_bomb() if bomb == "png" else payloads.gif_bomb()
     upstream_answers(
@@ -212,7 +211,6 @@ def test_hostile_bomb_preview_refused_in_bounded_memory(bomb: str, how: str) -> 
     """Peak RSS of a fresh process (warnings as in production: not errors): refusing a 400 M /
     4.3 G pixel bomb, or a 1×1 GIF with a 5700² frame, costs a few MB at most. With the header
     checks bypassed, Pillow's limit is a hard DecompressionBombError, not a warning."""
-    pytest.importorskip("picgate.admin.thumbnails")
     result = subprocess.run(
         [sys.executable, "-c", PREVIEW_RSS, bomb, how],
         capture_output=True,
@@ -358,7 +356,6 @@ def test_hostile_lying_data_url_edit_input_forwarded_with_real_type(
 def test_hostile_chat_images_stored_with_real_type_svg_never_stored(
     start_gateway: Callable[..., Gateway], upstream: StubUpstream
 ) -> None:
-    pytest.importorskip("picgate.gateway.chat_routes")
     gateway = start_gateway()
     jpeg = make_image("JPEG", 3_000, seed=7)
     lie = "data:image/png;base64," + base64.b64encode(jpeg).decode()

@@ -156,7 +156,6 @@ def test_schema_fuzz_without_key_every_v1_route_is_401(
 def test_schema_fuzz_admin_api_no_5xx_and_openai_errors(
     start_gateway: Callable[..., Gateway],
 ) -> None:
-    pytest.importorskip("picgate.admin.api")
     gateway = start_gateway()
     token, csrf = admin_session(gateway)
     # the public /openapi.json leaves the console out; an admin gets the whole schema

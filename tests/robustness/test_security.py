@@ -169,7 +169,6 @@ def test_security_chat_url_images_refused_for_private_targets(
     upstream: StubUpstream,
     listeners: tuple[Listener, Listener | None],
 ) -> None:
-    pytest.importorskip("picgate.gateway.chat_routes")
     v4, v6 = listeners
     gateway = start_gateway(allow_external_image_fetch=True)
     for url in ssrf_urls(v4.port, v6.port if v6 else None):
@@ -184,7 +183,6 @@ def test_security_chat_url_images_pass_through_untouched_when_fetch_off(
     upstream: StubUpstream,
     listeners: tuple[Listener, Listener | None],
 ) -> None:
-    pytest.importorskip("picgate.gateway.chat_routes")
     v4, _v6 = listeners
     gateway = start_gateway()
     url = f"http://127.0.0.1:{v4.port}/a.png"
@@ -216,7 +214,6 @@ def login(client: httpx.Client, password: str, **headers: str) -> httpx.Response
 
 @pytest.fixture
 def admin_gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
-    pytest.importorskip("picgate.admin.auth")
     gateway = start_gateway()
     admin_session(gateway)  # creates the account
     return gateway
@@ -294,7 +291,6 @@ def test_security_secrets_never_in_responses_or_logs(
     upstream: StubUpstream,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    pytest.importorskip("picgate.admin.api")
     caplog.set_level(logging.INFO)
     gateway = start_gateway(
         secret_key=SECRET_KEY,

@@ -1,4 +1,4 @@
-"""The captured upstream shapes in ``../shared/fixtures/upstream`` (override: PICGATE_FIXTURES)."""
+"""The captured upstream shapes in ``tests/fixtures/upstream`` (override: PICGATE_FIXTURES)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(
-    os.environ.get("PICGATE_FIXTURES") or REPO.parent / "shared" / "fixtures" / "upstream"
-)
+FIXTURES = Path(os.environ.get("PICGATE_FIXTURES") or REPO / "tests" / "fixtures" / "upstream")
 
 
 def load_json(name: str) -> dict[str, Any]:

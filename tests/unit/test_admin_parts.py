@@ -21,7 +21,7 @@ from picgate.settings_store import mask
 from tests.support.images import make_image
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "admin_templates"
+TEMPLATES = ROOT / "picgate" / "admin" / "templates"
 LOCALES = ROOT / "picgate" / "admin" / "locales"
 
 
@@ -158,8 +158,9 @@ def test_packaging_lists_every_package_and_ships_the_templates() -> None:
         ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "picgate").rglob("__init__.py")
     }
     assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
-    assert config["package-dir"]["picgate.admin_templates"] == "admin_templates"
-    assert (ROOT / "admin_templates" / "base.html").is_file()
+    shipped = config["package-data"]["picgate.admin"]
+    assert "templates/*.html" in shipped and "templates/static/*.js" in shipped
+    assert (TEMPLATES / "base.html").is_file() and (TEMPLATES / "static" / "admin.css").is_file()
 
 
 def test_mask_hides_short_secrets_fully_and_long_ones_but_seven_characters() -> None:

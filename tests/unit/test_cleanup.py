@@ -26,14 +26,14 @@ from picgate.db.models import (
     LoginAttempt,
 )
 from picgate.eventlog import new_log_id
-from picgate.jobs.cleanup import JobReport, clean_expired, clear_local, run_jobs
+from picgate.jobs.cleanup import JobReport
 from picgate.jobs.eviction import evict_to_cap
 from picgate.jobs.repair import repair
 from picgate.jobs.scheduler import run_scheduled
 from picgate.jobs.stats import cache_stats, dashboard_stats
 from picgate.services import Services
-from picgate.storage.objects import MemoryObjectStore
-from picgate.storage.store import StoredImage, utcnow
+from picgate.storage.image_store import StoredImage, utcnow
+from picgate.storage.memory_store import MemoryObjectStore
 from tests.support.images import make_image
 
 MakeServices = Callable[..., Services]
@@ -81,7 +81,7 @@ def test_run_jobs_ttl_boundary_just_under_kept_just_over_removed(
     set_row(services, fresh.id, accessed_at=now - TTL + SECOND)
     set_row(services, old.id, accessed_at=now - TTL - SECOND)
 
-    report = run_jobs(services, now=now)
+    report = services.cleanup.run(now=now)
 
     assert report.ok, report.errors
     assert report.ttl_removed == 1 and report.expired_for_good == 1
@@ -99,7 +99,7 @@ def test_run_jobs_ttl_uses_buffered_access_times(make_services: MakeServices) ->
     set_row(services, image.id, accessed_at=utcnow() - TTL - TTL)
     services.images.touch(image.id)  # served a moment ago; not yet written to the table
 
-    report = run_jobs(services, now=utcnow() + SECOND)
+    report = services.cleanup.run(now=utcnow() + SECOND)
 
     assert report.ttl_removed == 0 and has_file(services, image)
 
@@ -107,7 +107,7 @@ def test_run_jobs_ttl_uses_buffered_access_times(make_services: MakeServices) ->
 def test_run_jobs_ttl_zero_means_never(make_services: MakeServices) -> None:
     services = make_services(local_cache_ttl_hours=0)
     (image,) = store(services, 1)
-    report = run_jobs(services, now=utcnow() + timedelta(days=300))
+    report = services.cleanup.run(now=utcnow() + timedelta(days=300))
     assert report.ttl_removed == 0 and has_file(services, image)
 
 
@@ -133,7 +133,7 @@ def test_clean_expired_safety_rule_by_r2_state(
     now = utcnow()
     set_row(services, image.id, r2_state=state, accessed_at=now - TTL - SECOND)
 
-    result = clean_expired(services, now=now)
+    result = services.cleanup.clean_expired(now=now)
 
     assert result["removed"] == int(removed)
     assert result["kept"] == int(not removed)
@@ -151,7 +151,13 @@ def test_evict_to_cap_safety_rule_by_r2_state(
     for image in images:
         set_row(services, image.id, r2_state=state)
 
-    result = evict_to_cap(services, cap_bytes=2**20)
+    result = evict_to_cap(
+        db=services.db,
+        cache=services.cache,
+        images=services.images,
+        archive=services.archive,
+        cap_bytes=2**20,
+    )
 
     assert (result.removed > 0) is removed
     assert bool(result.kept) is not removed
@@ -180,7 +186,7 @@ def test_run_jobs_cap_evicts_least_recently_accessed_first(make_services: MakeSe
         total -= images[order[expected]].size
         expected += 1
 
-    report = run_jobs(services, now=now)
+    report = services.cleanup.run(now=now)
 
     assert report.cap_removed == expected >= 1
     gone = {images[i].id for i in order[:expected]}
@@ -225,7 +231,7 @@ def test_run_jobs_uploads_pending_before_ttl(make_services: MakeServices) -> Non
     now = utcnow()
     set_row(services, image.id, accessed_at=now - TTL - SECOND)
 
-    report = run_jobs(services, now=now)
+    report = services.cleanup.run(now=now)
 
     assert report.uploaded == 1 and report.ttl_removed == 1
     assert f"images/{image.id}.png" in objects.objects
@@ -241,7 +247,7 @@ def test_run_jobs_failed_uploads_only_when_asked(
     (image,) = store(services, 1)
     set_row(services, image.id, r2_state=R2_FAILED, r2_next_attempt_at=utcnow() + TTL)
 
-    report = run_jobs(services, include_failed=include_failed)
+    report = services.cleanup.run(include_failed=include_failed)
 
     assert report.uploaded == int(include_failed)
     assert row(services, image.id).r2_state == (R2_UPLOADED if include_failed else R2_FAILED)
@@ -255,7 +261,7 @@ def test_run_jobs_r2_down_keeps_only_copy_and_reports_retry(make_services: MakeS
     now = utcnow()
     set_row(services, image.id, accessed_at=now - TTL - SECOND)
 
-    report = run_jobs(services, now=now)
+    report = services.cleanup.run(now=now)
 
     assert report.uploaded == 0 and report.upload_retried == 1
     assert report.ttl_removed == 0 and report.kept_unsafe == 1
@@ -274,12 +280,12 @@ def test_run_jobs_retention_deletes_old_rows_files_and_objects(
         objects=objects, metadata_retention_days=30, delete_r2_on_metadata_expire=delete_remote
     )
     young, old = store(services, 2)
-    run_jobs(services)  # uploads both
+    services.cleanup.run()  # uploads both
     now = utcnow()
     set_row(services, young.id, created_at=now - timedelta(days=29))
     set_row(services, old.id, created_at=now - timedelta(days=31))
 
-    report = run_jobs(services, now=now)
+    report = services.cleanup.run(now=now)
 
     assert report.rows_deleted == 1 and report.ok
     assert services.db.call(lambda s: s.get(Image, old.id)) is None
@@ -295,11 +301,11 @@ def test_run_jobs_retention_r2_down_keeps_row_and_fails(make_services: MakeServi
         objects=objects, metadata_retention_days=30, delete_r2_on_metadata_expire=True
     )
     (image,) = store(services, 1)
-    run_jobs(services)
+    services.cleanup.run()
     set_row(services, image.id, created_at=utcnow() - timedelta(days=31))
     objects.fail = True
 
-    report = run_jobs(services)
+    report = services.cleanup.run()
 
     assert not report.ok and report.rows_deleted == 0
     assert row(services, image.id).r2_state == R2_UPLOADED
@@ -336,7 +342,7 @@ def test_run_jobs_trims_logs_and_expires_sessions(make_services: MakeServices) -
 
     services.db.call(seed)
 
-    report = run_jobs(services, now=now)
+    report = services.cleanup.run(now=now)
 
     assert report.logs_trimmed >= 50
     assert (report.sessions_deleted, report.login_attempts_deleted) == (1, 1)
@@ -371,7 +377,7 @@ def test_repair_orphans_missing_files_and_temp_files(make_services: MakeServices
     young_tmp = old_orphan.parent / ".tmp-cafebabe"
     young_tmp.write_bytes(b"half")
 
-    result = repair(services, now=utcnow())
+    result = repair(db=services.db, cache=services.cache, images=services.images, now=utcnow())
 
     assert (result.orphans_removed, result.missing_marked) == (1, 2)
     assert (result.relinked, result.tmp_removed) == (1, 1)
@@ -395,7 +401,7 @@ def test_clear_local_removes_only_images_in_r2(make_services: MakeServices) -> N
     uploaded, pending = store(services, 2)
     set_row(services, uploaded.id, r2_state=R2_UPLOADED)
 
-    result = clear_local(services)
+    result = services.cleanup.clear_local()
 
     assert (result["removed"], result["kept"], result["r2_configured"]) == (1, 1, True)
     assert not has_file(services, uploaded) and has_file(services, pending)
@@ -404,7 +410,7 @@ def test_clear_local_removes_only_images_in_r2(make_services: MakeServices) -> N
 def test_clear_local_without_r2_keeps_everything(make_services: MakeServices) -> None:
     services = make_services()
     images = store(services, 2)
-    result = clear_local(services)
+    result = services.cleanup.clear_local()
     assert (result["removed"], result["kept"], result["r2_configured"]) == (0, 2, False)
     assert all(has_file(services, image) for image in images)
 
@@ -418,7 +424,12 @@ def test_cache_stats_counts_every_state(make_services: MakeServices) -> None:
     services.cache.delete(a.id, a.ext)
     services.cache.delete(c.id, c.ext)
 
-    stats = cache_stats(services)
+    stats = cache_stats(
+        db=services.db,
+        cache=services.cache,
+        archive=services.archive,
+        settings=services.config.current(),
+    )
 
     expected = {"total": 4, "local": 2, "r2": 1, "pending": 1, "failed": 1, "expired": 1}
     assert {k: stats[k] for k in expected} == expected
@@ -430,10 +441,25 @@ def test_dashboard_stats_today_counters_and_last_run(make_services: MakeServices
     services = make_services()
     services.events.count("requests", 3)
     services.events.error("❌ test")
-    assert dashboard_stats(services)["last_cleanup"] is None
+    assert (
+        dashboard_stats(
+            db=services.db,
+            cache=services.cache,
+            archive=services.archive,
+            events=services.events,
+            settings=services.config.current(),
+        )["last_cleanup"]
+        is None
+    )
 
-    result = run_scheduled(services)
-    stats = dashboard_stats(services)
+    result = run_scheduled(services.cleanup)
+    stats = dashboard_stats(
+        db=services.db,
+        cache=services.cache,
+        archive=services.archive,
+        events=services.events,
+        settings=services.config.current(),
+    )
 
     assert result["ran"] is True
     assert (stats["requests_today"], stats["errors_today"]) == (3, 1)

@@ -115,11 +115,10 @@ def test_libsql_local_file_migrates_and_stores_image_through_services(tmp_path: 
         data = make_image("PNG", 5_000, seed=11)
 
         async def store_and_read() -> tuple[str, bytes]:
-            from picgate.images.serving import read_image_bytes
 
             stored = await services.images.save_encoded(b64(data), source="generations")
             services.images.forget(stored.id)  # read back through the database row
-            return stored.id, await read_image_bytes(services, stored.id)
+            return stored.id, await services.serving.read_bytes(stored.id)
 
         image_id, read_back = anyio.run(store_and_read)
         assert read_back == data

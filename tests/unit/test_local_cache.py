@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from picgate.storage.image_store import parse_image_name
 from picgate.storage.local import LocalCache
-from picgate.storage.store import parse_image_name
 
 ID = "AbCdEfGhIjKlMnOpQrStUv"
 

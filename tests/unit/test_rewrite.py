@@ -8,7 +8,6 @@ import binascii
 import copy
 import itertools
 import json
-import os
 import random
 import re
 import struct
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 
 from picgate.gateway.rewrite import StreamRewriter, rewrite_completion, rewrite_text
 from picgate.gateway.sse import SSEEvent, SSEParser, encode_comment, encode_event
+from tests.support.fixtures import FIXTURES
 
 T = TypeVar("T")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,10 +35,7 @@ LINK = re.compile(r"!\[[^\]\n]*\]\(http://gw/images/\d+\.png\)")
 
 
 def fixtures_dir() -> Path:
-    override = os.environ.get("PICGATE_FIXTURES")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream"
+    return FIXTURES
 
 
 def load_json(name: str) -> dict[str, Any]:

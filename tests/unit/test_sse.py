@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from picgate.gateway.sse import SSEEvent, SSEParser, encode_comment, encode_event
+from tests.support.fixtures import FIXTURES
 
 STREAM_FIXTURES = [
     "openai_chat_stream_chunks.txt",
@@ -22,10 +22,7 @@ STREAM_FIXTURES = [
 
 
 def fixtures_dir() -> Path:
-    override = os.environ.get("PICGATE_FIXTURES")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream"
+    return FIXTURES
 
 
 def wire_bytes(name: str) -> bytes:

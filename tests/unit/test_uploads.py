@@ -13,7 +13,9 @@ from sqlalchemy import select
 from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image, LogEntry
 from picgate.services import Services
-from picgate.storage.objects import DEFAULT_CACHE_CONTROL, MemoryObjectStore, S3ObjectStore
+from picgate.storage.image_store import StoredImage, utcnow
+from picgate.storage.memory_store import MemoryObjectStore
+from picgate.storage.object_store import DEFAULT_CACHE_CONTROL
 from picgate.storage.operations import (
     archive_local,
     delete_images,
@@ -21,15 +23,12 @@ from picgate.storage.operations import (
     test_r2,
     upload_pending,
 )
-from picgate.storage.store import StoredImage, utcnow
-from picgate.storage.uploads import (
+from picgate.storage.s3_store import S3ObjectStore
+from picgate.storage.upload_queue import (
     MAX_FAST_ATTEMPTS,
     MISSING_LOCAL,
     backoff_delay,
-    claim,
     new_owner,
-    record_success,
-    upload_due,
 )
 from tests.support.images import make_image
 
@@ -80,8 +79,8 @@ def test_upload_due_pending_rows_uploaded_once_with_headers(make_services: MakeS
     images = store_images(services, 3)
     assert {row(services, i.id).r2_state for i in images} == {R2_PENDING}
 
-    assert upload_due(services) == {"uploaded": 3, "failed": 0, "retried": 0, "skipped": 0}
-    assert upload_due(services)["uploaded"] == 0
+    assert services.uploads.upload_due() == {"uploaded": 3, "failed": 0, "retried": 0, "skipped": 0}
+    assert services.uploads.upload_due()["uploaded"] == 0
     for image in images:
         stored = store.objects[f"images/{image.id}.png"]
         assert stored.data == services.cache.read(image.id, "png")
@@ -102,13 +101,13 @@ def test_upload_due_store_down_backs_off_then_fails_keeping_error(
     (image,) = store_images(services, 1)
     now = utcnow()
     for attempt in range(1, MAX_FAST_ATTEMPTS):
-        assert upload_due(services, now=now)["retried"] == 1
+        assert services.uploads.upload_due(now=now)["retried"] == 1
         current = row(services, image.id)
         assert (current.r2_state, current.r2_attempts) == (R2_PENDING, attempt)
         assert current.r2_next_attempt_at is not None and current.r2_next_attempt_at > now
-        assert upload_due(services, now=now)["uploaded"] == 0  # not due yet
+        assert services.uploads.upload_due(now=now)["uploaded"] == 0  # not due yet
         now = current.r2_next_attempt_at
-    assert upload_due(services, now=now)["failed"] == 1
+    assert services.uploads.upload_due(now=now)["failed"] == 1
     failed = row(services, image.id)
     assert failed.r2_state == R2_FAILED
     assert failed.r2_last_error and "store is down" in failed.r2_last_error
@@ -116,8 +115,8 @@ def test_upload_due_store_down_backs_off_then_fails_keeping_error(
 
     # the slow retry comes by itself, without include_failed: an outage never strands a row
     store.fail = False
-    assert upload_due(services, now=now + timedelta(minutes=5))["uploaded"] == 0
-    assert upload_due(services, now=now + LATER)["uploaded"] == 1
+    assert services.uploads.upload_due(now=now + timedelta(minutes=5))["uploaded"] == 0
+    assert services.uploads.upload_due(now=now + LATER)["uploaded"] == 1
     assert row(services, image.id).r2_state == R2_UPLOADED
 
 
@@ -126,8 +125,8 @@ def test_upload_due_include_failed_retries_failed_rows_now(make_services: MakeSe
     services = make_services(objects=store)
     (image,) = store_images(services, 1)
     fail_row(services, image.id)
-    assert upload_due(services)["uploaded"] == 0
-    assert upload_due(services, include_failed=True)["uploaded"] == 1
+    assert services.uploads.upload_due()["uploaded"] == 0
+    assert services.uploads.upload_due(include_failed=True)["uploaded"] == 1
 
 
 def test_upload_due_missing_local_file_marks_failed(make_services: MakeServices) -> None:
@@ -135,7 +134,7 @@ def test_upload_due_missing_local_file_marks_failed(make_services: MakeServices)
     services = make_services(objects=store)
     (image,) = store_images(services, 1)
     services.cache.delete(image.id, image.ext)
-    assert upload_due(services)["failed"] == 1
+    assert services.uploads.upload_due()["failed"] == 1
     current = row(services, image.id)
     assert (current.r2_state, current.r2_last_error) == (R2_FAILED, MISSING_LOCAL)
     assert store.put_counts == {}
@@ -145,9 +144,9 @@ def test_upload_due_row_leased_elsewhere_is_skipped(make_services: MakeServices)
     store = MemoryObjectStore()
     services = make_services(objects=store)
     store_images(services, 2)
-    tasks, held = claim(services, owner=new_owner(), now=utcnow(), limit=1)
+    tasks, held = services.uploads.claim(owner=new_owner(), now=utcnow(), limit=1)
     assert (len(tasks), held) == (1, 0)
-    counts = upload_due(services)
+    counts = services.uploads.upload_due()
     assert (counts["uploaded"], counts["skipped"]) == (1, 1)
 
 
@@ -164,7 +163,7 @@ def test_upload_due_two_services_one_database_upload_each_image_once(
     def drain(services: Services, slot: int) -> None:
         start.wait()
         for _ in range(50):
-            counts = upload_due(services, limit=4)
+            counts = services.uploads.upload_due(limit=4)
             totals[slot] += counts["uploaded"]
             if counts["uploaded"] == 0 and counts["skipped"] == 0:
                 return
@@ -184,25 +183,25 @@ def test_upload_due_without_r2_does_nothing(make_services: MakeServices) -> None
     services = make_services()
     (image,) = store_images(services, 1)
     assert row(services, image.id).r2_state == R2_NONE
-    assert upload_due(services, include_failed=True) == dict.fromkeys(
+    assert services.uploads.upload_due(include_failed=True) == dict.fromkeys(
         ("uploaded", "failed", "retried", "skipped"), 0
     )
 
 
 def test_remote_objects_rebuilt_only_when_r2_settings_change(make_services: MakeServices) -> None:
     services = make_services()
-    assert services.remote.objects() is None
+    assert services.archive.objects() is None
     r2 = {"r2_endpoint_url": "http://127.0.0.1:9", "r2_access_key_id": "ak"}
     services.config.save(r2 | {"r2_secret_access_key": "sk", "r2_bucket_name": "first"})
-    store = services.remote.objects()
+    store = services.archive.objects()
     assert isinstance(store, S3ObjectStore) and store.bucket == "first"
-    assert services.remote.objects() is store
+    assert services.archive.objects() is store
     services.config.save({"local_cache_ttl_hours": 5})
-    assert services.remote.objects() is store
+    assert services.archive.objects() is store
     services.config.save({"r2_bucket_name": "second"})
-    rebuilt = services.remote.objects()
+    rebuilt = services.archive.objects()
     assert isinstance(rebuilt, S3ObjectStore) and rebuilt.bucket == "second"
-    assert services.remote.upload_objects() is not rebuilt  # the single-attempt upload client
+    assert services.archive.upload_objects() is not rebuilt  # the single-attempt upload client
 
 
 def test_upload_pending_ignores_backoff(make_services: MakeServices) -> None:
@@ -210,10 +209,10 @@ def test_upload_pending_ignores_backoff(make_services: MakeServices) -> None:
     services = make_services(objects=store)
     store_images(services, 3)
     store.fail = True
-    assert upload_due(services)["retried"] == 3
+    assert services.uploads.upload_due()["retried"] == 3
     store.fail = False
-    assert upload_due(services)["uploaded"] == 0
-    counts = upload_pending(services)
+    assert services.uploads.upload_due()["uploaded"] == 0
+    counts = upload_pending(db=services.db, archive=services.archive, uploads=services.uploads)
     assert (counts["uploaded"], counts["remaining"]) == (3, 0)
 
 
@@ -225,8 +224,15 @@ def test_archive_local_uploads_images_stored_before_r2(make_services: MakeServic
     before.db.call(lambda s: s.get(Image, images[2].id).__setattr__("local", False))
     store = MemoryObjectStore()
     services = make_services(objects=store)  # the same data folder, now with R2
-    assert upload_pending(services)["uploaded"] == 0  # not queued by themselves
-    counts = archive_local(services)
+    assert (
+        upload_pending(db=services.db, archive=services.archive, uploads=services.uploads)[
+            "uploaded"
+        ]
+        == 0
+    )  # not queued by themselves
+    counts = archive_local(
+        db=services.db, archive=services.archive, events=services.events, uploads=services.uploads
+    )
     assert (counts["queued"], counts["uploaded"], counts["remaining"]) == (2, 2, 0)
     for image in images[:2]:
         assert row(services, image.id).r2_state == R2_UPLOADED
@@ -234,7 +240,15 @@ def test_archive_local_uploads_images_stored_before_r2(make_services: MakeServic
             image.id, image.ext
         )
     assert row(services, images[2].id).r2_state == R2_NONE
-    assert archive_local(services)["queued"] == 0  # uploaded rows are not queued again
+    assert (
+        archive_local(
+            db=services.db,
+            archive=services.archive,
+            events=services.events,
+            uploads=services.uploads,
+        )["queued"]
+        == 0
+    )  # uploaded rows are not queued again
     assert any(
         line.startswith("☁️ 未归档的本地图片已排队上传到 R2: 2 张") for line in log_lines(services)
     )
@@ -243,7 +257,15 @@ def test_archive_local_uploads_images_stored_before_r2(make_services: MakeServic
 def test_archive_local_without_r2_does_nothing(make_services: MakeServices) -> None:
     services = make_services()
     image = store_images(services, 1)[0]
-    assert archive_local(services)["queued"] == 0
+    assert (
+        archive_local(
+            db=services.db,
+            archive=services.archive,
+            events=services.events,
+            uploads=services.uploads,
+        )["queued"]
+        == 0
+    )
     assert row(services, image.id).r2_state == R2_NONE
 
 
@@ -253,7 +275,9 @@ def test_retry_failed_resets_and_uploads(make_services: MakeServices) -> None:
     images = store_images(services, 2)
     for image in images:
         fail_row(services, image.id)
-    counts = retry_failed(services)
+    counts = retry_failed(
+        db=services.db, archive=services.archive, events=services.events, uploads=services.uploads
+    )
     assert (counts["reset"], counts["uploaded"], counts["remaining"]) == (2, 2, 0)
     assert row(services, images[0].id).r2_attempts == 0
 
@@ -262,8 +286,18 @@ def test_delete_images_everything_removes_object_file_and_row(make_services: Mak
     store = MemoryObjectStore()
     services = make_services(objects=store)
     keep, gone = store_images(services, 2)
-    upload_due(services)
-    counts = delete_images(services, [gone.id, "x" * 22], local=True, remote=True, forget=True)
+    services.uploads.upload_due()
+    counts = delete_images(
+        [gone.id, "x" * 22],
+        db=services.db,
+        cache=services.cache,
+        images=services.images,
+        archive=services.archive,
+        events=services.events,
+        local=True,
+        remote=True,
+        forget=True,
+    )
     assert counts == {
         "requested": 2,
         "local": 1,
@@ -283,7 +317,17 @@ def test_delete_images_local_only_of_unarchived_image_marks_expired(
 ) -> None:
     services = make_services(objects=MemoryObjectStore())
     (image,) = store_images(services, 1)
-    delete_images(services, [image.id], local=True, remote=False, forget=False)
+    delete_images(
+        [image.id],
+        db=services.db,
+        cache=services.cache,
+        images=services.images,
+        archive=services.archive,
+        events=services.events,
+        local=True,
+        remote=False,
+        forget=False,
+    )
     current = row(services, image.id)
     assert (current.local, current.expired) == (False, True)
 
@@ -292,9 +336,19 @@ def test_delete_images_r2_down_keeps_row_for_another_try(make_services: MakeServ
     store = MemoryObjectStore()
     services = make_services(objects=store)
     (image,) = store_images(services, 1)
-    upload_due(services)
+    services.uploads.upload_due()
     store.fail = True
-    counts = delete_images(services, [image.id], local=False, remote=True, forget=True)
+    counts = delete_images(
+        [image.id],
+        db=services.db,
+        cache=services.cache,
+        images=services.images,
+        archive=services.archive,
+        events=services.events,
+        local=False,
+        remote=True,
+        forget=True,
+    )
     assert (counts["failed"], counts["forgotten"]) == (1, 0)
     assert row(services, image.id).r2_state == R2_UPLOADED
     assert any(line.startswith("❌ R2 删除失败") for line in log_lines(services))
@@ -307,11 +361,21 @@ def test_record_success_after_remote_delete_removes_written_object(
     services = make_services(objects=store)
     (image,) = store_images(services, 1)
     owner = new_owner()
-    (task,), _ = claim(services, owner=owner, now=utcnow())
-    key = services.remote.key(image.id, image.ext)
+    (task,), _ = services.uploads.claim(owner=owner, now=utcnow())
+    key = services.archive.key(image.id, image.ext)
     store.put(key, b"written while the admin deleted it", content_type="image/png")
-    delete_images(services, [image.id], local=False, remote=True, forget=False)
-    record_success(services, store, task, owner=owner, key=key)
+    delete_images(
+        [image.id],
+        db=services.db,
+        cache=services.cache,
+        images=services.images,
+        archive=services.archive,
+        events=services.events,
+        local=False,
+        remote=True,
+        forget=False,
+    )
+    services.uploads.record_success(store, task, owner=owner, key=key)
     assert key not in store.objects
     assert row(services, image.id).r2_state == R2_NONE
 

@@ -88,7 +88,7 @@ class ImageStore:
         self._records_lock = threading.Lock()
         self._accessed: dict[str, datetime] = {}
         self._accessed_lock = threading.Lock()
-        # called with each new image after its row is written (the size cap: picgate.jobs)
+        # called with each new image after its row is written (Services adds the size cap)
         self.on_stored: list[Callable[[StoredImage], None]] = []
 
     # -- storing ---------------------------------------------------------------------------
@@ -209,6 +209,14 @@ class ImageStore:
         if row is not None:
             self._remember(StoredImage(row.id, row.ext, row.mime, row.size, row.sha256))
         return row
+
+    def mark_cached(self, image_id: str) -> None:
+        """Record that the image has a local copy again (fetched back from the archive)."""
+        self.db.call(
+            lambda s: s.execute(
+                update(Image).where(Image.id == image_id).values(local=True, expired=False)
+            )
+        )
 
     # -- access times ----------------------------------------------------------------------
 

@@ -303,8 +303,10 @@ def test_admin_console_end_to_end_in_chromium(
     page.goto(url + "/admin/settings")
     assert page.url.endswith("/admin/login")
 
-    # expected failures: the wrong password (401) and the refused setting (422)
+    # expected failures: the wrong setup token (403), the wrong password (401) and the refused
+    # setting (422)
     expected = (
+        "(Forbidden) @ " + url + "/admin/setup",
         "(Unauthorized) @ " + url + "/admin/login",
         "Entity) @ " + url + "/admin/api/settings",
     )

@@ -7,6 +7,8 @@ runs in a worker thread inside a transaction that commits when it returns.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +48,22 @@ def sqlite_file(url: URL) -> Path | None:
     if not url.database or url.database == ":memory:":
         return None
     return Path(url.database)
+
+
+def private_file(path: Path) -> None:
+    """Create the database file readable by its owner only (0600), or tighten an existing one.
+
+    It holds password hashes, session digests and the settings saved in the console. SQLite
+    gives the ``-wal`` and ``-shm`` files the mode of the database file, so they follow.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            with contextlib.suppress(PermissionError):  # not ours to change: leave it
+                os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def build_engine(raw_url: str, *, auth_token: str | None = None) -> Engine:
@@ -104,7 +122,7 @@ class Database:
                 if self._engine is None:
                     file = sqlite_file(self.url)
                     if file is not None:
-                        file.parent.mkdir(parents=True, exist_ok=True)
+                        private_file(file)
                     self._engine = build_engine(self.raw_url, auth_token=self._auth_token)
                     self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         return self._engine

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -39,6 +41,30 @@ def test_sqlite_wal_and_busy_timeout_set(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
     db.dispose()
+
+
+def test_database_files_are_private_even_under_a_permissive_umask(tmp_path: Path) -> None:
+    """The database holds password hashes and saved secrets: 0600 for it, its WAL and its
+    shared-memory file, however loose the umask; an existing 0644 file is tightened."""
+    old = os.umask(0o000)
+    try:
+        db = Database(f"sqlite:///{tmp_path / 'picgate.db'}")
+        db.migrate()
+        db.call(lambda s: s.execute(text("CREATE TABLE t (x)")))
+        files = sorted(tmp_path.glob("picgate.db*"))
+        assert [f.name for f in files] == ["picgate.db", "picgate.db-shm", "picgate.db-wal"]
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == dict.fromkeys(
+            (f.name for f in files), 0o600
+        )
+        db.dispose()
+
+        loose = tmp_path / "old.db"
+        loose.write_bytes(b"")
+        loose.chmod(0o644)
+        Database(f"sqlite:///{loose}").ping()
+        assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:

@@ -8,11 +8,16 @@ FROM python:3.11-slim AS build
 ARG TARGETARCH=amd64
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# uv.lock is the one lock file (also used by scripts/test.sh and infra/build-lambda-layer.sh):
+# the image gets exactly the versions the tests ran with, checked against their hashes
+COPY pyproject.toml uv.lock README.md ./
 COPY picgate ./picgate
-RUN python -m venv /opt/venv \
- && extras="" && if [ "$TARGETARCH" = "amd64" ]; then extras="[libsql]"; fi \
- && /opt/venv/bin/pip install ".${extras}"
+RUN pip install --quiet "uv>=0.13,<0.15" \
+ && extras="" && if [ "$TARGETARCH" = "amd64" ]; then extras="--extra libsql"; fi \
+ && uv export --quiet --frozen --no-dev --no-emit-project $extras -o /tmp/requirements.txt \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install -r /tmp/requirements.txt \
+ && /opt/venv/bin/pip install --no-deps .
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

@@ -6,7 +6,7 @@
 # /picgate/STAGE/DEPS_LAYER_ARN, where serverless.yml reads it (needs the AWS CLI; set
 # LAYER_BUCKET to an S3 bucket in the same region: the zip is over the 50 MB direct upload).
 #
-# The list is pyproject.toml's dependencies plus the libsql extra, without uvicorn: Lambda runs
+# The list is uv.lock's runtime dependencies plus the libsql extra, without uvicorn: Lambda runs
 # the app through Mangum, and leaving uvicorn[standard] out keeps uvloop, watchfiles, PyYAML and
 # click out of the layer and out of the cold start. sqlalchemy-libsql is held at >= 0.2 (on
 # libsql-experimental): 0.1 pulls the unmaintained libsql-client, and Sphinx with it.
@@ -17,20 +17,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo "$PWD/.venv/bin/python" || command -v python3 )}
+UV=${UV:-$( [ -x .venv/bin/uv ] && echo "$PWD/.venv/bin/uv" || command -v uv || true )}
+if [ -z "$UV" ]; then
+  echo "needs uv: run scripts/test.sh once, or pip install 'uv>=0.13,<0.15'" >&2
+  exit 1
+fi
 OUT=.build
 rm -rf "$OUT/layer" "$OUT/picgate-deps-layer.zip"
 mkdir -p "$OUT/layer/python"
 
-"$PYTHON" - > "$OUT/requirements-lambda.txt" <<'EOF'
-import tomllib
-
-with open("pyproject.toml", "rb") as f:
-    project = tomllib.load(f)["project"]
-for requirement in project["dependencies"] + project["optional-dependencies"]["libsql"]:
-    if not requirement.startswith("uvicorn"):
-        print(requirement)
-print("sqlalchemy-libsql>=0.2")
-EOF
+# the versions of uv.lock, the one lock file (Dockerfile and scripts/test.sh use it too)
+"$UV" export --quiet --frozen --no-dev --no-emit-project --extra libsql --prune uvicorn \
+  -o "$OUT/requirements-lambda.txt"
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check \
   --platform manylinux2014_x86_64 --implementation cp --python-version 3.11 \

@@ -8,7 +8,15 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# uv.lock is the one lock file (the Dockerfile and the Lambda layer use it too): the tests run on
+# exactly its versions, checked against their hashes; `uv lock` refreshes it after a change to
+# pyproject.toml, and `uv lock --check` below fails when that was forgotten.
+"${PIP[@]}" "uv>=0.13,<0.15"
+.venv/bin/uv export --quiet --frozen --extra test --no-emit-project -o .venv/requirements-test.txt
+"${PIP[@]}" -r .venv/requirements-test.txt
+"${PIP[@]}" --no-deps -e .
+.venv/bin/uv lock --check --quiet
 
 # Debian's Chromium drives the admin console tests (Playwright never downloads a browser here);
 # the CJK and emoji fonts make the console's screenshots readable.

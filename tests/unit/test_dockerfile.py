@@ -69,11 +69,14 @@ def test_dockerfile_runs_as_non_root_with_data_volume() -> None:
 
 def test_dockerfile_copies_what_the_package_needs() -> None:
     copies = " ".join(instructions("COPY"))
-    for needed in ("pyproject.toml", "README.md", "picgate"):
+    for needed in ("pyproject.toml", "uv.lock", "README.md", "picgate"):
         assert needed in copies
     ignored = (REPO / ".dockerignore").read_text().split()
-    for kept in ("picgate", "pyproject.toml", "README.md"):
+    for kept in ("picgate", "pyproject.toml", "uv.lock", "README.md"):
         assert kept not in ignored
+    # the versions come from the lock (hash-checked), the project itself without resolving again
+    run = " ".join(instructions("RUN"))
+    assert "uv export --quiet --frozen" in run and "pip install --no-deps ." in run
 
 
 def test_compose_agrees_with_dockerfile_and_settings() -> None:

@@ -16,8 +16,9 @@ import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import insert, select, text, tuple_
+from sqlalchemy import Select, insert, select, text, tuple_
 
 from picgate.admin import gallery
 from picgate.db.engine import Database
@@ -47,10 +48,19 @@ def fill(db: Database, rows: int) -> None:
             }
         )
         if len(batch) == 5000:
-            db.call(lambda s, b=batch: s.execute(insert(Image), b))
+            insert_rows(db, batch)
             batch = []
     if batch:
-        db.call(lambda s, b=batch: s.execute(insert(Image), b))
+        insert_rows(db, batch)
+
+
+def first_row(db: Database, query: Select[Any]) -> tuple[Any, Any]:
+    row = db.call(lambda s: s.execute(query).one())
+    return row[0], row[1]
+
+
+def insert_rows(db: Database, rows: list[dict[str, Any]]) -> None:
+    db.call(lambda s: s.execute(insert(Image), rows))
 
 
 def timed(db: Database, *, sort: str, cursor: str | None, limit: int) -> float:
@@ -75,14 +85,13 @@ def main() -> None:
         print(f"inserted {args.rows} rows in {time.perf_counter() - started:.1f} s")
         for sort, column in gallery.SORT_COLUMNS.items():
             # a cursor 95% of the way down the list
-            deep = db.call(
-                lambda s, c=column: s.execute(
-                    select(c, Image.id)
-                    .order_by(c.desc(), Image.id.desc())
-                    .offset(int(args.rows * 0.95))
-                    .limit(1)
-                ).one()
+            query = (
+                select(column, Image.id)
+                .order_by(column.desc(), Image.id.desc())
+                .offset(int(args.rows * 0.95))
+                .limit(1)
             )
+            deep = first_row(db, query)
             cursor = gallery.encode_cursor(deep[0], deep[1])
             first = timed(db, sort=sort, cursor=None, limit=args.limit)
             late = timed(db, sort=sort, cursor=cursor, limit=args.limit)

@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--mixed", action="store_true")
     parser.add_argument("--image-bytes", type=int, default=100_000)
     args = parser.parse_args()
-    with stub_upstream(args.image_bytes) as upstream, picgate(upstream, capture_log=True) as gw:
+    with stub_upstream(args.image_bytes) as upstream, picgate(upstream, True) as gw:
         pid = picgate.last_pid  # type: ignore[attr-defined]
         start_rss = rss_kb(pid)
         t0 = time.monotonic()

@@ -49,7 +49,9 @@ KEY = "pg-bench-key-0123456789"
 def measure(size: int, calls: int) -> None:
     with stub_upstream(size) as upstream, picgate(upstream) as gateway:
         body = {"model": "picgate", "prompt": "a fox", "response_format": "url"}
-        direct, through, floor = [], [], []
+        direct: list[float] = []
+        through: list[float] = []
+        floor: list[float] = []
         payload = os.urandom(size)
         # the files stay until the end, as stored images do: their pages are not reused
         with httpx.Client(timeout=60) as client, tempfile.TemporaryDirectory() as folder:

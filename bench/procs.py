@@ -71,7 +71,7 @@ def stub_upstream(image_bytes: int, fmt: str = "PNG") -> Iterator[str]:
 
 
 @contextmanager
-def picgate(upstream_base: str, capture_log: bool = False, **env: str) -> Iterator[str]:
+def picgate(upstream_base: str, capture_log: bool = False, /, **env: str) -> Iterator[str]:
     """PicGate as a separate process; ``picgate.last_pid`` / ``picgate.last_log`` describe it."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data:

@@ -89,7 +89,7 @@ def api_routes() -> list[tuple[str, str]]:
     found = []
     for route in router.routes:
         if isinstance(route, APIRoute) and route.path.startswith("/admin/api"):
-            for method in sorted(route.methods):
+            for method in sorted(route.methods or ()):
                 found.append((method, route.path.replace("{image_id}", "x" * 22)))
     return found
 

@@ -8,6 +8,7 @@ import base64
 import json
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from functools import partial
 from typing import Any
 
 import httpx
@@ -46,7 +47,7 @@ def elsewhere() -> Iterator[StubUpstream]:
 
 
 def admin_count(gateway: Gateway) -> int:
-    return int(gateway.services.db.call(lambda s: s.scalar(select(func.count(AdminUser.id)))))
+    return gateway.services.db.call(lambda s: s.scalar(select(func.count(AdminUser.id))) or 0)
 
 
 # -- 1. first-run setup needs the console's token ------------------------------------------------
@@ -162,7 +163,7 @@ def test_admin_login_many_addresses_slow_but_never_lock_the_account(
     db = gateway.services.db
     for i in range(110):  # the red-team run: 110 failures over 6 addresses
         address = f"198.51.100.{i % 6}"
-        db.call(lambda s, a=address: auth.record_failure(s, username=ADMIN_USER, ip=a))
+        db.call(partial(auth.record_failure, username=ADMIN_USER, ip=address))
     assert db.call(lambda s: auth.account_delay(s, username=ADMIN_USER)) == auth.ACCOUNT_DELAY_MAX
     monkeypatch.setattr(auth, "ACCOUNT_DELAY_MAX", 0.0)  # the wait is real; skip it here
     token = form_token(client.get("/admin/login").text)
@@ -235,7 +236,7 @@ def test_eventlog_keeps_log_max_entries_on_every_flush(
         for i in range(150):
             events.info(f"line {round_}-{i}")
         events.flush()
-        rows = events.db.call(lambda s: s.scalar(select(func.count(LogEntry.id))))
+        rows = events.db.call(lambda s: s.scalar(select(func.count(LogEntry.id))) or 0)
         assert rows <= 100, f"after flush {round_ + 1}: {rows} rows"
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -35,7 +36,7 @@ from tests.support.upstream import StubUpstream
 CHAT = "/v1/chat/completions"
 ONE_PIXEL = base64.b64decode(ONE_PIXEL_PNG_B64)
 LINK = re.compile(r"!\[[^\]\n]*\]\((http://127\.0\.0\.1:\d+/images/[A-Za-z0-9_-]+\.(\w+))\)")
-MESSAGES = [{"role": "user", "content": "draw a fox"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "draw a fox"}]
 META = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 1, "model": "up"}
 
 

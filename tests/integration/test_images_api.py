@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types import ImagesResponse
 
 from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support.fixtures import load_json
@@ -21,13 +23,20 @@ def fetch(gateway: Gateway, url: str) -> httpx.Response:
     return httpx.get(url)
 
 
+def first_url(result: ImagesResponse) -> str:
+    assert result.data, result
+    url = result.data[0].url
+    assert url is not None
+    return url
+
+
 def test_generations_b64_upstream_url_reply_serves_same_bytes(
     gateway: Gateway, upstream: StubUpstream, openai_client: openai.OpenAI
 ) -> None:
     upstream.image = make_image("PNG", 2_000_000)
     result = openai_client.images.generate(model="picgate", prompt="a fox in the snow")
-    assert len(result.data) == 1
-    url = result.data[0].url
+    assert len(result.data or []) == 1
+    url = first_url(result)
     assert url and url.endswith(".png")
     resp = fetch(gateway, url)
     assert resp.status_code == 200
@@ -48,7 +57,7 @@ def test_generations_n3_b64_json_reply_returns_bytes_and_stores(
     result = openai_client.images.generate(
         model="picgate", prompt="three cats", n=3, response_format="b64_json"
     )
-    assert [base64.b64decode(d.b64_json or "") for d in result.data] == [upstream.image] * 3
+    assert [base64.b64decode(d.b64_json or "") for d in result.data or []] == [upstream.image] * 3
     rows = gateway.services.db.call(
         lambda s: s.execute(__import__("sqlalchemy").text("select count(*) from images")).scalar()
     )
@@ -75,8 +84,8 @@ def test_generations_upstream_url_answer_fetched_and_stored(
     upstream.mode = "url"
     upstream.image = make_image("JPEG", 200_000)
     result = openai_client.images.generate(model="picgate", prompt="fox", n=2)
-    assert len(result.data) == 2
-    for item in result.data:
+    assert len(result.data or []) == 2
+    for item in result.data or []:
         assert item.url and item.url.endswith(".jpg")
         assert item.revised_prompt == "revised"
         assert fetch(gateway, item.url).content == upstream.image
@@ -89,7 +98,7 @@ def test_generations_each_raster_type_gets_real_extension(
     gateway: Gateway, upstream: StubUpstream, openai_client: openai.OpenAI, fmt: str, ext: str
 ) -> None:
     upstream.image = make_image(fmt, 50_000)
-    url = openai_client.images.generate(model="picgate", prompt="x").data[0].url
+    url = first_url(openai_client.images.generate(model="picgate", prompt="x"))
     assert url and url.endswith("." + ext)
     resp = fetch(gateway, url)
     assert resp.content == upstream.image
@@ -105,7 +114,7 @@ def test_edits_multipart_image_array_forwarded_as_image_array(
         prompt="make it blue",
         size="1024x1024",
     )
-    url = result.data[0].url
+    url = first_url(result)
     assert url and fetch(gateway, url).content == upstream.image
     sent = upstream.last("/v1/images/edits")
     assert [f[1] for f in sent.form["image[]"]] == [a, b]
@@ -150,7 +159,7 @@ def test_edits_json_body_with_data_url_forwarded_as_multipart(
 def test_edits_json_body_with_own_image_url_inlines_stored_bytes(
     gateway: Gateway, upstream: StubUpstream, openai_client: openai.OpenAI
 ) -> None:
-    first = openai_client.images.generate(model="picgate", prompt="x").data[0].url
+    first = first_url(openai_client.images.generate(model="picgate", prompt="x"))
     upstream.image = make_image("PNG", 3_000, seed=9)
     body = {"prompt": "again", "image": [{"image_url": first}]}
     resp = httpx.post(gateway.url + "/v1/images/edits", headers=gateway.headers, json=body)
@@ -161,13 +170,14 @@ def test_edits_json_body_with_own_image_url_inlines_stored_bytes(
 # -- errors ------------------------------------------------------------------------------
 
 
-def assert_openai_error(resp: httpx.Response, status: int) -> dict:
+def assert_openai_error(resp: httpx.Response, status: int) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     body = resp.json()
     assert set(body) == {"error"}
     assert {"message", "type", "param", "code"} <= set(body["error"])
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body["error"]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 @pytest.mark.parametrize(

@@ -226,6 +226,7 @@ async def test_cleanup_scheduler_runs_when_due_then_waits(make_services: MakeSer
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert scheduler.runs == 1  # polled again, but the next run is an hour away
+    assert scheduler.last_result is not None
     assert scheduler.last_result == {"ran": False, "reason": scheduler.last_result["reason"]}
 
 
@@ -266,7 +267,7 @@ def cli_settings(data: Path, **extra: Any) -> dict[str, str]:
 
 
 def seed(env: dict[str, str], count: int) -> tuple[Services, list[StoredImage]]:
-    services = Services(Settings(**{k.lower(): v for k, v in env.items()}))
+    services = Services(Settings.model_validate({k.lower(): v for k, v in env.items()}))
     services.prepare()
     images = [store_one(services, seed=30 + i) for i in range(count)]
     return services, images

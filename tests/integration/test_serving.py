@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 import httpx
 import pytest
@@ -160,12 +161,17 @@ def test_get_image_unknown_or_traversal_is_404(gateway: Gateway, path: str) -> N
 def test_get_image_access_time_not_written_per_hit(gateway: Gateway, stored: StoredImage) -> None:
     from picgate.db.models import Image
 
-    before = gateway.services.db.call(lambda s: s.get(Image, stored.id).accessed_at)
+    def accessed() -> datetime:
+        row = gateway.services.db.call(lambda s: s.get(Image, stored.id))
+        assert row is not None
+        return row.accessed_at
+
+    before = accessed()
     for _ in range(5):
         httpx.get(f"{gateway.url}/images/{stored.id}.jpg")
-    assert gateway.services.db.call(lambda s: s.get(Image, stored.id).accessed_at) == before
+    assert accessed() == before
     assert gateway.services.images.flush_access_times() == 1
-    assert gateway.services.db.call(lambda s: s.get(Image, stored.id).accessed_at) > before
+    assert accessed() > before
 
 
 def test_half_written_temp_file_never_served(gateway: Gateway, stored: StoredImage) -> None:

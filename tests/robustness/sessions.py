@@ -14,5 +14,6 @@ def admin_session(gateway: Gateway) -> tuple[str, str]:
     db = gateway.services.db
     db.call(lambda s: auth.set_admin(s, username="admin", password=ADMIN_PASSWORD))
     token = db.call(lambda s: auth.create_session(s, auth.ADMIN_ID))
-    csrf = db.call(lambda s: s.get(AdminSession, auth.token_digest(token)).csrf_token)
-    return token, csrf
+    row = db.call(lambda s: s.get(AdminSession, auth.token_digest(token)))
+    assert row is not None
+    return token, row.csrf_token

@@ -36,8 +36,8 @@ from tests.support.upstream import StubUpstream
 
 
 def image_rows(gateway: Gateway) -> int:
-    return int(
-        gateway.services.db.call(lambda s: s.scalar(sql_select(func.count()).select_from(Image)))
+    return gateway.services.db.call(
+        lambda s: s.scalar(sql_select(func.count()).select_from(Image)) or 0
     )
 
 

@@ -50,7 +50,7 @@ def test_validate_settings_unsafe_values_refused_naming_variable(
     values: dict[str, str], variable: str
 ) -> None:
     with pytest.raises(SettingsError, match=variable):
-        validate_settings(Settings(**values))
+        validate_settings(Settings.model_validate(values))
 
 
 def test_with_stored_environment_value_wins() -> None:

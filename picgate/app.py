@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from picgate.config import Settings
-from picgate.errors import AuthenticationFailed, PicGateError, UpstreamError, error_body
+from picgate.errors import PicGateError, error_body
 from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from picgate.services import Services
 
@@ -117,30 +117,18 @@ def _json_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def log_api_error(services: Services, exc: PicGateError, source: str | None = None) -> None:
-    """Count a failed ``/v1`` call and write its log line (a wrong gateway key from ``source``
-    is counted per address and minute instead: one line, not one per call)."""
-    services.events.count("errors")
-    if isinstance(exc, AuthenticationFailed) and source is not None:
-        services.events.auth_failure(source)
-    elif isinstance(exc, UpstreamError):
-        services.events.error(f"❌ 上游返回错误: HTTP {exc.status_code}: {exc.message}")
-    elif exc.status_code >= 500:
-        services.events.error(f"❌ 请求失败: HTTP {exc.status_code}: {exc.message}")
-    else:
-        services.events.warning(f"⚠️ 请求被拒绝: HTTP {exc.status_code}: {exc.message}")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PicGateError)
     async def picgate_error(request: Request, exc: PicGateError) -> Response:
+        services: Services = request.app.state.services
+        exc = services.events.redactor.error(exc)  # an upstream may echo a key back
         if exc.status_code >= 500:
             log.warning(
                 "%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message
             )
         if request.url.path.startswith("/v1/"):
             source = request.client.host if request.client else "unknown"
-            log_api_error(request.app.state.services, exc, source)
+            services.events.api_error(exc, source)
         return _json_error(exc.status_code, exc.to_dict(), exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -2,8 +2,12 @@
 
 Every event also goes to stdout through ``logging`` (``docker logs``, CloudWatch). Lines are
 buffered and written in batches (``flush``): by a background task in server mode, and before
-the response leaves in serverless mode. Long base64 runs and anything shaped like a key are
-scrubbed before a line is kept. Every flush that adds lines trims the table to ``max_entries``.
+the response leaves in serverless mode. Long base64 runs, anything shaped like a key and the
+configured secrets (``redactor``, see ``picgate.redaction``) are scrubbed before a line is kept
+or printed. Every flush that adds lines trims the table to ``max_entries``.
+
+``api_error`` is the one place a failed API call is recorded: one line and one count on the
+dashboard's error counter, whatever the failure.
 
 Wrong gateway keys are not one line each (a client retrying a bad key, or someone guessing,
 would write a row per call): ``auth_failure`` counts them per source address and minute, and
@@ -26,6 +30,8 @@ from sqlalchemy.orm import Session
 
 from picgate.db.engine import Database
 from picgate.db.models import DailyStat, LogEntry
+from picgate.errors import AuthenticationFailed, PicGateError, UpstreamError
+from picgate.redaction import Redactor
 
 log = logging.getLogger("picgate")
 
@@ -73,15 +79,21 @@ class EventLog:
         # (minute, address) -> failures not yet written; and -> (row id, total) once written
         self._auth_pending: dict[tuple[str, str], int] = {}
         self._auth_rows: dict[tuple[str, str], tuple[str, int]] = {}
+        self.redactor = Redactor()  # the container replaces it whenever the settings change
 
-    def add(self, level: str, message: str) -> None:
-        message = scrub(message)
+    def scrub(self, message: str) -> str:
+        """``message`` without base64 runs, key-shaped words and the configured secrets."""
+        return scrub(self.redactor.text(message))
+
+    def add(self, level: str, message: str, *, counted: bool = True) -> None:
+        """One log line; an ERROR line also counts on the dashboard unless ``counted`` is off."""
+        message = self.scrub(message)
         log.log(getattr(logging, level, logging.INFO), message)
         now = _utcnow()
         event = Event(new_log_id(), now, level, message)
         with self._lock:
             self._buffer.append(event)
-            if level == "ERROR":
+            if level == "ERROR" and counted:
                 key = (now.strftime("%Y-%m-%d"), "errors")
                 self._counters[key] = self._counters.get(key, 0) + 1
 
@@ -93,6 +105,26 @@ class EventLog:
 
     def error(self, message: str) -> None:
         self.add("ERROR", message)
+
+    def api_error(
+        self, exc: PicGateError, source: str | None = None, *, in_stream: bool = False
+    ) -> None:
+        """Record one failed ``/v1`` call: counted once, one log line (a wrong gateway key from
+        ``source`` is counted per address and minute instead: one line, not one per call).
+        ``in_stream``: the failure ended a stream after its first byte."""
+        if isinstance(exc, AuthenticationFailed) and source is not None:
+            self.auth_failure(source)
+        elif in_stream:
+            self.add("ERROR", f"❌ 对话流中断: {exc.message}", counted=False)
+        elif isinstance(exc, UpstreamError):
+            self.add(
+                "ERROR", f"❌ 上游返回错误: HTTP {exc.status_code}: {exc.message}", counted=False
+            )
+        elif exc.status_code >= 500:
+            self.add("ERROR", f"❌ 请求失败: HTTP {exc.status_code}: {exc.message}", counted=False)
+        else:
+            self.warning(f"⚠️ 请求被拒绝: HTTP {exc.status_code}: {exc.message}")
+        self.count("errors")
 
     def auth_failure(self, address: str) -> None:
         """Count one call refused for a wrong or missing gateway key from ``address``."""

@@ -32,6 +32,7 @@ from picgate.jobs.cleanup import Cleanup
 from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler
 from picgate.jobs.upload_worker import UploadWorker
+from picgate.redaction import Redactor
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
 from picgate.storage.archive import Archive
 from picgate.storage.image_store import ImageStore, StoredImage
@@ -59,6 +60,7 @@ class Services:
         self.serverless = settings.serverless
         self.db = Database(settings.database_url, auth_token=settings.database_auth_token)
         self.events = EventLog(self.db, max_entries=settings.log_max_entries)
+        self.events.redactor = Redactor.of(settings)
         self.cache = LocalCache(settings.resolved_images_dir)
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
@@ -133,7 +135,12 @@ class Services:
         if self._config is None:
             secret = load_or_create_secret_key(self.settings)
             self._config = ConfigService(self.settings, self.db, SecretBox(secret))
+            self._config.listeners.append(self._settings_changed)
         return self._config
+
+    def _settings_changed(self, current: Settings) -> None:
+        # keys stored through the console are secrets too; the environment's stay so as well
+        self.events.redactor = Redactor.of(self.settings, current)
 
     def prepare(self) -> None:
         """Folders, schema, first-start key. Idempotent and thread-safe; call before serving."""

@@ -15,6 +15,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,6 +155,8 @@ class ConfigService:
         self._current = base
         self._loaded_at = 0.0
         self._lock = threading.Lock()
+        # called with the new effective settings whenever they are (re)loaded or saved
+        self.listeners: list[Callable[[Settings], None]] = []
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -206,7 +209,12 @@ class ConfigService:
         with self._lock:
             self._current = merged
             self._loaded_at = time.monotonic()
+        self._changed(merged)
         return merged
+
+    def _changed(self, current: Settings) -> None:
+        for listener in self.listeners:
+            listener(current)
 
     def stored_values(self) -> dict[str, Any]:
         return self.db.call(self._read)
@@ -253,6 +261,7 @@ class ConfigService:
         with self._lock:
             self._current = result
             self._loaded_at = time.monotonic()
+        self._changed(result)
         return result
 
     def ensure_gateway_key(self) -> str | None:

@@ -18,10 +18,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from picgate.app import log_api_error
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest, PicGateError
-from picgate.gateway import chat
+from picgate.gateway import chat, relay
 from picgate.gateway.routes import read_json_object
 from picgate.services import Services
 
@@ -81,12 +80,12 @@ class PendingStream:
             done, _ = await asyncio.wait({self._opening}, timeout=self._keepalive)
             if done:
                 break
-            yield chat.KEEPALIVE
+            yield relay.KEEPALIVE
         try:
             stream = self._opening.result()
         except PicGateError as exc:  # logged as the error answer would have been
-            log_api_error(self._services, exc)
-            yield chat.error_event(exc)
+            self._services.events.api_error(exc)
+            yield relay.error_event(exc, self._services)
             return
         async for piece in stream.events():
             yield piece

@@ -36,6 +36,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from picgate.errors import UpstreamError
+
 __all__ = ["ImageSink", "StreamRewriter", "rewrite_completion", "rewrite_text"]
 
 ImageSink = Callable[[str], Awaitable[str | None]]
@@ -128,11 +130,13 @@ class _Scanner:
     matched, the base64 run, kept as a list of pieces until a non-base64 character ends it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_base64: int | None = None) -> None:
         self._held = ""  # a candidate head, or the matched head while base64 is collected
         self._alt: str | None = None
         self._collecting = False  # a head matched: _held is that head, base64 goes to _base64
         self._base64: list[str] = []
+        self._base64_size = 0
+        self._max = max_base64
 
     @property
     def holding(self) -> bool:
@@ -184,12 +188,17 @@ class _Scanner:
         end = _run_end(_BASE64_RUN, s, i)
         if end > i:
             self._base64.append(s[i:end])
+            self._base64_size += end - i
+            if self._max is not None and self._base64_size > self._max:
+                self._base64, self._base64_size = [], 0
+                raise image_too_large(self._max)
         if end == len(s) and not final:
             return end
         head, alt = self._held, self._alt
         data_at = 0 if alt is None else len(alt) + len("![](")
         base64 = "".join(self._base64)
         self._held, self._alt, self._base64, self._collecting = "", None, [], False
+        self._base64_size = 0
         if not base64:
             out.append(head)  # "data:image/png;base64," alone is not an image
             return end
@@ -201,6 +210,15 @@ class _Scanner:
             out.append(head[:data_at])
         out.append(_Found(None, data_url, data_url))
         return end
+
+
+def image_too_large(max_base64: int) -> UpstreamError:
+    """The stream's error for an image whose base64 passes ``max_base64`` characters (the
+    upstream's fault: 502, as ``upstream_image_too_large`` in the Images API)."""
+    return UpstreamError(
+        f"the upstream sent an image larger than MAX_IMAGE_MB ({max_base64} base64 characters)",
+        code="upstream_image_too_large",
+    )
 
 
 async def _resolve(segments: list[_Segment], sink: ImageSink) -> str:
@@ -410,8 +428,11 @@ class StreamRewriter:
     A chunk with nothing to change is returned as the very same string.
     """
 
-    def __init__(self, sink: ImageSink) -> None:
+    def __init__(self, sink: ImageSink, *, max_image: int | None = None) -> None:
+        """``max_image``: the largest image in base64 characters; a longer one (however many
+        chunks it comes in) raises UpstreamError ``upstream_image_too_large`` from ``feed``."""
         self._sink = sink
+        self._max_image = max_image
         self._choices: dict[int, _ChoiceState] = {}
         self._meta: dict[str, Any] = {"object": "chat.completion.chunk"}
 
@@ -473,7 +494,7 @@ class StreamRewriter:
             value = delta.get(name)
             scanner = state.scanners.get(name)
             if scanner is None:
-                scanner = state.scanners[name] = _Scanner()
+                scanner = state.scanners[name] = _Scanner(self._max_image)
             if name == "content" and isinstance(value, list):
                 held = await _resolve(scanner.feed("", final=True), self._sink)
                 new_parts = await _rewrite_parts(value, self._sink)

@@ -19,6 +19,10 @@ A blank line ends a block. A block yields an ``SSEEvent`` when it held a comment
 comment-only block comes out as ``SSEEvent(data=None, comments=[...])``. ``id`` is the block's own
 value (the "last event id" is not carried over: the gateway does not reconnect). ``close()``
 flushes the last block even when the stream ended without a blank line.
+
+``max_event`` bounds memory: an unfinished line, or the ``data`` of one event, longer than that
+many bytes raises ``EventTooLarge`` (a stream that never sends a newline cannot grow the buffer
+without end).
 """
 
 from __future__ import annotations
@@ -26,13 +30,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["SSEEvent", "SSEParser", "encode_comment", "encode_event"]
+__all__ = ["EventTooLarge", "SSEEvent", "SSEParser", "encode_comment", "encode_event"]
 
 _LINE_END = re.compile(rb"[\r\n]")
 _TEXT_LINE_END = re.compile(r"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
 _CR = 0x0D
 _LF = 0x0A
+
+
+class EventTooLarge(ValueError):
+    """A line or an event passed the parser's ``max_event``."""
 
 
 @dataclass(slots=True)
@@ -54,7 +62,9 @@ class SSEEvent:
 class SSEParser:
     """Turns the bytes of an event stream, in chunks of any size, into ``SSEEvent``s."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_event: int | None = None) -> None:
+        self.max_event = max_event
+        self._size = 0  # characters of the current event's data lines
         self._buf = bytearray()
         self._searched = 0  # bytes of _buf known to hold no line end
         self._skip_lf = False  # the last line ended with a CR that ended its chunk
@@ -101,7 +111,14 @@ class SSEParser:
         # what is left is one unfinished line, all of it already searched
         del buf[:start]
         self._searched = len(buf)
+        self._check(len(buf))
         return events
+
+    def _check(self, size: int) -> None:
+        if self.max_event is not None and size > self.max_event:
+            self._buf.clear()  # the memory goes now, not when the caller drops the parser
+            self._data = []
+            raise EventTooLarge(f"an event stream line or event over {self.max_event} bytes")
 
     def _feed_lf_lines(self, events: list[SSEEvent]) -> bool:
         """Fast path for a buffer whose line ends are all LF: decode every complete line at once.
@@ -115,6 +132,7 @@ class SSEParser:
         last = buf.rfind(b"\n", self._searched)
         if last < 0:
             self._searched = len(buf)
+            self._check(len(buf))
             return True
         try:
             text = buf[:last].decode("utf-8")
@@ -122,9 +140,13 @@ class SSEParser:
             return False
         del buf[: last + 1]
         self._searched = len(buf)
+        self._check(len(buf))
         for line in text.split("\n"):
             if line.startswith("data:"):
-                self._data.append(line[6:] if line.startswith(" ", 5) else line[5:])
+                value = line[6:] if line.startswith(" ", 5) else line[5:]
+                self._data.append(value)
+                self._size += len(value)
+                self._check(self._size)
                 self._seen = True
             elif line:
                 self._line(line, events)
@@ -155,6 +177,8 @@ class SSEParser:
         value = value.removeprefix(" ")
         if name == "data":
             self._data.append(value)
+            self._size += len(value)
+            self._check(self._size)
         elif name == "event":
             self._event = value
         elif name == "id":
@@ -181,6 +205,7 @@ class SSEParser:
                 )
             )
         self._data = []
+        self._size = 0
         self._event = None
         self._id = None
         self._retry = None

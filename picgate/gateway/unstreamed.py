@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 
 from picgate.errors import UpstreamError
-from picgate.gateway.chat import DONE, KEEPALIVE, ChunkReader, guarded
+from picgate.gateway.relay import DONE, KEEPALIVE, ChunkReader, guarded
 from picgate.gateway.rewrite import ImageSink, rewrite_completion
 from picgate.gateway.sse import encode_event
-from picgate.gateway.upstream import Upstream, error_from_upstream
+from picgate.gateway.upstream import Upstream, error_from_upstream, too_large
 from picgate.services import Services
 
 _ENVELOPE = ("id", "created", "model", "system_fingerprint", "provider")
@@ -60,15 +60,21 @@ def completion_chunks(answer: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def events(
-    chunks: AsyncIterator[bytes], sink: ImageSink, *, keepalive: float, services: Services
+    chunks: AsyncIterator[bytes],
+    sink: ImageSink,
+    *,
+    keepalive: float,
+    services: Services,
+    max_body: int | None = None,
 ) -> AsyncIterator[bytes]:
-    """The client's stream for a JSON answer read from ``chunks``."""
+    """The client's stream for a JSON answer read from ``chunks`` (at most ``max_body`` bytes:
+    past it the stream ends with ``upstream_response_too_large``)."""
     reader = ChunkReader(chunks)
-    return guarded(_converted(reader, sink, keepalive), reader, services)
+    return guarded(_converted(reader, sink, keepalive, max_body), reader, services)
 
 
 async def _converted(
-    reader: ChunkReader, sink: ImageSink, keepalive: float
+    reader: ChunkReader, sink: ImageSink, keepalive: float, max_body: int | None
 ) -> AsyncGenerator[bytes, None]:
     body = bytearray()
     while True:
@@ -79,6 +85,8 @@ async def _converted(
         if chunk is None:
             break
         body += chunk
+        if max_body is not None and len(body) > max_body:
+            raise too_large("an answer", max_body)
     answer = _completion(bytes(body))
     rewritten = await rewrite_completion(answer, sink)
     yield b"".join(encode_event(_dumps(chunk)) for chunk in completion_chunks(rewritten))

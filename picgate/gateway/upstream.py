@@ -1,7 +1,11 @@
 """The upstream OpenAI-compatible API: one shared httpx client, errors mapped to PicGate's tree.
 
 Upstream 4xx/5xx keep their status and message; unreachable is 502, a timeout 504, a 2xx with a
-body that is not the JSON we expect is 502.
+body that is not the JSON we expect is 502. A connection that drops after the answer began is
+``502 upstream_interrupted`` (not "unreachable": it was reached).
+
+Nothing read from the upstream is unbounded (``response_limit``, ``ERROR_BODY_LIMIT``, and for
+streams ``event_limit``); a body over its cap is ``502 upstream_response_too_large``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,42 @@ from picgate.config import Settings
 from picgate.errors import NotConfigured, UpstreamError
 
 LONG_STRING = 64 * 1024
+# an error body is read for its message: a megabyte is plenty
+ERROR_BODY_LIMIT = 2**20
+# an Images API answer carries at most ``n`` = 10 images
+MAX_IMAGES_PER_ANSWER = 10
+SLACK = 2**20  # the JSON around the images: ids, text, usage
+# one SSE event carries at most two images of the largest size (a delta with two data URLs)
+MAX_IMAGES_PER_EVENT = 2
+
+
+def base64_chars(size: int) -> int:
+    """Characters of the base64 text of ``size`` bytes (padded)."""
+    return 4 * ((size + 2) // 3)
+
+
+def image_limit(settings: Settings) -> int:
+    """The largest image in bytes (``MAX_IMAGE_MB``)."""
+    return settings.max_image_mb * 2**20
+
+
+def response_limit(settings: Settings) -> int:
+    """The largest non-stream answer read from the upstream: ten images of ``MAX_IMAGE_MB``
+    as base64 plus the JSON around them."""
+    return MAX_IMAGES_PER_ANSWER * base64_chars(image_limit(settings)) + SLACK
+
+
+def event_limit(settings: Settings) -> int:
+    """The largest SSE line or event of an upstream stream."""
+    return MAX_IMAGES_PER_EVENT * base64_chars(image_limit(settings)) + SLACK
+
+
+def too_large(what: str, limit: int) -> UpstreamError:
+    """The 502 for an upstream answer (or part of one) over its cap."""
+    return UpstreamError(
+        f"the upstream sent {what} larger than PicGate accepts ({limit} bytes)",
+        code="upstream_response_too_large",
+    )
 
 
 def parse_json(body: bytes) -> Any:
@@ -154,16 +194,45 @@ def error_from_upstream(status: int, body: bytes) -> UpstreamError:
     )
 
 
-def map_transport_error(exc: httpx.HTTPError) -> UpstreamError:
+def map_transport_error(exc: httpx.HTTPError, *, answering: bool = False) -> UpstreamError:
+    """The UpstreamError for a transport failure; ``answering``: the upstream had begun to
+    answer (status line received), so a broken connection is an interruption."""
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamError(
             "the upstream API did not answer in time", status_code=504, code="upstream_timeout"
         )
+    if answering:
+        return interrupted(exc)
     return UpstreamError(
         f"the upstream API is unreachable ({type(exc).__name__})",
         status_code=502,
         code="upstream_unreachable",
     )
+
+
+def interrupted(exc: BaseException) -> UpstreamError:
+    """The 502 for an answer whose connection broke before its end."""
+    return UpstreamError(
+        f"the upstream stream was interrupted before the answer was complete "
+        f"({type(exc).__name__})",
+        status_code=502,
+        code="upstream_interrupted",
+    )
+
+
+async def read_limited(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
+    """All of ``chunks``, or ``too_large`` as soon as they pass ``limit`` bytes."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise too_large(what, limit)
+    return bytes(body)
+
+
+def declared_over(response: httpx.Response, limit: int) -> bool:
+    declared = response.headers.get("content-length", "")
+    return declared.isdigit() and int(declared) > limit
 
 
 class Upstream:
@@ -213,25 +282,44 @@ class Upstream:
     ) -> None:
         """POST JSON or multipart; a 2xx answer's body goes to ``feed`` as it arrives.
 
-        A non-2xx answer is read whole and raised with its status and message; transport
-        failures (also halfway through the body) are raised as 502/504.
+        A non-2xx answer is read (up to ``ERROR_BODY_LIMIT``) and raised with its status and
+        message; transport failures are raised as 502/504 (``upstream_interrupted`` halfway
+        through the body); a body over ``response_limit`` as 502 upstream_response_too_large.
         """
+        limit = response_limit(settings)
+        answering = False
         try:
             async with self.stream(settings, path, json, data=data, files=files) as resp:
+                answering = True
+                if declared_over(resp, limit):
+                    raise too_large("an answer", limit)
+                total = 0
                 async for chunk in resp.aiter_bytes():
+                    total += len(chunk)
+                    if total > limit:
+                        raise too_large("an answer", limit)
                     feed(chunk)
         except httpx.HTTPError as exc:
-            raise map_transport_error(exc) from exc
+            raise map_transport_error(exc, answering=answering) from exc
 
     async def get_json(self, settings: Settings, path: str, *, timeout: float = 15.0) -> Any:
         url = upstream_url(settings, path)
+        headers = upstream_headers(settings)
+        limit = ERROR_BODY_LIMIT
+        answering = False
         try:
-            resp = await self.client.get(url, headers=upstream_headers(settings), timeout=timeout)
+            async with self.client.stream("GET", url, headers=headers, timeout=timeout) as resp:
+                answering = True
+                if resp.status_code < 300:
+                    limit = response_limit(settings)
+                if declared_over(resp, limit):
+                    raise too_large("an answer", limit)
+                body = await read_limited(resp.aiter_bytes(), limit, "an answer")
         except httpx.HTTPError as exc:
-            raise map_transport_error(exc) from exc
+            raise map_transport_error(exc, answering=answering) from exc
         if resp.status_code >= 300:
-            raise error_from_upstream(resp.status_code, resp.content)
-        return self.parse_answer(resp.content)
+            raise error_from_upstream(resp.status_code, body)
+        return self.parse_answer(body)
 
     @staticmethod
     def parse_answer(body: bytes) -> Any:
@@ -272,10 +360,16 @@ class Upstream:
             raise map_transport_error(exc) from exc
         try:
             if resp.status_code >= 300:
+                if declared_over(resp, ERROR_BODY_LIMIT):
+                    raise too_large(f"an HTTP {resp.status_code} error body", ERROR_BODY_LIMIT)
                 try:
-                    content = await resp.aread()
+                    content = await read_limited(
+                        resp.aiter_bytes(),
+                        ERROR_BODY_LIMIT,
+                        f"an HTTP {resp.status_code} error body",
+                    )
                 except httpx.HTTPError as exc:
-                    raise map_transport_error(exc) from exc
+                    raise map_transport_error(exc, answering=True) from exc
                 raise error_from_upstream(resp.status_code, content)
             yield resp
         finally:

@@ -231,6 +231,7 @@ class UploadQueue:
     def record_failure(self, task: UploadTask, *, owner: str, now: datetime, error: str) -> Outcome:
         """Schedule the next attempt (backoff), or mark the row ``failed`` after the fast ones."""
         attempts = task.attempts + 1
+        error = self.events.redactor.text(error)  # a store's message may quote a key
         outcome: Outcome
         if error == MISSING_LOCAL:
             # retrying cannot help until someone puts the file back; the admin can retry by hand

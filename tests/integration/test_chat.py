@@ -343,10 +343,10 @@ def test_chat_stream_upstream_drop_becomes_error_event(
     assert payloads[-1] == "[DONE]"
     error = json.loads(payloads[-2])
     assert set(error) == {"error"}
-    assert error["error"]["code"] == "upstream_unreachable"
-    assert error["error"]["message"].startswith("the upstream stream broke off")
+    assert error["error"]["code"] == "upstream_interrupted"
+    assert error["error"]["message"].startswith("the upstream stream was interrupted")
     assert any(line.startswith("❌ 对话流中断") for line in log_lines(gateway, "❌ 对话流中断"))
-    with pytest.raises(openai.APIError, match="broke off"):
+    with pytest.raises(openai.APIError, match="interrupted"):
         stream_text(gateway)
 
 

@@ -319,7 +319,7 @@ def test_streaming_upstream_body_cut_short_is_502_and_leaves_nothing(
 
     upstream.handlers[GENERATIONS] = handler
     resp = generate(gateway, n=2)
-    assert assert_openai_error(resp, 502)["code"] == "upstream_unreachable"
+    assert assert_openai_error(resp, 502)["code"] == "upstream_interrupted"
     # the first image had arrived whole (and was being written), the second was arriving
     assert len(started) == 2
     assert all(r is None for r in results(started))

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picgate.gateway.chat import coalesce
+from picgate.gateway.coalesce import coalesce
 from picgate.gateway.sse import SSEEvent
 
 META = {"id": "chatcmpl-c", "object": "chat.completion.chunk", "created": 1, "model": "m"}

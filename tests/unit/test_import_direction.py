@@ -39,3 +39,12 @@ def test_module_import_does_not_load_services_or_routes(module: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_chat_routes_import_does_not_load_the_app_factory() -> None:
+    code = (
+        "import sys, picgate.gateway.chat_routes\n"
+        "assert 'picgate.app' not in sys.modules, 'chat_routes imports picgate.app'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -718,3 +718,29 @@ def test_stream_rewriter_failing_sink_any_split_keeps_text(pieces: list[str]) ->
     out = run(run_stream(_stream_of(pieces), failing_sink))
 
     assert client_text(out) == "".join(pieces)
+
+
+def test_stream_rewriter_image_over_max_image_in_small_chunks_raises_too_large() -> None:
+    from picgate.errors import UpstreamError
+
+    sink = RecordingSink()
+    rewriter = StreamRewriter(sink, max_image=10_000)
+    run(rewriter.feed(chunk("look: data:image/png;base64,")))
+    with pytest.raises(UpstreamError) as caught:
+        for _ in range(200):  # 200 x 100 characters: past the cap half way, never stored
+            run(rewriter.feed(chunk("A" * 100)))
+    assert caught.value.code == "upstream_image_too_large"
+    assert caught.value.status_code == 502
+    assert sink.calls == []
+
+
+def test_stream_rewriter_image_at_max_image_is_stored() -> None:
+    sink = RecordingSink()
+    rewriter = StreamRewriter(sink, max_image=len(BIG_B64))
+    pieces = [BIG_URL[i : i + 50] for i in range(0, len(BIG_URL), 50)]
+    out: list[str] = []
+    for piece in pieces:
+        out += run(rewriter.feed(chunk(piece)))
+    out += run(rewriter.finish())
+    assert sink.calls == [BIG_URL]
+    assert LINK.search("".join(deltas(out)))

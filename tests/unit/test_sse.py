@@ -267,3 +267,33 @@ def test_sse_parser_lf_chunk_after_cr_chunk_keeps_crlf_as_one_break() -> None:
     assert parser.feed(b"data: a\r") == []
     assert parser.feed(b"\n\ndata: b\n") == [SSEEvent(data="a")]
     assert parser.feed(b"\n") == [SSEEvent(data="b")]
+
+
+def test_sse_parser_line_without_newline_over_max_event_raises_and_frees() -> None:
+    from picgate.gateway.sse import EventTooLarge
+
+    parser = SSEParser(max_event=1_000_000)
+    piece = b"x" * 65_536
+    parser.feed(b"data: ")
+    with pytest.raises(EventTooLarge):
+        for _ in range(100):  # 6.5 MB offered; the buffer never passes the cap by a chunk
+            parser.feed(piece)
+            assert len(parser._buf) <= 1_000_000 + len(piece)
+    assert len(parser._buf) == 0
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_sse_parser_event_of_many_lines_over_max_event_raises(ending: bytes) -> None:
+    from picgate.gateway.sse import EventTooLarge
+
+    parser = SSEParser(max_event=100_000)
+    line = b"data: " + b"y" * 1000 + ending  # each line is short; the event is not
+    with pytest.raises(EventTooLarge):
+        for _ in range(200):
+            parser.feed(line)
+
+
+def test_sse_parser_event_at_max_event_passes() -> None:
+    parser = SSEParser(max_event=100_000)
+    events = parser.feed(b"data: " + b"z" * 100_000 + b"\n\n")
+    assert [len(e.data or "") for e in events] == [100_000]

@@ -50,6 +50,8 @@ FORBIDDEN_ADDRESSES = [
     "224.0.0.1",
     "fe80::1%eth0",
     "fc00::1",
+    "fec0::1",  # site-local (deprecated): Python calls it global
+    "feff:ffff::1",
     "198.18.0.1",
     "240.0.0.1",
     "not-an-address",

@@ -1,4 +1,4 @@
-"""``chat.guarded``: the end of both chat stream paths (SSE relay, JSON answer converted).
+"""``relay.guarded``: the end of both chat stream paths (SSE relay, JSON answer converted).
 
 A failure after the first byte becomes one error event then ``[DONE]``; the upstream reader is
 closed however the stream ends, also when the client leaves while a read is pending.
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from picgate.gateway import chat, unstreamed
+from picgate.gateway import relay, unstreamed
 from picgate.gateway.rewrite import StreamRewriter
 
 
@@ -66,7 +66,7 @@ def converted(chunks: Chunks) -> AsyncIterator[bytes]:
 
 
 def relayed(chunks: Chunks) -> AsyncIterator[bytes]:
-    return chat.relay(chunks, StreamRewriter(no_images), keepalive=5)
+    return relay.relay(chunks, StreamRewriter(no_images), keepalive=5)
 
 
 @pytest.mark.parametrize("make", [converted, relayed], ids=["json-answer", "sse"])
@@ -79,7 +79,9 @@ def test_unexpected_failure_becomes_internal_error_event(make) -> None:  # type:
 def test_broken_upstream_becomes_upstream_error_event(make) -> None:  # type: ignore[no-untyped-def]
     broken = httpx.RemoteProtocolError("peer closed connection")
     pieces = asyncio.run(collect(make(Chunks([b'{"choices"'], fail=broken))))
-    assert "broke off" in str(error_of(pieces)["message"])
+    error = error_of(pieces)
+    assert error["code"] == "upstream_interrupted"
+    assert "interrupted" in str(error["message"])
 
 
 @pytest.mark.parametrize("make", [converted, relayed], ids=["json-answer", "sse"])

@@ -66,6 +66,10 @@ async def resolve_checked(host: str, port: int) -> str:
     """One allowed address for ``host``; BlockedAddress when any answer is forbidden."""
     try:
         infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:  # IDNA refuses the name (idna.IDNAError, a label too long)
+        raise BadRequest(
+            f"image host {host!r} is not a valid domain name ({exc})", code="invalid_url"
+        ) from exc
     except OSError as exc:
         raise BadRequest(f"cannot resolve image host {host!r}", code="unresolvable_url") from exc
     addresses = [str(info[4][0]) for info in infos]

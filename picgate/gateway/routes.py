@@ -80,17 +80,65 @@ EDITS_BODY: dict[str, Any] = {
 }
 
 
+# OpenAI request bodies are shallow (a JSON schema in ``response_format`` or ``tools`` is the
+# deepest part); far below the depth at which Python's recursion would fail on them
+MAX_JSON_DEPTH = 64
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object: strict JSON (no NaN or Infinity), at most ``MAX_JSON_DEPTH``
+    levels deep, every string valid Unicode. Anything else is a 400, never a 500 later on."""
     raw = await request.body()
     if not raw.strip():
         raise BadRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise too_deep() from exc
     except ValueError as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    check_json_tree(body)
     return body
+
+
+def too_deep() -> BadRequest:
+    return BadRequest(
+        f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.", code="invalid_json"
+    )
+
+
+def check_json_tree(value: Any) -> None:
+    """Walk a parsed body without recursion: its depth, and strings that cannot be UTF-8
+    (a lone surrogate such as ``"\\ud800"`` parses, then fails wherever it is encoded)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise BadRequest(
+                        "The request body contains a lone surrogate (\\ud800-\\udfff), "
+                        "which is not valid Unicode.",
+                        code="invalid_json",
+                    ) from exc
+            continue
+        if isinstance(item, dict):
+            children: Any = [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise too_deep()
+        stack.extend((child, depth + 1) for child in children)
 
 
 @router.get("/models")

@@ -68,8 +68,21 @@ def client_response_format(body: dict[str, Any]) -> str:
 
 
 def upstream_model(settings: Settings, client_model: Any) -> str | None:
+    """The model named upstream: UPSTREAM_MODEL_NAME when set, else the client's.
+
+    The gateway's own name (what ``/v1/models`` lists, so what a front end picks) means nothing
+    upstream: forwarding it would fail there with a confusing "model not found".
+    """
     if settings.upstream_model_name:
         return settings.upstream_model_name
+    if client_model == settings.gateway_model_name:
+        raise BadRequest(
+            f"'{client_model}' is this gateway's own model name, and UPSTREAM_MODEL_NAME is not "
+            "set, so PicGate does not know which upstream model to call. Set UPSTREAM_MODEL_NAME "
+            "(or the upstream model in the admin console), or send the upstream's model name.",
+            param="model",
+            code="upstream_model_not_set",
+        )
     return client_model if isinstance(client_model, str) else None
 
 

@@ -572,6 +572,28 @@ def test_admin_dashboard_stats_have_the_six_figures(admin: tuple[httpx.Client, s
     assert meta_token(page)
 
 
+def test_admin_dashboard_counts_todays_requests_and_images(
+    console: tuple[Gateway, httpx.Client, str], upstream_server: StubUpstream
+) -> None:
+    """images_today was always 0: nothing counted stored images. One request for 2 images is
+    +1 request, +2 images (the UTC day)."""
+    gateway, client, _ = console
+    upstream_server.reset()
+    before = client.get("/admin/api/stats").json()
+    body = {"model": "picgate", "prompt": "two foxes", "n": 2}
+    resp = httpx.post(
+        gateway.url + "/v1/images/generations", headers=gateway.headers, json=body, timeout=30
+    )
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["data"]) == 2
+    after = client.get("/admin/api/stats").json()
+    assert after["requests_today"] == before["requests_today"] + 1
+    assert after["images_today"] == before["images_today"] + 2
+    page = client.get("/admin").text
+    assert "今日图片数" in page
+    assert f'data-value="images_today">{after["images_today"]}<' in page
+
+
 def test_admin_cli_creates_and_resets_the_admin(
     gateway: Gateway, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

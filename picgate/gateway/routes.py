@@ -192,7 +192,9 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
     services.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
     base_url = public_base_url(request, settings)
-    if ctype.startswith("multipart/form-data"):
+    # a form without a file arrives urlencoded (curl -d, a client's form with the file left
+    # out): read it like multipart, so the missing image is named (400), not the encoding (415)
+    if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         images: list[images_api.EditImage] = []
         fields: dict[str, str] = {}
         mask: images_api.EditImage | None = None

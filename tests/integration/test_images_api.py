@@ -396,3 +396,20 @@ def test_upstream_error_logged_with_status(gateway: Gateway, upstream: StubUpstr
         lambda s: [(e.level, e.message) for e in s.scalars(select(LogEntry))]
     )
     assert any(level == "ERROR" and m.startswith("❌ 上游返回错误: HTTP 401") for level, m in rows)
+
+
+@pytest.mark.parametrize("encoding", ["multipart", "urlencoded", "json"])
+def test_edits_without_an_image_is_400_naming_image(gateway: Gateway, encoding: str) -> None:
+    """A form with the file left out arrives urlencoded: it was 415 (the encoding), it is the
+    missing ``image`` parameter."""
+    url = gateway.url + "/v1/images/edits"
+    fields = {"model": "picgate", "prompt": "make it blue"}
+    if encoding == "multipart":  # a multipart form with only text fields
+        resp = httpx.post(url, headers=gateway.headers, files={"prompt": (None, "make it blue")})
+    elif encoding == "urlencoded":
+        resp = httpx.post(url, headers=gateway.headers, data=fields)
+    else:
+        resp = httpx.post(url, headers=gateway.headers, json=fields)
+    error = assert_openai_error(resp, 400)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "image" and error["code"] == "missing_required_parameter"

@@ -94,7 +94,7 @@ class SqldServer:
             )
             command += ["--auth-jwt-key-file", str(key_file)]
         self._log = self.log_path.open("ab")
-        env = {**os.environ, "RUST_LOG": "warn"}
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self._process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )

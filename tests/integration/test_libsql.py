@@ -190,7 +190,7 @@ def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldSer
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
     for t in threads:
         t.start()
     for t in threads:
@@ -198,7 +198,7 @@ def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldSer
     try:
         assert not errors
         count = db.call(lambda s: s.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar())
-        assert count == 200
+        assert count == 400
     finally:
         db.dispose()
 
@@ -248,3 +248,45 @@ def test_jwt_auth_right_token_works_wrong_or_missing_token_clear_error(
         in_url.ping()
     finally:
         in_url.dispose()
+
+
+def test_hrana_second_writer_in_process_waits_for_the_first_to_commit(
+    table: tuple[hrana.Connection, str], sqld_server: SqldServer
+) -> None:
+    conn, name = table
+    conn.cursor().execute(f"INSERT INTO {name} VALUES (1, 'first')")
+    order: list[str] = []
+    second = hrana.connect(sqld_server.http_url)
+
+    def write() -> None:
+        second.cursor().execute(f"UPDATE {name} SET v = 'second' WHERE k = 1")
+        order.append("second wrote")
+        second.commit()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive() and order == []  # held at the gate, not at the server
+    order.append("first commits")
+    conn.commit()
+    thread.join(10)
+    second.close()
+    assert order == ["first commits", "second wrote"]
+    assert conn.cursor().execute(f"SELECT v FROM {name}").fetchall() == [("second",)]
+
+
+def test_hrana_writer_waiting_past_timeout_gets_database_is_locked(
+    table: tuple[hrana.Connection, str], sqld_server: SqldServer
+) -> None:
+    conn, name = table
+    conn.cursor().execute(f"INSERT INTO {name} VALUES (1, 'held')")
+    with hrana.connect(sqld_server.http_url, timeout=0.3) as impatient:
+        with pytest.raises(hrana.OperationalError, match="database is locked"):
+            impatient.cursor().execute(f"INSERT INTO {name} VALUES (2, 'waits')")
+        assert not impatient.in_transaction
+        # reads never wait for the gate
+        assert impatient.cursor().execute("SELECT 1").fetchone() == (1,)
+        conn.rollback()
+        impatient.cursor().execute(f"INSERT INTO {name} VALUES (2, 'after')")
+        impatient.commit()
+    assert conn.cursor().execute(f"SELECT k FROM {name}").fetchall() == [(2,)]

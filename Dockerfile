@@ -4,15 +4,12 @@
 # (or infra/docker-compose.yml). Settings come from the environment or the admin console.
 
 FROM python:3.11-slim AS build
-# set by BuildKit; the libSQL driver (Turso) ships x86_64 Linux wheels only
-ARG TARGETARCH=amd64
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY picgate ./picgate
 RUN python -m venv /opt/venv \
- && extras="" && if [ "$TARGETARCH" = "amd64" ]; then extras="[libsql]"; fi \
- && /opt/venv/bin/pip install ".${extras}"
+ && /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

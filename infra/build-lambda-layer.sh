@@ -6,13 +6,12 @@
 # /picgate/STAGE/DEPS_LAYER_ARN, where serverless.yml reads it (needs the AWS CLI; set
 # LAYER_BUCKET to an S3 bucket in the same region: the zip is over the 50 MB direct upload).
 #
-# The list is pyproject.toml's dependencies plus the libsql extra, without uvicorn: Lambda runs
-# the app through Mangum, and leaving uvicorn[standard] out keeps uvloop, watchfiles, PyYAML and
-# click out of the layer and out of the cold start. sqlalchemy-libsql is held at >= 0.2 (on
-# libsql-experimental): 0.1 pulls the unmaintained libsql-client, and Sphinx with it.
+# The list is pyproject.toml's dependencies without uvicorn: Lambda runs the app through Mangum,
+# and leaving uvicorn[standard] out keeps uvloop, watchfiles, PyYAML and click out of the layer
+# and out of the cold start. Turso needs nothing more: PicGate speaks its HTTP protocol itself.
 #
-# x86_64, not arm64: libsql-experimental publishes no Linux aarch64 wheels (checked for 0.0.55),
-# and Lambda python3.11 runs on Amazon Linux 2 (glibc 2.26), hence manylinux2014 wheels.
+# x86_64 to match serverless.yml (arm64 would work too: no dependency is x86-only); Lambda
+# python3.11 runs on Amazon Linux 2 (glibc 2.26), hence manylinux2014 wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,10 +25,9 @@ import tomllib
 
 with open("pyproject.toml", "rb") as f:
     project = tomllib.load(f)["project"]
-for requirement in project["dependencies"] + project["optional-dependencies"]["libsql"]:
+for requirement in project["dependencies"]:
     if not requirement.startswith("uvicorn"):
         print(requirement)
-print("sqlalchemy-libsql>=0.2")
 EOF
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check \

@@ -4,8 +4,6 @@
 # (or infra/docker-compose.yml). Settings come from the environment or the admin console.
 
 FROM python:3.11-slim AS build
-# set by BuildKit; the libSQL driver (Turso) ships x86_64 Linux wheels only
-ARG TARGETARCH=amd64
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # uv.lock is the one lock file (also used by scripts/test.sh and infra/build-lambda-layer.sh):
@@ -13,8 +11,7 @@ WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
 COPY picgate ./picgate
 RUN pip install --quiet "uv>=0.13,<0.15" \
- && extras="" && if [ "$TARGETARCH" = "amd64" ]; then extras="--extra libsql"; fi \
- && uv export --quiet --frozen --no-dev --no-emit-project $extras -o /tmp/requirements.txt \
+ && uv export --quiet --frozen --no-dev --no-emit-project -o /tmp/requirements.txt \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install -r /tmp/requirements.txt \
  && /opt/venv/bin/pip install --no-deps .

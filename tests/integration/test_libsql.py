@@ -1,0 +1,292 @@
+"""The Hrana driver and the libSQL dialect against a real sqld over HTTP on 127.0.0.1.
+
+Values round-trip with their types, constraint failures are IntegrityError, a transaction is
+one stream (invisible to others until COMMIT, gone after ROLLBACK), migrations build the schema
+on an empty server, and a server with JWT auth refuses a wrong token with a message that says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import exc as sa_exc
+
+from picgate.config import Settings
+from picgate.db import hrana
+from picgate.db.engine import HEAD_REVISION, Database
+from picgate.db.models import Base
+from tests.sqld import SqldServer
+
+_tables = iter(range(1_000_000))
+
+
+@pytest.fixture
+def table(sqld_server: SqldServer) -> Iterator[tuple[hrana.Connection, str]]:
+    """A DB-API connection to the shared sqld and a fresh table ``(k INTEGER PRIMARY KEY, v)``."""
+    conn = hrana.connect(sqld_server.http_url)
+    name = f"t{next(_tables)}"
+    conn.cursor().execute(f"CREATE TABLE {name} (k INTEGER PRIMARY KEY, v)")
+    yield conn, name
+    conn.close()
+
+
+VALUES: list[object] = [
+    None,
+    0,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    1.5,
+    -0.0,
+    1e300,
+    "",
+    "plain",
+    "中文 ünïcödé 😀 \x00 nul",
+    b"",
+    b"\x00\x01\xfe\xff",
+    bytes(range(256)) * 4096,  # 1 MiB
+]
+
+
+def test_hrana_values_round_trip_with_their_types(table: tuple[hrana.Connection, str]) -> None:
+    conn, name = table
+    cur = conn.cursor()
+    cur.executemany(f"INSERT INTO {name} (k, v) VALUES (?, ?)", list(enumerate(VALUES)))
+    assert cur.rowcount == len(VALUES)
+    conn.commit()
+    rows = conn.cursor().execute(f"SELECT k, v FROM {name} ORDER BY k").fetchall()
+    assert [v for _, v in rows] == VALUES
+    assert [type(v) for _, v in rows] == [type(v) for v in VALUES]
+    named = conn.cursor().execute("SELECT :a, :b", {"a": 7, "b": "x"}).fetchone()
+    assert named == (7, "x")
+
+
+def test_hrana_integer_beyond_64_bits_is_data_error(table: tuple[hrana.Connection, str]) -> None:
+    conn, name = table
+    with pytest.raises(hrana.DataError):
+        conn.cursor().execute(f"INSERT INTO {name} VALUES (1, ?)", (2**63,))
+
+
+def test_hrana_duplicate_key_is_integrity_error_and_transaction_survives(
+    table: tuple[hrana.Connection, str],
+) -> None:
+    conn, name = table
+    cur = conn.cursor()
+    cur.execute(f"INSERT INTO {name} VALUES (1, 'a')")
+    with pytest.raises(hrana.IntegrityError, match="UNIQUE constraint failed"):
+        cur.execute(f"INSERT INTO {name} VALUES (1, 'b')")
+    assert conn.in_transaction  # as in sqlite3: the failed statement alone is undone
+    conn.commit()
+    assert conn.cursor().execute(f"SELECT v FROM {name}").fetchall() == [("a",)]
+
+
+def test_hrana_executemany_stops_at_first_error(table: tuple[hrana.Connection, str]) -> None:
+    conn, name = table
+    with pytest.raises(hrana.IntegrityError):
+        conn.cursor().executemany(
+            f"INSERT INTO {name} VALUES (?, ?)", [(1, "a"), (1, "b"), (2, "c")]
+        )
+    conn.commit()
+    assert conn.cursor().execute(f"SELECT k, v FROM {name}").fetchall() == [(1, "a")]
+
+
+def test_hrana_transaction_invisible_until_commit_and_gone_after_rollback(
+    sqld_server: SqldServer, table: tuple[hrana.Connection, str]
+) -> None:
+    conn, name = table
+    other = hrana.connect(sqld_server.http_url)
+    try:
+        conn.cursor().execute(f"INSERT INTO {name} VALUES (1, 'kept')")
+        assert other.cursor().execute(f"SELECT count(*) FROM {name}").fetchone() == (0,)
+        conn.commit()
+        assert other.cursor().execute(f"SELECT count(*) FROM {name}").fetchone() == (1,)
+        conn.cursor().execute(f"INSERT INTO {name} VALUES (2, 'dropped')")
+        conn.cursor().execute(f"UPDATE {name} SET v = 'changed' WHERE k = 1")
+        # a read inside the transaction sees its own writes
+        assert conn.cursor().execute(f"SELECT count(*) FROM {name}").fetchone() == (2,)
+        conn.rollback()
+        assert not conn.in_transaction
+        assert other.cursor().execute(f"SELECT k, v FROM {name}").fetchall() == [(1, "kept")]
+    finally:
+        other.close()
+
+
+def test_hrana_syntax_error_is_operational_error(sqld_server: SqldServer) -> None:
+    with hrana.connect(sqld_server.http_url) as conn, pytest.raises(hrana.OperationalError):
+        conn.cursor().execute("SELEC 1")
+
+
+def test_hrana_unreachable_server_is_a_disconnect() -> None:
+    from tests.support.servers import free_port
+
+    with (
+        hrana.connect(f"http://127.0.0.1:{free_port()}", timeout=2) as conn,
+        pytest.raises(hrana.Disconnect, match="unreachable"),
+    ):
+        conn.cursor().execute("SELECT 1")
+
+
+def test_dialect_core_types_and_integrity_error_through_sqlalchemy(sqld_server: SqldServer) -> None:
+    db = Database(sqld_server.database_url)
+    meta = sa.MetaData()
+    name = f"t{next(_tables)}"
+    things = sa.Table(
+        name,
+        meta,
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("size", sa.BigInteger),
+        sa.Column("at", sa.DateTime),
+        sa.Column("flag", sa.Boolean),
+        sa.Column("data", sa.LargeBinary),
+        sa.Column("ratio", sa.Float),
+    )
+    try:
+        meta.create_all(db.engine)
+        row = {
+            "id": "a",
+            "size": 2**40,
+            "at": datetime(2026, 1, 2, 3, 4, 5, 678),
+            "flag": True,
+            "data": b"\x89PNG\x00",
+            "ratio": 0.25,
+        }
+        db.call(lambda s: s.execute(things.insert(), row))
+        assert db.call(lambda s: s.execute(sa.select(things)).mappings().one()) == row
+        with pytest.raises(sa_exc.IntegrityError):
+            db.call(lambda s: s.execute(things.insert(), row))
+        with pytest.raises(sa_exc.OperationalError):
+            db.call(lambda s: s.execute(sa.text("SELECT * FROM no_such_table")))
+
+        def fails_after_write(session: sa.orm.Session) -> None:
+            session.execute(things.insert(), {**row, "id": "b"})
+            raise RuntimeError("after the write")
+
+        with pytest.raises(RuntimeError):
+            db.call(fails_after_write)
+        assert db.call(lambda s: s.execute(sa.select(things.c.id)).scalars().all()) == ["a"]
+    finally:
+        db.dispose()
+
+
+def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldServer) -> None:
+    db = Database(sqld_server.database_url)
+    name = f"t{next(_tables)}"
+    db.call(lambda s: s.execute(sa.text(f"CREATE TABLE {name} (k TEXT PRIMARY KEY, n INTEGER)")))
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(25):
+                db.call(
+                    lambda s, i=i: s.execute(
+                        sa.text(f"INSERT INTO {name} VALUES (:k, :n)"), {"k": f"{n}-{i}", "n": i}
+                    )
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors
+        count = db.call(lambda s: s.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar())
+        assert count == 400
+    finally:
+        db.dispose()
+
+
+def test_migrations_on_empty_sqld_build_the_same_schema_as_sqlite(
+    start_sqld: Callable[..., SqldServer], tmp_path: pytest.TempPathFactory
+) -> None:
+    server = start_sqld()
+    db = Database(server.database_url)
+    try:
+        assert db.current_revision() is None
+        db.migrate()
+        assert db.current_revision() == HEAD_REVISION
+        tables = set(sa.inspect(db.engine).get_table_names())
+        assert set(Base.metadata.tables) <= tables
+        again = Database(server.database_url)  # another process's view: already at head
+        assert again.current_revision() == HEAD_REVISION
+        again.migrate()
+        again.dispose()
+    finally:
+        db.dispose()
+
+
+def test_jwt_auth_right_token_works_wrong_or_missing_token_clear_error(
+    start_sqld: Callable[..., SqldServer],
+) -> None:
+    server = start_sqld(jwt_key=Ed25519PrivateKey.generate())
+    settings = Settings(database_url=server.database_url, database_auth_token=server.token())
+    good = Database(settings.database_url, auth_token=settings.database_auth_token)
+    try:
+        good.migrate()
+        assert good.current_revision() == HEAD_REVISION
+    finally:
+        good.dispose()
+    wrong = server.token(Ed25519PrivateKey.generate())
+    for token in (wrong, None):
+        db = Database(server.database_url, auth_token=token)
+        try:
+            with pytest.raises(sa_exc.OperationalError, match="refused the auth token") as info:
+                db.ping()
+            assert "DATABASE_AUTH_TOKEN" in str(info.value)
+        finally:
+            db.dispose()
+    # the token may also ride in the URL (authToken=...), as Turso's URLs allow
+    in_url = Database(f"{server.database_url}&authToken={server.token()}")
+    try:
+        in_url.ping()
+    finally:
+        in_url.dispose()
+
+
+def test_hrana_second_writer_in_process_waits_for_the_first_to_commit(
+    table: tuple[hrana.Connection, str], sqld_server: SqldServer
+) -> None:
+    conn, name = table
+    conn.cursor().execute(f"INSERT INTO {name} VALUES (1, 'first')")
+    order: list[str] = []
+    second = hrana.connect(sqld_server.http_url)
+
+    def write() -> None:
+        second.cursor().execute(f"UPDATE {name} SET v = 'second' WHERE k = 1")
+        order.append("second wrote")
+        second.commit()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive() and order == []  # held at the gate, not at the server
+    order.append("first commits")
+    conn.commit()
+    thread.join(10)
+    second.close()
+    assert order == ["first commits", "second wrote"]
+    assert conn.cursor().execute(f"SELECT v FROM {name}").fetchall() == [("second",)]
+
+
+def test_hrana_writer_waiting_past_timeout_gets_database_is_locked(
+    table: tuple[hrana.Connection, str], sqld_server: SqldServer
+) -> None:
+    conn, name = table
+    conn.cursor().execute(f"INSERT INTO {name} VALUES (1, 'held')")
+    with hrana.connect(sqld_server.http_url, timeout=0.3) as impatient:
+        with pytest.raises(hrana.OperationalError, match="database is locked"):
+            impatient.cursor().execute(f"INSERT INTO {name} VALUES (2, 'waits')")
+        assert not impatient.in_transaction
+        # reads never wait for the gate
+        assert impatient.cursor().execute("SELECT 1").fetchone() == (1,)
+        conn.rollback()
+        impatient.cursor().execute(f"INSERT INTO {name} VALUES (2, 'after')")
+        impatient.commit()
+    assert conn.cursor().execute(f"SELECT k FROM {name}").fetchall() == [(2,)]

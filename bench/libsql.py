@@ -86,7 +86,7 @@ def main() -> None:
             if args.backend != "both" and (url is None) != (args.backend == "sqlite"):
                 continue
             env = {"DATABASE_URL": url} if url else {}
-            with picgate(upstream, capture_log=True, **env) as gateway:
+            with picgate(upstream, True, **env) as gateway:
                 result = asyncio.run(run(gateway, args.concurrency, args.seconds))
                 log: Path = picgate.last_log  # type: ignore[attr-defined]
                 text = log.read_text()

@@ -10,11 +10,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import partial
 
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
 
 from picgate.config import Settings
 from picgate.db import hrana
@@ -179,13 +181,13 @@ def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldSer
     db.call(lambda s: s.execute(sa.text(f"CREATE TABLE {name} (k TEXT PRIMARY KEY, n INTEGER)")))
     errors: list[BaseException] = []
 
+    insert = sa.text(f"INSERT INTO {name} VALUES (:k, :n)")
+
     def writer(n: int) -> None:
         try:
             for i in range(25):
                 db.call(
-                    lambda s, i=i: s.execute(
-                        sa.text(f"INSERT INTO {name} VALUES (:k, :n)"), {"k": f"{n}-{i}", "n": i}
-                    )
+                    partial(Session.execute, statement=insert, params={"k": f"{n}-{i}", "n": i})
                 )
         except BaseException as exc:
             errors.append(exc)

@@ -4,6 +4,7 @@ drops says so, and one failure counts once on the dashboard."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -185,9 +186,10 @@ def test_upstream_stream_line_without_newline_over_cap_is_error_event(
     async def endless_line() -> AsyncIterator[bytes]:
         yield text_event("Hello")
         yield b"data: "
-        for _ in range(320):  # 20 MB, no newline
+        for _ in range(320):  # 20 MB, no newline, over 3 s: PicGate's cap is hit at ~60
             sent.append(1)
             yield b"x" * 65_536
+            await asyncio.sleep(0.01)  # room to notice the disconnect, even on a busy machine
 
     upstream.handlers[CHAT] = lambda request: _async(
         StreamingResponse(endless_line(), media_type="text/event-stream")

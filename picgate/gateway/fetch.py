@@ -63,6 +63,10 @@ async def resolve_checked(host: str, port: int) -> str:
     """One allowed address for ``host``; BlockedAddress when any answer is forbidden."""
     try:
         infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:  # IDNA refused the name: an empty or overlong label, bad punycode
+        raise BadRequest(
+            f"image URL has an invalid host name {host!r}", code="invalid_url"
+        ) from exc
     except OSError as exc:
         raise BadRequest(f"cannot resolve image host {host!r}", code="unresolvable_url") from exc
     addresses = [str(info[4][0]) for info in infos]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio.to_thread
@@ -15,6 +14,7 @@ from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest, UnsupportedMediaType
 from picgate.gateway import images_api
 from picgate.gateway.fetch import fetch_image_bytes
+from picgate.gateway.request_json import parse_json_object
 from picgate.services import Services
 from picgate.storage.codec import sniff
 
@@ -81,16 +81,8 @@ EDITS_BODY: dict[str, Any] = {
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise BadRequest("The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    return body
+    """The request's JSON object, checked that it can be sent on (``request_json``)."""
+    return parse_json_object(await request.body())
 
 
 @router.get("/models")

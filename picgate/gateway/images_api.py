@@ -68,8 +68,22 @@ def client_response_format(body: dict[str, Any]) -> str:
 
 
 def upstream_model(settings: Settings, client_model: Any) -> str | None:
+    """The model to ask the upstream for: ``UPSTREAM_MODEL_NAME``, else the client's own.
+
+    A client that sends the gateway's own name (``GATEWAY_MODEL_NAME``, what ``/v1/models``
+    lists, so what a chat front end picks) while no upstream model is set gets a 400 saying so:
+    forwarded, that name would only earn an "unknown model" from the upstream.
+    """
     if settings.upstream_model_name:
         return settings.upstream_model_name
+    if client_model == settings.gateway_model_name and settings.upstream_configured:
+        raise BadRequest(
+            f"The model {client_model!r} is this gateway's own name and no upstream model is "
+            "set: set UPSTREAM_MODEL_NAME (environment or admin settings) to the upstream's "
+            "model, or send the upstream's model name.",
+            param="model",
+            code="upstream_model_not_set",
+        )
     return client_model if isinstance(client_model, str) else None
 
 

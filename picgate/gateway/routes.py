@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 
 from picgate.config import Settings
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
-from picgate.errors import BadRequest, UnsupportedMediaType
+from picgate.errors import BadRequest, PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.request_json import parse_json_object
@@ -118,9 +118,13 @@ async def images_generations(request: Request, gateway: GatewayDep) -> JSONRespo
     return JSONResponse(reply)
 
 
-async def _upload_bytes(upload: UploadFile) -> images_api.EditImage:
+async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
     data = await upload.read()
-    kind = sniff(data)
+    try:
+        kind = sniff(data)
+    except PicGateError as exc:
+        exc.param = exc.param or param
+        raise
     name = upload.filename or f"image.{kind.ext}"
     return (name, data, kind.mime)
 
@@ -136,7 +140,8 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
     services.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
     base_url = public_base_url(request, settings)
-    if ctype.startswith("multipart/form-data"):
+    # a url-encoded form cannot carry a file, but it is still an edit with no image: answer so
+    if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         images: list[images_api.EditImage] = []
         fields: dict[str, str] = {}
         mask: images_api.EditImage | None = None
@@ -147,9 +152,9 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
                     fields[key] = value
                 elif key in ("image", "image[]"):
                     field = "image[]" if key == "image[]" else field
-                    images.append(await _upload_bytes(value))
+                    images.append(await _upload_bytes(value, key))
                 elif key == "mask":
-                    mask = await _upload_bytes(value)
+                    mask = await _upload_bytes(value, "mask")
         if len(images) > 1:
             field = "image[]"
         return await images_api.edit(

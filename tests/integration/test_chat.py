@@ -196,6 +196,21 @@ def test_chat_no_upstream_model_passes_client_model(start_gateway, upstream: Stu
     assert upstream.last(CHAT).json["model"] == "nano-banana"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_gateway_model_without_upstream_model_is_400(
+    start_gateway, upstream: StubUpstream, stream: bool
+) -> None:
+    gateway = start_gateway(upstream_model_name=None)
+    body = {"model": "picgate", "messages": MESSAGES, "stream": stream}
+    resp = httpx.post(gateway.url + CHAT, json=body, headers=gateway.headers)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert (error["param"], error["code"]) == ("model", "upstream_model_not_set")
+    assert "UPSTREAM_MODEL_NAME" in error["message"]
+    assert not any(r.path == CHAT for r in upstream.requests)
+
+
 # -- streams crafted to stress the relay -------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ from picgate.errors import (
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.history import HistoryImages, last_user_text, messages_of, upstream_body
 from picgate.gateway.images_api import upstream_model
+from picgate.gateway.inline import InlineBudget
 from picgate.gateway.rewrite import ImageSink, StreamRewriter, rewrite_completion
 from picgate.gateway.sse import SSEEvent, SSEParser, encode_comment, encode_event
 from picgate.gateway.upstream import map_transport_error
@@ -117,6 +118,7 @@ def history_images(
         own_bases=own_bases,
         load_own=load_own,
         fetch=fetch if settings.allow_external_image_fetch else None,
+        budget=InlineBudget.from_mb(settings.max_inline_images_mb),
     )
 
 

@@ -390,7 +390,9 @@ async def edit(
     return reply
 
 
-ImageLoader = Callable[[str], Awaitable[bytes]]
+ImageLoader = Callable[[str, str], Awaitable[bytes]]
+"""The bytes of an image reference (base64, data URL or URL); the second argument names the
+parameter it came from, for errors."""
 
 
 async def edit_inputs_from_json(
@@ -412,12 +414,12 @@ async def edit_inputs_from_json(
                 ref = ref.get("url")
         if not isinstance(ref, str) or not ref:
             raise BadRequest("each image must be base64, a data URL or a URL", param="image")
-        data = await load(ref)
+        data = await load(ref, "image")
         kind = sniff(data)
         images.append((f"image-{index}.{kind.ext}", data, kind.mime))
     mask: EditImage | None = None
     if isinstance(body.get("mask"), str) and body["mask"]:
-        mdata = await load(body["mask"])
+        mdata = await load(body["mask"], "mask")
         mkind = sniff(mdata)
         mask = (f"mask.{mkind.ext}", mdata, mkind.mime)
     fields: dict[str, str] = {}

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from picgate.config import Settings
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
-from picgate.errors import BadRequest, PicGateError, UnsupportedMediaType
+from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
-from picgate.gateway.fetch import fetch_image_bytes
+from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
 from picgate.services import Services
 from picgate.storage.codec import sniff
@@ -169,24 +168,7 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
 
-        async def load(ref: str) -> bytes:
-            if ref.startswith(("http://", "https://")):
-                own = _own_image(ref, base_url)
-                if own is not None:
-                    return await own_image_bytes(services, own)
-                # a user-given URL: fetched only when the admin allows it, always via the guard
-                if not settings.allow_external_image_fetch:
-                    raise BadRequest(
-                        "External image URLs are not fetched (ALLOW_EXTERNAL_IMAGE_FETCH is "
-                        "off); send the image as base64 or a data URL.",
-                        param="image",
-                        code="external_fetch_disabled",
-                    )
-                return await fetch_image_bytes(
-                    services.http, ref, max_bytes=settings.max_image_mb * 2**20
-                )
-            return await anyio.to_thread.run_sync(services.images.decode, ref)
-
+        load = EditImageLoader.build(services, settings, base_url)
         fields, images, mask, field = await images_api.edit_inputs_from_json(body, load)
         return await images_api.edit(
             services,
@@ -201,17 +183,3 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
         "Send the edit as multipart/form-data (or JSON with base64 images).",
         code="unsupported_content_type",
     )
-
-
-def _own_image(url: str, base_url: str) -> str | None:
-    from picgate.storage.image_store import parse_image_name
-
-    prefix = base_url + "/images/"
-    if not url.startswith(prefix):
-        return None
-    parsed = parse_image_name(url[len(prefix) :].split("?", 1)[0])
-    return parsed[0] if parsed else None
-
-
-async def own_image_bytes(services: Services, image_id: str) -> bytes:
-    return await services.serving.read_bytes(image_id)

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     runtime_mode: RuntimeMode = "auto"
 
     max_request_body_mb: int = Field(50, ge=1)
+    # bytes of images PicGate inlines into one upstream request from image URLs (history images,
+    # edit images by URL), counted for every reference: a small request can name a big image
+    # many times (picgate.gateway.inline)
+    max_inline_images_mb: int = Field(50, ge=1)
     # slow clients (``picgate serve``): a request head must arrive within this many seconds; a
     # body within this many plus one second per 16 KiB received (picgate.middleware)
     request_header_timeout_seconds: float = Field(30.0, gt=0)

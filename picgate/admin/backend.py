@@ -133,8 +133,8 @@ async def cache_stats(services: Services) -> dict[str, Any]:
 
 
 async def dashboard_stats(services: Services) -> dict[str, Any]:
-    """``cache_stats`` plus requests_today, errors_today, images_today and ``last_cleanup_at``
-    (ISO, UTC)."""
+    """``cache_stats`` plus requests_today, errors_today, images_today (UTC day) and
+    ``last_cleanup_at`` (ISO, UTC)."""
     result: dict[str, Any] = plain(await anyio.to_thread.run_sync(_dashboard_stats, services))
     last = result.get("last_cleanup")
     when = last.get("last_run_at") if isinstance(last, dict) else last

@@ -20,6 +20,7 @@ from picgate.gateway import relay, unstreamed
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.history import HistoryImages, last_user_text, messages_of, upstream_body
 from picgate.gateway.images_api import upstream_model
+from picgate.gateway.inline import InlineBudget
 from picgate.gateway.rewrite import ImageSink, StreamRewriter, rewrite_completion
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
 from picgate.services import Services
@@ -76,6 +77,7 @@ def history_images(
         own_bases=own_bases,
         load_own=load_own,
         fetch=fetch if settings.allow_external_image_fetch else None,
+        budget=InlineBudget.from_mb(settings.max_inline_images_mb),
     )
 
 

@@ -1,8 +1,7 @@
 """Fetching an image from a URL, with an SSRF guard for URLs that users or upstreams give us.
 
 The guard resolves the host once, refuses loopback, private, link-local, CGNAT, multicast,
-reserved and unspecified addresses, and IPv6 site-local ``fec0::/10`` (deprecated, but routed
-as private on networks that still use it; IPv4-mapped IPv6 is unwrapped first), then connects to the
+reserved and unspecified addresses (IPv4-mapped IPv6 is unwrapped first), then connects to the
 address it checked (the name is kept for ``Host`` and TLS SNI), so DNS cannot change the answer
 between the check and the connection. Every redirect hop is checked again. Bytes and time are
 capped and only images are accepted.
@@ -49,8 +48,6 @@ def address_allowed(address: str) -> bool:
             ip = ip.teredo[1]
     if isinstance(ip, ipaddress.IPv4Address) and (ip in _CGNAT or ip in _BENCHMARK):
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
-        return False  # Python counts fec0::/10 as global: it is not in the special registry
     return bool(
         ip.is_global
         and not ip.is_multicast
@@ -66,9 +63,9 @@ async def resolve_checked(host: str, port: int) -> str:
     """One allowed address for ``host``; BlockedAddress when any answer is forbidden."""
     try:
         infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except UnicodeError as exc:  # IDNA refuses the name (idna.IDNAError, a label too long)
+    except UnicodeError as exc:  # IDNA refused the name: an empty or overlong label, bad punycode
         raise BadRequest(
-            f"image host {host!r} is not a valid domain name ({exc})", code="invalid_url"
+            f"image URL has an invalid host name {host!r}", code="invalid_url"
         ) from exc
     except OSError as exc:
         raise BadRequest(f"cannot resolve image host {host!r}", code="unresolvable_url") from exc

@@ -19,6 +19,11 @@
   guard and inlined, and a refused or failed fetch is a 400 naming the URL and the problem.
   External URLs in assistant markdown are text and are never fetched.
 
+- Each image is read (or fetched) and encoded once per request, however many URLs name it
+  (other hosts, extensions, queries, fragments): every reference gets the same data URL string.
+  The bytes every reference adds to the upstream body count against ``budget``
+  (``MAX_INLINE_IMAGES_MB``, see ``inline.py``); past it the request is a 413.
+
 Everything else (other fields, other parts, ``data:`` URLs, tool calls) passes through as is.
 """
 
@@ -27,12 +32,15 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from picgate.errors import BadRequest, PicGateError
 from picgate.storage.codec import data_url, sniff
 from picgate.storage.image_store import parse_image_name
+
+if TYPE_CHECKING:
+    from picgate.gateway.inline import InlineBudget
 
 __all__ = [
     "HistoryImages",
@@ -61,25 +69,26 @@ class HistoryImages:
     own_bases: Sequence[str]
     load_own: OwnImageLoader
     fetch: UrlFetcher | None = None
+    budget: InlineBudget | None = None
     inlined: int = 0  # how many URLs were replaced (for the log)
-    _cache: dict[str, str | None] = field(default_factory=dict)
+    _own: dict[str, str | None] = field(default_factory=dict)  # by image id
+    _external: dict[str, str] = field(default_factory=dict)  # by URL
 
     async def own(self, url: str) -> str | None:
         """The data URL of a gateway image at ``url``; None when it is not one of ours."""
-        if url in self._cache:
-            return self._cache[url]
         found = own_image_id(url, self.own_bases)
-        result: str | None = None
-        if found is not None:
+        if found is None:
+            return None
+        if found not in self._own:
             data = await self.load_own(found)
-            if data is not None:
-                result = data_url(data, sniff(data).mime)
-        self._cache[url] = result
-        return result
+            self._own[found] = None if data is None else data_url(data, sniff(data).mime)
+        return self._own[found]
 
     async def external(self, url: str, param: str) -> str:
         """The data URL of an external image (only called when ``fetch`` is set)."""
         assert self.fetch is not None
+        if url in self._external:
+            return self._external[url]
         shown = url if len(url) <= _URL_SHOWN else url[:_URL_SHOWN] + "..."
         try:
             data = await self.fetch(url)
@@ -90,7 +99,15 @@ class HistoryImages:
                 param=param,
                 code=exc.code or "invalid_image_url",
             ) from exc
-        return data_url(data, kind.mime)
+        self._external[url] = data_url(data, kind.mime)
+        return self._external[url]
+
+    def use(self, inline: str, param: str) -> str:
+        """``inline`` as one more reference in the upstream body, counted against the budget."""
+        if self.budget is not None:
+            self.budget.spend(len(inline), param=param)
+        self.inlined += 1
+        return inline
 
 
 def own_image_id(url: str, own_bases: Sequence[str]) -> str | None:
@@ -153,7 +170,7 @@ def last_user_text(messages: list[Any], limit: int = 1000) -> str | None:
     return None
 
 
-async def _markdown(text: str, images: HistoryImages) -> str:
+async def _markdown(text: str, images: HistoryImages, param: str) -> str:
     """``text`` with the URLs of gateway images in markdown images replaced by data URLs."""
     if "/images/" not in text:
         return text
@@ -164,8 +181,7 @@ async def _markdown(text: str, images: HistoryImages) -> str:
         if inline is None:
             continue
         parts.append(text[last : match.start(2)])
-        parts.append(inline)
-        images.inlined += 1
+        parts.append(images.use(inline, param))
         last = match.end(2)
     if not parts:
         return text
@@ -179,12 +195,13 @@ async def _image_part(part: dict[str, Any], images: HistoryImages, param: str) -
     url = image_url.get("url") if isinstance(image_url, dict) else image_url
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return part
+    param += ".image_url.url" if nested else ".image_url"
     inline = await images.own(url)
     if inline is None and images.fetch is not None:
-        inline = await images.external(url, param + (".image_url.url" if nested else ".image_url"))
+        inline = await images.external(url, param)
     if inline is None:
         return part
-    images.inlined += 1
+    inline = images.use(inline, param)
     if isinstance(image_url, dict):
         return {**part, "image_url": {**image_url, "url": inline}}
     return {**part, "image_url": inline}
@@ -198,7 +215,7 @@ async def _message(message: Any, index: int, images: HistoryImages) -> Any:
     if isinstance(content, str):
         if not assistant:
             return message
-        new_content: Any = await _markdown(content, images)
+        new_content: Any = await _markdown(content, images, f"messages[{index}].content")
     elif isinstance(content, list):
         new_parts: list[Any] = []
         for j, part in enumerate(content):
@@ -206,7 +223,8 @@ async def _message(message: Any, index: int, images: HistoryImages) -> Any:
             if isinstance(part, dict) and kind == "image_url":
                 part = await _image_part(part, images, f"messages[{index}].content[{j}]")
             elif isinstance(part, dict) and assistant and isinstance(part.get("text"), str):
-                text = await _markdown(part["text"], images)
+                param = f"messages[{index}].content[{j}].text"
+                text = await _markdown(part["text"], images, param)
                 part = part if text == part["text"] else {**part, "text": text}
             new_parts.append(part)
         changed = any(a is not b for a, b in zip(new_parts, content, strict=True))

@@ -68,18 +68,19 @@ def client_response_format(body: dict[str, Any]) -> str:
 
 
 def upstream_model(settings: Settings, client_model: Any) -> str | None:
-    """The model named upstream: UPSTREAM_MODEL_NAME when set, else the client's.
+    """The model to ask the upstream for: ``UPSTREAM_MODEL_NAME``, else the client's own.
 
-    The gateway's own name (what ``/v1/models`` lists, so what a front end picks) means nothing
-    upstream: forwarding it would fail there with a confusing "model not found".
+    A client that sends the gateway's own name (``GATEWAY_MODEL_NAME``, what ``/v1/models``
+    lists, so what a chat front end picks) while no upstream model is set gets a 400 saying so:
+    forwarded, that name would only earn an "unknown model" from the upstream.
     """
     if settings.upstream_model_name:
         return settings.upstream_model_name
-    if client_model == settings.gateway_model_name:
+    if client_model == settings.gateway_model_name and settings.upstream_configured:
         raise BadRequest(
-            f"'{client_model}' is this gateway's own model name, and UPSTREAM_MODEL_NAME is not "
-            "set, so PicGate does not know which upstream model to call. Set UPSTREAM_MODEL_NAME "
-            "(or the upstream model in the admin console), or send the upstream's model name.",
+            f"The model {client_model!r} is this gateway's own name and no upstream model is "
+            "set: set UPSTREAM_MODEL_NAME (environment or admin settings) to the upstream's "
+            "model, or send the upstream's model name.",
             param="model",
             code="upstream_model_not_set",
         )
@@ -174,7 +175,13 @@ async def collect_images(
             if url.startswith("data:"):
                 data = _decode_upstream(services, url)
             else:
-                data = await _fetch_upstream_url(services, settings, url)
+                data = await fetch_image_bytes(
+                    services.http,
+                    url,
+                    max_bytes=max_bytes,
+                    timeout=min(settings.upstream_timeout_seconds, 120.0),
+                    trusted_origin=settings.upstream_api_base,
+                )
         else:
             raise UpstreamError(
                 "the upstream answer has an image without data", code="bad_upstream_response"
@@ -191,27 +198,6 @@ async def collect_images(
         revised = revised if isinstance(revised, str) else None
         images.append(UpstreamImage(data, revised, extra, received))
     return images
-
-
-async def _fetch_upstream_url(services: Services, settings: Settings, url: str) -> bytes:
-    """The image at a URL the upstream answered with. A URL the guard refuses (a private or
-    metadata address), one that is not an image or too large, is the upstream's bad answer,
-    not the client's bad request: 502, never 4xx."""
-    try:
-        return await fetch_image_bytes(
-            services.http,
-            url,
-            max_bytes=settings.max_image_mb * 2**20,
-            timeout=min(settings.upstream_timeout_seconds, 120.0),
-            trusted_origin=settings.upstream_api_base,
-        )
-    except PayloadTooLarge as exc:
-        raise _too_large(settings) from exc
-    except BadRequest as exc:  # BlockedAddress, invalid or unresolvable URL, not an image
-        raise UpstreamError(
-            f"the upstream answered with an image URL PicGate will not fetch: {exc.message}",
-            code=exc.code or "bad_upstream_response",
-        ) from exc
 
 
 def _decode_upstream(services: Services, text: str) -> bytes:
@@ -404,7 +390,9 @@ async def edit(
     return reply
 
 
-ImageLoader = Callable[[str], Awaitable[bytes]]
+ImageLoader = Callable[[str, str], Awaitable[bytes]]
+"""The bytes of an image reference (base64, data URL or URL); the second argument names the
+parameter it came from, for errors."""
 
 
 async def edit_inputs_from_json(
@@ -426,12 +414,12 @@ async def edit_inputs_from_json(
                 ref = ref.get("url")
         if not isinstance(ref, str) or not ref:
             raise BadRequest("each image must be base64, a data URL or a URL", param="image")
-        data = await load(ref)
+        data = await load(ref, "image")
         kind = sniff(data)
         images.append((f"image-{index}.{kind.ext}", data, kind.mime))
     mask: EditImage | None = None
     if isinstance(body.get("mask"), str) and body["mask"]:
-        mdata = await load(body["mask"])
+        mdata = await load(body["mask"], "mask")
         mkind = sniff(mdata)
         mask = (f"mask.{mkind.ext}", mdata, mkind.mime)
     fields: dict[str, str] = {}

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from picgate.config import Settings
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
-from picgate.errors import BadRequest, UnsupportedMediaType
+from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
-from picgate.gateway.fetch import fetch_image_bytes
+from picgate.gateway.inline import EditImageLoader
+from picgate.gateway.request_json import parse_json_object
 from picgate.services import Services
 from picgate.storage.codec import sniff
 
@@ -80,65 +79,9 @@ EDITS_BODY: dict[str, Any] = {
 }
 
 
-# OpenAI request bodies are shallow (a JSON schema in ``response_format`` or ``tools`` is the
-# deepest part); far below the depth at which Python's recursion would fail on them
-MAX_JSON_DEPTH = 64
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 async def read_json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object: strict JSON (no NaN or Infinity), at most ``MAX_JSON_DEPTH``
-    levels deep, every string valid Unicode. Anything else is a 400, never a 500 later on."""
-    raw = await request.body()
-    if not raw.strip():
-        raise BadRequest("The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except RecursionError as exc:
-        raise too_deep() from exc
-    except ValueError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    check_json_tree(body)
-    return body
-
-
-def too_deep() -> BadRequest:
-    return BadRequest(
-        f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.", code="invalid_json"
-    )
-
-
-def check_json_tree(value: Any) -> None:
-    """Walk a parsed body without recursion: its depth, and strings that cannot be UTF-8
-    (a lone surrogate such as ``"\\ud800"`` parses, then fails wherever it is encoded)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    raise BadRequest(
-                        "The request body contains a lone surrogate (\\ud800-\\udfff), "
-                        "which is not valid Unicode.",
-                        code="invalid_json",
-                    ) from exc
-            continue
-        if isinstance(item, dict):
-            children: Any = [*item.keys(), *item.values()]
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > MAX_JSON_DEPTH:
-            raise too_deep()
-        stack.extend((child, depth + 1) for child in children)
+    """The request's JSON object, checked that it can be sent on (``request_json``)."""
+    return parse_json_object(await request.body())
 
 
 @router.get("/models")
@@ -174,9 +117,13 @@ async def images_generations(request: Request, gateway: GatewayDep) -> JSONRespo
     return JSONResponse(reply)
 
 
-async def _upload_bytes(upload: UploadFile) -> images_api.EditImage:
+async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
     data = await upload.read()
-    kind = sniff(data)
+    try:
+        kind = sniff(data)
+    except PicGateError as exc:
+        exc.param = exc.param or param
+        raise
     name = upload.filename or f"image.{kind.ext}"
     return (name, data, kind.mime)
 
@@ -192,8 +139,7 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
     services.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
     base_url = public_base_url(request, settings)
-    # a form without a file arrives urlencoded (curl -d, a client's form with the file left
-    # out): read it like multipart, so the missing image is named (400), not the encoding (415)
+    # a url-encoded form cannot carry a file, but it is still an edit with no image: answer so
     if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         images: list[images_api.EditImage] = []
         fields: dict[str, str] = {}
@@ -205,9 +151,9 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
                     fields[key] = value
                 elif key in ("image", "image[]"):
                     field = "image[]" if key == "image[]" else field
-                    images.append(await _upload_bytes(value))
+                    images.append(await _upload_bytes(value, key))
                 elif key == "mask":
-                    mask = await _upload_bytes(value)
+                    mask = await _upload_bytes(value, "mask")
         if len(images) > 1:
             field = "image[]"
         return await images_api.edit(
@@ -222,24 +168,7 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
 
-        async def load(ref: str) -> bytes:
-            if ref.startswith(("http://", "https://")):
-                own = _own_image(ref, base_url)
-                if own is not None:
-                    return await own_image_bytes(services, own)
-                # a user-given URL: fetched only when the admin allows it, always via the guard
-                if not settings.allow_external_image_fetch:
-                    raise BadRequest(
-                        "External image URLs are not fetched (ALLOW_EXTERNAL_IMAGE_FETCH is "
-                        "off); send the image as base64 or a data URL.",
-                        param="image",
-                        code="external_fetch_disabled",
-                    )
-                return await fetch_image_bytes(
-                    services.http, ref, max_bytes=settings.max_image_mb * 2**20
-                )
-            return await anyio.to_thread.run_sync(services.images.decode, ref)
-
+        load = EditImageLoader.build(services, settings, base_url)
         fields, images, mask, field = await images_api.edit_inputs_from_json(body, load)
         return await images_api.edit(
             services,
@@ -254,17 +183,3 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
         "Send the edit as multipart/form-data (or JSON with base64 images).",
         code="unsupported_content_type",
     )
-
-
-def _own_image(url: str, base_url: str) -> str | None:
-    from picgate.storage.image_store import parse_image_name
-
-    prefix = base_url + "/images/"
-    if not url.startswith(prefix):
-        return None
-    parsed = parse_image_name(url[len(prefix) :].split("?", 1)[0])
-    return parsed[0] if parsed else None
-
-
-async def own_image_bytes(services: Services, image_id: str) -> bytes:
-    return await services.serving.read_bytes(image_id)

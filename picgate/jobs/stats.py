@@ -7,7 +7,7 @@ Counting 100k rows in one ``SELECT count(*), sum(CASE ...)`` is a single pass ov
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, func, select
@@ -77,27 +77,35 @@ def dashboard_stats(
     settings: Settings,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """``cache_stats`` plus requests_today, errors_today, images_today (UTC day, from
-    daily_stats) and last_cleanup: None, or {last_run_at (ISO), running, report (dict)}.
+    """``cache_stats`` plus requests_today, errors_today (counters in daily_stats),
+    images_today (image rows created today: ``created_at`` from 00:00 UTC, the same UTC day as
+    the counters, whatever the server's time zone) and last_cleanup: None, or {last_run_at
+    (ISO), running, report (dict)}.
     """
     stats = cache_stats(db=db, cache=cache, archive=archive, settings=settings)
     now = naive_utc(now)
     day = now.strftime("%Y-%m-%d")
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     events.flush()  # today's counters are buffered with the log lines
 
-    def work(session: Session) -> tuple[dict[str, int], JobLease | None]:
+    def work(session: Session) -> tuple[dict[str, int], int, JobLease | None]:
         counters = {
             row.name: int(row.value)
             for row in session.execute(
                 select(DailyStat.name, DailyStat.value).where(DailyStat.day == day)
             )
         }
-        return counters, session.get(JobLease, LEASE_NAME)
+        images = session.scalar(
+            select(func.count())
+            .select_from(Image)
+            .where(Image.created_at >= day_start, Image.created_at < day_start + timedelta(days=1))
+        )
+        return counters, int(images or 0), session.get(JobLease, LEASE_NAME)
 
-    counters, lease = db.call(work)
+    counters, images_today, lease = db.call(work)
     stats["requests_today"] = counters.get("requests", 0)
     stats["errors_today"] = counters.get("errors", 0)
-    stats["images_today"] = counters.get("images", 0)
+    stats["images_today"] = images_today
     stats["last_cleanup"] = None
     if lease is not None and lease.last_run_at is not None:
         report: dict[str, Any] | None = None

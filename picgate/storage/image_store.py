@@ -159,7 +159,6 @@ class ImageStore:
             raise
         stored = StoredImage(image_id, kind.ext, kind.mime, len(data), digest, queued=r2)
         self._remember(stored)
-        self.events.count("images")  # the dashboard's "images today"
         for hook in self.on_stored:
             hook(stored)
         return stored

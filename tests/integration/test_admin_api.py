@@ -590,7 +590,7 @@ def test_admin_dashboard_counts_todays_requests_and_images(
     assert after["requests_today"] == before["requests_today"] + 1
     assert after["images_today"] == before["images_today"] + 2
     page = client.get("/admin").text
-    assert "今日图片数" in page
+    assert "今日新增图片" in page
     assert f'data-value="images_today">{after["images_today"]}<' in page
 
 

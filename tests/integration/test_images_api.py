@@ -398,18 +398,77 @@ def test_upstream_error_logged_with_status(gateway: Gateway, upstream: StubUpstr
     assert any(level == "ERROR" and m.startswith("❌ 上游返回错误: HTTP 401") for level, m in rows)
 
 
-@pytest.mark.parametrize("encoding", ["multipart", "urlencoded", "json"])
-def test_edits_without_an_image_is_400_naming_image(gateway: Gateway, encoding: str) -> None:
-    """A form with the file left out arrives urlencoded: it was 415 (the encoding), it is the
-    missing ``image`` parameter."""
-    url = gateway.url + "/v1/images/edits"
-    fields = {"model": "picgate", "prompt": "make it blue"}
-    if encoding == "multipart":  # a multipart form with only text fields
-        resp = httpx.post(url, headers=gateway.headers, files={"prompt": (None, "make it blue")})
-    elif encoding == "urlencoded":
-        resp = httpx.post(url, headers=gateway.headers, data=fields)
-    else:
-        resp = httpx.post(url, headers=gateway.headers, json=fields)
+# -- an edit without an image file -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        {"files": [("prompt", (None, "blue")), ("model", (None, "picgate"))]},  # multipart
+        {"data": {"prompt": "blue", "model": "picgate"}},  # url-encoded: cannot carry a file
+    ],
+    ids=["multipart-no-file", "urlencoded-form"],
+)
+def test_edits_without_image_file_is_400_naming_image(
+    gateway: Gateway, upstream: StubUpstream, send: dict[str, object]
+) -> None:
+    resp = httpx.post(gateway.url + "/v1/images/edits", headers=gateway.headers, **send)  # type: ignore[arg-type]
     error = assert_openai_error(resp, 400)
-    assert error["type"] == "invalid_request_error"
-    assert error["param"] == "image" and error["code"] == "missing_required_parameter"
+    assert (error["type"], error["param"]) == ("invalid_request_error", "image")
+    assert not any(r.path == "/v1/images/edits" for r in upstream.requests)
+
+
+def test_edits_file_that_is_not_an_image_is_415_naming_its_field(gateway: Gateway) -> None:
+    resp = httpx.post(
+        gateway.url + "/v1/images/edits",
+        headers=gateway.headers,
+        data={"prompt": "blue"},
+        files=[("mask", ("m.png", b"not an image", "image/png"))],
+    )
+    assert assert_openai_error(resp, 415)["param"] == "mask"
+
+
+# -- the gateway's own model name with no upstream model -----------------------------------------
+
+
+def test_generations_gateway_model_without_upstream_model_is_400(
+    start_gateway, upstream: StubUpstream
+) -> None:
+    gateway = start_gateway(upstream_model_name=None)
+    resp = httpx.post(
+        gateway.url + "/v1/images/generations",
+        headers=gateway.headers,
+        json={"model": "picgate", "prompt": "a fox"},
+    )
+    error = assert_openai_error(resp, 400)
+    assert (error["param"], error["code"]) == ("model", "upstream_model_not_set")
+    assert "UPSTREAM_MODEL_NAME" in error["message"]
+    assert not upstream.requests
+
+
+def test_edits_gateway_model_without_upstream_model_is_400(
+    start_gateway, upstream: StubUpstream
+) -> None:
+    gateway = start_gateway(upstream_model_name=None, gateway_model_name="my-gate")
+    resp = httpx.post(
+        gateway.url + "/v1/images/edits",
+        headers=gateway.headers,
+        data={"model": "my-gate", "prompt": "blue"},
+        files=[("image", ("a.png", make_image("PNG", 2_000), "image/png"))],
+    )
+    error = assert_openai_error(resp, 400)
+    assert (error["param"], error["code"]) == ("model", "upstream_model_not_set")
+    assert not upstream.requests
+
+
+def test_generations_other_model_without_upstream_model_passes_through(
+    start_gateway, upstream: StubUpstream
+) -> None:
+    gateway = start_gateway(upstream_model_name=None)
+    resp = httpx.post(
+        gateway.url + "/v1/images/generations",
+        headers=gateway.headers,
+        json={"model": "dall-e-3", "prompt": "a fox"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert upstream.last("/v1/images/generations").json["model"] == "dall-e-3"

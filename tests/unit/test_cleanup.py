@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -466,6 +466,39 @@ def test_dashboard_stats_today_counters_and_last_run(make_services: MakeServices
     last = stats["last_cleanup"]
     assert last["running"] is False and last["report"]["ok"] is True
     assert last["last_run_at"] == result["started_at"]
+
+
+def test_dashboard_stats_images_today_counts_rows_created_since_utc_midnight(
+    make_services: MakeServices,
+) -> None:
+    services = make_services()
+    now = datetime(2026, 12, 5, 10, 30)  # naive UTC, as the rows store it
+    midnight = datetime(2026, 12, 5)
+    created = [
+        midnight - timedelta(microseconds=1),  # yesterday's last instant
+        midnight,
+        now,
+        midnight + timedelta(days=1) - timedelta(microseconds=1),
+        midnight + timedelta(days=1),  # tomorrow (a clock set back): not today
+    ]
+    for image, when in zip(store(services, len(created)), created, strict=True):
+        set_row(services, image.id, created_at=when)
+
+    def images_today(at: datetime) -> int:
+        stats = dashboard_stats(
+            db=services.db,
+            cache=services.cache,
+            archive=services.archive,
+            events=services.events,
+            settings=services.config.current(),
+            now=at,
+        )
+        return int(stats["images_today"])
+
+    assert images_today(now) == 3
+    # an aware time is taken in UTC: 01:30 at UTC+3 on the 6th is still the 5th in UTC
+    assert images_today(datetime(2026, 12, 6, 1, 30, tzinfo=timezone(timedelta(hours=3)))) == 3
+    assert images_today(midnight - timedelta(hours=1)) == 1
 
 
 def test_job_report_to_dict_is_json_and_summary_chinese() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from picgate.errors import BadRequest
+from picgate.errors import BadRequest, PayloadTooLarge
 from picgate.gateway.fetch import BlockedAddress
 from picgate.gateway.history import (
     HistoryImages,
@@ -15,6 +15,7 @@ from picgate.gateway.history import (
     own_image_id,
     upstream_body,
 )
+from picgate.gateway.inline import InlineBudget
 from tests.support.images import data_url, make_image
 
 BASE = "https://img.example.com"
@@ -134,6 +135,85 @@ async def test_upstream_body_same_image_loaded_once() -> None:
     history = images()
     await rewrite(body, history)
     assert history.load_own.asked == [IMAGE_ID]  # type: ignore[attr-defined]
+
+
+async def test_upstream_body_one_image_under_many_urls_read_and_encoded_once() -> None:
+    # what a client can send: the same image under other fragments, extensions, queries, hosts
+    urls = [
+        f"{BASE}/images/{IMAGE_ID}.png#{i}"
+        if i % 3 == 0
+        else f"{BASE}/images/{IMAGE_ID}?v={i}"
+        if i % 3 == 1
+        else f"http://picgate.internal:5643/images/{IMAGE_ID}.png#{i}"
+        for i in range(100)
+    ]
+    markdown = " ".join(f"![a]({url})" for url in urls[:50])
+    parts = [{"type": "image_url", "image_url": {"url": url}} for url in urls[50:]]
+    body = {
+        "messages": [
+            {"role": "assistant", "content": markdown},
+            {"role": "user", "content": parts},
+        ]
+    }
+    history = images()
+    out = await rewrite(body, history)
+    assert history.load_own.asked == [IMAGE_ID]  # type: ignore[attr-defined]
+    assert history.inlined == 100
+    sent = [part["image_url"]["url"] for part in out["messages"][1]["content"]]
+    assert sent[0] == data_url(PNG)
+    assert all(url is sent[0] for url in sent)  # one string, not 50 copies of it
+    assert out["messages"][0]["content"] == " ".join([f"![a]({data_url(PNG)})"] * 50)
+
+
+async def test_upstream_body_inline_budget_counts_every_reference() -> None:
+    url = f"{BASE}/images/{IMAGE_ID}.png"
+    size = len(data_url(PNG))
+    part = {"type": "image_url", "image_url": {"url": url}}
+    fits = {"messages": [{"role": "user", "content": [part] * 3}]}
+    history = images()
+    history.budget = InlineBudget(limit=3 * size)
+    await rewrite(fits, history)
+    assert history.budget.used == 3 * size
+
+    over = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, *[part] * 4]}]}
+    history = images()
+    history.budget = InlineBudget(limit=3 * size)
+    with pytest.raises(PayloadTooLarge) as caught:
+        await rewrite(over, history)
+    assert caught.value.status_code == 413
+    assert caught.value.code == "inline_images_too_large"
+    assert caught.value.param == "messages[0].content[4].image_url.url"
+    assert "MAX_INLINE_IMAGES_MB" in caught.value.message
+    assert history.load_own.asked == [IMAGE_ID]  # type: ignore[attr-defined]
+
+
+async def test_upstream_body_inline_budget_counts_markdown_references() -> None:
+    url = f"{BASE}/images/{IMAGE_ID}.png"
+    body = {"messages": [{"role": "assistant", "content": f"![a]({url}) ![b]({url}#2)"}]}
+    history = images()
+    history.budget = InlineBudget(limit=2 * len(data_url(PNG)) - 1)
+    with pytest.raises(PayloadTooLarge) as caught:
+        await rewrite(body, history)
+    assert caught.value.param == "messages[0].content"
+
+
+async def test_upstream_body_external_url_fetched_once_per_request() -> None:
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return JPEG
+
+    url = "https://cdn.example.org/cat.jpg"
+    part = {"type": "image_url", "image_url": url}
+    body = {"messages": [{"role": "user", "content": [part] * 5}]}
+    history = images(fetch)
+    history.budget = InlineBudget(limit=5 * len(data_url(JPEG, "image/jpeg")))
+    out = await rewrite(body, history)
+    assert fetched == [url]
+    assert [p["image_url"] for p in out["messages"][0]["content"]] == [
+        data_url(JPEG, "image/jpeg")
+    ] * 5
 
 
 async def test_upstream_body_external_fetch_on_inlines_image() -> None:

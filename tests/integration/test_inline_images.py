@@ -1,0 +1,143 @@
+"""Images named by URL and inlined for the upstream: read once per request, capped in bytes sent
+(``MAX_INLINE_IMAGES_MB``), on a real socket against the stub upstream."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Gateway
+from tests.support.images import make_image
+from tests.support.upstream import StubUpstream
+
+CHAT = "/v1/chat/completions"
+EDITS = "/v1/images/edits"
+IMAGE = make_image("PNG", 200_000, seed=11)  # ~0.26 MB as a data URL
+REFERENCES = 100
+
+
+def stored_image(gateway: Gateway, upstream: StubUpstream) -> str:
+    """The URL of IMAGE stored by the gateway (through a generation)."""
+    upstream.image = IMAGE
+    made = httpx.post(
+        gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "p"}
+    )
+    assert made.status_code == 200, made.text
+    url: str = made.json()["data"][0]["url"]
+    upstream.requests.clear()
+    return url
+
+
+def count_reads(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The image ids the gateway reads from its store from now on."""
+    reads: list[str] = []
+    read_bytes = gateway.services.serving.read_bytes
+
+    async def counted(image_id: str) -> bytes:
+        reads.append(image_id)
+        return await read_bytes(image_id)
+
+    monkeypatch.setattr(gateway.services.serving, "read_bytes", counted)
+    return reads
+
+
+def image_parts(url: str, count: int) -> list[dict[str, Any]]:
+    return [{"type": "image_url", "image_url": {"url": f"{url}#{i}"}} for i in range(count)]
+
+
+def chat(gateway: Gateway, messages: list[dict[str, Any]]) -> httpx.Response:
+    body = {"model": "picgate", "messages": messages}
+    return httpx.post(gateway.url + CHAT, json=body, headers=gateway.headers, timeout=60)
+
+
+def assert_inline_413(resp: httpx.Response) -> dict[str, Any]:
+    assert resp.status_code == 413, resp.text[:300]
+    error: dict[str, Any] = resp.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("invalid_request_error", "inline_images_too_large")
+    assert "MAX_INLINE_IMAGES_MB" in error["message"]
+    return error
+
+
+def test_inline_chat_image_parts_over_cap_413_image_read_once(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = start_gateway(max_inline_images_mb=1)
+    url = stored_image(gateway, upstream)
+    reads = count_reads(gateway, monkeypatch)
+    content = [{"type": "text", "text": "again"}, *image_parts(url, REFERENCES)]
+    error = assert_inline_413(chat(gateway, [{"role": "user", "content": content}]))
+    assert error["param"] == "messages[0].content[4].image_url.url"  # the 4th copy passes 1 MB
+    assert len(reads) == 1
+    assert not upstream.requests
+
+
+def test_inline_chat_assistant_markdown_over_cap_413(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = start_gateway(max_inline_images_mb=1)
+    url = stored_image(gateway, upstream)
+    reads = count_reads(gateway, monkeypatch)
+    markdown = "\n".join(f"![a]({url}#{i})" for i in range(REFERENCES))
+    messages = [
+        {"role": "user", "content": "draw"},
+        {"role": "assistant", "content": markdown},
+        {"role": "user", "content": "again"},
+    ]
+    assert assert_inline_413(chat(gateway, messages))["param"] == "messages[1].content"
+    assert len(reads) == 1
+    assert not upstream.requests
+
+
+def test_inline_chat_under_cap_every_reference_sent_image_read_once(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = start_gateway(max_inline_images_mb=1)
+    url = stored_image(gateway, upstream)
+    reads = count_reads(gateway, monkeypatch)
+    resp = chat(gateway, [{"role": "user", "content": image_parts(url, 3)}])
+    assert resp.status_code == 200, resp.text[:300]
+    expected = "data:image/png;base64," + base64.b64encode(IMAGE).decode()
+    sent = upstream.last(CHAT).json["messages"][0]["content"]
+    assert [part["image_url"]["url"] for part in sent] == [expected] * 3
+    assert len(reads) == 1
+
+
+def test_inline_edit_json_urls_over_cap_413_image_read_once(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = start_gateway(max_inline_images_mb=1)
+    url = stored_image(gateway, upstream)
+    reads = count_reads(gateway, monkeypatch)
+    resp = httpx.post(
+        gateway.url + EDITS,
+        headers=gateway.headers,
+        json={"prompt": "blue", "image": [url] * REFERENCES},
+        timeout=60,
+    )
+    assert assert_inline_413(resp)["param"] == "image"
+    assert len(reads) == 1
+    assert not upstream.requests
+
+
+def test_inline_edit_json_urls_under_cap_each_sent_read_once(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = start_gateway(max_inline_images_mb=1)
+    url = stored_image(gateway, upstream)
+    reads = count_reads(gateway, monkeypatch)
+    resp = httpx.post(
+        gateway.url + EDITS,
+        headers=gateway.headers,
+        json={"prompt": "blue", "image": [url, url + "#2", url], "mask": url},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text[:300]
+    form = upstream.last(EDITS).form
+    assert [part[1] for part in form["image[]"]] == [IMAGE] * 3
+    assert form["mask"][0][1] == IMAGE
+    assert len(reads) == 1

@@ -1,7 +1,8 @@
 """Fetching an image from a URL, with an SSRF guard for URLs that users or upstreams give us.
 
 The guard resolves the host once, refuses loopback, private, link-local, CGNAT, multicast,
-reserved and unspecified addresses (IPv4-mapped IPv6 is unwrapped first), then connects to the
+reserved and unspecified addresses, and IPv6 site-local ``fec0::/10`` (deprecated, but routed
+as private on networks that still use it; IPv4-mapped IPv6 is unwrapped first), then connects to the
 address it checked (the name is kept for ``Host`` and TLS SNI), so DNS cannot change the answer
 between the check and the connection. Every redirect hop is checked again. Bytes and time are
 capped and only images are accepted.
@@ -48,6 +49,8 @@ def address_allowed(address: str) -> bool:
             ip = ip.teredo[1]
     if isinstance(ip, ipaddress.IPv4Address) and (ip in _CGNAT or ip in _BENCHMARK):
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return False  # Python counts fec0::/10 as global: it is not in the special registry
     return bool(
         ip.is_global
         and not ip.is_multicast

@@ -175,13 +175,7 @@ async def collect_images(
             if url.startswith("data:"):
                 data = _decode_upstream(services, url)
             else:
-                data = await fetch_image_bytes(
-                    services.http,
-                    url,
-                    max_bytes=max_bytes,
-                    timeout=min(settings.upstream_timeout_seconds, 120.0),
-                    trusted_origin=settings.upstream_api_base,
-                )
+                data = await _fetch_upstream_url(services, settings, url)
         else:
             raise UpstreamError(
                 "the upstream answer has an image without data", code="bad_upstream_response"
@@ -198,6 +192,27 @@ async def collect_images(
         revised = revised if isinstance(revised, str) else None
         images.append(UpstreamImage(data, revised, extra, received))
     return images
+
+
+async def _fetch_upstream_url(services: Services, settings: Settings, url: str) -> bytes:
+    """The image at a URL the upstream answered with. A URL the guard refuses (a private or
+    metadata address), one that is not an image or too large, is the upstream's bad answer,
+    not the client's bad request: 502, never 4xx."""
+    try:
+        return await fetch_image_bytes(
+            services.http,
+            url,
+            max_bytes=settings.max_image_mb * 2**20,
+            timeout=min(settings.upstream_timeout_seconds, 120.0),
+            trusted_origin=settings.upstream_api_base,
+        )
+    except PayloadTooLarge as exc:
+        raise _too_large(settings) from exc
+    except BadRequest as exc:  # BlockedAddress, invalid or unresolvable URL, not an image
+        raise UpstreamError(
+            f"the upstream answered with an image URL PicGate will not fetch: {exc.message}",
+            code=exc.code or "bad_upstream_response",
+        ) from exc
 
 
 def _decode_upstream(services: Services, text: str) -> bytes:

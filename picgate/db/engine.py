@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,11 +21,14 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
 
 HEAD_REVISION = "0001"
+# how long a process waits for another one migrating the same database at the same time
+MIGRATION_WAIT_SECONDS = 30.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -156,22 +160,47 @@ class Database:
             return str(row[0]) if row else None
 
     def migrate(self) -> None:
-        """Bring the schema to head once per process; Alembic is imported only when needed."""
+        """Bring the schema to head once per process; Alembic is imported only when needed.
+
+        Several processes may start on an empty database at the same moment (replicas, Lambdas
+        cold-starting together, ``picgate cleanup`` beside ``picgate serve``): one creates the
+        tables, the others fail on a table that now exists. A process whose upgrade fails waits
+        for the schema to reach head (up to ``MIGRATION_WAIT_SECONDS``) before giving up.
+        """
         if self._migrated:
             return
         with self._lock:
             if self._migrated:
                 return
             if self.current_revision() != HEAD_REVISION:
-                from alembic import command
-                from alembic.config import Config
-
-                cfg = Config()
-                cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-                with self.engine.begin() as conn:
-                    cfg.attributes["connection"] = conn
-                    command.upgrade(cfg, "head")
+                try:
+                    self._upgrade()
+                except DBAPIError:
+                    if not self._wait_for_head():
+                        raise
             self._migrated = True
+
+    def _upgrade(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def _wait_for_head(self) -> bool:
+        """Whether another process brings the schema to head within the wait."""
+        deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                if self.current_revision() == HEAD_REVISION:
+                    return True
+            except DBAPIError:
+                continue  # the other process holds the database: ask again
+        return False
 
     def dispose(self) -> None:
         if self._engine is not None:

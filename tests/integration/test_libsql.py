@@ -7,10 +7,12 @@ on an empty server, and a server with JWT auth refuses a wrong token with a mess
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -203,6 +205,44 @@ def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldSer
         assert count == 400
     finally:
         db.dispose()
+
+
+def _migrate_at_barrier(url: str, barrier: Any, errors: Any) -> None:
+    """One process starting on the database (runs in a child process)."""
+    db = Database(url)
+    barrier.wait()
+    try:
+        db.migrate()
+    except Exception as exc:  # reported to the parent, which asserts there were none
+        errors.put(repr(exc))
+    finally:
+        db.dispose()
+
+
+def test_processes_starting_together_on_an_empty_sqld_all_get_the_schema(
+    start_sqld: Callable[..., SqldServer],
+) -> None:
+    """Replicas or Lambdas cold-starting at the same moment on a new database: one migrates,
+    the others failed with "table images already exists" (3 of 4 before); they now wait for it."""
+    server = start_sqld()
+    ctx = multiprocessing.get_context("spawn")
+    barrier, errors = ctx.Barrier(4), ctx.Queue()
+    processes = [
+        ctx.Process(target=_migrate_at_barrier, args=(server.database_url, barrier, errors))
+        for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
+    db = Database(server.database_url)
+    assert db.current_revision() == HEAD_REVISION
+    db.dispose()
 
 
 def test_migrations_on_empty_sqld_build_the_same_schema_as_sqlite(

@@ -145,7 +145,7 @@ class ChatStream:
                 chunks,
                 self.sink,
                 keepalive=self.keepalive,
-                services=self.services,
+                events=self.services.events,
                 max_body=response_limit(self.settings),
             )
         else:
@@ -154,7 +154,7 @@ class ChatStream:
                 chunks,
                 StreamRewriter(self.sink, max_image=max_image),
                 keepalive=self.keepalive,
-                services=self.services,
+                events=self.services.events,
                 max_event=event_limit(self.settings),
             )
         async for piece in source:

@@ -85,7 +85,7 @@ class PendingStream:
             stream = self._opening.result()
         except PicGateError as exc:  # logged as the error answer would have been
             self._services.events.api_error(exc)
-            yield relay.error_event(exc, self._services)
+            yield relay.error_event(exc, self._services.events)
             return
         async for piece in stream.events():
             yield piece

@@ -26,8 +26,11 @@ from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.history import own_image_id
 
 if TYPE_CHECKING:
+    import httpx
+
     from picgate.config import Settings
-    from picgate.services import Services
+    from picgate.images.serving import ImageServing
+    from picgate.storage.image_store import ImageStore
 
 __all__ = ["EditImageLoader", "InlineBudget"]
 
@@ -68,7 +71,9 @@ class EditImageLoader:
     reference count against ``budget``.
     """
 
-    services: Services
+    images: ImageStore
+    serving: ImageServing
+    http: httpx.AsyncClient
     settings: Settings
     base_url: str
     budget: InlineBudget
@@ -76,15 +81,22 @@ class EditImageLoader:
     _by_ref: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, services: Services, settings: Settings, base_url: str) -> EditImageLoader:
-        return cls(
-            services, settings, base_url, InlineBudget.from_mb(settings.max_inline_images_mb)
-        )
+    def build(
+        cls,
+        *,
+        images: ImageStore,
+        serving: ImageServing,
+        http: httpx.AsyncClient,
+        settings: Settings,
+        base_url: str,
+    ) -> EditImageLoader:
+        budget = InlineBudget.from_mb(settings.max_inline_images_mb)
+        return cls(images, serving, http, settings, base_url, budget)
 
     async def __call__(self, ref: str, param: str) -> bytes:
         if not ref.startswith(("http://", "https://")):
             if ref not in self._by_ref:
-                self._by_ref[ref] = await anyio.to_thread.run_sync(self.services.images.decode, ref)
+                self._by_ref[ref] = await anyio.to_thread.run_sync(self.images.decode, ref)
             return self._by_ref[ref]
         data = await self._url(ref, param)
         self.budget.spend(len(data), param=param)
@@ -96,7 +108,7 @@ class EditImageLoader:
             if image_id in self._by_id:
                 return self._by_id[image_id]
             try:
-                data = await self.services.serving.read_bytes(image_id)
+                data = await self.serving.read_bytes(image_id)
             except (NotFound, Gone):
                 if url.startswith(self.base_url + "/images/"):
                     raise
@@ -114,8 +126,6 @@ class EditImageLoader:
                 param=param,
                 code="external_fetch_disabled",
             )
-        data = await fetch_image_bytes(
-            self.services.http, url, max_bytes=self.settings.max_image_mb * 2**20
-        )
+        data = await fetch_image_bytes(self.http, url, max_bytes=self.settings.max_image_mb * 2**20)
         self._by_ref[url] = data
         return data

@@ -24,12 +24,12 @@ import anyio
 import httpx
 
 from picgate.errors import PicGateError
+from picgate.eventlog import EventLog
 from picgate.gateway.coalesce import coalesce
 from picgate.gateway.rewrite import StreamRewriter
 from picgate.gateway.sse import EventTooLarge, SSEEvent, SSEParser, encode_comment, encode_event
 from picgate.gateway.upstream import interrupted, map_transport_error, too_large
 from picgate.redaction import Redactor
-from picgate.services import Services
 
 __all__ = ["DONE", "KEEPALIVE", "ChunkReader", "error_event", "failure_event", "guarded", "relay"]
 
@@ -39,11 +39,11 @@ KEEPALIVE = encode_comment("keep-alive")
 DONE = encode_event("[DONE]")
 
 
-def error_event(error: PicGateError, services: Services | None = None) -> bytes:
+def error_event(error: PicGateError, events: EventLog | None = None) -> bytes:
     """An error inside a stream (OpenAI's shape, no ``choices``), then ``[DONE]``; the
     configured secrets are removed from it first."""
-    if services is not None:
-        error = services.events.redactor.error(error)
+    if events is not None:
+        error = events.redactor.error(error)
     return encode_event(json.dumps(error.to_dict(), ensure_ascii=False)) + DONE
 
 
@@ -109,7 +109,7 @@ def relay(
     rewriter: StreamRewriter,
     *,
     keepalive: float,
-    services: Services | None = None,
+    events: EventLog | None = None,
     max_event: int | None = None,
 ) -> AsyncIterator[bytes]:
     """The client's side of an upstream SSE stream (see the module doc for the contract).
@@ -118,9 +118,9 @@ def relay(
     ``upstream_response_too_large``.
     """
     reader = ChunkReader(chunks)
-    redactor = services.events.redactor if services is not None else None
+    redactor = events.redactor if events is not None else None
     source = _relayed(reader, rewriter, keepalive, SSEParser(max_event=max_event), redactor)
-    return guarded(source, reader, services)
+    return guarded(source, reader, events)
 
 
 async def _relayed(
@@ -153,7 +153,7 @@ async def _relayed(
 
 
 async def guarded(
-    source: AsyncGenerator[bytes, None], reader: ChunkReader, services: Services | None
+    source: AsyncGenerator[bytes, None], reader: ChunkReader, events: EventLog | None
 ) -> AsyncIterator[bytes]:
     """``source``'s bytes; a failure after the first byte becomes the stream's error event (and
     a log line), and ``reader`` is closed however the stream ends, a client leaving included."""
@@ -162,20 +162,20 @@ async def guarded(
             async for out in source:
                 yield out
     except (httpx.HTTPError, PicGateError) as exc:
-        yield failure_event(services, exc)
+        yield failure_event(events, exc)
     except Exception as exc:  # the client must learn the stream failed; the log has the cause
         log.exception("chat stream failed")
         error = PicGateError("PicGate failed while relaying the stream.", code="internal_error")
-        if services is not None:  # the log names the failure, the client gets no internals
+        if events is not None:  # the log names the failure, the client gets no internals
             detail = PicGateError(type(exc).__name__, code="internal_error")
-            services.events.api_error(detail, in_stream=True)
-        yield error_event(error, services)
+            events.api_error(detail, in_stream=True)
+        yield error_event(error, events)
     finally:
         with anyio.CancelScope(shield=True):
             await reader.aclose()
 
 
-def failure_event(services: Services | None, exc: httpx.HTTPError | PicGateError) -> bytes:
+def failure_event(events: EventLog | None, exc: httpx.HTTPError | PicGateError) -> bytes:
     """The error event for a stream that failed after its first byte; the failure is recorded
     (``EventLog.api_error``). A connection lost mid-answer is ``upstream_interrupted``."""
     if isinstance(exc, httpx.TimeoutException):
@@ -184,6 +184,6 @@ def failure_event(services: Services | None, exc: httpx.HTTPError | PicGateError
         exc = stalled
     elif isinstance(exc, httpx.HTTPError):
         exc = interrupted(exc)
-    if services is not None:
-        services.events.api_error(services.events.redactor.error(exc), in_stream=True)
-    return error_event(exc, services)
+    if events is not None:
+        events.api_error(events.redactor.error(exc), in_stream=True)
+    return error_event(exc, events)

@@ -168,7 +168,13 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
 
-        load = EditImageLoader.build(services, settings, base_url)
+        load = EditImageLoader.build(
+            images=services.images,
+            serving=services.serving,
+            http=services.http,
+            settings=settings,
+            base_url=base_url,
+        )
         fields, images, mask, field = await images_api.edit_inputs_from_json(body, load)
         return await images_api.edit(
             services,

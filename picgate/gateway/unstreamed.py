@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 
 from picgate.errors import UpstreamError
+from picgate.eventlog import EventLog
 from picgate.gateway.relay import DONE, KEEPALIVE, ChunkReader, guarded
 from picgate.gateway.rewrite import ImageSink, rewrite_completion
 from picgate.gateway.sse import encode_event
 from picgate.gateway.upstream import Upstream, error_from_upstream, too_large
-from picgate.services import Services
 
 _ENVELOPE = ("id", "created", "model", "system_fingerprint", "provider")
 
@@ -64,13 +64,13 @@ def events(
     sink: ImageSink,
     *,
     keepalive: float,
-    services: Services,
+    events: EventLog,
     max_body: int | None = None,
 ) -> AsyncIterator[bytes]:
     """The client's stream for a JSON answer read from ``chunks`` (at most ``max_body`` bytes:
     past it the stream ends with ``upstream_response_too_large``)."""
     reader = ChunkReader(chunks)
-    return guarded(_converted(reader, sink, keepalive, max_body), reader, services)
+    return guarded(_converted(reader, sink, keepalive, max_body), reader, events)
 
 
 async def _converted(

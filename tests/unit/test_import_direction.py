@@ -1,5 +1,6 @@
 """Imports run one way: routes → domain → storage → db. Nothing below the routes imports the
-container (``picgate.services``), so no module of storage, jobs or images can pull it in."""
+container (``picgate.services``), so no module of storage, jobs or images, nor the gateway's
+parts (the relay, the rewriter, the fetcher, the upstream client), can pull it in."""
 
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ BELOW_THE_ROUTES = [
     "picgate.storage.s3_store",
     "picgate.storage.upload_queue",
     "picgate.images.serving",
+    "picgate.gateway.coalesce",
+    "picgate.gateway.fetch",
+    "picgate.gateway.history",
+    "picgate.gateway.inline",
+    "picgate.gateway.relay",
+    "picgate.gateway.request_json",
+    "picgate.gateway.rewrite",
+    "picgate.gateway.sse",
+    "picgate.gateway.unstreamed",
+    "picgate.gateway.upstream",
     "picgate.jobs.cleanup",
     "picgate.jobs.eviction",
     "picgate.jobs.repair",

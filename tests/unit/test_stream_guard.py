@@ -62,7 +62,7 @@ def error_of(pieces: list[bytes]) -> dict[str, object]:
 
 
 def converted(chunks: Chunks) -> AsyncIterator[bytes]:
-    return unstreamed.events(chunks, no_images, keepalive=5, services=None)  # type: ignore[arg-type]
+    return unstreamed.events(chunks, no_images, keepalive=5, events=None)  # type: ignore[arg-type]
 
 
 def relayed(chunks: Chunks) -> AsyncIterator[bytes]:

@@ -12,109 +12,50 @@ buckets are gone and must be created again.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 import httpx
 
 from picgate.storage.s3_store import S3ObjectStore
+from tests.support.processes import ServerProcess
+from tests.support.servers import free_port
 
 ACCESS_KEY_ID = "testing"
 SECRET_ACCESS_KEY = "testing"
 START_TIMEOUT = 15.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class S3Server:
+class S3Server(ServerProcess):
     """moto's S3 server in a subprocess; its output goes to ``log_path``."""
+
+    name = "moto server"
+    start_timeout = START_TIMEOUT
 
     def __init__(self, *, port: int | None = None, log_dir: Path | None = None) -> None:
         self.port = port or free_port()
         if log_dir is None:
             log_dir = Path(tempfile.mkdtemp(prefix="picgate-s3-"))
-        self.log_path = log_dir / f"moto-{self.port}.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        super().__init__(log_dir / f"moto-{self.port}.log")
         self._client: Any = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self) -> Self:
         """Start the server (on the same port as before) and wait until it answers HTTP."""
         if self.running:
             return self
-        self._log = self.log_path.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        self._wait_until_up()
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self._launch(command, {**os.environ, "PYTHONUNBUFFERED": "1"})
         return self
 
-    def _wait_until_up(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                code = self._process.returncode
-                self._close()
-                raise RuntimeError(f"moto server exited with {code}:\n{self._log_tail()}")
-            try:
-                httpx.get(f"{self.endpoint_url}/moto-api/data.json", timeout=1.0)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(
-            f"moto server did not answer on {self.endpoint_url} within {START_TIMEOUT:.0f} s:\n"
-            f"{self._log_tail()}"
-        )
-
-    def _log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """Stop the server (its state is lost). Safe to call when it is not running."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        self._close()
-
-    def _close(self) -> None:
-        self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def _answers(self) -> bool:
+        httpx.get(f"{self.endpoint_url}/moto-api/data.json", timeout=1.0)
+        return True
 
     def reset(self) -> None:
         """Drop every bucket and object (moto's reset API)."""
@@ -152,14 +93,3 @@ class S3Server:
             region="auto",
             **options,
         )
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

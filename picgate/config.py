@@ -52,22 +52,6 @@ MAX_RETENTION_DAYS = 100 * 366
 MAX_CACHE_MB = 2**40
 MAX_TEXT = 2048
 
-# Text settings checked for characters that cannot be stored, logged or sent in a header.
-TEXT_SETTINGS: tuple[str, ...] = (
-    "upstream_api_base",
-    "upstream_api_key",
-    "upstream_model_name",
-    "gateway_model_name",
-    "gateway_api_key",
-    "public_base_url",
-    "r2_account_id",
-    "r2_access_key_id",
-    "r2_secret_access_key",
-    "r2_bucket_name",
-    "r2_endpoint_url",
-    "r2_public_base_url",
-)
-
 PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "your-key", "sk-xxx", "pg-xxx", "xxx"})
 
 
@@ -153,10 +137,12 @@ class Settings(BaseSettings):
             return value or None
         return value
 
-    @field_validator(*TEXT_SETTINGS, mode="after")
+    @field_validator(*EDITABLE, mode="after")
     @classmethod
-    def _printable_text(cls, value: str | None) -> str | None:
-        check_text(value)
+    def _printable_text(cls, value: Any) -> Any:
+        """Every editable text setting: characters that can be stored, logged and sent."""
+        if isinstance(value, str):
+            check_text(value)
         return value
 
     # -- derived values -------------------------------------------------------------------

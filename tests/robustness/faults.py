@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY
+from tests.support.processes import ServerProcess
 from tests.support.servers import free_port
 
 
@@ -158,50 +159,37 @@ class KillableProxy:
 SERVE = (sys.executable, "-m", "picgate.cli", "serve", "--host", "127.0.0.1")
 
 
-class ServeProcess:
+class ServeProcess(ServerProcess):
     """``python -m picgate.cli serve`` in its own process, configured through the environment."""
 
+    name = "picgate serve"
+    start_timeout = 30.0
+
     def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        super().__init__(log)
         self.env = env
         self.port = port
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.log_path
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServeProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*SERVE, "--port", str(self.port)],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"picgate serve exited: {self.log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError("picgate serve did not become healthy in 30 s")
+        self._launch([*SERVE, "--port", str(self.port)], self.env)
+        return self
+
+    def _answers(self) -> bool:
+        return httpx.get(self.url + "/health", timeout=2).status_code == 200
 
     def sigkill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGKILL)
+        self._process.wait(10)
+        self.stop()  # the process is gone: closes the log, ready for start() again
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

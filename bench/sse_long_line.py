@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from bench.procs import picgate
+from tests.support.servers import RawServer
 
 MB = 2**20
 DELTA = {
@@ -43,25 +43,13 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-class LongLineUpstream:
+class LongLineUpstream(RawServer):
     """Answers every request with an SSE stream whose second line never ends."""
 
     def __init__(self, line_mb: int) -> None:
         self.line_mb = line_mb
         self.sent_mb = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__(backlog=4)
 
     def _serve(self, conn: socket.socket) -> None:
         payload = b"x" * MB

@@ -19,7 +19,7 @@ import httpx
 
 from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY
 from tests.support.processes import ServerProcess
-from tests.support.servers import free_port
+from tests.support.servers import RawServer, free_port
 
 
 def reset(sock: socket.socket) -> None:
@@ -51,30 +51,18 @@ def read_request(conn: socket.socket) -> bytes:
     return head
 
 
-class ResettingUpstream:
+class ResettingUpstream(RawServer):
     """An upstream that answers with ``prefix`` (status line, headers, part of a body) and then
     resets the connection. An empty prefix resets before any byte."""
 
     def __init__(self) -> None:
         self.prefix = b""
         self.requests = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port: int = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -86,9 +74,6 @@ class ResettingUpstream:
         except OSError:
             pass
         reset(conn)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class KillableProxy:

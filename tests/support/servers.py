@@ -16,6 +16,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class RawServer:
+    """A TCP server on 127.0.0.1 that hands every connection to ``_serve`` in its own thread,
+    for upstreams that misbehave below HTTP (resets, endless lines)."""
+
+    def __init__(self, backlog: int = 16) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port: int = self.sock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class ServerThread:
     def __init__(self, app: Any, *, port: int | None = None, **config: Any) -> None:
         self.port = port or free_port()

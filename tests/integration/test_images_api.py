@@ -458,6 +458,7 @@ def test_edits_gateway_model_without_upstream_model_is_400(
     )
     error = assert_openai_error(resp, 400)
     assert (error["param"], error["code"]) == ("model", "upstream_model_not_set")
+    assert "UPSTREAM_MODEL_NAME" in error["message"]
     assert not upstream.requests
 
 

@@ -175,7 +175,7 @@ async def collect_images(
             if url.startswith("data:"):
                 data = _decode_upstream(services, url)
             else:
-                data = await _fetch_upstream_url(services, settings, url)
+                data = await _fetch_upstream_url(services, settings, url, max_bytes)
         else:
             raise UpstreamError(
                 "the upstream answer has an image without data", code="bad_upstream_response"
@@ -194,7 +194,9 @@ async def collect_images(
     return images
 
 
-async def _fetch_upstream_url(services: Services, settings: Settings, url: str) -> bytes:
+async def _fetch_upstream_url(
+    services: Services, settings: Settings, url: str, max_bytes: int
+) -> bytes:
     """The image at a URL the upstream answered with. A URL the guard refuses (a private or
     metadata address), one that is not an image or too large, is the upstream's bad answer,
     not the client's bad request: 502, never 4xx."""
@@ -202,7 +204,7 @@ async def _fetch_upstream_url(services: Services, settings: Settings, url: str) 
         return await fetch_image_bytes(
             services.http,
             url,
-            max_bytes=settings.max_image_mb * 2**20,
+            max_bytes=max_bytes,
             timeout=min(settings.upstream_timeout_seconds, 120.0),
             trusted_origin=settings.upstream_api_base,
         )

@@ -159,20 +159,20 @@ def test_dialect_core_types_and_integrity_error_through_sqlalchemy(sqld_server: 
             "data": b"\x89PNG\x00",
             "ratio": 0.25,
         }
-        db.call(lambda s: s.execute(things.insert(), row))
-        assert db.call(lambda s: s.execute(sa.select(things)).mappings().one()) == row
+        db.write(lambda s: s.execute(things.insert(), row))
+        assert db.write(lambda s: s.execute(sa.select(things)).mappings().one()) == row
         with pytest.raises(sa_exc.IntegrityError):
-            db.call(lambda s: s.execute(things.insert(), row))
+            db.write(lambda s: s.execute(things.insert(), row))
         with pytest.raises(sa_exc.OperationalError):
-            db.call(lambda s: s.execute(sa.text("SELECT * FROM no_such_table")))
+            db.write(lambda s: s.execute(sa.text("SELECT * FROM no_such_table")))
 
         def fails_after_write(session: sa.orm.Session) -> None:
             session.execute(things.insert(), {**row, "id": "b"})
             raise RuntimeError("after the write")
 
         with pytest.raises(RuntimeError):
-            db.call(fails_after_write)
-        assert db.call(lambda s: s.execute(sa.select(things.c.id)).scalars().all()) == ["a"]
+            db.write(fails_after_write)
+        assert db.write(lambda s: s.execute(sa.select(things.c.id)).scalars().all()) == ["a"]
     finally:
         db.dispose()
 
@@ -180,7 +180,7 @@ def test_dialect_core_types_and_integrity_error_through_sqlalchemy(sqld_server: 
 def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldServer) -> None:
     db = Database(sqld_server.database_url)
     name = f"t{next(_tables)}"
-    db.call(lambda s: s.execute(sa.text(f"CREATE TABLE {name} (k TEXT PRIMARY KEY, n INTEGER)")))
+    db.write(lambda s: s.execute(sa.text(f"CREATE TABLE {name} (k TEXT PRIMARY KEY, n INTEGER)")))
     errors: list[BaseException] = []
 
     insert = sa.text(f"INSERT INTO {name} VALUES (:k, :n)")
@@ -188,7 +188,7 @@ def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldSer
     def writer(n: int) -> None:
         try:
             for i in range(25):
-                db.call(
+                db.write(
                     partial(Session.execute, statement=insert, params={"k": f"{n}-{i}", "n": i})
                 )
         except BaseException as exc:
@@ -201,7 +201,7 @@ def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldSer
         t.join()
     try:
         assert not errors
-        count = db.call(lambda s: s.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar())
+        count = db.read(lambda s: s.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar())
         assert count == 400
     finally:
         db.dispose()

@@ -52,7 +52,7 @@ def test_database_files_are_private_even_under_a_permissive_umask(tmp_path: Path
     try:
         db = Database(f"sqlite:///{tmp_path / 'picgate.db'}")
         db.migrate()
-        db.call(lambda s: s.execute(text("CREATE TABLE t (x)")))
+        db.write(lambda s: s.execute(text("CREATE TABLE t (x)")))
         files = sorted(tmp_path.glob("picgate.db*"))
         assert [f.name for f in files] == ["picgate.db", "picgate.db-shm", "picgate.db-wal"]
         assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == dict.fromkeys(
@@ -87,7 +87,7 @@ def test_concurrent_writers_do_not_lock(tmp_path: Path) -> None:
     def writer(n: int) -> None:
         try:
             for i in range(40):
-                db.call(
+                db.write(
                     partial(Session.add, instance=DailyStat(day=f"d{n}", name=f"k{i}", value=i))
                 )
         except BaseException as exc:  # collected for the assertion below
@@ -99,7 +99,7 @@ def test_concurrent_writers_do_not_lock(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert db.call(lambda s: s.execute(text("select count(*) from daily_stats")).scalar()) == 320
+    assert db.write(lambda s: s.execute(text("select count(*) from daily_stats")).scalar()) == 320
     db.dispose()
 
 

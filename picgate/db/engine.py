@@ -80,7 +80,8 @@ def build_engine(raw_url: str, *, auth_token: str | None = None) -> Engine:
     if url.drivername == "sqlite+libsql" and not url.host:
         url = url.set(drivername="sqlite")  # a local libSQL file is a SQLite file
     connect_args: dict[str, Any] = {}
-    kwargs: dict[str, Any] = {"pool_pre_ping": not url.drivername.startswith("sqlite")}
+    # a server's connections are checked before use (one on a file cannot go stale)
+    kwargs: dict[str, Any] = {"pool_pre_ping": url.drivername != "sqlite"}
     if url.drivername == "sqlite":
         connect_args["check_same_thread"] = False
         connect_args["timeout"] = 30

@@ -45,7 +45,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
-import re
 import ssl
 import threading
 import time
@@ -54,6 +53,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from picgate.db.statements import OPENS_TRANSACTION, READS, savepoint_name, verb
 
 apilevel = "2.0"
 threadsafety = 1  # a connection may move between threads, one at a time (SQLAlchemy's pool)
@@ -68,18 +69,6 @@ PIPELINE_PATH = "/v2/pipeline"
 # a pooled connection idle longer than this is pinged before use (the server or a proxy may
 # have closed its keep-alive socket meanwhile); a busier one has just been heard from
 PING_AFTER_IDLE_SECONDS = 10.0
-_FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(\w+)", re.S)
-# one SQL token per match: space, comments and quoted text/names are skipped whole (a keyword
-# inside them is no keyword); group 1 is a bare word, group 2 a quoted name, group 3 any other
-# character (parentheses set the depth); an unterminated quote or comment runs to the end
-_TOKEN = re.compile(
-    r"""\s+|--[^\n]*|/\*.*?(?:\*/|\Z)|'(?:[^']|'')*'?|(\w+)"""
-    r"""|("(?:[^"]|"")*"?|`(?:[^`]|``)*`?|\[[^\]]*\]?)|(.)""",
-    re.S,
-)
-_OPENS_TRANSACTION = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
-_READS = frozenset({"SELECT", "VALUES", "EXPLAIN", "PRAGMA"})
-_MAIN_VERBS = _OPENS_TRANSACTION | {"SELECT", "VALUES"}
 _MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 _gates: dict[str, threading.Lock] = {}
 _gates_lock = threading.Lock()
@@ -188,52 +177,6 @@ def decode_value(value: Mapping[str, Any]) -> object:
         data = str(value["base64"])
         return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
     raise InterfaceError(f"unknown value type from the server: {kind!r}")
-
-
-def first_word(sql: str) -> str:
-    """The statement's first keyword, upper case, past space and comments ("" when none)."""
-    match = _FIRST_WORD.match(sql)
-    return match.group(1).upper() if match else ""
-
-
-def words(sql: str) -> Iterator[tuple[str, int]]:
-    """Each bare word (upper case) or quoted name (as written) of ``sql`` with its depth in
-    parentheses; comments and string literals are skipped."""
-    depth = 0
-    for match in _TOKEN.finditer(sql):
-        word, quoted, other = match.groups()
-        if word is not None or quoted is not None:
-            yield (word.upper() if word is not None else quoted), depth
-        elif other == "(":
-            depth += 1
-        elif other == ")":
-            depth = max(0, depth - 1)
-
-
-def verb(sql: str) -> str:
-    """What the statement does: its first word, except that a ``WITH`` clause is looked past
-    to the statement it prefixes (``WITH t AS (SELECT ...) INSERT ...`` is an ``INSERT``)."""
-    word = first_word(sql)
-    if word != "WITH":
-        return word
-    for name, depth in words(sql):
-        if depth == 0 and name in _MAIN_VERBS:
-            return name
-    return word
-
-
-def savepoint_name(sql: str) -> str:
-    """The savepoint a ``SAVEPOINT``, ``RELEASE`` or ``ROLLBACK ... TO`` statement names
-    (upper case unless quoted), or "" for a plain ``ROLLBACK``."""
-    names = [name for name, _ in words(sql)]
-    keywords = {"SAVEPOINT", "RELEASE", "ROLLBACK", "TRANSACTION", "TO"}
-    if names[:1] == ["ROLLBACK"] and "TO" not in names[1:3]:
-        return ""
-    rest = [name for name in names if name not in keywords]
-    if not rest:
-        return ""
-    name = rest[0]
-    return name[1:-1].upper() if name[:1] in '"`[' else name
 
 
 def same_origin(url: str, base: str) -> bool:
@@ -423,14 +366,14 @@ class Connection:
                 # releasing the savepoint that began the transaction commits it (SQLite)
                 self._drop_stream()
             return results
-        if word not in _READS:
+        if word not in READS:
             self._enter_gate()
         if word in ("BEGIN", "SAVEPOINT"):
             results = self._batch(stmts, keep_stream=True)
             if word == "SAVEPOINT" and self._baton is not None:
                 self._savepoint = savepoint_name(sql)
             return results
-        if word in _OPENS_TRANSACTION:
+        if word in OPENS_TRANSACTION:
             results = self._batch([statement("BEGIN", ()), *stmts], keep_stream=True)
             return results[1:]
         return self._batch(stmts, keep_stream=False)
@@ -621,7 +564,7 @@ class Cursor:
             else None
         )
         self._rows, self._pos = last.rows, 0
-        changes = verb(sql) in _OPENS_TRANSACTION
+        changes = verb(sql) in OPENS_TRANSACTION
         self.rowcount = sum(r.affected for r in results) if changes else -1
         if last.last_rowid is not None:
             self.lastrowid = last.last_rowid

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, event
 
-from picgate.db import hrana
+from picgate.db import hrana, statements
 from picgate.db.engine import build_engine
 from tests.support.hrana_server import HranaServer
 
@@ -137,7 +137,7 @@ def test_hrana_executemany_is_one_request_and_stops_at_first_error(
     ],
 )
 def test_hrana_verb_looks_past_with_comments_and_quotes(sql: str, verb: str) -> None:
-    assert hrana.verb(sql) == verb
+    assert statements.verb(sql) == verb
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_hrana_verb_looks_past_with_comments_and_quotes(sql: str, verb: str) -> 
     ],
 )
 def test_hrana_savepoint_name_of_statement(sql: str, name: str) -> None:
-    assert hrana.savepoint_name(sql) == name
+    assert statements.savepoint_name(sql) == name
 
 
 def test_hrana_with_insert_opens_a_transaction(conn: hrana.Connection, server: HranaServer) -> None:

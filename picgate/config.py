@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     # edit images by URL), counted for every reference: a small request can name a big image
     # many times (picgate.gateway.inline)
     max_inline_images_mb: int = Field(50, ge=1)
+    # bytes of images every request together may make the server hold at once: inlined images
+    # and buffered non-stream upstream answers (picgate.gateway.buffers); over it a request
+    # waits briefly, then 503 with Retry-After
+    max_buffered_mb: int = Field(512, ge=1)
+    # images kept from one chat answer; further ones are left out of the answer (and logged)
+    max_images_per_answer: int = Field(16, ge=1, le=1000)
+    # connections ``picgate serve`` takes at once; over it new requests get 503 (keep it under
+    # the process's open-file limit, ``ulimit -n``)
+    max_connections: int = Field(512, ge=1)
     # slow clients (``picgate serve``): a request head must arrive within this many seconds; a
     # body within this many plus one second per 16 KiB received (picgate.middleware)
     request_header_timeout_seconds: float = Field(30.0, gt=0)

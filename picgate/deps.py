@@ -121,6 +121,7 @@ async def require_gateway_key(request: Request) -> Gateway:
         events=container.events,
         upstream=container.upstream,
         http=container.http,
+        buffers=container.buffers,
     )
     return Gateway(settings, parts)
 

@@ -11,6 +11,7 @@
     ├── Gone                        410 (image expired with no copy anywhere)
     ├── NotConfigured               503 (upstream settings missing)
     ├── StorageUnavailable          503 (R2 down and no local copy; disk full)
+    ├── ServerBusy                  503 server_busy (MAX_BUFFERED_MB taken; Retry-After)
     └── UpstreamError               upstream status kept, or 502 (unreachable / junk) / 504 (timeout)
 
 Every error leaves as ``{"error": {"message", "type", "param", "code"}}``.
@@ -113,6 +114,14 @@ class StorageUnavailable(PicGateError):
     status_code = 503
     error_type = "server_error"
     code = "storage_unavailable"
+
+
+class ServerBusy(PicGateError):
+    """The server-wide memory budget for images held by requests is taken (Retry-After)."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "server_busy"
 
 
 class UpstreamError(PicGateError):

@@ -30,6 +30,7 @@ import httpx
 from picgate.config import Settings, validate_settings
 from picgate.db.engine import Database
 from picgate.eventlog import EventLog
+from picgate.gateway.buffers import BufferBudget
 from picgate.gateway.upstream import Upstream
 from picgate.jobs.cleanup import Cleanup
 from picgate.jobs.scheduler import CleanupScheduler
@@ -66,6 +67,8 @@ class Services:
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self.upstream = Upstream(lambda: self.http)
+        # one budget for the whole process: the image bytes requests hold (MAX_BUFFERED_MB)
+        self.buffers = BufferBudget.from_mb(settings.max_buffered_mb)
         self._config: ConfigService | None = None
         self.archive = Archive(self._current_settings, forced=objects)
         self.library = ImageLibrary(

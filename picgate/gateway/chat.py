@@ -17,12 +17,19 @@ import httpx
 from picgate.config import Settings
 from picgate.errors import BadRequest, Gone, NotFound, StorageUnavailable, UpstreamError
 from picgate.gateway import relay, unstreamed
+from picgate.gateway.buffers import BufferHold
 from picgate.gateway.fetch import fetch_image_bytes
-from picgate.gateway.history import HistoryImages, last_user_text, messages_of, upstream_body
+from picgate.gateway.history import (
+    MAX_LOOKUPS,
+    HistoryImages,
+    last_user_text,
+    messages_of,
+    upstream_body,
+)
 from picgate.gateway.images_api import upstream_model
 from picgate.gateway.inline import InlineBudget
 from picgate.gateway.parts import GatewayParts
-from picgate.gateway.rewrite import ImageSink, StreamRewriter, rewrite_completion
+from picgate.gateway.rewrite import LEFT_OUT, ImageSink, StreamRewriter, rewrite_completion
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
 from picgate.library.records import ImageOrigin
 
@@ -31,16 +38,30 @@ __all__ = ["ChatStream", "complete", "history_images", "image_sink", "open_strea
 EXTERNAL_FETCH_TIMEOUT = 30.0
 
 
-def image_sink(parts: GatewayParts, *, base_url: str, prompt: str | None) -> ImageSink:
+def image_sink(
+    parts: GatewayParts, *, base_url: str, prompt: str | None, max_images: int
+) -> ImageSink:
     """Store one image of a chat answer; its public URL, or None to leave the text as it was.
 
     None when the payload is not an image (bad base64, not a raster type, too large) or when
     storing fails (disk; serverless: the archive): the client then keeps the original data
-    URL instead of losing the image.
+    URL instead of losing the image. Past ``max_images`` images in this answer
+    (``MAX_IMAGES_PER_ANSWER``; one upstream answer carried 3000) the image is neither decoded
+    nor stored and is left out of the answer (``LEFT_OUT``), with one log line per answer.
     """
     origin = ImageOrigin("chat", prompt)
+    seen = 0
 
     async def sink(payload: str) -> str | None:
+        nonlocal seen
+        seen += 1
+        if seen > max_images:
+            if seen == max_images + 1:
+                parts.events.warning(
+                    f"⚠️ 对话应答中的图片超过 MAX_IMAGES_PER_ANSWER={max_images}，其余图片未保存，"
+                    f"已从应答中略去 (images past the first {max_images} were left out)"
+                )
+            return LEFT_OUT
         try:
             stored = await parts.library.save_encoded(payload, origin=origin)
         except BadRequest as exc:  # also UnsupportedMediaType and PayloadTooLarge
@@ -56,9 +77,10 @@ def image_sink(parts: GatewayParts, *, base_url: str, prompt: str | None) -> Ima
 
 
 def history_images(
-    parts: GatewayParts, settings: Settings, own_bases: Sequence[str]
+    parts: GatewayParts, settings: Settings, own_bases: Sequence[str], hold: BufferHold
 ) -> HistoryImages:
-    """``HistoryImages`` backed by the image store and, when allowed, the SSRF-guarded fetch."""
+    """``HistoryImages`` backed by the image store (one size lookup per request) and, when
+    allowed, the SSRF-guarded fetch; what it inlines is taken from ``hold``."""
 
     async def load_own(image_id: str) -> bytes | None:
         try:
@@ -79,20 +101,31 @@ def history_images(
         load_own=load_own,
         fetch=fetch if settings.allow_external_image_fetch else None,
         budget=InlineBudget.from_mb(settings.max_inline_images_mb),
+        lookup=parts.library.sizes,
+        hold=hold,
     )
 
 
 async def _prepare(
-    parts: GatewayParts, settings: Settings, body: dict[str, Any], own_bases: Sequence[str]
+    parts: GatewayParts,
+    settings: Settings,
+    body: dict[str, Any],
+    own_bases: Sequence[str],
+    hold: BufferHold,
 ) -> tuple[dict[str, Any], str | None]:
     """The upstream body and the prompt to record with stored images; logs the request."""
     messages = messages_of(body)
-    images = history_images(parts, settings, own_bases)
+    images = history_images(parts, settings, own_bases, hold)
     out = await upstream_body(
         body, upstream_model=upstream_model(settings, body.get("model")), images=images
     )
     if images.inlined:
         parts.events.info(f"🖼️ 历史图片已内联: {images.inlined} 张")
+    if images.unlooked:
+        parts.events.warning(
+            f"⚠️ 请求引用的图片过多，{images.unlooked} 个图片链接未查找、按原文发送 "
+            f"(only the first {MAX_LOOKUPS} image ids of a request are looked up)"
+        )
     parts.events.info(f"📤 发起对话请求: {len(messages)} 条消息")
     return out, last_user_text(messages)
 
@@ -105,16 +138,21 @@ async def complete(
     base_url: str,
     own_bases: Sequence[str],
 ) -> dict[str, Any]:
-    """A non-streaming chat completion with its images stored and linked."""
-    request, prompt = await _prepare(parts, settings, body, own_bases)
-    answer = await parts.upstream.post_json(settings, "chat/completions", request)
-    if not isinstance(answer, dict):
-        raise UpstreamError(
-            "the upstream chat answer is not a JSON object", code="bad_upstream_response"
+    """A non-streaming chat completion with its images stored and linked; the inlined history
+    and the buffered answer are held in the server-wide budget until it is built."""
+    async with parts.buffers.hold() as hold:
+        request, prompt = await _prepare(parts, settings, body, own_bases, hold)
+        answer = await parts.upstream.post_json(settings, "chat/completions", request, hold=hold)
+        del request  # the inlined images are not needed past the upstream call
+        if not isinstance(answer, dict):
+            raise UpstreamError(
+                "the upstream chat answer is not a JSON object", code="bad_upstream_response"
+            )
+        parts.events.info("📥 上游对话返回成功")
+        sink = image_sink(
+            parts, base_url=base_url, prompt=prompt, max_images=settings.max_images_per_answer
         )
-    parts.events.info("📥 上游对话返回成功")
-    sink = image_sink(parts, base_url=base_url, prompt=prompt)
-    return await rewrite_completion(answer, sink)
+        return await rewrite_completion(answer, sink)
 
 
 class ChatStream:
@@ -129,6 +167,7 @@ class ChatStream:
         keepalive: float,
         stack: AsyncExitStack,
         settings: Settings,
+        hold: BufferHold,
     ) -> None:
         self.parts = parts
         self.response = response
@@ -136,6 +175,7 @@ class ChatStream:
         self.keepalive = keepalive
         self._stack = stack
         self.settings = settings
+        self.hold = hold  # released by ``aclose`` (on the stack)
 
     async def events(self) -> AsyncIterator[bytes]:
         """The bytes to send to the client, as they become ready."""
@@ -148,6 +188,7 @@ class ChatStream:
                 keepalive=self.keepalive,
                 events=self.parts.events,
                 max_body=response_limit(self.settings),
+                hold=self.hold,
             )
         else:
             max_image = base64_chars(image_limit(self.settings))
@@ -174,10 +215,15 @@ async def open_stream(
     base_url: str,
     own_bases: Sequence[str],
 ) -> ChatStream:
-    """Send a streaming chat request; UpstreamError when the upstream refuses it up front."""
-    request, prompt = await _prepare(parts, settings, body, own_bases)
+    """Send a streaming chat request; UpstreamError when the upstream refuses it up front.
+
+    The request's share of the buffer budget (its inlined history, a JSON answer to buffer)
+    lasts until the stream is closed: the upstream request keeps its body until then."""
     stack = AsyncExitStack()
+    hold = parts.buffers.hold()
+    stack.callback(hold.release)
     try:
+        request, prompt = await _prepare(parts, settings, body, own_bases, hold)
         response = await stack.enter_async_context(
             parts.upstream.stream(settings, "chat/completions", request, accept="text/event-stream")
         )
@@ -185,7 +231,9 @@ async def open_stream(
         await stack.aclose()
         raise
     parts.events.info("📥 上游对话返回成功")
-    sink = image_sink(parts, base_url=base_url, prompt=prompt)
+    sink = image_sink(
+        parts, base_url=base_url, prompt=prompt, max_images=settings.max_images_per_answer
+    )
     return ChatStream(
         parts=parts,
         response=response,
@@ -193,4 +241,5 @@ async def open_stream(
         keepalive=settings.stream_keepalive_seconds,
         stack=stack,
         settings=settings,
+        hold=hold,
     )

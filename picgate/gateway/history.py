@@ -23,6 +23,13 @@
   (other hosts, extensions, queries, fragments): every reference gets the same data URL string.
   The bytes every reference adds to the upstream body count against ``budget``
   (``MAX_INLINE_IMAGES_MB``, see ``inline.py``); past it the request is a 413.
+- With a ``lookup``, the ids of every gateway-shaped URL in the messages are looked up in one
+  query before anything is read (a request naming 20,000 made-up ids cost 20,000 lookups, 16
+  s); only the first ``MAX_LOOKUPS`` distinct ids are looked up, the rest stay text. Unknown
+  ids are never read.
+- With a ``hold`` (the request's share of ``MAX_BUFFERED_MB``, ``buffers.py``), an image's
+  bytes and its data URL are taken from the server-wide budget before it is read (its size is
+  known from the lookup), and every reference's copy in the upstream body as it is added.
 
 Everything else (other fields, other parts, ``data:`` URLs, tool calls) passes through as is.
 """
@@ -30,16 +37,18 @@ Everything else (other fields, other parts, ``data:`` URLs, tool calls) passes t
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from picgate.errors import BadRequest, PicGateError
+from picgate.gateway.upstream import base64_chars
 from picgate.library.records import parse_image_name
 from picgate.storage.codec import data_url, sniff
 
 if TYPE_CHECKING:
+    from picgate.gateway.buffers import BufferHold
     from picgate.gateway.inline import InlineBudget
 
 __all__ = [
@@ -58,6 +67,14 @@ OwnImageLoader = Callable[[str], Awaitable[bytes | None]]
 UrlFetcher = Callable[[str], Awaitable[bytes]]
 """The bytes at an external URL; raises a PicGateError when refused or failed."""
 
+SizeLookup = Callable[[list[str]], Awaitable[dict[str, int]]]
+"""The stored size of every given id that exists, in one query."""
+
+# distinct image ids of one request looked up; URLs naming further ids stay as they are
+MAX_LOOKUPS = 256
+# ``data:image/xxxx;base64,`` in front of the base64 text
+_DATA_URL_HEAD = 32
+
 _MARKDOWN_IMAGE = re.compile(r"(!\[[^\]\n]{0,200}\]\()(https?://[^\s()<>]+)(\))")
 _URL_SHOWN = 200
 
@@ -70,9 +87,21 @@ class HistoryImages:
     load_own: OwnImageLoader
     fetch: UrlFetcher | None = None
     budget: InlineBudget | None = None
+    lookup: SizeLookup | None = None
+    hold: BufferHold | None = None
     inlined: int = 0  # how many URLs were replaced (for the log)
+    unlooked: int = 0  # distinct ids past MAX_LOOKUPS, left as text (for the log)
+    known: dict[str, int] | None = None  # size by id, once looked up (None: no lookup)
     _own: dict[str, str | None] = field(default_factory=dict)  # by image id
     _external: dict[str, str] = field(default_factory=dict)  # by URL
+
+    async def look_up(self, messages: list[Any]) -> None:
+        """Look up every gateway image id the messages name, in one query (see the module doc)."""
+        if self.lookup is None:
+            return
+        ids = list(dict.fromkeys(_own_ids(messages, self.own_bases)))
+        self.unlooked = max(0, len(ids) - MAX_LOOKUPS)
+        self.known = await self.lookup(ids[:MAX_LOOKUPS]) if ids else {}
 
     async def own(self, url: str) -> str | None:
         """The data URL of a gateway image at ``url``; None when it is not one of ours."""
@@ -80,9 +109,18 @@ class HistoryImages:
         if found is None:
             return None
         if found not in self._own:
+            if self.known is not None:
+                if found not in self.known:
+                    return None  # made up, or past MAX_LOOKUPS: never read
+                size = self.known[found]
+                await self._take(size + _DATA_URL_HEAD + base64_chars(size))
             data = await self.load_own(found)
             self._own[found] = None if data is None else data_url(data, sniff(data).mime)
         return self._own[found]
+
+    async def _take(self, size: int) -> None:
+        if self.hold is not None:
+            await self.hold.take(size)
 
     async def external(self, url: str, param: str) -> str:
         """The data URL of an external image (only called when ``fetch`` is set)."""
@@ -99,15 +137,52 @@ class HistoryImages:
                 param=param,
                 code=exc.code or "invalid_image_url",
             ) from exc
+        await self._take(len(data) + _DATA_URL_HEAD + base64_chars(len(data)))
         self._external[url] = data_url(data, kind.mime)
         return self._external[url]
 
-    def use(self, inline: str, param: str) -> str:
-        """``inline`` as one more reference in the upstream body, counted against the budget."""
+    async def use(self, inline: str, param: str) -> str:
+        """``inline`` as one more reference in the upstream body, counted against the budget
+        (413 past it) and taken from the server-wide hold (503 when there is no room)."""
         if self.budget is not None:
             self.budget.spend(len(inline), param=param)
+        await self._take(len(inline))
         self.inlined += 1
         return inline
+
+
+def _own_ids(messages: list[Any], own_bases: Sequence[str]) -> Iterator[str]:
+    """The id of every gateway-shaped image URL that ``upstream_body`` would consider."""
+    for url in _image_urls(messages):
+        found = own_image_id(url, own_bases)
+        if found is not None:
+            yield found
+
+
+def _image_urls(messages: list[Any]) -> Iterator[str]:
+    """The URLs ``_message`` looks at: assistant markdown images, ``image_url`` parts."""
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        assistant = message.get("role") == "assistant"
+        texts: list[str] = []
+        if isinstance(content, str) and assistant:
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "image_url":
+                    image_url = part.get("image_url")
+                    url = image_url.get("url") if isinstance(image_url, dict) else image_url
+                    if isinstance(url, str) and url.startswith(("http://", "https://")):
+                        yield url
+                elif assistant and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+        for text in texts:
+            if "/images/" in text:
+                yield from (match.group(2) for match in _MARKDOWN_IMAGE.finditer(text))
 
 
 def own_image_id(url: str, own_bases: Sequence[str]) -> str | None:
@@ -181,7 +256,7 @@ async def _markdown(text: str, images: HistoryImages, param: str) -> str:
         if inline is None:
             continue
         parts.append(text[last : match.start(2)])
-        parts.append(images.use(inline, param))
+        parts.append(await images.use(inline, param))
         last = match.end(2)
     if not parts:
         return text
@@ -201,7 +276,7 @@ async def _image_part(part: dict[str, Any], images: HistoryImages, param: str) -
         inline = await images.external(url, param)
     if inline is None:
         return part
-    inline = images.use(inline, param)
+    inline = await images.use(inline, param)
     if isinstance(image_url, dict):
         return {**part, "image_url": {**image_url, "url": inline}}
     return {**part, "image_url": inline}
@@ -241,6 +316,7 @@ async def upstream_body(
 ) -> dict[str, Any]:
     """The body to send upstream (see the module doc); BadRequest for a bad ``messages``."""
     messages = messages_of(body)
+    await images.look_up(messages)
     new_messages = [await _message(m, i, images) for i, m in enumerate(messages)]
     out = dict(body)
     if upstream_model:

@@ -8,8 +8,9 @@ its place. ``finish()`` parses what is left (a few hundred bytes) and returns it
 images by placeholder.
 
 Anything unusual (an escape inside a long string, text that is not plain base64, a placeholder
-where no image is expected) makes the caller fall back to parsing ``body`` whole, which is
-always kept: the result is the same as without this reader, only later.
+where no image is expected, more long strings than ``max_images``) makes the caller fall back
+to parsing ``body`` whole, which is always kept: the result is the same as without this reader,
+only later.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def _find_quote_or_backslash(chunk: bytes, pos: int) -> int:
 
 
 class ImageAnswerReader:
-    def __init__(self, start_image: Callable[[], IncomingImage]) -> None:
+    def __init__(
+        self, start_image: Callable[[], IncomingImage], *, max_images: int | None = None
+    ) -> None:
         self._start_image = start_image
+        # an answer with more images than the caller keeps is not written image by image
+        self._max_images = max_images
         self._chunks: list[bytes] = []
         self._text = bytearray()  # the answer with long strings replaced by placeholders
         self._in_string = False
@@ -95,6 +100,9 @@ class ImageAnswerReader:
 
     def _cut_out(self) -> None:
         """The current string is long: its text so far goes to a new image, a placeholder stays."""
+        if self._max_images is not None and len(self.images) >= self._max_images:
+            self._give_up()
+            return
         image = self._start_image()
         key = f"{self._token}n{len(self.images)}"
         self.images[key] = image

@@ -4,6 +4,11 @@ Every image the upstream returns is stored. The reply honours the client's ``res
 ``url`` (default) gives ``{public base}/images/{id}.{ext}``, ``b64_json`` gives the bytes (still
 stored and listed). If an image cannot be stored, the client gets it inline as ``b64_json``
 rather than lose it.
+
+At most the requested ``n`` images (1 when absent, never more than 10) are kept from an answer:
+an upstream that sends more (one sent 5000) has the rest dropped before they are decoded, with a
+log line. The answer is held in memory while it is read: its bytes come from the server-wide
+budget (``MAX_BUFFERED_MB``, ``picgate.gateway.buffers``).
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from picgate.errors import (
     StorageUnavailable,
     UpstreamError,
 )
+from picgate.gateway.buffers import BufferHold
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
 from picgate.gateway.parts import GatewayParts
-from picgate.gateway.upstream import not_json_answer
+from picgate.gateway.upstream import MAX_IMAGES_PER_ANSWER, not_json_answer
 from picgate.library.records import ImageOrigin, StoredImage
 from picgate.storage.codec import sniff
 from picgate.storage.incoming import Received
@@ -87,17 +93,50 @@ def upstream_model(settings: Settings, client_model: Any) -> str | None:
     return client_model if isinstance(client_model, str) else None
 
 
+def requested_n(value: Any) -> int:
+    """The images a client asked for (``n``, a number or a form field's text): 1 when absent,
+    at most ``MAX_IMAGES_PER_ANSWER``; what the answer may keep."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return 1
+    return min(int(value), MAX_IMAGES_PER_ANSWER)
+
+
+def keep_requested(parts: GatewayParts, answer: Any, keep: int) -> set[Any]:
+    """Cut ``answer["data"]`` to ``keep`` items (in place), logging what was dropped; the
+    ``b64_json`` values of the items kept."""
+    items = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(items, list):
+        return set()
+    if len(items) > keep:
+        parts.events.warning(
+            f"⚠️ 上游返回 {len(items)} 张图片，超过请求的 n={keep}，只保留前 {keep} 张 "
+            f"(the upstream sent {len(items)} images for n={keep}; the rest were dropped)"
+        )
+        del items[keep:]
+    return {item.get("b64_json") for item in items if isinstance(item, dict)}
+
+
 async def call_upstream(
-    parts: GatewayParts, settings: Settings, path: str, **request: Any
+    parts: GatewayParts,
+    settings: Settings,
+    path: str,
+    *,
+    hold: BufferHold,
+    keep: int,
+    **request: Any,
 ) -> tuple[Any, list[UpstreamImage]]:
-    """POST to the upstream's Images API; its answer and every image in it, decoded or fetched.
+    """POST to the upstream's Images API; its answer and its first ``keep`` images, decoded or
+    fetched.
 
     Large base64 images are decoded and written while the answer arrives (``image_answer``);
-    when that cannot be used, the answer is parsed whole and handled as it always was.
+    when that cannot be used, the answer is parsed whole and handled as it always was. The
+    answer's bytes are taken from ``hold`` as they arrive.
     """
-    reader = ImageAnswerReader(parts.library.incoming)
+    reader = ImageAnswerReader(parts.library.incoming, max_images=keep)
     try:
-        await parts.upstream.post(settings, path, reader.feed, **request)
+        await parts.upstream.post(settings, path, reader.feed, hold=hold, **request)
         try:
             answer = reader.finish()  # already falls back to parsing the whole body
         except ValueError as exc:
@@ -109,6 +148,9 @@ async def call_upstream(
     if streamed is None:
         answer = parts.upstream.parse_answer(reader.body)
         streamed = {}
+    kept = keep_requested(parts, answer, keep)
+    for key in [key for key in streamed if key not in kept]:
+        streamed.pop(key).discard()  # written while the answer arrived, then dropped
     try:
         return answer, await collect_images(parts, settings, answer, streamed)
     except BaseException:
@@ -318,7 +360,15 @@ async def generate(
     else:
         upstream_body.pop("response_format", None)
     parts.events.info(f"📤 发起文生图请求: prompt={short(prompt)}")
-    answer, images = await call_upstream(parts, settings, "images/generations", json=upstream_body)
+    async with parts.buffers.hold() as hold:
+        answer, images = await call_upstream(
+            parts,
+            settings,
+            "images/generations",
+            hold=hold,
+            keep=requested_n(n),
+            json=upstream_body,
+        )
     parts.events.info(f"📥 上游返回成功: 收到 {len(images)} 张图片")
     reply = await store_and_reply(
         parts,
@@ -354,7 +404,10 @@ async def edit(
     mask: EditImage | None,
     image_field: str,
     base_url: str,
+    hold: BufferHold,
 ) -> dict[str, Any]:
+    """An edit; ``hold`` is the request's share of the buffer budget (its images by URL may
+    already be in it)."""
     prompt = fields.get("prompt")
     if not prompt or not prompt.strip():
         raise BadRequest(
@@ -379,7 +432,15 @@ async def edit(
     if mask is not None:
         files.append(("mask", mask))
     parts.events.info(f"📤 发起图片编辑请求: prompt={short(prompt)}, {len(images)} 张输入图片")
-    answer, result = await call_upstream(parts, settings, "images/edits", data=data, files=files)
+    answer, result = await call_upstream(
+        parts,
+        settings,
+        "images/edits",
+        hold=hold,
+        keep=requested_n(fields.get("n")),
+        data=data,
+        files=files,
+    )
     parts.events.info(f"📥 上游返回成功: 收到 {len(result)} 张图片")
     reply = await store_and_reply(
         parts,

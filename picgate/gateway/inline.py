@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import httpx
 
     from picgate.config import Settings
+    from picgate.gateway.buffers import BufferHold
     from picgate.library.library import ImageLibrary
 
 __all__ = ["EditImageLoader", "InlineBudget"]
@@ -67,7 +68,8 @@ class EditImageLoader:
     from the store; another URL is fetched through the SSRF guard when
     ``ALLOW_EXTERNAL_IMAGE_FETCH`` is on, else refused. Each image is read, fetched or decoded
     once per request and the same bytes object serves every reference; the bytes of every URL
-    reference count against ``budget``.
+    reference count against ``budget``. Each image read or fetched by URL is taken from
+    ``hold`` (the server-wide ``MAX_BUFFERED_MB``): a stored one before it is read.
     """
 
     library: ImageLibrary
@@ -75,6 +77,7 @@ class EditImageLoader:
     settings: Settings
     base_url: str
     budget: InlineBudget
+    hold: BufferHold
     _by_id: dict[str, bytes] = field(default_factory=dict)
     _by_ref: dict[str, bytes] = field(default_factory=dict)
 
@@ -86,9 +89,10 @@ class EditImageLoader:
         http: httpx.AsyncClient,
         settings: Settings,
         base_url: str,
+        hold: BufferHold,
     ) -> EditImageLoader:
         budget = InlineBudget.from_mb(settings.max_inline_images_mb)
-        return cls(library, http, settings, base_url, budget)
+        return cls(library, http, settings, base_url, budget, hold)
 
     async def __call__(self, ref: str, param: str) -> bytes:
         if not ref.startswith(("http://", "https://")):
@@ -104,7 +108,11 @@ class EditImageLoader:
         if image_id is not None:
             if image_id in self._by_id:
                 return self._by_id[image_id]
+            size = (await self.library.sizes([image_id])).get(image_id)
             try:
+                if size is None:
+                    raise NotFound("No such image.")
+                await self.hold.take(size)
                 data = await self.library.serving.read_bytes(image_id)
             except (NotFound, Gone):
                 if url.startswith(self.base_url + "/images/"):
@@ -124,5 +132,6 @@ class EditImageLoader:
                 code="external_fetch_disabled",
             )
         data = await fetch_image_bytes(self.http, url, max_bytes=self.settings.max_image_mb * 2**20)
+        await self.hold.take(len(data))
         self._by_ref[url] = data
         return data

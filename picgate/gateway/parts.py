@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import httpx
 
 from picgate.eventlog import EventLog
+from picgate.gateway.buffers import BufferBudget
 from picgate.gateway.upstream import Upstream
 from picgate.library.library import ImageLibrary
 
@@ -14,9 +15,11 @@ from picgate.library.library import ImageLibrary
 @dataclass(frozen=True)
 class GatewayParts:
     """``library`` stores and serves images, ``events`` logs, ``upstream`` calls the upstream
-    API, ``http`` is the shared outbound client (URL fetches)."""
+    API, ``http`` is the shared outbound client (URL fetches), ``buffers`` the server-wide
+    budget for the image bytes requests hold (``MAX_BUFFERED_MB``)."""
 
     library: ImageLibrary
     events: EventLog
     upstream: Upstream
     http: httpx.AsyncClient
+    buffers: BufferBudget

@@ -2,7 +2,9 @@
 
 Pure over dicts and strings; storing is the caller's ``ImageSink``: it gets one image as a data
 URL (or bare base64) and returns the public URL, or None when the image could not be stored (not
-a raster image, storage down). Then the original text stays where it was: an image is never dropped.
+a raster image, storage down). Then the original text stays where it was: an image is never dropped
+by accident. The sink may return ``LEFT_OUT`` (an answer past ``MAX_IMAGES_PER_ANSWER``): then
+the image is removed from the answer, the text around it kept.
 
 Where images are found, in ``choices[].message`` (``rewrite_completion``) and ``choices[].delta``
 (``StreamRewriter``):
@@ -38,9 +40,11 @@ from typing import Any
 
 from picgate.errors import UpstreamError
 
-__all__ = ["ImageSink", "StreamRewriter", "rewrite_completion", "rewrite_text"]
+__all__ = ["LEFT_OUT", "ImageSink", "StreamRewriter", "rewrite_completion", "rewrite_text"]
 
 ImageSink = Callable[[str], Awaitable[str | None]]
+# what a sink returns for an image that is to be left out of the answer (never a URL)
+LEFT_OUT = ""
 
 _DATA = "data:image/"
 _BASE64_TAG = ";base64,"
@@ -228,6 +232,8 @@ async def _resolve(segments: list[_Segment], sink: ImageSink) -> str:
             parts.append(segment)
             continue
         url = await sink(segment.data_url)
+        if url == LEFT_OUT:
+            continue
         parts.append(segment.original if url is None else f"![{segment.alt or 'image'}]({url})")
     return "".join(parts)
 
@@ -260,6 +266,8 @@ async def _ref_markdown(ref: str, sink: ImageSink) -> str:
     url = ref
     if ref.startswith("data:") or _BARE_BASE64.fullmatch(ref):
         stored = await sink(ref)
+        if stored == LEFT_OUT:
+            return ""
         if stored is not None:
             url = stored
         elif not ref.startswith("data:"):
@@ -334,6 +342,8 @@ async def _rewrite_parts(parts: list[Any], sink: ImageSink) -> str | list[Any]:
         elif ref is not None:
             changed = True
             markdown = await _ref_markdown(ref, sink)
+            if not markdown:  # left out
+                continue
             out.append({"type": "text", "text": markdown})
             if texts is not None:
                 texts.append((markdown, True))
@@ -355,6 +365,8 @@ async def _rewrite_parts(parts: list[Any], sink: ImageSink) -> str | list[Any]:
 
 
 def _append(content: Any, markdown: str) -> Any:
+    if not markdown:  # an image left out
+        return content
     if isinstance(content, list):
         return [*content, {"type": "text", "text": markdown}]
     if isinstance(content, str) and content:
@@ -513,8 +525,9 @@ class StreamRewriter:
             text = await _resolve(scanner.feed(text_in, final=final), self._sink)
             if name == "content" and attached.refs:
                 for ref in attached.refs:
-                    separator = "\n\n" if text or state.content_sent else ""
-                    text += separator + await _ref_markdown(ref, self._sink)
+                    markdown = await _ref_markdown(ref, self._sink)
+                    separator = "\n\n" if markdown and (text or state.content_sent) else ""
+                    text += separator + markdown
                 updates[name] = text
             elif isinstance(value, str) and (value or not finishing):
                 if text != value:

@@ -11,6 +11,7 @@ from starlette.datastructures import UploadFile
 from picgate.deps import Gateway, GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
+from picgate.gateway.buffers import BufferHold
 from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
 from picgate.storage.codec import sniff
@@ -130,10 +131,11 @@ async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
     "/images/edits", openapi_extra={"requestBody": EDITS_BODY}, response_class=JSONResponse
 )
 async def images_edits(request: Request, gateway: GatewayDep) -> JSONResponse:
-    return JSONResponse(await _edit(request, gateway))
+    async with gateway.parts.buffers.hold() as hold:
+        return JSONResponse(await _edit(request, gateway, hold))
 
 
-async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
+async def _edit(request: Request, gateway: Gateway, hold: BufferHold) -> dict[str, Any]:
     settings, parts = gateway.settings, gateway.parts
     parts.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
@@ -163,6 +165,7 @@ async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
             mask=mask,
             image_field=field,
             base_url=base_url,
+            hold=hold,
         )
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
@@ -173,6 +176,7 @@ async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
             http=parts.http,
             settings=settings,
             base_url=base_url,
+            hold=hold,
         )
         fields, images, mask, field = await images_api.edit_inputs_from_json(body, load)
         return await images_api.edit(
@@ -183,6 +187,7 @@ async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
             mask=mask,
             image_field=field,
             base_url=base_url,
+            hold=hold,
         )
     raise UnsupportedMediaType(
         "Send the edit as multipart/form-data (or JSON with base64 images).",

@@ -18,6 +18,7 @@ import httpx
 
 from picgate.errors import UpstreamError
 from picgate.eventlog import EventLog
+from picgate.gateway.buffers import BufferHold
 from picgate.gateway.relay import DONE, KEEPALIVE, ChunkReader, guarded
 from picgate.gateway.rewrite import ImageSink, rewrite_completion
 from picgate.gateway.sse import encode_event
@@ -66,15 +67,21 @@ def events(
     keepalive: float,
     events: EventLog,
     max_body: int | None = None,
+    hold: BufferHold | None = None,
 ) -> AsyncIterator[bytes]:
     """The client's stream for a JSON answer read from ``chunks`` (at most ``max_body`` bytes:
-    past it the stream ends with ``upstream_response_too_large``)."""
+    past it the stream ends with ``upstream_response_too_large``). The answer's bytes are taken
+    from ``hold`` as they arrive (no room: the stream ends with ``server_busy``)."""
     reader = ChunkReader(chunks)
-    return guarded(_converted(reader, sink, keepalive, max_body), reader, events)
+    return guarded(_converted(reader, sink, keepalive, max_body, hold), reader, events)
 
 
 async def _converted(
-    reader: ChunkReader, sink: ImageSink, keepalive: float, max_body: int | None
+    reader: ChunkReader,
+    sink: ImageSink,
+    keepalive: float,
+    max_body: int | None,
+    hold: BufferHold | None,
 ) -> AsyncGenerator[bytes, None]:
     body = bytearray()
     while True:
@@ -87,6 +94,8 @@ async def _converted(
         body += chunk
         if max_body is not None and len(body) > max_body:
             raise too_large("an answer", max_body)
+        if hold is not None:
+            await hold.cover(len(body))
     answer = _completion(bytes(body))
     rewritten = await rewrite_completion(answer, sink)
     yield b"".join(encode_event(_dumps(chunk)) for chunk in completion_chunks(rewritten))

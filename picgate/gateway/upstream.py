@@ -23,6 +23,7 @@ import pybase64
 
 from picgate.config import Settings
 from picgate.errors import NotConfigured, UpstreamError
+from picgate.gateway.buffers import BufferHold
 
 LONG_STRING = 64 * 1024
 # an error body is read for its message: a megabyte is plenty
@@ -264,10 +265,17 @@ class Upstream:
     def _timeout(self, settings: Settings) -> httpx.Timeout:
         return httpx.Timeout(settings.upstream_timeout_seconds, connect=15.0)
 
-    async def post_json(self, settings: Settings, path: str, body: dict[str, Any]) -> Any:
+    async def post_json(
+        self,
+        settings: Settings,
+        path: str,
+        body: dict[str, Any],
+        *,
+        hold: BufferHold | None = None,
+    ) -> Any:
         """POST JSON, return the parsed JSON answer; every failure becomes an UpstreamError."""
         chunks: list[bytes] = []
-        await self.post(settings, path, chunks.append, json=body)
+        await self.post(settings, path, chunks.append, json=body, hold=hold)
         return self.parse_answer(b"".join(chunks))
 
     async def post(
@@ -279,12 +287,15 @@ class Upstream:
         json: dict[str, Any] | None = None,
         data: dict[str, str] | None = None,
         files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
+        hold: BufferHold | None = None,
     ) -> None:
         """POST JSON or multipart; a 2xx answer's body goes to ``feed`` as it arrives.
 
         A non-2xx answer is read (up to ``ERROR_BODY_LIMIT``) and raised with its status and
         message; transport failures are raised as 502/504 (``upstream_interrupted`` halfway
         through the body); a body over ``response_limit`` as 502 upstream_response_too_large.
+        ``hold``: the caller keeps the body, so its bytes are taken from the server-wide budget
+        before each chunk is handed on (ServerBusy, 503, when there is no room).
         """
         limit = response_limit(settings)
         answering = False
@@ -298,6 +309,8 @@ class Upstream:
                     total += len(chunk)
                     if total > limit:
                         raise too_large("an answer", limit)
+                    if hold is not None:
+                        await hold.cover(total)
                     feed(chunk)
         except httpx.HTTPError as exc:
             raise map_transport_error(exc, answering=answering) from exc

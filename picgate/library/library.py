@@ -184,6 +184,10 @@ class ImageLibrary:
             lambda: self.actions.delete_images(ids, local=local, remote=remote, forget=forget)
         )
 
+    async def sizes(self, ids: list[str]) -> dict[str, int]:
+        """The stored size of each of ``ids`` that exists (one query; see ``ImageRows.sizes``)."""
+        return await anyio.to_thread.run_sync(self.rows.sizes, ids)
+
     def touch(self, image_id: str) -> None:
         """Remember that ``image_id`` was served now (written in batches)."""
         self.rows.touch(image_id)

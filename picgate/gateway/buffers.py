@@ -50,10 +50,11 @@ class BufferBudget:
         """A new, empty share for one request (release it, or use it as ``async with``)."""
         return BufferHold(self)
 
-    async def acquire(self, size: int) -> None:
-        """Take ``size`` bytes, waiting up to ``wait`` seconds; ServerBusy (503) otherwise."""
-        if size > self.limit:
-            raise self._busy(f"needs {_mb(size)} MB at once, more than the whole budget")
+    async def acquire(self, size: int, *, already: int = 0) -> None:
+        """Take ``size`` bytes, waiting up to ``wait`` seconds; ServerBusy (503) otherwise, and
+        at once when ``size`` on top of what the caller ``already`` holds passes the limit."""
+        if already + size > self.limit:
+            raise self._busy(f"one request needs {_mb(already + size)} MB, more than all of it")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
         while self.held + size > self.limit:
@@ -98,7 +99,7 @@ class BufferHold:
         """``size`` more bytes for this request (see ``BufferBudget.acquire``)."""
         if size <= 0:
             return
-        await self.budget.acquire(size)
+        await self.budget.acquire(size, already=self.held)
         self.held += size
 
     async def cover(self, total: int) -> None:
@@ -124,4 +125,4 @@ class BufferHold:
 
 
 def _mb(size: int) -> str:
-    return f"{size / 2**20:g}"
+    return f"{size / 2**20:.3g}"

@@ -35,10 +35,9 @@ PARALLEL = 16
 
 
 def stored_count(gateway: Gateway) -> int:
-    count: int = gateway.services.db.read(
-        lambda s: s.execute(sqlalchemy.text("select count(*) from images")).scalar()
+    return gateway.services.db.read(
+        lambda s: int(s.execute(sqlalchemy.text("select count(*) from images")).scalar() or 0)
     )
-    return count
 
 
 def log_lines(gateway: Gateway) -> list[str]:

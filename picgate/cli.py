@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         # h11 rather than httptools: it bounds the size of a request head (httptools takes
         # megabytes); picgate.protocol adds a deadline for the head and JSON error answers
-        http=bounded_protocol(settings.request_header_timeout_seconds),
+        http=bounded_protocol(settings.request_header_timeout_seconds, settings.max_connections),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
     return 0

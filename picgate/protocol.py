@@ -8,7 +8,14 @@ unfinished 40 MB heads cost ~400 MB of memory and hold their sockets for ever. H
   431 in OpenAI's error shape, and the connection is closed;
 - a head must arrive within ``head_timeout`` seconds of its first byte (or of the connection
   opening): otherwise 408 in OpenAI's error shape (nothing when no byte came), and the
-  connection is closed. Idle time *between* requests stays uvicorn's keep-alive timeout.
+  connection is closed. Idle time *between* requests stays uvicorn's keep-alive timeout;
+- a head of more than ``MAX_HEADERS`` header lines is refused with 431 before h11 parses it
+  (10,000 tiny headers fit in 64 KiB: 200 such heads took the process from 77 to 260 MB);
+- at most ``max_connections`` connections are served at once (``MAX_CONNECTIONS``): one more is
+  answered ``503 server_busy`` in OpenAI's shape at once and closed, so slow or idle clients
+  cannot take every file descriptor (2000 slow connections against an open-file limit of 1024
+  made 58 of 89 normal requests fail: the database and the upstream need descriptors too).
+  uvicorn's own ``limit_concurrency`` is not used: it keeps the connection and answers plain text.
 
 Every close is a lingering one (as nginx's ``lingering_close``): the answer is followed by a FIN,
 what the client still sends is read and dropped, and the socket is closed when the client closes
@@ -33,6 +40,9 @@ from picgate.errors import error_body
 
 # Cookies and long URLs fit with room to spare; uvicorn's httptools default is 8 MB a head.
 MAX_HEAD_BYTES = 64 * 1024
+# header lines in one request head (Apache's LimitRequestFields); browsers send about twenty
+MAX_HEADERS = 100
+MAX_CONNECTIONS = 512
 HEAD_TIMEOUT_SECONDS = 30.0
 LINGER_SECONDS = 2.0
 
@@ -54,6 +64,18 @@ def _error_response(status: int, reason: bytes, message: str, code: str) -> byte
 HEAD_TIMEOUT_RESPONSE = _error_response(
     408, b"Request Timeout", "The request head did not arrive in time.", "request_timeout"
 )
+TOO_MANY_HEADERS_RESPONSE = _error_response(
+    431,
+    b"Request Header Fields Too Large",
+    f"The request head has more than {MAX_HEADERS} header lines.",
+    "request_header_fields_too_large",
+)
+BUSY_RESPONSE = _error_response(
+    503,
+    b"Service Unavailable",
+    "PicGate is serving as many connections as it takes (MAX_CONNECTIONS); try again shortly.",
+    "server_busy",
+).replace(b"connection: close\r\n", b"connection: close\r\nretry-after: 1\r\n")
 
 
 class LingeringTransport:
@@ -91,27 +113,56 @@ class LingeringTransport:
 
 
 class BoundedH11Protocol(H11Protocol):
-    """H11Protocol with a deadline for each request head and JSON 400/431 answers."""
+    """H11Protocol with a deadline for each request head, caps on header lines and
+    connections, and JSON 400/431/503 answers."""
 
     head_timeout: float = HEAD_TIMEOUT_SECONDS
+    max_connections: int = MAX_CONNECTIONS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._head_newlines = 0  # newlines seen since the current head began (an upper bound)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._lingering_transport = LingeringTransport(transport, self.loop)
+        busy = len(self.connections) >= self.max_connections
         super().connection_made(cast(asyncio.Transport, self._lingering_transport))
+        if busy:  # answered before any byte is read; the linger frees the descriptor soon
+            self._refuse(BUSY_RESPONSE)
+            return
         self._arm()  # a connection that never sends a byte is a head that never arrives
 
     def data_received(self, data: bytes) -> None:
         if self._lingering_transport.lingering:
             return  # the answer is out and the connection is closing: drop the rest
-        if self._head_deadline is None and self.conn.their_state is h11.IDLE:
-            self._arm()  # the first byte of the next request on a kept-alive connection
+        if self.conn.their_state is h11.IDLE:
+            if self._head_deadline is None:
+                self._arm()  # the first byte of the next request on a kept-alive connection
+            self._head_newlines += data.count(b"\n")
+            if self._head_newlines > MAX_HEADERS + 2 and self._too_many_headers(data):
+                self._refuse(TOO_MANY_HEADERS_RESPONSE)
+                return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm()  # the head is complete (or broken: already answered)
+            self._head_newlines = 0
+
+    def _too_many_headers(self, data: bytes) -> bool:
+        """Whether the head being received has more than MAX_HEADERS header lines (exact:
+        newlines after the head's end, in a body sent with it, do not count). Runs only once
+        the rough count of newlines passes the cap."""
+        head = self.conn.trailing_data[0] + data
+        end = head.find(b"\r\n\r\n")
+        lines = head.count(b"\n", 0, end if end != -1 else len(head))
+        if end == -1 and lines <= MAX_HEADERS + 1:
+            self._head_newlines = lines  # exact again: the body's newlines were counted
+        return lines > MAX_HEADERS + 1  # the request line, then the header lines
+
+    def _refuse(self, answer: bytes) -> None:
+        self._disarm()
+        self.transport.write(answer)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -162,6 +213,9 @@ class BoundedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def bounded_protocol(head_timeout: float) -> type[BoundedH11Protocol]:
-    """The protocol class for uvicorn's ``http=`` with this head deadline."""
-    return type("BoundedH11Protocol", (BoundedH11Protocol,), {"head_timeout": head_timeout})
+def bounded_protocol(
+    head_timeout: float, max_connections: int = MAX_CONNECTIONS
+) -> type[BoundedH11Protocol]:
+    """The protocol class for uvicorn's ``http=`` with this head deadline and connection cap."""
+    attributes = {"head_timeout": head_timeout, "max_connections": max_connections}
+    return type("BoundedH11Protocol", (BoundedH11Protocol,), attributes)

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 from picgate.errors import BadRequest, PicGateError
 from picgate.gateway.upstream import base64_chars
 from picgate.library.records import parse_image_name
-from picgate.storage.codec import data_url, sniff
+from picgate.storage.codec import data_url, sniff_async
 
 if TYPE_CHECKING:
     from picgate.gateway.buffers import BufferHold
@@ -115,7 +115,10 @@ class HistoryImages:
                 size = self.known[found]
                 await self._take(size + _DATA_URL_HEAD + base64_chars(size))
             data = await self.load_own(found)
-            self._own[found] = None if data is None else data_url(data, sniff(data).mime)
+            if data is None:
+                self._own[found] = None
+            else:
+                self._own[found] = data_url(data, (await sniff_async(data)).mime)
         return self._own[found]
 
     async def _take(self, size: int) -> None:
@@ -130,7 +133,7 @@ class HistoryImages:
         shown = url if len(url) <= _URL_SHOWN else url[:_URL_SHOWN] + "..."
         try:
             data = await self.fetch(url)
-            kind = sniff(data)
+            kind = await sniff_async(data)
         except PicGateError as exc:
             raise BadRequest(
                 f"Cannot use the image at {shown}: {exc.message}",

@@ -34,7 +34,7 @@ from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
 from picgate.gateway.parts import GatewayParts
 from picgate.gateway.upstream import MAX_IMAGES_PER_ANSWER, not_json_answer
 from picgate.library.records import ImageOrigin, StoredImage
-from picgate.storage.codec import sniff
+from picgate.storage.codec import sniff_async
 from picgate.storage.incoming import Received
 
 RESPONSE_FORMATS = ("url", "b64_json")
@@ -225,7 +225,7 @@ async def collect_images(
         if len(data) > max_bytes:
             raise _too_large(settings)
         try:
-            sniff(data)
+            await sniff_async(data)
         except PicGateError as exc:
             raise UpstreamError(
                 f"the upstream sent something that is not an image: {exc.message}",
@@ -479,12 +479,12 @@ async def edit_inputs_from_json(
         if not isinstance(ref, str) or not ref:
             raise BadRequest("each image must be base64, a data URL or a URL", param="image")
         data = await load(ref, "image")
-        kind = sniff(data)
+        kind = await sniff_async(data)
         images.append((f"image-{index}.{kind.ext}", data, kind.mime))
     mask: EditImage | None = None
     if isinstance(body.get("mask"), str) and body["mask"]:
         mdata = await load(body["mask"], "mask")
-        mkind = sniff(mdata)
+        mkind = await sniff_async(mdata)
         mask = (f"mask.{mkind.ext}", mdata, mkind.mime)
     fields: dict[str, str] = {}
     for key, value in body.items():

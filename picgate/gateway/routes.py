@@ -14,7 +14,7 @@ from picgate.gateway import images_api
 from picgate.gateway.buffers import BufferHold
 from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
-from picgate.storage.codec import sniff
+from picgate.storage.codec import sniff_async
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
 
@@ -119,7 +119,7 @@ async def images_generations(request: Request, gateway: GatewayDep) -> JSONRespo
 async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
     data = await upload.read()
     try:
-        kind = sniff(data)
+        kind = await sniff_async(data)
     except PicGateError as exc:
         exc.param = exc.param or param
         raise

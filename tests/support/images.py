@@ -45,3 +45,14 @@ def b64(data: bytes) -> str:
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{b64(data)}"
+
+
+def png_with_empty_chunks(count: int, *, between: bytes = b"") -> bytes:
+    """A valid PNG with ``count`` empty ancillary chunks after its header (12 bytes each; 3.75
+    million of them make a 45 MB file), then ``between`` raw, then the image data and IEND."""
+    import struct
+    import zlib
+
+    png = make_image("PNG", 300, seed=9)
+    empty = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return png[:33] + empty * count + between + png[33:]

@@ -15,6 +15,7 @@ from picgate.errors import BadRequest, UnsupportedMediaType
 from picgate.storage.codec import (
     GIF,
     JPEG,
+    MAX_CHUNKS,
     PNG,
     WEBP,
     decode_base64,
@@ -22,7 +23,7 @@ from picgate.storage.codec import (
     image_size,
     sniff,
 )
-from tests.support.images import make_image
+from tests.support.images import make_image, png_with_empty_chunks
 
 PNG_BYTES = make_image("PNG", 2_000, seed=11)
 
@@ -158,3 +159,29 @@ def test_decoded_size_still_image_is_its_header_size(kind: str) -> None:
 def test_decoded_size_truncated_gif_is_none() -> None:
     data = animation("GIF")
     assert decoded_size(data[: len(data) // 2] + b";", GIF) is None
+
+
+def test_sniff_png_of_millions_of_empty_chunks_accepted_walk_bounded() -> None:
+    """Valid, and no longer a walk over 3.75 million chunks: past MAX_CHUNKS the file is judged
+    by the chunks walked and its exact IEND tail."""
+    assert sniff(png_with_empty_chunks(MAX_CHUNKS * 3)) is PNG
+
+
+def test_sniff_png_past_max_chunks_only_tail_checked() -> None:
+    """What the bound gives up, stated: bytes past MAX_CHUNKS sound chunks are not walked (a
+    full walk refused this file); served as image/png with nosniff, they are never markup."""
+    assert sniff(png_with_empty_chunks(MAX_CHUNKS, between=b"<html>junk")) is PNG
+    with pytest.raises(UnsupportedMediaType):  # within the bound, a broken chain is refused
+        sniff(png_with_empty_chunks(MAX_CHUNKS - 10, between=b"<html>junk"))
+
+
+def test_sniff_png_past_max_chunks_without_iend_tail_refused() -> None:
+    data = png_with_empty_chunks(MAX_CHUNKS + 5)
+    with pytest.raises(UnsupportedMediaType):
+        sniff(data[:-12] + b"<html></html>")
+
+
+def test_decoded_size_png_with_more_chunks_than_a_walk_is_none() -> None:
+    """Previews and variants measure every frame first: a file too long to walk is "too large"."""
+    assert decoded_size(png_with_empty_chunks(MAX_CHUNKS + 1), PNG) is None
+    assert decoded_size(png_with_empty_chunks(10), PNG) is not None

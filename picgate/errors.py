@@ -8,6 +8,7 @@
     │   └── Unprocessable           422 (well-formed but invalid fields)
     ├── AuthenticationFailed        401 (missing/wrong gateway key, no key configured)
     ├── NotFound                    404
+    ├── OnlyCopy                    409 (deleting the only copy of an image not yet in R2)
     ├── Gone                        410 (image expired with no copy anywhere)
     ├── NotConfigured               503 (upstream settings missing)
     ├── StorageUnavailable          503 (R2 down and no local copy; disk full)
@@ -96,6 +97,14 @@ class NotFound(PicGateError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class OnlyCopy(PicGateError):
+    """A deletion that would destroy the last copy of an image; sent again with ``force``."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "only_local_copy"
 
 
 class Gone(PicGateError):

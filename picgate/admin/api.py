@@ -44,6 +44,8 @@ class SettingsUpdate(BaseModel):
 class DeleteRequest(BaseModel):
     ids: list[str] = Field(min_length=1, max_length=500)
     mode: Literal["local", "r2", "all"]
+    # "local" refuses (409 only_local_copy) for images not yet in R2 unless this is true
+    force: bool = False
 
 
 @router.get("/openapi.json", include_in_schema=False)
@@ -190,7 +192,7 @@ async def delete_images(
 ) -> dict[str, Any]:
     flags = DELETE_MODES[body.mode]
     ids = list(dict.fromkeys(body.ids))
-    result = await library.delete(ids, **flags)
+    result = await library.delete(ids, **flags, force=body.force)
     if flags["local"]:
         root = thumbnails.thumbs_dir(library.cache.root)
         for image_id in ids:

@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from picgate.config import Settings
-from picgate.db.models import R2_NONE, Image
+from picgate.db.models import R2_NONE, R2_UPLOADED, Image
+from picgate.errors import OnlyCopy
 from picgate.eventlog import EventLog
 from picgate.library.eviction import format_bytes
 from picgate.library.records import naive_utc, utcnow
@@ -137,7 +138,7 @@ class ConsoleActions:
     # -- deleting --------------------------------------------------------------------------
 
     def delete_images(
-        self, ids: list[str], *, local: bool, remote: bool, forget: bool
+        self, ids: list[str], *, local: bool, remote: bool, forget: bool, force: bool = False
     ) -> dict[str, int]:
         """Delete images' local copies, R2 objects and/or rows.
 
@@ -146,7 +147,13 @@ class ConsoleActions:
         not be deleted (bucket unreachable) is kept, so the deletion can be tried again.
         Counts: requested, local (files removed), remote (objects removed), forgotten (rows
         removed), not_found (unknown ids), failed (R2 deletions that failed).
+
+        Deleting only local copies while R2 is configured refuses, unless ``force``, when one
+        of the images is not in R2 yet (upload pending, failed, or never queued): its local
+        copy is its only one. OnlyCopy (409) then, and nothing is deleted.
         """
+        if local and not remote and not forget and not force:
+            self._refuse_only_copies(ids)
         counts = {"requested": len(ids), "local": 0, "remote": 0, "forgotten": 0}
         counts |= {"not_found": 0, "failed": 0}
         store = self.archive.objects() if remote else None
@@ -181,6 +188,22 @@ class ConsoleActions:
         if counts["failed"]:
             self.events.error(f"❌ R2 删除失败: {counts['failed']} 个 ({last_error})")
         return counts
+
+    def _refuse_only_copies(self, ids: list[str]) -> None:
+        if not self.archive.configured():
+            return  # without R2 every local copy is the only one, and the console says so
+        only = 0
+        for image_id in dict.fromkeys(ids):
+            row = self.rows.load(image_id)
+            if row is not None and row.local and row.r2_state != R2_UPLOADED:
+                only += 1
+        if only:
+            raise OnlyCopy(
+                f"{only} of the selected images are not in R2 yet (upload pending or failed): "
+                "their local copy is their only copy and deleting it loses them. Upload them "
+                "first (cache → upload pending / retry failed), or delete again with force.",
+                param="ids",
+            )
 
     def _delete_object(self, store: ObjectStore | None, row: Image) -> str | None:
         if store is None:

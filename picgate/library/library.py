@@ -177,11 +177,13 @@ class ImageLibrary:
         return await anyio.to_thread.run_sync(self.rows.load, image_id)
 
     async def delete(
-        self, ids: list[str], *, local: bool, remote: bool, forget: bool
+        self, ids: list[str], *, local: bool, remote: bool, forget: bool, force: bool = False
     ) -> dict[str, int]:
         """``ConsoleActions.delete_images`` in a worker thread."""
         return await anyio.to_thread.run_sync(
-            lambda: self.actions.delete_images(ids, local=local, remote=remote, forget=forget)
+            lambda: self.actions.delete_images(
+                ids, local=local, remote=remote, forget=forget, force=force
+            )
         )
 
     async def sizes(self, ids: list[str]) -> dict[str, int]:

@@ -33,6 +33,7 @@
       const err = new Error((data && data.error && data.error.message) || ("HTTP " + resp.status));
       err.status = resp.status;
       err.param = data && data.error ? data.error.param : null;
+      err.code = data && data.error ? data.error.code : null;
       throw err;
     }
     return data;
@@ -453,7 +454,15 @@
       if (ids.length === 0) { toast(t("js.nothing_selected"), true); return false; }
       if (!window.confirm(t("js.confirm_delete_" + mode, { n: ids.length }))) return false;
       try {
-        const r = await api("POST", "/admin/api/images/delete", { ids, mode });
+        let r;
+        try {
+          r = await api("POST", "/admin/api/images/delete", { ids, mode });
+        } catch (e) {
+          // the only copy of images not yet in R2: a second, explicit confirmation
+          if (e.code !== "only_local_copy") throw e;
+          if (!window.confirm(t("js.confirm_delete_only_copy", { message: e.message }))) return false;
+          r = await api("POST", "/admin/api/images/delete", { ids, mode, force: true });
+        }
         if (r.result && r.result.failed) toast(t("js.delete_failed", { n: r.result.failed }), true);
         else toast(t("js.deleted_" + mode, { n: ids.length }));
         ids.forEach((id) => selected.delete(id));

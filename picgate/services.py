@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -139,6 +140,7 @@ class Services:
                 print(banner, flush=True)
             self._announce_setup()
             self.config.reload()
+            self._warn_host_urls()
             self._prepared = True
 
     def _announce_setup(self) -> None:
@@ -164,6 +166,20 @@ class Services:
             " or run: picgate admin create --username U --password P)\n" + "=" * 64
         )
         print(banner, flush=True)
+
+    def _warn_host_urls(self) -> None:
+        """Say loudly (stderr) when image URLs follow the request's ``Host`` header: without
+        ``PUBLIC_BASE_URL`` a client can make PicGate hand out links to any host it names."""
+        if self.config.current().public_base_url:
+            return
+        banner = (
+            "\n" + "!" * 64 + "\n"
+            "WARNING: PUBLIC_BASE_URL is not set. Image URLs in answers are built from the\n"
+            "Host header of each request, so a client can make them point at any host.\n"
+            "Set PUBLIC_BASE_URL to the address clients use (environment, or admin console ->\n"
+            "settings), for example: PUBLIC_BASE_URL=https://picgate.example.com\n" + "!" * 64
+        )
+        print(banner, file=sys.stderr, flush=True)
 
     # -- background work (server mode) ---------------------------------------------------
 

@@ -32,6 +32,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings()
         _configure_logging(settings.log_level)
         app = create_app(settings)
+        # the schema before the server starts: a half-applied migration is one line here,
+        # where inside uvicorn's startup it would be a traceback
+        app.state.services.db.migrate()
     except (SettingsError, ValueError) as exc:
         print(f"picgate: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from picgate.config import SettingsError
+from picgate.db.migration_state import begin_ddl, half_applied
 
 T = TypeVar("T")
 
@@ -306,18 +307,23 @@ class Database:
         Several processes may start on an empty database at the same moment (replicas, Lambdas
         cold-starting together, ``picgate cleanup`` beside ``picgate serve``): one creates the
         tables, the others fail on a table that now exists. A process whose upgrade fails waits
-        for the schema to reach head (up to ``MIGRATION_WAIT_SECONDS``) before giving up.
+        for the schema to reach head (up to ``MIGRATION_WAIT_SECONDS``) before giving up; then
+        a schema left half-applied is ``HalfMigrated`` (one line saying what to do).
         """
         if self._migrated:
             return
         with self._lock:
             if self._migrated:
                 return
-            if self.current_revision() != HEAD_REVISION:
+            revision = self.current_revision()
+            if revision != HEAD_REVISION:
                 try:
                     self._upgrade()
                 except DBAPIError:
                     if not self._wait_for_head():
+                        half = half_applied(self.engine, revision, shown=shown(self.raw_url))
+                        if half is not None:
+                            raise half from None
                         raise
             self._migrated = True
 
@@ -328,6 +334,7 @@ class Database:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self._writing(), self.engine.begin() as conn:
+            begin_ddl(conn)  # all of it or nothing (picgate.db.migration_state)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 

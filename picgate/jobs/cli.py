@@ -63,7 +63,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         print(f"picgate: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        services.prepare()
+        try:
+            services.prepare()
+        except SettingsError as exc:  # a half-applied migration: one line, not a traceback
+            print(f"picgate: {exc}", file=sys.stderr)
+            return 2
         deadline = time.monotonic() + max(0.0, args.wait)
         while True:
             # every pending and failed upload is tried at once (DESIGN: picgate cleanup)

@@ -103,9 +103,9 @@ def requested_n(value: Any) -> int:
     return min(int(value), MAX_IMAGES_PER_ANSWER)
 
 
-def keep_requested(parts: GatewayParts, answer: Any, keep: int) -> set[Any]:
+def keep_requested(parts: GatewayParts, answer: Any, keep: int) -> set[str]:
     """Cut ``answer["data"]`` to ``keep`` items (in place), logging what was dropped; the
-    ``b64_json`` values of the items kept."""
+    ``b64_json`` texts of the items kept."""
     items = answer.get("data") if isinstance(answer, dict) else None
     if not isinstance(items, list):
         return set()
@@ -115,7 +115,8 @@ def keep_requested(parts: GatewayParts, answer: Any, keep: int) -> set[Any]:
             f"(the upstream sent {len(items)} images for n={keep}; the rest were dropped)"
         )
         del items[keep:]
-    return {item.get("b64_json") for item in items if isinstance(item, dict)}
+    texts = (item.get("b64_json") for item in items if isinstance(item, dict))
+    return {text for text in texts if isinstance(text, str)}
 
 
 async def call_upstream(
@@ -134,7 +135,9 @@ async def call_upstream(
     when that cannot be used, the answer is parsed whole and handled as it always was. The
     answer's bytes are taken from ``hold`` as they arrive.
     """
-    reader = ImageAnswerReader(parts.library.incoming, max_images=keep)
+    # long strings written while the answer arrives: the images kept, and as many again for
+    # other long fields (an answer with thousands is parsed whole instead)
+    reader = ImageAnswerReader(parts.library.incoming, max_images=keep + MAX_IMAGES_PER_ANSWER)
     try:
         await parts.upstream.post(settings, path, reader.feed, hold=hold, **request)
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy
 from sqlalchemy import select
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 
 from picgate.db.models import LogEntry
 from tests.conftest import Gateway
+from tests.integration.test_images_streaming import temp_files_after_settling
 from tests.support.images import b64, data_url, make_image
 from tests.support.upstream import StubUpstream
 
@@ -160,12 +162,13 @@ def test_images_api_upstream_sending_5000_images_stores_only_n(
     assert any("5000" in line and "n=2" in line for line in lines), lines
 
 
+@pytest.mark.parametrize("count", [5, 12])  # written as they arrive, then dropped; parsed whole
 def test_images_api_large_images_past_n_leave_no_files(
-    start_gateway: Callable[..., Gateway], upstream: StubUpstream
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream, count: int
 ) -> None:
     """Images large enough to be written while the answer arrives: the extras leave no file."""
     gateway = start_gateway()
-    answer = images_answer(12, make_image("PNG", 120_000, seed=4))
+    answer = images_answer(count, make_image("PNG", 120_000, seed=4))
 
     async def many(request: Request) -> Response:
         return JSONResponse(answer)
@@ -177,6 +180,7 @@ def test_images_api_large_images_past_n_leave_no_files(
     assert resp.status_code == 200, resp.text[:300]
     assert len(resp.json()["data"]) == 1  # n absent: one image, as OpenAI's default
     assert stored_count(gateway) == 1
+    assert temp_files_after_settling(gateway) == []
     assert len(image_files(gateway)) == 1
 
 

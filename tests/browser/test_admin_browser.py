@@ -22,7 +22,7 @@ import pytest
 from picgate.db.models import Image
 from picgate.library.records import ImageOrigin
 from tests.conftest import Gateway
-from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, setup_token
+from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, setup_token, signed_in
 from tests.support.images import make_image
 
 pytestmark = pytest.mark.browser
@@ -311,3 +311,40 @@ def test_admin_console_end_to_end_in_chromium(
         "Entity) @ " + url + "/admin/api/settings",
     )
     assert [p for p in page.problems if not p.endswith(expected)] == []
+
+
+def test_admin_browser_delete_local_only_copy_asks_twice_then_forces(
+    start_gateway: Callable[..., Gateway], page: Any
+) -> None:
+    """R2 configured but unreachable: the image's local copy is its only one. "Delete local"
+    is refused by the API (409), the console shows why and asks again, then forces it."""
+    dead_r2 = {
+        "r2_endpoint_url": "http://127.0.0.1:9",
+        "r2_access_key_id": "testing",
+        "r2_secret_access_key": "testing",
+        "r2_bucket_name": "nowhere",
+    }
+    gateway = start_gateway(**dead_r2)
+    url = gateway.url
+    image = gateway.services.library.save_sync(
+        make_image("PNG", 5_000, seed=31), origin=ImageOrigin("test", "only copy")
+    )
+    path = gateway.services.cache.path(image.id, image.ext)
+    client, _ = signed_in(url)  # the admin, made over HTTP
+    client.close()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    page.goto(url + "/admin/login")
+    page.fill("input[name=username]", ADMIN_USER)
+    page.fill("input[name=password]", ADMIN_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/admin")
+    page.goto(url + "/admin/images")
+    tile = page.locator(f'.tile[data-id="{image.id}"]')
+    tile.locator(".pick").check()
+    page.click('[data-delete="local"]')
+    wait_until(page, f"!document.querySelector('.tile[data-id=\"{image.id}\"] .badge.local')")
+    assert len(dialogs) == 2, dialogs  # the usual confirm, then the only-copy one
+    assert "R2" in dialogs[1] and "唯一" in dialogs[1]
+    assert not path.exists()
+    assert [p for p in page.problems if "(Conflict) @ " not in p] == []  # the expected 409

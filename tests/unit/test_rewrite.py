@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picgate.gateway.rewrite import StreamRewriter, rewrite_completion, rewrite_text
+from picgate.gateway.rewrite import LEFT_OUT, StreamRewriter, rewrite_completion, rewrite_text
 from picgate.gateway.sse import SSEEvent, SSEParser, encode_comment, encode_event
 from tests.support.fixtures import FIXTURES
 
@@ -744,3 +744,51 @@ def test_stream_rewriter_image_at_max_image_is_stored() -> None:
     out += run(rewriter.finish())
     assert sink.calls == [BIG_URL]
     assert LINK.search("".join(deltas(out)))
+
+
+def _left_out_after(first: int) -> Any:
+    """A sink that links the first ``first`` images and leaves the rest out."""
+    seen = 0
+
+    async def sink(payload: str) -> str | None:
+        nonlocal seen
+        seen += 1
+        return f"https://gw/images/{seen}.png" if seen <= first else LEFT_OUT
+
+    return sink
+
+
+PIXEL = "data:image/png;base64,iVBORw0KGgo="
+
+
+def test_rewrite_completion_left_out_images_removed_text_kept() -> None:
+    message = {
+        "role": "assistant",
+        "content": f"a ![x]({PIXEL}) b ![y]({PIXEL}) c",
+        "images": [{"type": "image_url", "image_url": {"url": PIXEL}}],
+    }
+    body = {"choices": [{"index": 0, "message": message}]}
+    out = asyncio.run(rewrite_completion(body, _left_out_after(1)))
+    content = out["choices"][0]["message"]["content"]
+    assert content == "a ![x](https://gw/images/1.png) b  c"
+    assert "images" not in out["choices"][0]["message"]
+
+
+def test_stream_rewriter_left_out_images_leave_no_markdown_or_separator() -> None:
+    async def run() -> list[dict[str, Any]]:
+        rewriter = StreamRewriter(_left_out_after(1))
+        chunks = []
+        for delta in (
+            {"content": "hi"},
+            {"images": [{"type": "image_url", "image_url": {"url": PIXEL}}]},
+            {"images": [{"type": "image_url", "image_url": {"url": PIXEL}}]},
+        ):
+            event = {"choices": [{"index": 0, "delta": delta}]}
+            chunks += [json.loads(p) for p in await rewriter.feed(json.dumps(event))]
+        chunks += [json.loads(p) for p in await rewriter.finish()]
+        return chunks
+
+    texts = [
+        c["choices"][0]["delta"].get("content", "") for c in asyncio.run(run()) if c["choices"]
+    ]
+    assert "".join(texts) == "hi\n\n![image](https://gw/images/1.png)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -216,3 +217,29 @@ def test_chat_answer_with_40_images_keeps_max_images_per_answer(
     assert stored_count(gateway) == 16
     lines = log_lines(gateway)
     assert any("MAX_IMAGES_PER_ANSWER=16" in line for line in lines), lines
+
+
+def test_buffer_budget_streaming_chat_gives_its_share_back_when_the_stream_ends(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream
+) -> None:
+    gateway = start_gateway()
+    upstream.image = IMAGE
+    made = httpx.post(gateway.url + GENERATIONS, headers=gateway.headers, json={"prompt": "p"})
+    url = made.json()["data"][0]["url"]
+    body = {
+        "model": "picgate",
+        "stream": True,
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": url}]}],
+    }
+    with httpx.stream(
+        "POST", gateway.url + CHAT, json=body, headers=gateway.headers, timeout=60
+    ) as resp:
+        assert resp.status_code == 200
+        assert b"[DONE]" in resp.read()
+    budget = gateway.services.buffers
+    assert budget.peak > len(data_url(IMAGE))  # the inlined image was held while it streamed
+    for _ in range(200):  # the share goes back as the response closes, just after its last byte
+        if budget.held == 0:
+            break
+        threading.Event().wait(0.01)
+    assert budget.held == 0

@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from picgate.app import create_app
     from picgate.config import Settings, SettingsError
-    from picgate.protocol import MAX_HEAD_BYTES, bounded_protocol
+    from picgate.protocol import MAX_HEAD_BYTES, bounded_protocol, fit_open_files
 
     try:
         settings = Settings()
@@ -38,6 +38,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"picgate: configuration error: {exc}", file=sys.stderr)
         return 2
+    max_connections, warning = fit_open_files(settings.max_connections)
+    if warning:
+        print(f"picgate: warning: {warning}", file=sys.stderr)
     host = args.host or settings.host
     port = args.port or settings.port
     uvicorn.run(
@@ -49,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         # h11 rather than httptools: it bounds the size of a request head (httptools takes
         # megabytes); picgate.protocol adds a deadline for the head and JSON error answers
-        http=bounded_protocol(settings.request_header_timeout_seconds, settings.max_connections),
+        http=bounded_protocol(settings.request_header_timeout_seconds, max_connections),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
     return 0

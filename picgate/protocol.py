@@ -28,6 +28,7 @@ Bodies are bounded in time by ``picgate.middleware.BodyLimitMiddleware``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from http import HTTPStatus
 from typing import Any, cast
@@ -43,6 +44,9 @@ MAX_HEAD_BYTES = 64 * 1024
 # header lines in one request head (Apache's LimitRequestFields); browsers send about twenty
 MAX_HEADERS = 100
 MAX_CONNECTIONS = 512
+# descriptors the rest of the server needs beside its client connections: the database, the
+# upstream and R2 connection pools, image files being served or written, logs
+OTHER_FILES = 256
 HEAD_TIMEOUT_SECONDS = 30.0
 LINGER_SECONDS = 2.0
 
@@ -211,6 +215,31 @@ class BoundedH11Protocol(H11Protocol):
         if self.conn.trailing_data[0]:  # part of a head: say why it is closed
             self.transport.write(HEAD_TIMEOUT_RESPONSE)
         self.transport.close()
+
+
+def fit_open_files(max_connections: int) -> tuple[int, str | None]:
+    """The connection cap the open-file limit allows, and a one-line warning when that is less
+    than ``max_connections``. The soft limit is raised toward the hard one first."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to ask
+        return max_connections, None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + OTHER_FILES
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return max_connections, None
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft >= needed:
+        return max_connections, None
+    allowed = max(1, soft - OTHER_FILES)
+    return allowed, (
+        f"MAX_CONNECTIONS={max_connections} needs about {needed} open files but the limit is "
+        f"{soft} (ulimit -n): serving at most {allowed} connections; raise the limit or set "
+        f"MAX_CONNECTIONS={allowed}"
+    )
 
 
 def bounded_protocol(

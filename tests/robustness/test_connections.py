@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.robustness.faults import ServeProcess, serve_process
+from tests.robustness.faults import SERVE, ServeProcess, serve_process
 from tests.support.upstream import StubUpstream
 
 MAX_CONNECTIONS = 20
@@ -108,3 +108,39 @@ def test_connections_head_of_100_headers_and_body_newlines_not_refused(
         sock.sendall(head + body)
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 405 "), answer[:200]
+
+
+class LimitedServe(ServeProcess):
+    """``picgate serve`` started under an open-file limit of ``files`` (util-linux prlimit)."""
+
+    files = 300
+
+    def start(self) -> LimitedServe:
+        limit = f"--nofile={self.files}:{self.files}"
+        self._launch(["prlimit", limit, *SERVE, "--port", str(self.port)], self.env)
+        return self
+
+
+def test_connections_cap_over_open_file_limit_lowered_with_one_warning(
+    tmp_path: Path, upstream: StubUpstream
+) -> None:
+    base = serve_process(tmp_path, upstream.base_url, MAX_CONNECTIONS="512")
+    server = LimitedServe(base.env, base.port, base.log)
+    server.start()
+    try:
+        assert health(server) == 200
+        held = []
+        with ExitStack() as stack:  # the lowered cap (300 - 256 = 44) holds: one more is 503
+            for _ in range(44):
+                sock = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+                sock.sendall(SLOW_HEAD)
+                held.append(sock)
+            with socket.create_connection(("127.0.0.1", server.port)) as extra:
+                extra.sendall(b"GET /health HTTP/1.1\r\nHost: picgate\r\n\r\n")
+                error, _ = error_of(read_until_closed(extra), 503)
+                assert error["code"] == "server_busy"
+    finally:
+        server.stop()
+    warnings = [line for line in server.log.read_text().splitlines() if "MAX_CONNECTIONS=" in line]
+    assert len(warnings) == 1, warnings
+    assert "ulimit -n" in warnings[0] and "MAX_CONNECTIONS=44" in warnings[0]

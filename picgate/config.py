@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     upstream_api_key: str | None = None
     upstream_model_name: str | None = None
     upstream_timeout_seconds: float = Field(600.0, gt=0)
+    # a refused connection, 429, 502 or 503 is asked again this many times (picgate.routing)
+    upstream_retries: int = Field(0, ge=0, le=5)
+    # YAML naming upstreams and the models clients see (picgate.routing.models_file)
+    models_file: Path | None = None
+    # GET /metrics answers only a caller sending this as a bearer token (picgate.metrics)
+    metrics_token: str | None = None
 
     gateway_model_name: str = "picgate"
     gateway_api_key: str | None = None
@@ -128,6 +134,8 @@ class Settings(BaseSettings):
         "r2_public_base_url",
         "secret_key",
         "database_auth_token",
+        "metrics_token",
+        "models_file",
         mode="before",
     )
     @classmethod

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from picgate.config import Settings
 from picgate.errors import AuthenticationFailed
+from picgate.routing.table import ModelRoute, legacy_route
 from picgate.services import Services
 
 
@@ -21,6 +22,8 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+DEFAULT_KEY_NAME = "default"  # the name GATEWAY_API_KEY goes by in usage and image rows
 
 
 def keys_match(given: str, expected: str) -> bool:
@@ -64,8 +67,20 @@ async def require_gateway_key(request: Request) -> Gateway:
 
 @dataclass(frozen=True)
 class Gateway:
+    """An authorized ``/v1`` call: the services, the effective settings, and the name of the
+    gateway key it was made with (``key_name``; ``"default"`` for GATEWAY_API_KEY)."""
+
     services: Services
     settings: Settings
+    key_name: str = DEFAULT_KEY_NAME
+
+    def route(self, model: Any) -> ModelRoute:
+        """Where a request naming ``model`` goes (404 ``model_not_found`` with a models file
+        that does not list it; without one, the single upstream as always)."""
+        table = self.services.models
+        if table is None:
+            return legacy_route(self.settings, model)
+        return table.route(self.settings, model)
 
 
 GatewayAuth = Depends(require_gateway_key)

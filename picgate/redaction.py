@@ -30,6 +30,7 @@ SECRET_SETTINGS = (
     "r2_secret_access_key",
     "secret_key",
     "database_auth_token",
+    "metrics_token",
 )
 
 
@@ -41,9 +42,11 @@ class Redactor:
         self._secrets = tuple(sorted(found, key=len, reverse=True))
 
     @classmethod
-    def of(cls, *settings: Settings) -> Redactor:
-        """The secrets of every ``settings`` given (e.g. the environment's and the merged)."""
-        return cls(getattr(s, name) for s in settings for name in SECRET_SETTINGS)
+    def of(cls, *settings: Settings, extra: Iterable[str | None] = ()) -> Redactor:
+        """The secrets of every ``settings`` given (e.g. the environment's and the merged),
+        and ``extra`` ones (every upstream key of ``MODELS_FILE``)."""
+        found = [getattr(s, name) for s in settings for name in SECRET_SETTINGS]
+        return cls([*found, *extra])
 
     def __bool__(self) -> bool:
         return bool(self._secrets)

@@ -33,6 +33,7 @@ from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler
 from picgate.jobs.upload_worker import UploadWorker
 from picgate.redaction import Redactor
+from picgate.routing.table import ModelTable
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
 from picgate.storage.archive import Archive
 from picgate.storage.image_store import ImageStore, StoredImage
@@ -60,7 +61,9 @@ class Services:
         self.serverless = settings.serverless
         self.db = Database(settings.database_url, auth_token=settings.database_auth_token)
         self.events = EventLog(self.db, max_entries=settings.log_max_entries)
-        self.events.redactor = Redactor.of(settings)
+        # MODELS_FILE: read once per process; a bad file stops the start with one line
+        self.models = ModelTable.load(settings.models_file) if settings.models_file else None
+        self.events.redactor = Redactor.of(settings, extra=self._model_secrets())
         self.cache = LocalCache(settings.resolved_images_dir)
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
@@ -140,7 +143,10 @@ class Services:
 
     def _settings_changed(self, current: Settings) -> None:
         # keys stored through the console are secrets too; the environment's stay so as well
-        self.events.redactor = Redactor.of(self.settings, current)
+        self.events.redactor = Redactor.of(self.settings, current, extra=self._model_secrets())
+
+    def _model_secrets(self) -> list[str]:
+        return self.models.secrets() if self.models is not None else []
 
     def prepare(self) -> None:
         """Folders, schema, first-start key. Idempotent and thread-safe; call before serving."""

@@ -20,11 +20,14 @@ from starlette.types import Receive, Scope, Send
 
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest, PicGateError
-from picgate.gateway import chat, relay
-from picgate.gateway.routes import read_json_object
+from picgate.gateway import chat, image_chat, relay
+from picgate.gateway.routes import read_json_object, routed
 from picgate.services import Services
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
+
+# a chat model's upstream stream, or an image model's drawn answer
+OpenedStream = chat.ChatStream | image_chat.ImageChatStream
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -69,7 +72,7 @@ class PendingStream:
     """
 
     def __init__(
-        self, opening: asyncio.Future[chat.ChatStream], *, services: Services, keepalive: float
+        self, opening: asyncio.Future[OpenedStream], *, services: Services, keepalive: float
     ) -> None:
         self._opening = opening
         self._services = services
@@ -98,10 +101,10 @@ class PendingStream:
             await self._opening.result().aclose()
 
 
-def drop(opening: asyncio.Future[chat.ChatStream]) -> None:
+def drop(opening: asyncio.Future[OpenedStream]) -> None:
     """Give up on a stream being opened: cancel it, and close it should it open regardless."""
 
-    def close_if_open(future: asyncio.Future[chat.ChatStream]) -> None:
+    def close_if_open(future: asyncio.Future[OpenedStream]) -> None:
         if not future.cancelled() and future.exception() is None:
             closing = asyncio.ensure_future(future.result().aclose())
             _closing.add(closing)
@@ -116,16 +119,23 @@ _closing: set[asyncio.Future[None]] = set()  # keeps those closes alive until th
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
-    services, settings = gateway.services, gateway.settings
+    services = gateway.services
     body = await read_json_object(request)
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise BadRequest("'stream' must be a boolean", param="stream", code="invalid_type")
+    route = routed(request, gateway, body.get("model"))
+    settings = route.settings
     services.events.count("requests")
-    base_url = public_base_url(request, settings)
+    base_url = public_base_url(request, gateway.settings)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))
+    drawn = route.api == "images"  # an image-only model: the turn is an Images API call
+    if not drawn:
+        body = route.with_params(body)
     if body.get("stream") is True:
-        opening = asyncio.ensure_future(
-            chat.open_stream(services, settings, body, base_url=base_url, own_bases=own_bases)
+        opening: asyncio.Future[OpenedStream] = asyncio.ensure_future(
+            image_chat.open_stream(services, route, body, base_url=base_url, own_bases=own_bases)
+            if drawn
+            else chat.open_stream(services, settings, body, base_url=base_url, own_bases=own_bases)
         )
         try:
             await asyncio.wait({opening}, timeout=settings.stream_keepalive_seconds)
@@ -139,5 +149,12 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
             opening, services=services, keepalive=settings.stream_keepalive_seconds
         )
         return EventStreamResponse(pending.events(), on_close=pending.aclose)
-    answer = await chat.complete(services, settings, body, base_url=base_url, own_bases=own_bases)
+    if drawn:
+        answer = await image_chat.complete(
+            services, route, body, base_url=base_url, own_bases=own_bases
+        )
+    else:
+        answer = await chat.complete(
+            services, settings, body, base_url=base_url, own_bases=own_bases
+        )
     return JSONResponse(answer)

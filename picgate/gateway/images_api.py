@@ -443,14 +443,17 @@ async def edit_inputs_from_json(
     for key, value in body.items():
         if key in ("image", "images", "image[]", "mask") or value is None:
             continue
-        fields[key] = value if isinstance(value, str) else _form_value(value)
+        fields[key] = value if isinstance(value, str) else form_value(value)
     field = "image[]" if len(images) > 1 else "image"
     return fields, images, mask, field
 
 
-def _form_value(value: Any) -> str:
+def form_value(value: Any) -> str:
+    """A JSON value as a multipart form field."""
     import json
 
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -8,13 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from picgate.config import Settings
-from picgate.deps import GatewayAuth, GatewayDep, public_base_url
+from picgate.deps import Gateway, GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
 from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
-from picgate.services import Services
+from picgate.routing.table import ModelRoute
 from picgate.storage.codec import sniff
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
@@ -84,20 +83,32 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return parse_json_object(await request.body())
 
 
+MODELS_CREATED = 1764240000
+
+
 @router.get("/models")
 async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     settings = gateway.settings
+    if gateway.services.models is not None:
+        return {"object": "list", "data": gateway.services.models.listing(MODELS_CREATED)}
     return {
         "object": "list",
         "data": [
             {
                 "id": settings.gateway_model_name,
                 "object": "model",
-                "created": 1764240000,
+                "created": MODELS_CREATED,
                 "owned_by": "picgate",
             }
         ],
     }
+
+
+def routed(request: Request, gateway: Gateway, model: Any) -> ModelRoute:
+    """The route of ``model``, remembered on the request for the metrics."""
+    route = gateway.route(model)
+    request.state.model = route.name
+    return route
 
 
 # the answer is built here, not by FastAPI: a response model would validate and copy it
@@ -108,11 +119,15 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     response_class=JSONResponse,
 )
 async def images_generations(request: Request, gateway: GatewayDep) -> JSONResponse:
-    services, settings = gateway.services, gateway.settings
+    services = gateway.services
     body = await read_json_object(request)
+    route = routed(request, gateway, body.get("model"))
     services.events.count("requests")
     reply = await images_api.generate(
-        services, settings, body, base_url=public_base_url(request, settings)
+        services,
+        route.settings,
+        route.with_params(body),
+        base_url=public_base_url(request, gateway.settings),
     )
     return JSONResponse(reply)
 
@@ -132,13 +147,14 @@ async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
     "/images/edits", openapi_extra={"requestBody": EDITS_BODY}, response_class=JSONResponse
 )
 async def images_edits(request: Request, gateway: GatewayDep) -> JSONResponse:
-    return JSONResponse(await _edit(request, gateway.services, gateway.settings))
+    return JSONResponse(await _edit(request, gateway))
 
 
-async def _edit(request: Request, services: Services, settings: Settings) -> dict[str, Any]:
+async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
+    services = gateway.services
     services.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
-    base_url = public_base_url(request, settings)
+    base_url = public_base_url(request, gateway.settings)
     # a url-encoded form cannot carry a file, but it is still an edit with no image: answer so
     if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         images: list[images_api.EditImage] = []
@@ -156,10 +172,12 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
                     mask = await _upload_bytes(value, "mask")
         if len(images) > 1:
             field = "image[]"
+        route = routed(request, gateway, fields.get("model"))
+        defaults = {k: images_api.form_value(v) for k, v in route.params.items()}
         return await images_api.edit(
             services,
-            settings,
-            fields=fields,
+            route.settings,
+            fields={**defaults, **fields},
             images=images,
             mask=mask,
             image_field=field,
@@ -167,6 +185,8 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
         )
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
+        route = routed(request, gateway, body.get("model"))
+        body, settings = route.with_params(body), route.settings
         # the model is checked before any image is read or fetched (edit() checks it again)
         images_api.upstream_model(settings, body.get("model"))
         load = EditImageLoader.build(

@@ -64,10 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.set_defaults(func=cmd_serve)
 
     from picgate.admin.cli import register as register_admin
+    from picgate.admin.keys_cli import register as register_keys
     from picgate.jobs.cli import register as register_jobs
 
     register_jobs(sub)
     register_admin(sub)
+    register_keys(sub)
 
     args = parser.parse_args(argv)
     result: int = args.func(args)

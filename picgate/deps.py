@@ -7,10 +7,12 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, Request
 
 from picgate.config import Settings
 from picgate.errors import AuthenticationFailed
+from picgate.keyring import current_key
 from picgate.routing.table import ModelRoute, legacy_route
 from picgate.services import Services
 
@@ -38,31 +40,50 @@ async def require_gateway_key(request: Request) -> Gateway:
 
     One dependency that does it all: FastAPI solves every dependency of a chain on every request.
     """
-    services = request.app.state.services
+    services: Services = request.app.state.services
     settings = await services.config.acurrent()
     expected = settings.gateway_api_key
-    if not expected:
-        raise AuthenticationFailed(
-            "PicGate has no gateway API key, so every API call is refused. Set GATEWAY_API_KEY "
-            "in the environment or generate a key in the admin console (/admin → settings).",
-            code="gateway_key_not_set",
-        )
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        if not expected:
+            raise _no_key_set()
         raise AuthenticationFailed(
             "Missing gateway API key (GATEWAY_API_KEY): send "
             "'Authorization: Bearer <gateway key>'. This is PicGate's own key, not the "
             "upstream's.",
             code="missing_api_key",
         )
-    if not keys_match(token.strip(), expected):
+    if expected and keys_match(token, expected):
+        current_key.set(None)
+        return Gateway(services, settings)
+    # a named key (picgate keys create): looked up by its hash, counted, limited
+    named = await anyio.to_thread.run_sync(services.keys.admit, token)
+    if named is not None and named.revoked:
+        raise AuthenticationFailed(
+            f"The gateway key {named.name!r} ({named.prefix}...) was revoked; ask the PicGate "
+            "admin for a new key.",
+            code="revoked_api_key",
+        )
+    if named is None:
+        if not expected:
+            raise _no_key_set()
         raise AuthenticationFailed(
             "Incorrect gateway API key (GATEWAY_API_KEY) provided. PicGate refused the call "
             "before contacting the upstream; use the key shown in the PicGate admin console.",
             code="invalid_api_key",
         )
-    return Gateway(services, settings)
+    current_key.set(named.id)
+    return Gateway(services, settings, key_name=named.name)
+
+
+def _no_key_set() -> AuthenticationFailed:
+    return AuthenticationFailed(
+        "PicGate has no gateway API key, so every API call is refused. Set GATEWAY_API_KEY "
+        "in the environment or generate a key in the admin console (/admin → settings).",
+        code="gateway_key_not_set",
+    )
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from picgate.jobs.cleanup import Cleanup
 from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler
 from picgate.jobs.upload_worker import UploadWorker
+from picgate.keyring import KeyRing, current_key
 from picgate.redaction import Redactor
 from picgate.routing.table import ModelTable
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
@@ -107,6 +108,9 @@ class Services:
                 settings=self._current_settings,
             )
         )
+        self.keys = KeyRing(self.db)
+        # each image counts for the named key of the request that stored it
+        self.images.on_stored.append(self._count_for_key)
         self._prepared = False
         self._prepare_lock = threading.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -144,6 +148,11 @@ class Services:
     def _settings_changed(self, current: Settings) -> None:
         # keys stored through the console are secrets too; the environment's stay so as well
         self.events.redactor = Redactor.of(self.settings, current, extra=self._model_secrets())
+
+    def _count_for_key(self, image: StoredImage) -> None:
+        key_id = current_key.get()
+        if key_id is not None:
+            self.keys.count_images(key_id, 1)
 
     def _model_secrets(self) -> list[str]:
         return self.models.secrets() if self.models is not None else []

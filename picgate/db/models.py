@@ -119,3 +119,23 @@ class DailyStat(Base):
     day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD (UTC)
     name: Mapped[str] = mapped_column(String(32), primary_key=True)  # requests | errors | images
     value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GatewayKey(Base):
+    """A named gateway key (``picgate keys``); only the sha256 of the key is kept."""
+
+    __tablename__ = "gateway_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    daily_images: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: no limit
+    day: Mapped[str | None] = mapped_column(String(10), nullable=True)  # of the *_today counts
+    requests_today: Mapped[int] = mapped_column(Integer, default=0)
+    images_today: Mapped[int] = mapped_column(Integer, default=0)
+    requests_total: Mapped[int] = mapped_column(Integer, default=0)
+    images_total: Mapped[int] = mapped_column(Integer, default=0)

@@ -37,15 +37,15 @@ def client(routed_gateway: Gateway) -> openai.OpenAI:
     )
 
 
-def _ask(client: openai.OpenAI, messages: list[dict[str, Any]], *, stream: bool) -> str:
+def _ask(client: openai.OpenAI, messages: Any, *, stream: bool) -> str:
     if not stream:
-        answer = client.chat.completions.create(model="painter", messages=messages)  # type: ignore[arg-type]
+        answer = client.chat.completions.create(model="painter", messages=messages)
         assert answer.choices[0].finish_reason == "stop"
         assert answer.usage is not None and answer.usage.total_tokens == 100
         return answer.choices[0].message.content or ""
     text = ""
     finishes = []
-    for chunk in client.chat.completions.create(model="painter", messages=messages, stream=True):  # type: ignore[arg-type]
+    for chunk in client.chat.completions.create(model="painter", messages=messages, stream=True):
         for choice in chunk.choices:
             text += choice.delta.content or ""
             finishes.append(choice.finish_reason)

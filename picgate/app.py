@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from picgate.config import Settings
 from picgate.errors import PicGateError, error_body
+from picgate.metrics import MetricsMiddleware
 from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from picgate.services import Services
 
@@ -59,18 +60,21 @@ def create_app(
         timeout=services.settings.request_body_timeout_seconds,
     )
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
 
     from picgate.admin.routes import router as admin_router
     from picgate.gateway.chat_routes import router as chat_router
     from picgate.gateway.routes import router as gateway_router
     from picgate.health import router as health_router
     from picgate.images.routes import router as images_router
+    from picgate.metrics import router as metrics_router
 
     app.include_router(health_router)
     app.include_router(gateway_router)
     app.include_router(images_router)
     app.include_router(chat_router)
     app.include_router(admin_router)
+    app.include_router(metrics_router)
     return app
 
 

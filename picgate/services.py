@@ -33,6 +33,7 @@ from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler
 from picgate.jobs.upload_worker import UploadWorker
 from picgate.keyring import KeyRing, current_key
+from picgate.metrics import Metrics
 from picgate.redaction import Redactor
 from picgate.routing.table import ModelTable
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
@@ -68,7 +69,8 @@ class Services:
         self.cache = LocalCache(settings.resolved_images_dir)
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
-        self.upstream = Upstream(lambda: self.http)
+        self.metrics = Metrics(self.db)
+        self.upstream = Upstream(lambda: self.http, observe=self.metrics.observe_upstream)
         self._config: ConfigService | None = None
         self.archive = Archive(self._current_settings, forced=objects)
         self.images = ImageStore(

@@ -107,7 +107,10 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
 def routed(request: Request, gateway: Gateway, model: Any) -> ModelRoute:
     """The route of ``model``, remembered on the request for the metrics."""
     route = gateway.route(model)
-    request.state.model = route.name
+    name = route.name
+    if gateway.services.models is None and name != gateway.settings.gateway_model_name:
+        name = "other"  # any name passes without a models file: keep the label set small
+    request.state.model = name
     return route
 
 

@@ -24,7 +24,7 @@ from picgate.services import Services
 
 router = APIRouter(prefix="/admin", route_class=AdminRoute)
 
-NAV = ("dashboard", "settings", "cache", "images", "logs")
+NAV = ("dashboard", "settings", "cache", "images", "logs", "keys", "models")
 JS_PREFIXES = ("js.", "badge.", "sort.", "result.", "step.")
 
 
@@ -136,6 +136,22 @@ async def logs_page(request: Request, services: ServicesDep) -> Response:
     if isinstance(admin, Response):
         return admin
     return render("logs.html", context(request, "logs", admin))
+
+
+@router.get("/keys")
+async def keys_page(request: Request, services: ServicesDep) -> Response:
+    admin = await gate(request, services)
+    if isinstance(admin, Response):
+        return admin
+    return render("keys.html", context(request, "keys", admin))
+
+
+@router.get("/models")
+async def models_page(request: Request, services: ServicesDep) -> Response:
+    admin = await gate(request, services)
+    if isinstance(admin, Response):
+        return admin
+    return render("models.html", context(request, "models", admin))
 
 
 @router.get("/static/{name}")

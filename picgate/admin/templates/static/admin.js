@@ -559,7 +559,125 @@
     load();
   }
 
-  const PAGES = { dashboard: initDashboard, settings: initSettings, cache: initCache, images: initImages, logs: initLogs };
+  // -- gateway keys --------------------------------------------------------------------------
+
+  function cell(text) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    return td;
+  }
+
+  function initKeys() {
+    async function load() {
+      try {
+        const r = await api("GET", "/admin/api/keys");
+        $("#keys-body").replaceChildren(...r.keys.map((k) => {
+          const tr = document.createElement("tr");
+          tr.className = "key-row";
+          tr.dataset.name = k.name;
+          const limit = k.daily_images ? "/" + k.daily_images : "";
+          const name = cell(k.name + (k.revoked ? " (" + t("js.keys_revoked") + ")" : ""));
+          const actions = document.createElement("td");
+          if (!k.revoked) {
+            const btn = document.createElement("button");
+            btn.type = "button";
+            btn.className = "danger key-revoke";
+            btn.textContent = t("js.keys_revoke");
+            btn.addEventListener("click", async () => {
+              if (!window.confirm(t("js.keys_confirm_revoke", { name: k.name }))) return;
+              try {
+                await api("POST", "/admin/api/keys/" + encodeURIComponent(k.name) + "/revoke");
+                await load();
+              } catch (e) {
+                toast(t("js.request_failed", { message: e.message }), true);
+              }
+            });
+            actions.appendChild(btn);
+          }
+          tr.append(
+            name,
+            cell(k.prefix + "..."),
+            cell(fmtTime(k.created_at)),
+            cell(k.last_used_at ? fmtTime(k.last_used_at) : "-"),
+            cell(k.requests_today + " / " + k.images_today + limit),
+            cell(k.requests_total + " / " + k.images_total),
+            actions,
+          );
+          return tr;
+        }));
+        $("#keys-empty").hidden = r.keys.length > 0;
+      } catch (e) {
+        toast(t("js.request_failed", { message: e.message }), true);
+      }
+    }
+
+    $("#key-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const limit = $("#key-limit").value;
+      const body = { name: $("#key-name").value };
+      if (limit) body.daily_images = Number(limit);
+      try {
+        const r = await api("POST", "/admin/api/keys", body);
+        $("#key-value").value = r.key;
+        $("#key-new").hidden = false;
+        $("#key-name").value = "";
+        $("#key-limit").value = "";
+        await load();
+      } catch (err) {
+        toast(t("js.request_failed", { message: err.message }), true);
+      }
+    });
+    load();
+  }
+
+  // -- models --------------------------------------------------------------------------------
+
+  function initModels() {
+    async function load() {
+      const r = await api("GET", "/admin/api/models");
+      $("#models-source").textContent = r.source
+        ? t("js.models_source", { path: r.source })
+        : t("js.models_none", { name: r.gateway_model || "" });
+      $("#upstreams-body").replaceChildren(...r.upstreams.map((u) => {
+        const tr = document.createElement("tr");
+        tr.className = "upstream-row";
+        tr.dataset.name = u.name;
+        const result = cell("");
+        result.className = "upstream-result";
+        const actions = document.createElement("td");
+        const btn = document.createElement("button");
+        btn.type = "button";
+        btn.className = "upstream-test";
+        btn.textContent = t("js.models_test");
+        btn.addEventListener("click", async () => {
+          btn.disabled = true;
+          result.textContent = "…";
+          try {
+            const res = await api("POST", "/admin/api/upstreams/" + encodeURIComponent(u.name) + "/test");
+            result.textContent = res.ok
+              ? t("js.models_test_ok", { ms: res.latency_ms, count: res.models })
+              : t("js.models_test_failed", { status: res.status, detail: res.detail });
+          } catch (e) {
+            result.textContent = e.message;
+          } finally {
+            btn.disabled = false;
+          }
+        });
+        actions.appendChild(btn);
+        tr.append(cell(u.name), cell(u.base_url), cell(u.has_key ? "✓" : "-"), actions, result);
+        return tr;
+      }));
+      $("#models-body").replaceChildren(...r.models.map((m) => {
+        const tr = document.createElement("tr");
+        tr.className = "model-row";
+        tr.append(cell(m.name), cell(m.upstream), cell(m.upstream_model), cell(m.api), cell(JSON.stringify(m.params)));
+        return tr;
+      }));
+    }
+    load().catch((e) => toast(t("js.request_failed", { message: e.message }), true));
+  }
+
+  const PAGES = { dashboard: initDashboard, settings: initSettings, cache: initCache, images: initImages, logs: initLogs, keys: initKeys, models: initModels };
   document.addEventListener("DOMContentLoaded", () => {
     bindCommon();
     const init = PAGES[document.body.dataset.page];

@@ -12,6 +12,9 @@ project's machine), every new page of file cache costs a host fault, and that fl
 times what it is on hardware that keeps its memory; the script prints those settings when the
 kernel has them.
 
+It then times the same call through PicGate without and with ``MODELS_FILE`` (one model
+routed to the same stub), alternating, and prints the ratio of the medians.
+
     .venv/bin/python -m bench.overhead [--calls 40]
 """
 
@@ -91,6 +94,40 @@ def measure(size: int, calls: int) -> None:
         )
 
 
+def measure_routing(size: int, calls: int) -> None:
+    """The same call through PicGate without and with MODELS_FILE (one model routed to the
+    same stub), interleaved in one run: the ratio of the medians is the cost of routing."""
+    with stub_upstream(size) as upstream, tempfile.TemporaryDirectory() as folder:
+        models = Path(folder) / "models.yaml"
+        models.write_text(
+            "upstreams:\n"
+            f"  - {{name: stub, base_url: '{upstream}', api_key: sk-bench-routed}}\n"
+            "models:\n"
+            "  - {name: picgate, upstream: stub, upstream_model: gpt-image-1, api: images}\n",
+            encoding="utf-8",
+        )
+        with picgate(upstream) as plain, picgate(upstream, MODELS_FILE=str(models)) as routed:
+            body = {"model": "picgate", "prompt": "a fox", "response_format": "url"}
+            headers = {"Authorization": f"Bearer {KEY}"}
+            times: dict[str, list[float]] = {plain: [], routed: []}
+            with httpx.Client(timeout=60) as client:
+                for index in range(calls + 3):
+                    for gateway in (plain, routed) if index % 2 else (routed, plain):
+                        t0 = time.perf_counter()
+                        r = client.post(
+                            gateway + "/v1/images/generations", json=body, headers=headers
+                        )
+                        elapsed = (time.perf_counter() - t0) * 1000
+                        r.raise_for_status()
+                        if index >= 3:  # the first three warm both
+                            times[gateway].append(elapsed)
+        mp, mr = statistics.median(times[plain]), statistics.median(times[routed])
+        print(
+            f"routing, {size / 2**20:.1f} MB PNG, {calls} calls each: without MODELS_FILE "
+            f"median {mp:.1f} ms | with MODELS_FILE median {mr:.1f} ms | ratio {mr / mp:.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=40)
@@ -104,6 +141,7 @@ def main() -> None:
         print(f"free page reporting to the host is on: {settings}")
     for size in (1 * 2**20, 8 * 2**20):
         measure(size, args.calls)
+    measure_routing(1 * 2**20, args.calls)
 
 
 if __name__ == "__main__":

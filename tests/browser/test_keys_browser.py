@@ -50,8 +50,8 @@ def test_keys_page_create_use_revoke_in_chromium(
     wait_until(page, "!document.querySelector('#key-new').hidden")
     key = page.input_value("#key-value")
     assert key.startswith("pg-")
-    wait_until(page, "document.querySelector('.key-row[data-name=\"team-a\"]')")
-    row = page.locator('.key-row[data-name="team-a"]')
+    wait_until(page, "document.querySelector('.gwkey-row[data-name=\"team-a\"]')")
+    row = page.locator('.gwkey-row[data-name="team-a"]')
     assert key[:10] in row.inner_text()
     assert key not in page.locator("#keys-table").inner_text()
 
@@ -62,14 +62,14 @@ def test_keys_page_create_use_revoke_in_chromium(
     assert httpx.post(url, headers=headers, json=body, timeout=30).status_code == 429
 
     page.reload()
-    wait_until(page, "document.querySelector('.key-row[data-name=\"team-a\"]')")
+    wait_until(page, "document.querySelector('.gwkey-row[data-name=\"team-a\"]')")
     cells = row.locator("td").all_inner_texts()
     assert cells[4].replace(" ", "") == "1/1/1"  # today: requests / images of the limit
     assert cells[5].replace(" ", "") == "1/1"
     shot(page, "keys")
 
     row.locator(".key-revoke").click()  # the confirm() is accepted by the fixture
-    wait_until(page, "!document.querySelector('.key-row[data-name=\"team-a\"] .key-revoke')")
+    wait_until(page, "!document.querySelector('.gwkey-row[data-name=\"team-a\"] .key-revoke')")
     assert "已吊销" in row.inner_text()
     revoked = httpx.post(url, headers=headers, json=body, timeout=30)
     assert revoked.status_code == 401

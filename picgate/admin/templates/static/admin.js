@@ -573,7 +573,7 @@
         const r = await api("GET", "/admin/api/keys");
         $("#keys-body").replaceChildren(...r.keys.map((k) => {
           const tr = document.createElement("tr");
-          tr.className = "key-row";
+          tr.className = "gwkey-row";
           tr.dataset.name = k.name;
           const limit = k.daily_images ? "/" + k.daily_images : "";
           const name = cell(k.name + (k.revoked ? " (" + t("js.keys_revoked") + ")" : ""));

@@ -1,4 +1,13 @@
-"""``Annotated`` dependency aliases shared by the routers."""
+"""``Annotated`` dependency aliases: one per component a route uses.
+
+Routes declare what they need (``library: LibraryDep``, ``events: EventsDep``...) and FastAPI
+hands them that component of the app's container; no route sees the container itself. The
+container is put on ``app.state.services`` by ``picgate.app.create_app``; it is read here
+without importing it (only the edges import ``picgate.services``).
+
+Every getter is ``async``: FastAPI runs a plain ``def`` dependency in the thread pool, a hop per
+request.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +16,74 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import anyio.to_thread
+import httpx
 from fastapi import Depends, Request
 
 from picgate.config import Settings
+from picgate.db.engine import Database
 from picgate.errors import AuthenticationFailed
-from picgate.keyring import current_key
-from picgate.routing.table import ModelRoute, legacy_route
-from picgate.services import Services
+from picgate.eventlog import EventLog
+from picgate.gateway.parts import GatewayParts
+from picgate.gateway.upstream import Upstream
+from picgate.keyring import KeyRing
+from picgate.library.library import ImageLibrary
+from picgate.routing.table import ModelRoute, ModelTable, legacy_route
+from picgate.settings_store import ConfigService
 
 
-async def get_services(request: Request) -> Services:
-    # async: FastAPI runs a plain ``def`` dependency in the thread pool, a hop per request
-    services: Services = request.app.state.services
-    return services
+def _container(request: Request) -> Any:
+    return request.app.state.services
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+async def get_library(request: Request) -> ImageLibrary:
+    library: ImageLibrary = _container(request).library
+    return library
+
+
+async def get_events(request: Request) -> EventLog:
+    events: EventLog = _container(request).events
+    return events
+
+
+async def get_config(request: Request) -> ConfigService:
+    config: ConfigService = _container(request).config
+    return config
+
+
+async def get_database(request: Request) -> Database:
+    db: Database = _container(request).db
+    return db
+
+
+async def get_upstream(request: Request) -> Upstream:
+    upstream: Upstream = _container(request).upstream
+    return upstream
+
+
+async def get_http(request: Request) -> httpx.AsyncClient:
+    http: httpx.AsyncClient = _container(request).http
+    return http
+
+
+async def get_keys(request: Request) -> KeyRing:
+    keys: KeyRing = _container(request).keys
+    return keys
+
+
+async def get_models(request: Request) -> ModelTable | None:
+    models: ModelTable | None = _container(request).models
+    return models
+
+
+LibraryDep = Annotated[ImageLibrary, Depends(get_library)]
+EventsDep = Annotated[EventLog, Depends(get_events)]
+ConfigDep = Annotated[ConfigService, Depends(get_config)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+UpstreamDep = Annotated[Upstream, Depends(get_upstream)]
+HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
+KeyRingDep = Annotated[KeyRing, Depends(get_keys)]
+# the MODELS_FILE's table; None without a models file
+ModelsDep = Annotated[ModelTable | None, Depends(get_models)]
 
 DEFAULT_KEY_NAME = "default"  # the name GATEWAY_API_KEY goes by in usage and image rows
 
@@ -35,13 +95,33 @@ def keys_match(given: str, expected: str) -> bool:
     return hmac.compare_digest(a, b)
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """What an authorized ``/v1`` call works with: the effective settings, the components the
+    gateway's functions take, the name of the gateway key it was made with (``key_name``;
+    ``"default"`` for GATEWAY_API_KEY), and the models file's table (None without one)."""
+
+    settings: Settings
+    parts: GatewayParts
+    key_name: str = DEFAULT_KEY_NAME
+    models: ModelTable | None = None
+
+    def route(self, model: Any) -> ModelRoute:
+        """Where a request naming ``model`` goes (404 ``model_not_found`` with a models file
+        that does not list it; without one, the single upstream as always)."""
+        if self.models is None:
+            return legacy_route(self.settings, model)
+        return self.models.route(self.settings, model)
+
+
 async def require_gateway_key(request: Request) -> Gateway:
-    """The services and effective settings of an authorized ``/v1`` call (401 otherwise).
+    """The components and effective settings of an authorized ``/v1`` call (401 otherwise;
+    429 for a named key over its daily image limit).
 
     One dependency that does it all: FastAPI solves every dependency of a chain on every request.
     """
-    services: Services = request.app.state.services
-    settings = await services.config.acurrent()
+    container = _container(request)
+    settings = await container.config.acurrent()
     expected = settings.gateway_api_key
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -55,11 +135,11 @@ async def require_gateway_key(request: Request) -> Gateway:
             "upstream's.",
             code="missing_api_key",
         )
+    keys: KeyRing = container.keys
     if expected and keys_match(token, expected):
-        current_key.set(None)
-        return Gateway(services, settings)
+        return _gateway(container, settings, key_id=None, key_name=DEFAULT_KEY_NAME)
     # a named key (picgate keys create): looked up by its hash, counted, limited
-    named = await anyio.to_thread.run_sync(services.keys.admit, token)
+    named = await keys.aadmit(token)
     if named is not None and named.revoked:
         raise AuthenticationFailed(
             f"The gateway key {named.name!r} ({named.prefix}...) was revoked; ask the PicGate "
@@ -74,8 +154,19 @@ async def require_gateway_key(request: Request) -> Gateway:
             "before contacting the upstream; use the key shown in the PicGate admin console.",
             code="invalid_api_key",
         )
-    current_key.set(named.id)
-    return Gateway(services, settings, key_name=named.name)
+    return _gateway(container, settings, key_id=named.id, key_name=named.name)
+
+
+def _gateway(container: Any, settings: Settings, *, key_id: str | None, key_name: str) -> Gateway:
+    parts = GatewayParts(
+        library=container.library,
+        events=container.events,
+        upstream=container.upstream,
+        http=container.http,
+        keys=container.keys,
+        key_id=key_id,
+    )
+    return Gateway(settings, parts, key_name=key_name, models=container.models)
 
 
 def _no_key_set() -> AuthenticationFailed:
@@ -86,35 +177,14 @@ def _no_key_set() -> AuthenticationFailed:
     )
 
 
-@dataclass(frozen=True)
-class Gateway:
-    """An authorized ``/v1`` call: the services, the effective settings, and the name of the
-    gateway key it was made with (``key_name``; ``"default"`` for GATEWAY_API_KEY)."""
-
-    services: Services
-    settings: Settings
-    key_name: str = DEFAULT_KEY_NAME
-
-    def route(self, model: Any) -> ModelRoute:
-        """Where a request naming ``model`` goes (404 ``model_not_found`` with a models file
-        that does not list it; without one, the single upstream as always)."""
-        table = self.services.models
-        if table is None:
-            return legacy_route(self.settings, model)
-        return table.route(self.settings, model)
-
-
 GatewayAuth = Depends(require_gateway_key)
 GatewayDep = Annotated[Gateway, GatewayAuth]
 
 
-def public_base_url(request: Request, settings: Settings) -> str:
+def public_base_url(request: Request, settings: Settings, events: EventLog) -> str:
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    services: Services = request.app.state.services
-    if not services.base_url_warned:
-        services.events.warning(
-            "⚠️ PUBLIC_BASE_URL 未设置，图片链接使用请求地址生成 (PUBLIC_BASE_URL is not set)"
-        )
-        services.base_url_warned = True
+    events.warn_once(
+        "⚠️ PUBLIC_BASE_URL 未设置，图片链接使用请求地址生成 (PUBLIC_BASE_URL is not set)"
+    )
     return str(request.base_url).rstrip("/")

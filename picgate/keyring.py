@@ -18,10 +18,10 @@ import hashlib
 import hmac
 import re
 import secrets
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import anyio.to_thread
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -29,16 +29,12 @@ from picgate.db.engine import Database
 from picgate.db.models import GatewayKey
 from picgate.errors import BadRequest, PicGateError
 
-__all__ = ["KeyRing", "KeyUsage", "RateLimited", "current_key", "hash_key"]
+__all__ = ["KeyRing", "KeyUsage", "RateLimited", "hash_key"]
 
 KEY_PREFIX = "pg-"
 PREFIX_SHOWN = 10
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 RESERVED_NAMES = frozenset({"default"})  # GATEWAY_API_KEY's name
-
-current_key: ContextVar[str | None] = ContextVar("picgate_key_id", default=None)
-"""The id of the named key of the request being served (None: GATEWAY_API_KEY), for counting
-the images it stores: set by the auth dependency, read where an image is stored."""
 
 
 class RateLimited(PicGateError):
@@ -169,11 +165,11 @@ class KeyRing:
             session.flush()
             return KeyUsage.of(row, row.day or "")
 
-        return self.db.call(insert), key
+        return self.db.write(insert), key
 
     def listing(self) -> list[KeyUsage]:
         today = _today(utcnow())
-        rows = self.db.call(
+        rows = self.db.read(
             lambda s: s.scalars(select(GatewayKey).order_by(GatewayKey.created_at)).all()
         )
         return [KeyUsage.of(row, today) for row in rows]
@@ -181,7 +177,7 @@ class KeyRing:
     def revoke(self, name: str) -> bool:
         """Whether a live key of that name was revoked."""
         now = utcnow()
-        result = self.db.call(
+        result = self.db.write(
             lambda s: s.execute(
                 update(GatewayKey)
                 .where(GatewayKey.name == name, GatewayKey.revoked_at.is_(None))
@@ -193,7 +189,7 @@ class KeyRing:
     def find(self, key: str) -> KeyUsage | None:
         """The key's row (revoked or not), or None for a key this table does not hold."""
         digest = hash_key(key)
-        row = self.db.call(
+        row = self.db.read(
             lambda s: s.scalars(select(GatewayKey).where(GatewayKey.key_hash == digest)).first()
         )
         # the lookup is by hash; compare again in constant time all the same
@@ -216,8 +212,17 @@ class KeyRing:
         self._count(found.id, now, requests=1)
         return found
 
+    async def aadmit(self, key: str) -> KeyUsage | None:
+        """``admit`` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.admit, key)
+
     def count_images(self, key_id: str, images: int) -> None:
+        """Count ``images`` stored for the key (the gateway calls it after each save)."""
         self._count(key_id, utcnow(), images=images)
+
+    async def acount_images(self, key_id: str, images: int) -> None:
+        """``count_images`` in a worker thread."""
+        await anyio.to_thread.run_sync(self.count_images, key_id, images)
 
     def _count(self, key_id: str, now: datetime, *, requests: int = 0, images: int = 0) -> None:
         today = _today(now)
@@ -235,7 +240,7 @@ class KeyRing:
             if requests:
                 row.last_used_at = now
 
-        self.db.call(work)
+        self.db.write(work)
 
 
 def over_limit(usage: KeyUsage, now: datetime) -> RateLimited:

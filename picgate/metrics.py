@@ -28,13 +28,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from picgate.config import Settings
-from picgate.db.engine import Database
-from picgate.db.models import R2_FAILED, R2_PENDING, Image
+from picgate.library.rows import ImageRows
 
 __all__ = ["Metrics", "MetricsMiddleware", "StoreCollector", "router"]
 
@@ -44,19 +42,11 @@ LATENCY_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 class StoreCollector(Collector):
     """Gauges of the image library, read from the database when scraped."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, rows: ImageRows) -> None:
+        self.rows = rows
 
     def collect(self) -> Iterable[Metric]:
-        query = select(
-            func.count(Image.id),
-            func.coalesce(func.sum(Image.size), 0),
-            func.coalesce(func.sum(case((Image.r2_state == R2_PENDING, 1), else_=0)), 0),
-            func.coalesce(func.sum(case((Image.r2_state == R2_FAILED, 1), else_=0)), 0),
-            func.coalesce(func.sum(case((Image.local.is_(True), Image.size), else_=0)), 0),
-        ).where(Image.expired.is_(False))
-        row = self.db.call(lambda s: s.execute(query).one())
-        count, size, pending, failed, local = (int(v or 0) for v in row)
+        count, size, pending, failed, local = self.rows.gauges()
         for name, doc, value in (
             ("picgate_images_stored", "Images stored (rows not expired).", count),
             ("picgate_image_bytes_stored", "Bytes of the images stored.", size),
@@ -70,7 +60,7 @@ class StoreCollector(Collector):
 class Metrics:
     """The registry of one app and the instruments PicGate updates."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, rows: ImageRows) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "picgate_requests",
@@ -85,7 +75,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(StoreCollector(db))
+        self.registry.register(StoreCollector(rows))
 
     def observe_upstream(self, settings: Settings, seconds: float) -> None:
         self.upstream_seconds.labels(settings.upstream_model_name or "-").observe(seconds)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from picgate.admin.guard import AdminDep, CsrfAdminDep
 from picgate.admin.rendering import AdminRoute
-from picgate.deps import ServicesDep
+from picgate.deps import ConfigDep, EventsDep, KeyRingDep, ModelsDep, UpstreamDep
 from picgate.errors import NotFound, UpstreamError
 
 router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
@@ -29,35 +29,36 @@ class KeyCreate(BaseModel):
 
 
 @router.get("/keys")
-async def list_keys(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
-    rows = await anyio.to_thread.run_sync(services.keys.listing)
+async def list_keys(keys: KeyRingDep, _admin: AdminDep) -> dict[str, Any]:
+    rows = await anyio.to_thread.run_sync(keys.listing)
     return {"keys": [row.as_json() for row in rows]}
 
 
 @router.post("/keys")
 async def create_key(
-    body: KeyCreate, services: ServicesDep, _admin: CsrfAdminDep
+    body: KeyCreate, keys: KeyRingDep, events: EventsDep, _admin: CsrfAdminDep
 ) -> dict[str, Any]:
     usage, key = await anyio.to_thread.run_sync(
-        lambda: services.keys.create(body.name, daily_images=body.daily_images)
+        lambda: keys.create(body.name, daily_images=body.daily_images)
     )
-    services.events.info(f"🔑 已创建网关密钥: {usage.name}")
+    events.info(f"🔑 已创建网关密钥: {usage.name}")
     return {"ok": True, "key": key, **usage.as_json()}
 
 
 @router.post("/keys/{name}/revoke")
-async def revoke_key(name: str, services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
-    if not await anyio.to_thread.run_sync(services.keys.revoke, name):
+async def revoke_key(
+    name: str, keys: KeyRingDep, events: EventsDep, _admin: CsrfAdminDep
+) -> dict[str, Any]:
+    if not await anyio.to_thread.run_sync(keys.revoke, name):
         raise NotFound(f"no live key named {name!r}", code="key_not_found")
-    services.events.info(f"🔑 已吊销网关密钥: {name}")
+    events.info(f"🔑 已吊销网关密钥: {name}")
     return {"ok": True}
 
 
 @router.get("/models")
-async def list_models(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
-    table = services.models
+async def list_models(table: ModelsDep, config: ConfigDep, _admin: AdminDep) -> dict[str, Any]:
     if table is None:
-        settings = await services.config.acurrent()
+        settings = await config.acurrent()
         return {
             "source": None,
             "gateway_model": settings.gateway_model_name,
@@ -90,19 +91,26 @@ async def list_models(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]
 
 
 @router.post("/upstreams/{name}/test")
-async def test_upstream(name: str, services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
-    if services.models is None:
+async def test_upstream(
+    name: str,
+    table: ModelsDep,
+    config: ConfigDep,
+    upstream: UpstreamDep,
+    events: EventsDep,
+    _admin: CsrfAdminDep,
+) -> dict[str, Any]:
+    if table is None:
         raise NotFound("no MODELS_FILE is set", code="upstream_not_found")
-    settings = services.models.upstream_settings(await services.config.acurrent(), name)
+    settings = table.upstream_settings(await config.acurrent(), name)
     started = time.perf_counter()
     try:
-        data = await services.upstream.get_json(settings, "models", timeout=15.0)
+        data = await upstream.get_json(settings, "models", timeout=15.0)
     except UpstreamError as exc:
         return {
             "ok": False,
             "status": exc.status_code,
             "latency_ms": round((time.perf_counter() - started) * 1000),
-            "detail": services.events.redactor.text(exc.message),
+            "detail": events.redactor.text(exc.message),
         }
     listed = data.get("data") if isinstance(data, dict) else None
     return {

@@ -33,9 +33,9 @@ from picgate.errors import BadRequest
 from picgate.gateway import images_api
 from picgate.gateway.history import messages_of, own_image_id
 from picgate.gateway.inline import EditImageLoader
+from picgate.gateway.parts import GatewayParts
 from picgate.gateway.relay import DONE
 from picgate.routing.table import ModelRoute
-from picgate.services import Services
 from picgate.storage.codec import sniff
 
 __all__ = ["ImageChatStream", "ImageTurn", "complete", "image_turn", "open_stream"]
@@ -119,7 +119,7 @@ def _options(route: ModelRoute) -> dict[str, Any]:
 
 
 async def _draw(
-    services: Services,
+    parts: GatewayParts,
     route: ModelRoute,
     body: dict[str, Any],
     *,
@@ -132,11 +132,10 @@ async def _draw(
     options = _options(route)
     if turn.image is None:
         request = {**options, "prompt": turn.prompt, "model": route.name}
-        return await images_api.generate(services, settings, request, base_url=base_url)
+        return await images_api.generate(parts, settings, request, base_url=base_url)
     load = EditImageLoader.build(
-        images=services.images,
-        serving=services.serving,
-        http=services.http,
+        library=parts.library,
+        http=parts.http,
         settings=settings,
         base_url=base_url,
     )
@@ -145,7 +144,7 @@ async def _draw(
     fields = {k: images_api.form_value(v) for k, v in options.items()}
     fields.update(prompt=turn.prompt, model=route.name or "")
     return await images_api.edit(
-        services,
+        parts,
         settings,
         fields=fields,
         images=[(f"image.{kind.ext}", data, kind.mime)],
@@ -205,7 +204,7 @@ class _Answer:
 
 
 async def complete(
-    services: Services,
+    parts: GatewayParts,
     route: ModelRoute,
     body: dict[str, Any],
     *,
@@ -213,7 +212,7 @@ async def complete(
     own_bases: Sequence[str],
 ) -> dict[str, Any]:
     """A non-streaming chat completion whose message is the drawn image."""
-    reply = await _draw(services, route, body, base_url=base_url, own_bases=own_bases)
+    reply = await _draw(parts, route, body, base_url=base_url, own_bases=own_bases)
     return _Answer(route, reply).completion()
 
 
@@ -238,7 +237,7 @@ class ImageChatStream:
 
 
 async def open_stream(
-    services: Services,
+    parts: GatewayParts,
     route: ModelRoute,
     body: dict[str, Any],
     *,
@@ -246,5 +245,5 @@ async def open_stream(
     own_bases: Sequence[str],
 ) -> ImageChatStream:
     """Draw the image (the route sends keep-alives meanwhile), then the stream that tells it."""
-    reply = await _draw(services, route, body, base_url=base_url, own_bases=own_bases)
+    reply = await _draw(parts, route, body, base_url=base_url, own_bases=own_bases)
     return ImageChatStream(_Answer(route, reply))

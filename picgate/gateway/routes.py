@@ -89,8 +89,8 @@ MODELS_CREATED = 1764240000
 @router.get("/models")
 async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     settings = gateway.settings
-    if gateway.services.models is not None:
-        return {"object": "list", "data": gateway.services.models.listing(MODELS_CREATED)}
+    if gateway.models is not None:
+        return {"object": "list", "data": gateway.models.listing(MODELS_CREATED)}
     return {
         "object": "list",
         "data": [
@@ -108,7 +108,7 @@ def routed(request: Request, gateway: Gateway, model: Any) -> ModelRoute:
     """The route of ``model``, remembered on the request for the metrics."""
     route = gateway.route(model)
     name = route.name
-    if gateway.services.models is None and name != gateway.settings.gateway_model_name:
+    if gateway.models is None and name != gateway.settings.gateway_model_name:
         name = "other"  # any name passes without a models file: keep the label set small
     request.state.model = name
     return route
@@ -122,15 +122,15 @@ def routed(request: Request, gateway: Gateway, model: Any) -> ModelRoute:
     response_class=JSONResponse,
 )
 async def images_generations(request: Request, gateway: GatewayDep) -> JSONResponse:
-    services = gateway.services
+    events = gateway.parts.events
     body = await read_json_object(request)
     route = routed(request, gateway, body.get("model"))
-    services.events.count("requests")
+    events.count("requests")
     reply = await images_api.generate(
-        services,
+        gateway.parts,
         route.settings,
         route.with_params(body),
-        base_url=public_base_url(request, gateway.settings),
+        base_url=public_base_url(request, gateway.settings, events),
     )
     return JSONResponse(reply)
 
@@ -154,10 +154,10 @@ async def images_edits(request: Request, gateway: GatewayDep) -> JSONResponse:
 
 
 async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
-    services = gateway.services
-    services.events.count("requests")
+    parts = gateway.parts
+    parts.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
-    base_url = public_base_url(request, gateway.settings)
+    base_url = public_base_url(request, gateway.settings, parts.events)
     # a url-encoded form cannot carry a file, but it is still an edit with no image: answer so
     if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         images: list[images_api.EditImage] = []
@@ -178,7 +178,7 @@ async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
         route = routed(request, gateway, fields.get("model"))
         defaults = {k: images_api.form_value(v) for k, v in route.params.items()}
         return await images_api.edit(
-            services,
+            parts,
             route.settings,
             fields={**defaults, **fields},
             images=images,
@@ -193,15 +193,14 @@ async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
         # the model is checked before any image is read or fetched (edit() checks it again)
         images_api.upstream_model(settings, body.get("model"))
         load = EditImageLoader.build(
-            images=services.images,
-            serving=services.serving,
-            http=services.http,
+            library=parts.library,
+            http=parts.http,
             settings=settings,
             base_url=base_url,
         )
         fields, images, mask, field = await images_api.edit_inputs_from_json(body, load)
         return await images_api.edit(
-            services,
+            parts,
             settings,
             fields=fields,
             images=images,

@@ -22,7 +22,7 @@ __all__ = ["browser", "models_file", "page", "second_upstream_server", "upstream
 
 
 def _login(page: Any, gateway: Gateway) -> None:
-    gateway.services.db.call(
+    gateway.services.db.write(
         lambda s: auth.set_admin(s, username=ADMIN_USER, password=ADMIN_PASSWORD)
     )
     page.goto(gateway.url + "/admin/login")

@@ -1,0 +1,32 @@
+"""``GatewayParts``: the components the ``/v1`` code works with, handed in by the routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from picgate.eventlog import EventLog
+from picgate.gateway.upstream import Upstream
+from picgate.keyring import KeyRing
+from picgate.library.library import ImageLibrary
+
+
+@dataclass(frozen=True)
+class GatewayParts:
+    """``library`` stores and serves images, ``events`` logs, ``upstream`` calls the upstream
+    API, ``http`` is the shared outbound client (URL fetches). ``keys`` and ``key_id`` are the
+    gateway keys and the named key of this call (None: GATEWAY_API_KEY, which is not counted)."""
+
+    library: ImageLibrary
+    events: EventLog
+    upstream: Upstream
+    http: httpx.AsyncClient
+    keys: KeyRing | None = None
+    key_id: str | None = None
+
+    async def count_images(self, stored: int) -> None:
+        """Count ``stored`` images for the call's named key: its usage and daily limit read
+        this count. Every place that saves an image of a ``/v1`` call calls it."""
+        if stored and self.keys is not None and self.key_id is not None:
+            await self.keys.acount_images(self.key_id, stored)

@@ -78,6 +78,7 @@ def history_images(
         load_own=load_own,
         fetch=fetch if settings.allow_external_image_fetch else None,
         budget=InlineBudget.from_mb(settings.max_inline_images_mb),
+        keep_full=settings.inline_full_images,
     )
 
 
@@ -92,6 +93,11 @@ async def _prepare(
     )
     if images.inlined:
         services.events.info(f"🖼️ 历史图片已内联: {images.inlined} 张")
+    if images.trim.downscaled or images.trim.omitted:
+        services.events.info(
+            f"🗜️ 历史图片超过 MAX_INLINE_IMAGES_MB: {images.trim.full} 张原图, "
+            f"{images.trim.downscaled} 张缩小, {images.trim.omitted} 张省略"
+        )
     services.events.info(f"📤 发起对话请求: {len(messages)} 条消息")
     return out, last_user_text(messages)
 

@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from picgate.errors import BadRequest, Gone, NotFound, PayloadTooLarge
 from picgate.gateway.fetch import fetch_image_bytes
-from picgate.gateway.history import own_image_id
+from picgate.gateway.references import own_image_id
 
 if TYPE_CHECKING:
     import httpx

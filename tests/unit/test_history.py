@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import io
 from typing import Any
 
 import pytest
 
 from picgate.errors import BadRequest, PayloadTooLarge
+from picgate.gateway.downscale import MAX_SIDE, downscaled
 from picgate.gateway.fetch import BlockedAddress
 from picgate.gateway.history import (
     HistoryImages,
@@ -16,6 +18,7 @@ from picgate.gateway.history import (
     upstream_body,
 )
 from picgate.gateway.inline import InlineBudget
+from picgate.gateway.trim import OMITTED
 from tests.support.images import data_url, make_image
 
 BASE = "https://img.example.com"
@@ -416,3 +419,52 @@ def test_last_user_text_takes_last_user_text_parts_truncated() -> None:
     assert last_user_text(messages) == "make it\nblue"
     assert last_user_text([{"role": "user", "content": "x" * 50}], limit=10) == "x" * 10 + "..."
     assert last_user_text([{"role": "system", "content": "s"}]) is None
+
+
+async def test_upstream_body_over_cap_newest_full_older_downscaled_oldest_noted() -> None:
+    ids = [f"{'h' * 20}{i:02d}" for i in range(8)]
+    stored = {image_id: make_image("PNG", 60_000, seed=40 + i) for i, image_id in enumerate(ids)}
+
+    async def load(image_id: str) -> bytes | None:
+        return stored.get(image_id)
+
+    messages: list[Any] = []
+    for image_id in ids:
+        messages.append({"role": "user", "content": "edit"})
+        messages.append({"role": "assistant", "content": f"![image]({BASE}/images/{image_id}.png)"})
+    messages.append({"role": "user", "content": "bluer"})
+    full = len(data_url(stored[ids[0]]))
+    history = HistoryImages(own_bases=[BASE], load_own=load, keep_full=2)
+    history.budget = InlineBudget(limit=3 * full)  # two whole, then room for a few small ones
+    out = await rewrite({"messages": messages}, history)
+    trim = history.trim
+    assert (trim.full, trim.downscaled) == (2, 8 - 2 - trim.omitted)
+    assert trim.downscaled >= 1 and trim.omitted >= 1
+    sent = out["messages"]
+    assert [sent[2 * i + 1]["content"] for i in range(trim.omitted)] == [OMITTED] * trim.omitted
+    parts = sent[-1]["content"]
+    urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert urls[-2:] == [data_url(stored[ids[-2]]), data_url(stored[ids[-1]])]
+    assert all(u.startswith("data:image/jpeg;base64,") for u in urls[:-2])
+    assert history.budget.used == sum(map(len, urls)) <= 3 * full
+
+
+def test_downscaled_large_image_fits_max_side_and_flattens_alpha() -> None:
+    from PIL import Image
+
+    source = Image.new("RGBA", (2000, 1000), (255, 0, 0, 0))
+    buffer = io.BytesIO()
+    source.save(buffer, "PNG")
+    small = downscaled(buffer.getvalue())
+    assert small is not None and small.startswith(b"\xff\xd8\xff")
+    with Image.open(io.BytesIO(small)) as img:
+        assert img.size == (MAX_SIDE, MAX_SIDE // 2)
+        assert img.getpixel((10, 10)) == (255, 255, 255)  # transparent became white
+
+
+def test_downscaled_refuses_bomb_and_junk() -> None:
+    header = make_image("PNG", 2_000, seed=9)
+    # a PNG header claiming 20000×20000 pixels: refused from the header, nothing decoded
+    bomb = header[:16] + (20000).to_bytes(4, "big") * 2 + header[24:]
+    assert downscaled(bomb) is None
+    assert downscaled(b"not an image at all") is None

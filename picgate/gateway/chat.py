@@ -19,9 +19,9 @@ from picgate.errors import BadRequest, Gone, NotFound, StorageUnavailable, Upstr
 from picgate.gateway import relay, unstreamed
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.history import HistoryImages, last_user_text, messages_of, upstream_body
-from picgate.gateway.images_api import upstream_model
 from picgate.gateway.inline import InlineBudget
 from picgate.gateway.rewrite import ImageSink, StreamRewriter, rewrite_completion
+from picgate.gateway.tasks import upstream_chat_model
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
 from picgate.services import Services
 
@@ -89,7 +89,7 @@ async def _prepare(
     messages = messages_of(body)
     images = history_images(services, settings, own_bases)
     out = await upstream_body(
-        body, upstream_model=upstream_model(settings, body.get("model")), images=images
+        body, upstream_model=upstream_chat_model(settings, body.get("model")), images=images
     )
     if images.inlined:
         services.events.info(f"🖼️ 历史图片已内联: {images.inlined} 张")

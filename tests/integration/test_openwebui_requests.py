@@ -41,9 +41,8 @@ def post(gateway: Gateway, body: dict[str, Any]) -> httpx.Response:
 
 
 def stored_images(gateway: Gateway) -> int:
-    return int(
-        gateway.services.db.call(lambda s: s.scalar(select(func.count()).select_from(Image)))
-    )
+    count = gateway.services.db.call(lambda s: s.scalar(select(func.count()).select_from(Image)))
+    return int(count or 0)
 
 
 def logged(gateway: Gateway, start: str) -> list[str]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from picgate.storage.image_store import parse_image_name
+from picgate.library.records import parse_image_name
 
 __all__ = ["Inline", "Keep", "Omit", "Outcome", "Ref", "Walk", "collect", "own_image_id", "rebuild"]
 

@@ -41,13 +41,13 @@ def post(gateway: Gateway, body: dict[str, Any]) -> httpx.Response:
 
 
 def stored_images(gateway: Gateway) -> int:
-    count = gateway.services.db.call(lambda s: s.scalar(select(func.count()).select_from(Image)))
+    count = gateway.services.db.read(lambda s: s.scalar(select(func.count()).select_from(Image)))
     return int(count or 0)
 
 
 def logged(gateway: Gateway, start: str) -> list[str]:
     gateway.services.events.flush()
-    lines = gateway.services.db.call(lambda s: s.scalars(select(LogEntry.message)).all())
+    lines = gateway.services.db.read(lambda s: s.scalars(select(LogEntry.message)).all())
     return [line for line in lines if line.startswith(start)]
 
 

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest, PicGateError
 from picgate.eventlog import EventLog
-from picgate.gateway import chat, image_chat, relay
+from picgate.gateway import chat, image_chat, image_models, relay, tasks
 from picgate.gateway.routes import read_json_object, routed
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
@@ -126,10 +126,27 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     route = routed(request, gateway, body.get("model"))
     settings = route.settings
     parts.events.count("requests")
+    # Open WebUI's steps key on GATEWAY_MODEL_NAME (image_models.is_image_model); a route's
+    # settings keep it, so without a models file they run exactly as on the single upstream
+    body, dropped = image_models.without_tools(settings, body)
+    if dropped:
+        parts.events.info(f"🧰 已去掉发给图片模型的 {', '.join(dropped)}")
+    task = tasks.recognise(settings, body)
+    if task is not None:
+        parts.events.count("tasks")
+        if not settings.task_model:
+            parts.events.info(f"🧩 Open WebUI 后台任务 ({task}): 本地回答，未调用图片模型")
+            if body.get("stream") is True:
+                return Response(tasks.local_events(task, body), headers=SSE_HEADERS)
+            return JSONResponse(tasks.local_completion(task, body))
+        parts.events.info(f"🧩 Open WebUI 后台任务 ({task}): 转给任务模型 {settings.task_model}")
+        # a text model at the same upstream answers it: a chat call, never a drawing
+        body = {**body, "model": settings.task_model}
     base_url = public_base_url(request, gateway.settings, parts.events)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))
-    drawn = route.api == "images"  # an image-only model: the turn is an Images API call
-    if not drawn:
+    # an image-only model: the turn is an Images API call
+    drawn = route.api == "images" and task is None
+    if not drawn and task is None:
         body = route.with_params(body)
     if body.get("stream") is True:
         opening: asyncio.Future[OpenedStream] = asyncio.ensure_future(

@@ -4,6 +4,7 @@ loopback: turn 1 generates, turn 2 ("make it blue") edits the first image; strea
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -173,3 +174,61 @@ def test_image_chat_upstream_refusal_keeps_its_status(
             model="painter", messages=[{"role": "user", "content": "x"}], stream=True
         )
     assert caught.value.code == "moderation_blocked"
+
+
+TASK_PROMPTS: dict[str, dict[str, Any]] = json.loads(
+    (Path(__file__).parents[1] / "fixtures" / "openwebui" / "task_prompts.json").read_text()
+)["prompts"]
+
+
+def test_image_chat_openwebui_task_to_an_image_model_is_never_drawn(
+    start_gateway: Callable[..., Gateway],
+    models_file: Path,
+    upstream: StubUpstream,
+    upstream_b: StubUpstream,
+) -> None:
+    # the images model is the gateway's own name, so Open WebUI's task steps apply to it
+    local = start_gateway(models_file=models_file, gateway_model_name="painter")
+    answered = httpx.post(
+        local.url + "/v1/chat/completions",
+        headers=local.headers,
+        json={**TASK_PROMPTS["title"], "model": "painter"},
+        timeout=30,
+    )
+    assert answered.status_code == 200, answered.text[:300]
+    assert "title" in json.loads(answered.json()["choices"][0]["message"]["content"])
+    assert upstream.requests == [] and upstream_b.requests == []
+
+    async def text_answer(request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        message = {"role": "assistant", "content": '{"tags": ["Art"]}'}
+        return JSONResponse(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            }
+        )
+
+    upstream.handlers["/v1/chat/completions"] = text_answer
+    passed = start_gateway(
+        models_file=models_file, gateway_model_name="painter", task_model="gpt-4o-mini"
+    )
+    resp = httpx.post(
+        passed.url + "/v1/chat/completions",
+        headers=passed.headers,
+        json={**TASK_PROMPTS["tags"], "model": "painter"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text[:300]
+    assert json.loads(resp.json()["choices"][0]["message"]["content"]) == {"tags": ["Art"]}
+    # a chat call to the model's own upstream with its own key, no image call, no params
+    [sent] = upstream.requests
+    assert sent.path == "/v1/chat/completions"
+    assert sent.json["model"] == "gpt-4o-mini"
+    assert "size" not in sent.json
+    assert sent.headers["authorization"] == f"Bearer {KEY_A}"
+    assert upstream_b.requests == []

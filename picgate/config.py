@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 

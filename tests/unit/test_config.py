@@ -109,4 +109,3 @@ def test_printable_check_editable_text_fields_refuse_control_characters() -> Non
     for name in text_fields:
         with pytest.raises(ValueError, match="control character"):
             Settings.model_validate({name: "https://a.example/x\x07y"})
-

@@ -179,6 +179,7 @@ class Services:
         if not base:
             host = self.settings.host
             shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+            shown = f"[{shown}]" if ":" in shown else shown  # an IPv6 address in a URL
             base = "<function URL>" if self.serverless else f"http://{shown}:{self.settings.port}"
         banner = (
             "\n" + "=" * 64 + "\n"

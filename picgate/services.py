@@ -156,7 +156,8 @@ class Services:
                 self.generated_key = key
                 banner = (
                     "\n" + "=" * 64 + "\n"
-                    "PicGate generated a gateway API key (shown once; also in the admin console):\n"
+                    "PicGate generated a gateway API key. It is shown here once and once on the\n"
+                    "admin dashboard, then only masked (generate a new one in the admin settings):\n"
                     f"    {key}\n"
                     "Clients must send:  Authorization: Bearer <key>\n" + "=" * 64
                 )

@@ -66,7 +66,10 @@ async def stats(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
 async def health(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
     settings = await services.config.acurrent()
     return {
-        "upstream": {"configured": settings.upstream_configured},
+        "upstream": {
+            "configured": settings.upstream_configured,
+            "model_set": bool(settings.upstream_model_name),
+        },
         "r2": await backend.r2_health(services, settings),
     }
 

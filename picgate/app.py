@@ -14,8 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Match
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from picgate.config import Settings
 from picgate.errors import PicGateError, error_body

@@ -21,7 +21,9 @@ def uv() -> str:
 
 
 def requirement_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def test_constraints_file_matches_uv_lock() -> None:

@@ -175,8 +175,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Unknown path: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}"
-        if exc.status_code in (404, 405):
-            message += v1_hint(request)
+        hint = v1_hint(request) if exc.status_code in (404, 405) else ""
+        if hint:
+            message += "." + hint
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return _json_error(
             exc.status_code,

@@ -33,7 +33,7 @@ def test_path_without_v1_error_hints_to_add_v1(gateway: Gateway, method: str, pa
     assert answer.status_code in (404, 405)
     error = answer.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert f"Did you mean {method} /v1{path}?" in error["message"]
+    assert f"{path}. Did you mean {method} /v1{path}?" in error["message"]
     assert "base URL must end in /v1" in error["message"]
 
 

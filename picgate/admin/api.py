@@ -14,8 +14,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
 
-from picgate.admin import backend, gallery, settings_form, thumbnails
+from picgate.admin import backend, gallery, i18n, settings_form, thumbnails
 from picgate.admin.guard import AdminDep, CsrfAdminDep
+from picgate.admin.log_lines import in_language
 from picgate.admin.rendering import AdminRoute
 from picgate.db.models import Image, LogEntry
 from picgate.deps import ServicesDep
@@ -252,15 +253,20 @@ def _read_logs(services: Services, level: str | None, limit: int) -> list[dict[s
 
 @router.get("/logs")
 async def logs(
+    request: Request,
     services: ServicesDep,
     _admin: AdminDep,
     level: str = "",
     limit: int = Query(200, ge=1, le=1000),
 ) -> dict[str, Any]:
+    """The newest log lines, in the console's language (stored in Chinese: ``log_lines``)."""
     level = level.upper()
     if level and level not in LOG_LEVELS:
         raise Unprocessable("level must be INFO, WARNING or ERROR", param="level")
     entries = await anyio.to_thread.run_sync(_read_logs, services, level or None, limit)
+    lang = i18n.pick_language(request.cookies.get(i18n.COOKIE))
+    for entry in entries:
+        entry["message"] = in_language(entry["message"], lang)
     return {"entries": entries}
 
 

@@ -3,6 +3,7 @@ without ``/v1`` gets a hint, the key wording is true, and the console says what 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import closing
 
@@ -95,3 +96,16 @@ def test_settings_fixed_secret_does_not_invite_a_new_value(gateway: Gateway) -> 
             start = page.index('id="f-upstream_api_key"')
             field = page[start : page.index(">", start)]
             assert fixed in field and invite not in field and "disabled" in field
+
+
+def test_admin_logs_follow_console_language(gateway: Gateway) -> None:
+    client, _ = signed_in(gateway.url)
+    with closing(client):
+        client.cookies.set("picgate_lang", "en")
+        english = [e["message"] for e in client.get("/admin/api/logs").json()["entries"]]
+        client.cookies.set("picgate_lang", "zh")
+        chinese = [e["message"] for e in client.get("/admin/api/logs").json()["entries"]]
+    assert "👤 Admin account created: admin" in english
+    assert "🔐 Admin signed in: admin" in english
+    assert not any(re.search(r"[\u4e00-\u9fff]", line) for line in english)
+    assert "🔐 管理员已登录: admin" in chinese  # the stored text, as Chinese readers had it

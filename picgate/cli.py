@@ -23,7 +23,8 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=number, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Alembic narrates every start at INFO (its plugins, the SQLite DDL mode): lines that bury
     # the setup link; its warnings and errors still show, and LOG_LEVEL=DEBUG brings them back
-    logging.getLogger("alembic").setLevel(max(number, logging.WARNING))
+    quiet = number if number <= logging.DEBUG else max(number, logging.WARNING)
+    logging.getLogger("alembic").setLevel(quiet)
 
 
 class ListenError(ValueError):

@@ -48,7 +48,7 @@ def cmd_admin_unlock(args: argparse.Namespace) -> int:
     db, where = opened
     try:
         db.migrate()
-        removed = db.call(lambda s: auth.unlock(s, args.username))
+        removed = db.write(lambda s: auth.unlock(s, args.username))
     finally:
         db.dispose()
     _say_where(where)
@@ -76,7 +76,7 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
     db, where = opened
     try:
         db.migrate()
-        created = db.call(lambda s: auth.set_admin(s, username=args.username, password=password))
+        created = db.write(lambda s: auth.set_admin(s, username=args.username, password=password))
     finally:
         db.dispose()
     _say_where(where)

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(5643, ge=1, le=65535)
-    database_url: str = "sqlite+aiosqlite:///./data/db/picgate.db"
+    # the seed's sqlite+aiosqlite:/// form still works (picgate.db.engine maps it)
+    database_url: str = "sqlite:///./data/db/picgate.db"
     database_auth_token: str | None = None
     data_dir: Path = Path("./data")
     images_dir: Path | None = None

@@ -27,11 +27,12 @@ def _database() -> tuple[Database, Whereabouts] | None:
 
     try:
         settings = Settings()
+        # Database checks DATABASE_URL (DatabaseUrlError is a SettingsError): one line, no trace
+        db = Database(settings.database_url, auth_token=settings.database_auth_token)
     except (SettingsError, ValueError) as exc:
         print(f"picgate: configuration error: {exc}", file=sys.stderr)
         return None
-    where = Whereabouts.before_opening(settings.database_url)
-    return Database(settings.database_url, auth_token=settings.database_auth_token), where
+    return db, Whereabouts.before_opening(settings.database_url)
 
 
 def _say_where(where: Whereabouts) -> None:

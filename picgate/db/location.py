@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from picgate.db.engine import normalize_url, sqlite_file
+from picgate.db.engine import DatabaseUrlError, normalize_url, sqlite_file
 
 MASK = "***"
 # query parameters that carry a credential (libSQL's token, PostgreSQL's password)
@@ -26,7 +26,7 @@ def shown_url(raw: str) -> str:
     """``raw`` with any password and token replaced by ``***`` (safe to print)."""
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "(not a database URL)"
     masked = {k: MASK for k in url.query if k.lower() in SECRET_PARAMS}
     if masked:
@@ -39,7 +39,7 @@ def local_file(raw: str) -> Path | None:
     """The absolute path of the SQLite file ``raw`` names; None for remote or memory URLs."""
     try:
         file = sqlite_file(normalize_url(raw))
-    except ArgumentError:
+    except DatabaseUrlError:  # a URL PicGate refuses names no file
         return None
     return None if file is None else file.resolve()
 

@@ -15,7 +15,7 @@ import pytest
 
 import picgate
 from picgate.cli import main
-from picgate.db.location import shown_url
+from picgate.db.location import local_file, shown_url
 from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,13 +129,31 @@ def test_admin_create_in_empty_folder_says_a_database_was_created(tmp_path: Path
     proc = run_cli(tmp_path, "admin", "create", "--username", "ops", "--password", "long-pass")
     assert proc.returncode == 0, proc.stderr
     where = tmp_path / "data" / "db" / "picgate.db"
-    assert f"database: sqlite+aiosqlite:///./data/db/picgate.db ({where})" in proc.stdout
+    assert f"database: sqlite:///./data/db/picgate.db ({where})" in proc.stdout
     assert f"a new one was created at {where}" in proc.stdout
     assert "DATABASE_URL" in proc.stdout
 
     again = run_cli(tmp_path, "admin", "create", "--username", "ops", "--password", "long-pass2")
     assert again.returncode == 0, again.stderr
     assert f"({where})" in again.stdout and "new one was created" not in again.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [["create", "--username", "ops", "--password", "long-pass"], ["unlock"]]
+)
+def test_admin_commands_bad_database_url_one_line_exit_2(tmp_path: Path, args: list[str]) -> None:
+    proc = run_cli(tmp_path, "admin", *args, DATABASE_URL="mysql://u:hunter22@db/x")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "DATABASE_URL" in lines[0] and "sqlite:///" in lines[0]
+    assert "hunter22" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing created for a URL that was refused
+
+
+def test_local_file_refused_url_names_no_file() -> None:
+    assert local_file("mysql://db/x") is None and local_file("foo") is None
+    assert shown_url("foo") == "(not a database URL)"
 
 
 def test_cleanup_in_empty_folder_says_a_database_was_created(tmp_path: Path) -> None:

@@ -105,7 +105,16 @@ class Settings(BaseSettings):
     # bytes of images PicGate inlines into one upstream request from image URLs (history images,
     # edit images by URL), counted for every reference: a small request can name a big image
     # many times (picgate.gateway.inline)
-    max_inline_images_mb: int = Field(50, ge=1)
+    max_inline_images_mb: Annotated[int, Editable()] = Field(50, ge=1, le=MAX_CACHE_MB)
+    # past that cap, the newest this many history images still go at full size; older ones go
+    # downscaled, the oldest as a note (picgate.gateway.trim)
+    inline_full_images: Annotated[int, Editable()] = Field(2, ge=1, le=100)
+    # a text model (routed to the upstream) that answers Open WebUI's background tasks (title,
+    # tags, follow-ups...) sent to the image model; unset: PicGate answers them itself
+    # (picgate.gateway.tasks)
+    task_model: Annotated[str | None, Editable()] = None
+    # image models reject or ignore tools: drop tools/tool_choice before they see them
+    drop_tools_for_image_models: Annotated[bool, Editable()] = True
     # slow clients (``picgate serve``): a request head must arrive within this many seconds; a
     # body within this many plus one second per 16 KiB received (picgate.middleware)
     request_header_timeout_seconds: float = Field(30.0, gt=0)
@@ -130,6 +139,7 @@ class Settings(BaseSettings):
         "r2_public_base_url",
         "secret_key",
         "database_auth_token",
+        "task_model",
         mode="before",
     )
     @classmethod

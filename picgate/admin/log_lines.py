@@ -20,6 +20,19 @@ PHRASES: tuple[tuple[str, str], ...] = (
     ("✅ 对话图片已保存: {}...", "✅ Chat image saved: {}..."),
     ("🖼️ 历史图片已内联: {} 张", "🖼️ History images inlined: {}"),
     (
+        "🗜️ 历史图片超过 MAX_INLINE_IMAGES_MB: {} 张原图, {} 张缩小, {} 张省略",
+        "🗜️ History images over MAX_INLINE_IMAGES_MB: {} at full size, {} downscaled, {} left out",
+    ),
+    ("🧰 已去掉发给图片模型的 {}", "🧰 Removed from a request to an image model: {}"),
+    (
+        "🧩 Open WebUI 后台任务 ({}): 本地回答，未调用图片模型",
+        "🧩 Open WebUI background task ({}): answered by PicGate, the image model not called",
+    ),
+    (
+        "🧩 Open WebUI 后台任务 ({}): 转给任务模型 {}",
+        "🧩 Open WebUI background task ({}): sent to the task model {}",
+    ),
+    (
         "⚠️ 上游未按流式返回，已转换为流式输出",
         "⚠️ Upstream did not stream; its answer was streamed on",
     ),

@@ -94,6 +94,10 @@ def test_editable_marks_derived_sets_equal_the_former_lists() -> None:
         "max_local_cache_mb",
         "allow_external_image_fetch",
         "delete_r2_on_metadata_expire",
+        "max_inline_images_mb",
+        "inline_full_images",
+        "task_model",
+        "drop_tools_for_image_models",
     )
     assert SECRETS == {
         "upstream_api_key",
@@ -105,7 +109,7 @@ def test_editable_marks_derived_sets_equal_the_former_lists() -> None:
 
 def test_printable_check_editable_text_fields_refuse_control_characters() -> None:
     text_fields = [n for n in EDITABLE if Settings.model_fields[n].annotation in (str, str | None)]
-    assert len(text_fields) == 12
+    assert len(text_fields) == 13
     for name in text_fields:
         with pytest.raises(ValueError, match="control character"):
             Settings.model_validate({name: "https://a.example/x\x07y"})

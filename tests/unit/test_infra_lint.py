@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,14 +33,18 @@ def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def compose_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("PORT", "COMPOSE_FILE")}
+def compose_config(
+    path: Path, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` on ``path`` with ``env`` set and ``unset`` (and PORT) unset."""
+    dropped = ("PORT", "COMPOSE_FILE", *unset)
+    clean = {k: v for k, v in os.environ.items() if k not in dropped}
     return subprocess.run(
         [tool("docker-compose"), "-f", str(path), "config", "--format", "json"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**clean, **env},
+        env={**clean, **(env or {})},
     )
 
 
@@ -60,11 +65,28 @@ def test_compose_files_found() -> None:
     assert REPO / "infra" / "docker-compose.yml" in COMPOSE_FILES
 
 
+def required_variables(path: Path) -> dict[str, str]:
+    """A placeholder for every ``${NAME:?message}`` the file refuses to start without."""
+    names = re.findall(r"\$\{(\w+):?\?", path.read_text())
+    return {name: f"placeholder-{name.lower()}" for name in names}
+
+
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
 def test_compose_file_valid_for_compose(path: Path) -> None:
-    result = compose_config(path)
+    result = compose_config(path, required_variables(path))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["services"]
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in COMPOSE_FILES if required_variables(p)], ids=lambda p: p.name
+)
+def test_compose_required_variable_unset_refused_by_name(path: Path) -> None:
+    required = required_variables(path)
+    missing = sorted(required)[0]
+    rest = {k: v for k, v in required.items() if k != missing}
+    result = compose_config(path, rest, unset=(missing,))
+    assert result.returncode != 0 and missing in result.stderr
 
 
 def test_compose_invalid_file_fails(tmp_path: Path) -> None:
@@ -79,7 +101,7 @@ def test_compose_invalid_file_fails(tmp_path: Path) -> None:
 @pytest.mark.parametrize("port", [None, "8080"])
 def test_compose_port_mapping_and_health_follow_port(port: str | None) -> None:
     env = {"PORT": port} if port else {}
-    result = compose_config(REPO / "infra" / "docker-compose.yml", **env)
+    result = compose_config(REPO / "infra" / "docker-compose.yml", env)
     assert result.returncode == 0, result.stderr
     service = json.loads(result.stdout)["services"]["picgate"]
     expected = int(port or 5643)

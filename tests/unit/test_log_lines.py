@@ -13,6 +13,9 @@ from picgate.admin.log_lines import PHRASES, in_language
 
 PACKAGE = Path(__file__).resolve().parents[2] / "picgate"
 CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
+# a template has Chinese words; a literal of full-width punctuation alone is a joiner (which
+# in_language turns into ASCII) or a character set for strip(), not a line to translate
+WORDS = re.compile(r"[\u4e00-\u9fff]")
 
 
 def chinese_templates() -> list[tuple[str, str]]:
@@ -45,7 +48,7 @@ def chinese_templates() -> list[tuple[str, str]]:
                 )
             else:
                 continue
-            if CJK.search(text) and path.name != "log_lines.py":
+            if WORDS.search(text) and path.name != "log_lines.py":
                 found.append((f"{path.relative_to(PACKAGE.parent)}:{node.lineno}", text))
     return found
 

@@ -19,9 +19,10 @@ from picgate.keyring import KeyRing, KeyUsage
 
 
 def _ring() -> KeyRing | None:
-    db = _database()
-    if db is None:
+    opened = _database()
+    if opened is None:
         return None
+    db, _where = opened  # not printed: `--json` output is one JSON object
     db.migrate()
     return KeyRing(db)
 

@@ -65,9 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from picgate.admin.cli import register as register_admin
     from picgate.jobs.cli import register as register_jobs
+    from picgate.openwebui.cli import register as register_openwebui
 
     register_jobs(sub)
     register_admin(sub)
+    register_openwebui(sub)
 
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio.to_thread
-from sqlalchemy import Table, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from picgate.db.engine import Database
@@ -209,6 +209,20 @@ class ImageStore:
         if row is not None:
             self._remember(StoredImage(row.id, row.ext, row.mime, row.size, row.sha256))
         return row
+
+    def find_by_sha256(self, digest: str) -> StoredImage | None:
+        """An unexpired image with these bytes, the oldest first (None when there is none)."""
+        row = self.db.call(
+            lambda s: s.scalars(
+                select(Image)
+                .where(Image.sha256 == digest, Image.expired.is_(False))
+                .order_by(Image.created_at)
+                .limit(1)
+            ).first()
+        )
+        if row is None:
+            return None
+        return StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
 
     def mark_cached(self, image_id: str) -> None:
         """Record that the image has a local copy again (fetched back from the archive)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -62,7 +63,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except (SettingsError, ValueError) as exc:
         return _fail(f"configuration error: {exc}")
     try:
-        services.prepare()
+        # first-start banners go to stderr: stdout carries the report (JSON with --json)
+        with contextlib.redirect_stdout(sys.stderr):
+            services.prepare()
         current = services.config.current()
         base_url = (args.base_url or current.public_base_url or "").rstrip("/")
         if not base_url.startswith(("http://", "https://")):

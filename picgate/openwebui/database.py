@@ -10,6 +10,9 @@ Writes are short: one transaction per chat that re-reads the chat's rows, applie
 rewrite to what is there *now* (Open WebUI may have changed the chat meanwhile) and commits.
 SQLite's "database is locked" is retried with backoff, so a migration can run next to a live
 Open WebUI.
+
+Table and column names in the statements come from ``TABLES`` only (never from input); every
+value is a bound parameter.
 """
 
 from __future__ import annotations
@@ -122,7 +125,8 @@ class OpenWebUIDatabase:
         while True:
             rows = self._retrying(
                 lambda last=last: self._fetch(  # type: ignore[misc]
-                    f"SELECT id FROM chat WHERE id > {p} ORDER BY id LIMIT {int(batch)}", (last,)
+                    f"SELECT id FROM chat WHERE id > {p} ORDER BY id LIMIT {int(batch)}",  # noqa: S608
+                    (last,),
                 )
             )
             if not rows:
@@ -138,7 +142,10 @@ class OpenWebUIDatabase:
         p = self.placeholder
         columns = ", ".join(self._text(c) for c in self.columns["chat"])
         suffix = self.lock_suffix if lock else ""
-        cursor.execute(f"SELECT user_id, {columns} FROM chat WHERE id = {p}{suffix}", (chat_id,))
+        cursor.execute(
+            f"SELECT user_id, {columns} FROM chat WHERE id = {p}{suffix}",  # noqa: S608
+            (chat_id,),
+        )
         row = cursor.fetchone()
         if row is None:
             return None
@@ -151,7 +158,7 @@ class OpenWebUIDatabase:
                 continue
             columns = ", ".join(self._text(c) for c in self.columns[table])
             cursor.execute(
-                f"SELECT id, user_id, {columns} FROM {table} WHERE chat_id = {p} ORDER BY id"
+                f"SELECT id, user_id, {columns} FROM {table} WHERE chat_id = {p} ORDER BY id"  # noqa: S608
                 f"{suffix}",
                 (chat_id,),
             )
@@ -181,9 +188,12 @@ class OpenWebUIDatabase:
                 record = self._read(cursor, chat_id, lock=True)
                 changes = rewrite(record) if record is not None else []
                 for change in changes:
+                    # names only from TABLES (checked here); values always bound
+                    if change.column not in self.columns.get(change.table, ()):
+                        raise OpenWebUIError(f"{change.table}.{change.column} is not migrated")
                     key = TABLES[change.table][0]
                     cursor.execute(
-                        f"UPDATE {change.table} SET {change.column} = {self._param(change.column)}"
+                        f"UPDATE {change.table} SET {change.column} = {self._param(change.column)}"  # noqa: S608
                         f" WHERE {key} = {self.placeholder}",
                         (change.text, change.row_id),
                     )
@@ -228,7 +238,7 @@ class SQLiteDatabase(OpenWebUIDatabase):
             raise OpenWebUIError(f"no SQLite database at {path}")
         self.path = path
         # short: a locked database is retried with backoff above, without holding anything
-        self._db = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+        self._db = sqlite3.connect(path, timeout=1.0, isolation_level=None, check_same_thread=False)
 
     def _connection(self) -> sqlite3.Connection:
         return self._db

@@ -122,7 +122,9 @@ class Migration:
                     report.bytes_after += before
                     return False
         if report.dry_run:
-            report.bytes_after += sum(_size(replace_data_urls(t.text, urls)[0]) for t in record.texts)
+            report.bytes_after += sum(
+                _size(replace_data_urls(t.text, urls)[0]) for t in record.texts
+            )
             return True
         after: list[int] = []
 

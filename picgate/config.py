@@ -38,6 +38,7 @@ EDITABLE: tuple[str, ...] = (
     "max_local_cache_mb",
     "allow_external_image_fetch",
     "delete_r2_on_metadata_expire",
+    "user_daily_image_limit",
 )
 
 # Editable settings that are secrets: encrypted at rest, never sent to the browser in full.
@@ -95,6 +96,8 @@ class Settings(BaseSettings):
     max_local_cache_mb: int = Field(0, ge=0, le=MAX_CACHE_MB)
     allow_external_image_fetch: bool = False
     delete_r2_on_metadata_expire: bool = False
+    # images per user (Open WebUI's forwarded user id, else per gateway key) per UTC day; 0 = none
+    user_daily_image_limit: int = Field(0, ge=0, le=10**9)
 
     secret_key: str | None = None
     runtime_mode: RuntimeMode = "auto"

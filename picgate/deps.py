@@ -7,10 +7,14 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Request
 
+from picgate import attribution
+from picgate.attribution import ENV_KEY_NAME, Attribution
 from picgate.config import Settings
 from picgate.errors import AuthenticationFailed
+from picgate.gateway.daily_limit import check_daily_limit
 from picgate.services import Services
 
 
@@ -34,6 +38,8 @@ async def require_gateway_key(request: Request) -> Gateway:
     """The services and effective settings of an authorized ``/v1`` call (401 otherwise).
 
     One dependency that does it all: FastAPI solves every dependency of a chain on every request.
+    It also starts the request's attribution (who, which chat, which key: recorded on every
+    image the request stores) and, on POST, applies ``USER_DAILY_IMAGE_LIMIT`` (429).
     """
     services = request.app.state.services
     settings = await services.config.acurrent()
@@ -58,6 +64,13 @@ async def require_gateway_key(request: Request) -> Gateway:
             "Incorrect gateway API key (GATEWAY_API_KEY) provided. PicGate refused the call "
             "before contacting the upstream; use the key shown in the PicGate admin console.",
             code="invalid_api_key",
+        )
+    who = Attribution.from_headers(request.headers, key_name=ENV_KEY_NAME)
+    attribution.begin(who)
+    if request.method == "POST" and settings.user_daily_image_limit:
+        limit = settings.user_daily_image_limit
+        await anyio.to_thread.run_sync(
+            lambda: check_daily_limit(services.images, limit=limit, who=who)
         )
     return Gateway(services, settings)
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from picgate import attribution
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest, PicGateError
 from picgate.gateway import chat, relay
@@ -120,6 +121,7 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     body = await read_json_object(request)
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise BadRequest("'stream' must be a boolean", param="stream", code="invalid_type")
+    attribution.note_body(body)
     services.events.count("requests")
     base_url = public_base_url(request, settings)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))

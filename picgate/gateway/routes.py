@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from picgate import attribution
 from picgate.config import Settings
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import PicGateError, UnsupportedMediaType
@@ -110,6 +111,7 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
 async def images_generations(request: Request, gateway: GatewayDep) -> JSONResponse:
     services, settings = gateway.services, gateway.settings
     body = await read_json_object(request)
+    attribution.note_body(body)
     services.events.count("requests")
     reply = await images_api.generate(
         services, settings, body, base_url=public_base_url(request, settings)
@@ -156,6 +158,7 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
                     mask = await _upload_bytes(value, "mask")
         if len(images) > 1:
             field = "image[]"
+        attribution.note_body(fields)
         return await images_api.edit(
             services,
             settings,
@@ -167,6 +170,7 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
         )
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
+        attribution.note_body(body)
         # the model is checked before any image is read or fetched (edit() checks it again)
         images_api.upstream_model(settings, body.get("model"))
         load = EditImageLoader.build(

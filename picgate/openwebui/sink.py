@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from picgate.attribution import Attribution, clean_text
 from picgate.db.models import R2_UPLOADED
 from picgate.storage.image_store import ImageStore, StoredImage
 from picgate.storage.local import LocalCache, sha256_hex
@@ -63,7 +64,13 @@ class PicGateSink:
         if existing is not None and self._readable(existing, digest):
             self.reused += 1
             return self.url(existing)
-        stored = self.images.store_bytes(data, source=SOURCE)
+        # the ids come from the Open WebUI database: as untrusted as forwarded headers
+        who = Attribution(
+            user_id=clean_text(origin.user_id),
+            chat_id=clean_text(origin.chat_id),
+            message_id=clean_text(origin.message_id),
+        )
+        stored = self.images.store_bytes(data, source=SOURCE, attribution=who)
         if self.upload_now is not None and not self.upload_now(stored.id):
             raise SinkError(f"image {stored.id} could not be archived to R2")
         if not self._readable(stored, digest):

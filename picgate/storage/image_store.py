@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio.to_thread
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
+from picgate import attribution as request_attribution
+from picgate.attribution import Attribution
 from picgate.db.engine import Database
 from picgate.db.models import R2_NONE, R2_PENDING, Image
 from picgate.errors import PayloadTooLarge
@@ -110,8 +112,12 @@ class ImageStore:
         source: str,
         prompt: str | None = None,
         received: Received | None = None,
+        attribution: Attribution | None = None,
     ) -> StoredImage:
         """Store one image (synchronous; call from a worker thread).
+
+        ``attribution``: recorded on the row; by default the running request's
+        (``picgate.attribution.current()``).
 
         ``received``: ``data`` is already hashed and in a temporary file (written while the
         upstream answer arrived), which is renamed into place; if ``data`` is refused first,
@@ -150,6 +156,7 @@ class ImageStore:
             "r2_state": R2_PENDING if r2 else R2_NONE,
             "r2_attempts": 0,
             "r2_next_attempt_at": now if r2 else None,
+            **(attribution or request_attribution.current() or Attribution()).columns(),
         }
         try:
             # a Core insert: the ORM's unit of work costs twice the CPU for one new row
@@ -223,6 +230,18 @@ class ImageStore:
         if row is None:
             return None
         return StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
+
+    def count_since(
+        self, since: datetime, *, user_id: str | None = None, key_name: str | None = None
+    ) -> int:
+        """Images stored since ``since`` for one user, or through one gateway key (every user
+        of it): what ``USER_DAILY_IMAGE_LIMIT`` counts."""
+        query = select(func.count()).select_from(Image).where(Image.created_at >= since)
+        if user_id is not None:
+            query = query.where(Image.user_id == user_id)
+        else:
+            query = query.where(Image.key_name == key_name)
+        return int(self.db.call(lambda s: s.execute(query).scalar_one()))
 
     def mark_cached(self, image_id: str) -> None:
         """Record that the image has a local copy again (fetched back from the archive)."""

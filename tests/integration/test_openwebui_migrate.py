@@ -147,6 +147,22 @@ def test_migrate_fixture_moves_every_image_and_keeps_the_rest(
         ).one()
     )
     assert tuple(rows) == (DISTINCT_IMAGES, DISTINCT_IMAGES)
+    # each image records where it was found
+    found = picgate.services.db.call(
+        lambda s: sorted(
+            tuple(r)
+            for r in s.execute(
+                __import__("sqlalchemy").text(
+                    "SELECT chat_id, message_id, user_id, source FROM images WHERE chat_id = 'c-0002'"
+                )
+            )
+        )
+    )
+    user = "9b0c2f8e-0f0e-4c1b-9a55-5d6f1c0a7e11"
+    assert found == [
+        ("c-0002", "a-0002-3d4c", user, "openwebui"),
+        ("c-0002", "u-0002-1f2e", user, "openwebui"),
+    ]
 
 
 def test_migrate_chat_json_keeps_its_messages_and_ids(

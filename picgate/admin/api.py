@@ -170,9 +170,14 @@ async def images(
     sort: str = "created",
     cursor: str | None = None,
     limit: int = Query(48, ge=1, le=gallery.MAX_LIMIT),
+    user: str | None = Query(None, max_length=128),
+    chat: str | None = Query(None, max_length=128),
+    model: str | None = Query(None, max_length=128),
+    q: str | None = Query(None, max_length=200),
 ) -> dict[str, Any]:
+    filters = gallery.Filters(user_id=user, chat_id=chat, model=model, text=q)
     page = await services.db.run(
-        lambda s: gallery.list_images(s, sort=sort, cursor=cursor, limit=limit)
+        lambda s: gallery.list_images(s, sort=sort, cursor=cursor, limit=limit, filters=filters)
     )
     return {"items": page.items, "next_cursor": page.next_cursor, "total": page.total}
 

@@ -30,6 +30,29 @@ PROMPT_PREVIEW = 200
 
 
 @dataclass(frozen=True)
+class Filters:
+    """Narrow the grid: exact user, chat and model; ``text`` anywhere in the prompt."""
+
+    user_id: str | None = None
+    chat_id: str | None = None
+    model: str | None = None
+    text: str | None = None
+
+    def apply(self, query: Any) -> Any:
+        if self.user_id:
+            query = query.where(Image.user_id == self.user_id)
+        if self.chat_id:
+            query = query.where(Image.chat_id == self.chat_id)
+        if self.model:
+            query = query.where(Image.model == self.model)
+        if self.text:
+            # the user's text is a literal: % and _ match only themselves
+            escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(Image.prompt.like(f"%{escaped}%", escape="\\"))
+        return query
+
+
+@dataclass(frozen=True)
 class Page:
     items: list[dict[str, Any]]
     next_cursor: str | None
@@ -83,20 +106,33 @@ def describe(row: Image) -> dict[str, Any]:
         "r2_state": row.r2_state,
         "expired": bool(row.expired),
         "path": f"/images/{row.id}.{row.ext}",
+        "user_id": row.user_id,
+        "user_name": row.user_name,
+        "chat_id": row.chat_id,
+        "message_id": row.message_id,
+        "model": row.model,
+        "key_name": row.key_name,
     }
 
 
 def list_images(
-    session: Session, *, sort: str = "created", cursor: str | None = None, limit: int = 48
+    session: Session,
+    *,
+    sort: str = "created",
+    cursor: str | None = None,
+    limit: int = 48,
+    filters: Filters | None = None,
 ) -> Page:
-    """One page of images ordered by ``sort`` (newest/largest first)."""
+    """One page of images ordered by ``sort`` (newest/largest first), narrowed by ``filters``;
+    ``total`` counts every image the filters let through."""
+    filters = filters or Filters()
     if sort not in SORT_COLUMNS:
         raise BadRequest(
             "sort must be one of: created, accessed, size", code="invalid_value", param="sort"
         )
     limit = max(1, min(limit, MAX_LIMIT))
     column = SORT_COLUMNS[sort]
-    query = select(Image).order_by(column.desc(), Image.id.desc()).limit(limit + 1)
+    query = filters.apply(select(Image).order_by(column.desc(), Image.id.desc()).limit(limit + 1))
     if cursor:
         value, last_id = decode_cursor(cursor, sort)
         query = query.where(tuple_(column, Image.id) < tuple_(value, last_id))
@@ -107,5 +143,5 @@ def list_images(
     if more and rows:
         last = rows[-1]
         next_cursor = encode_cursor(getattr(last, column.key), last.id)
-    total = int(session.scalar(select(func.count()).select_from(Image)) or 0)
+    total = int(session.scalar(filters.apply(select(func.count()).select_from(Image))) or 0)
     return Page([describe(r) for r in rows], next_cursor, total)

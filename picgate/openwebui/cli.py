@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
     migrate.add_argument(
         "--database-url",
         required=True,
-        help="Open WebUI's database: sqlite:///path/to/webui.db, a file path, or postgresql://...",
+        help="Open WebUI's database: sqlite:///path/to/webui.db or a file path",
     )
     migrate.add_argument(
         "--base-url",

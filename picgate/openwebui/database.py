@@ -269,8 +269,10 @@ class SQLiteDatabase(OpenWebUIDatabase):
 
 
 def open_database(url: str) -> OpenWebUIDatabase:
-    """``sqlite:///path/webui.db`` (Open WebUI's own ``DATABASE_URL`` form), a plain file path,
-    or ``postgresql://user:pass@host/db``."""
+    """``sqlite:///path/webui.db`` (Open WebUI's own ``DATABASE_URL`` form) or a plain file path.
+
+    The statements are written for PostgreSQL too (``placeholder``, ``lock_suffix``), but no
+    backend for it exists yet: a ``postgresql://`` URL is refused with one line."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if not scheme:
         database: OpenWebUIDatabase = SQLiteDatabase(Path(url))
@@ -279,13 +281,13 @@ def open_database(url: str) -> OpenWebUIDatabase:
         # sqlite:///relative.db → "/relative.db"; sqlite:////abs.db → "//abs.db"
         database = SQLiteDatabase(Path(path[1:] if path.startswith("/") else path))
     elif scheme.startswith("postgres"):
-        from picgate.openwebui.postgres import PostgresDatabase
-
-        database = PostgresDatabase(url)
+        raise OpenWebUIError(
+            "PostgreSQL Open WebUI databases are not supported yet; only SQLite (webui.db)"
+        )
     else:
         raise OpenWebUIError(
             f"unsupported --database-url scheme {scheme!r}: use sqlite:///path/to/webui.db, "
-            "a file path, or postgresql://..."
+            "or a file path"
         )
     database.inspect()
     return database

@@ -119,3 +119,38 @@ def test_console_image_filters_narrow_the_grid(made: Gateway) -> None:
         assert ids(q="%")[0] == 0  # a literal, not a wildcard
     finally:
         client.close()
+
+
+def test_dashboard_counts_images_per_user_and_escapes_names(
+    made: Gateway, upstream: StubUpstream
+) -> None:
+    hostile = {
+        **OWUI_HEADERS,
+        "X-OpenWebUI-User-Id": "u3",
+        "X-OpenWebUI-User-Name": "<script>x</script>",
+    }
+    reply = httpx.post(
+        made.url + "/v1/images/generations",
+        json={"prompt": "p"},
+        headers={**made.headers, **hostile},
+        timeout=30,
+    )
+    assert reply.status_code == 200
+    client, _csrf = signed_in(made.url)
+    try:
+        per_user = client.get("/admin/api/stats").json()["per_user"]
+        page = client.get("/admin").text
+    finally:
+        client.close()
+    assert per_user == [
+        {
+            "user_id": OWUI_HEADERS["X-OpenWebUI-User-Id"],
+            "user_name": "张三 Zhang",
+            "today": 3,
+            "total": 3,
+        },
+        {"user_id": "u2", "user_name": "张三 Zhang", "today": 1, "total": 1},
+        {"user_id": "u3", "user_name": "<script>x</script>", "today": 1, "total": 1},
+    ]
+    assert "<script>x</script>" not in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page

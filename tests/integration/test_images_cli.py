@@ -13,7 +13,7 @@ import pytest
 
 from picgate.cli import main
 from tests.conftest import GATEWAY_KEY, Gateway
-from tests.integration.test_attribution import OWUI_HEADERS
+from tests.integration.test_openwebui_headers import OWUI_HEADERS
 from tests.support.admin import signed_in
 from tests.support.upstream import StubUpstream
 

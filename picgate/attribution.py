@@ -7,12 +7,11 @@ text: each value is URL-unquoted where Open WebUI quotes it, stripped of control
 non-printable characters, and capped (``MAX_CHARS``); an empty result is None. The console
 escapes it like any other text (Jinja autoescape, ``textContent`` in scripts).
 
-The ``/v1`` auth dependency starts a request's attribution (``begin``) from the headers and
-the name of the gateway key used; the routes add the body's ``model`` and ``user``
-(``note_body``). While the request runs, ``current()`` returns it, also in the worker threads
-the image store writes from (anyio copies the context), so every image saved for the request
-carries it. Code that saves images outside a request (the Open WebUI migration) passes an
-``Attribution`` explicitly.
+The ``/v1`` auth dependency reads a request's ``Attribution`` from the headers and the name of
+the gateway key used (``Gateway.who``); the route adds the body's ``model`` and ``user``
+(``with_body``) and passes it to the gateway function, which records it on every image it saves
+(``origin``: the row's ``ImageOrigin``). Code that saves images outside a request (the Open
+WebUI migration) builds its ``ImageOrigin`` itself, with ``clean_text`` on what it found.
 """
 
 from __future__ import annotations
@@ -20,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from collections.abc import Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
+
+from picgate.library.records import ImageOrigin
 
 MAX_CHARS = 128
 # the name recorded for the one gateway key of GATEWAY_API_KEY (named keys record their name)
@@ -78,16 +78,18 @@ class Attribution:
             changes["user_id"] = clean_text(body.get("user")) or self.user_id
         return dataclasses.replace(self, **changes)
 
-    def columns(self) -> dict[str, str | None]:
-        """The image row's attribution columns."""
-        return {
-            "user_id": self.user_id,
-            "user_name": self.user_name,
-            "chat_id": self.chat_id,
-            "message_id": self.message_id,
-            "model": self.model,
-            "key_name": self.key_name,
-        }
+    def origin(self, source: str, prompt: str | None) -> ImageOrigin:
+        """The ``ImageOrigin`` of an image this request stores from ``source``."""
+        return ImageOrigin(
+            source,
+            prompt,
+            user_id=self.user_id,
+            user_name=self.user_name,
+            chat_id=self.chat_id,
+            message_id=self.message_id,
+            model=self.model,
+            key_name=self.key_name,
+        )
 
     def limit_subject(self) -> tuple[str, str] | None:
         """What ``USER_DAILY_IMAGE_LIMIT`` counts for: the forwarded user, else the key."""
@@ -96,21 +98,3 @@ class Attribution:
         if self.key_name:
             return ("key", self.key_name)
         return None
-
-
-_current: ContextVar[Attribution | None] = ContextVar("picgate_attribution", default=None)
-
-
-def begin(attribution: Attribution) -> None:
-    _current.set(attribution)
-
-
-def current() -> Attribution | None:
-    return _current.get()
-
-
-def note_body(body: Mapping[str, Any]) -> None:
-    """Add a request body's ``model``/``user`` to the running request's attribution."""
-    running = _current.get()
-    if running is not None:
-        _current.set(running.with_body(body))

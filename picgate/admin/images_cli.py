@@ -54,17 +54,16 @@ def _services() -> Any:
 
 
 def _rows(services: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from picgate.admin import gallery
+    from picgate.library.gallery import MAX_LIMIT
+    from picgate.library.records import ImageFilter
 
-    filters = gallery.Filters(user_id=args.user, chat_id=args.chat, model=args.model)
+    narrow = ImageFilter(user_id=args.user, chat_id=args.chat, model=args.model)
     wanted = max(1, min(args.limit, MAX_LIST))
     rows: list[dict[str, Any]] = []
     cursor: str | None = None
     while len(rows) < wanted:
-        batch = min(gallery.MAX_LIMIT, wanted - len(rows))
-        page = services.db.call(
-            lambda s, c=cursor, n=batch: gallery.list_images(s, cursor=c, limit=n, filters=filters)
-        )
+        batch = min(MAX_LIMIT, wanted - len(rows))
+        page = services.library.list_sync(cursor=cursor, limit=batch, narrow=narrow)
         rows.extend(page.items)
         cursor = page.next_cursor
         if cursor is None:
@@ -112,18 +111,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from picgate.db.models import Image
-    from picgate.storage.operations import delete_images
-
     services = _services()
     if services is None:
         return 2
     try:
-        ids = services.db.call(
-            lambda s: list(s.scalars(select(Image.id).where(Image.chat_id == args.chat)))
-        )
+        library = services.library
+        ids = library.rows.ids_of_chat(args.chat)
         if not ids:
             print(f"picgate: no images of chat {args.chat!r}")
             return 0
@@ -131,17 +124,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if not args.yes and not _confirm("Delete them everywhere? [y/N] "):
             print("picgate: nothing deleted", file=sys.stderr)
             return 2
-        counts = delete_images(
-            ids,
-            db=services.db,
-            cache=services.cache,
-            images=services.images,
-            archive=services.archive,
-            events=services.events,
-            local=True,
-            remote=True,
-            forget=True,
-        )
+        counts = library.actions.delete_images(ids, local=True, remote=True, forget=True)
         services.events.flush()
     finally:
         asyncio.run(services.stop())

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from picgate.attribution import Attribution
 from picgate.errors import RateLimited
-from picgate.storage.image_store import ImageStore
+from picgate.library.rows import ImageRows
 
 
 def next_reset(now: datetime) -> datetime:
@@ -23,7 +23,7 @@ def next_reset(now: datetime) -> datetime:
 
 
 def check_daily_limit(
-    images: ImageStore, *, limit: int, who: Attribution, now: datetime | None = None
+    rows: ImageRows, *, limit: int, who: Attribution, now: datetime | None = None
 ) -> None:
     """Raise RateLimited when ``who`` has made ``limit`` images today (0: no limit)."""
     subject = who.limit_subject()
@@ -33,9 +33,9 @@ def check_daily_limit(
     today = datetime(now.year, now.month, now.day)
     kind, name = subject
     if kind == "user":
-        made = images.count_since(today, user_id=name)
+        made = rows.count_since(today, user_id=name)
     else:
-        made = images.count_since(today, key_name=name)
+        made = rows.count_since(today, key_name=name)
     if made < limit:
         return
     reset = next_reset(now)

@@ -94,13 +94,7 @@ def _run(args: argparse.Namespace, services: Any, database: Any, base_url: str, 
     from picgate.openwebui.migration import Migration
     from picgate.openwebui.sink import PicGateSink
 
-    archive_first = services.serverless and services.archive.configured()
-    sink = PicGateSink(
-        images=services.images,
-        cache=services.cache,
-        base_url=base_url,
-        upload_now=services.uploads.upload_now if archive_first else None,
-    )
+    sink = PicGateSink(library=services.library, base_url=base_url)
     progress = _ProgressBar() if sys.stderr.isatty() else None
     migration = Migration(
         database=database,

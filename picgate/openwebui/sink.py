@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from picgate.attribution import Attribution, clean_text
+from picgate.attribution import clean_text
 from picgate.db.models import R2_UPLOADED
-from picgate.storage.image_store import ImageStore, StoredImage
-from picgate.storage.local import LocalCache, sha256_hex
+from picgate.errors import StorageUnavailable
+from picgate.library.library import ImageLibrary
+from picgate.library.records import ImageOrigin, StoredImage
+from picgate.storage.local import sha256_hex
 
 SOURCE = "openwebui"
 
@@ -34,24 +35,15 @@ class ImageSink(Protocol):
 
 
 class PicGateSink:
-    """Stores through ``ImageStore``; an image already stored (same sha256) is used again.
+    """Stores through ``ImageLibrary``; an image already stored (same sha256) is used again.
 
-    ``upload_now``: when given (serverless, where the local copy is a temporary cache), every
-    new image must be in the archive before its URL is handed out.
+    Serverless with R2 (where the local copy is a temporary cache), the library archives every
+    new image before ``save`` returns; when it cannot, the image's chat stays as it is.
     """
 
-    def __init__(
-        self,
-        *,
-        images: ImageStore,
-        cache: LocalCache,
-        base_url: str,
-        upload_now: Callable[[str], bool] | None = None,
-    ) -> None:
-        self.images = images
-        self.cache = cache
+    def __init__(self, *, library: ImageLibrary, base_url: str) -> None:
+        self.library = library
         self.base_url = base_url.rstrip("/")
-        self.upload_now = upload_now
         self.stored = 0
         self.reused = 0
 
@@ -60,19 +52,21 @@ class PicGateSink:
 
     def keep(self, data: bytes, origin: Origin) -> str:
         digest = sha256_hex(data)
-        existing = self.images.find_by_sha256(digest)
+        existing = self.library.rows.find_by_sha256(digest)
         if existing is not None and self._readable(existing, digest):
             self.reused += 1
             return self.url(existing)
         # the ids come from the Open WebUI database: as untrusted as forwarded headers
-        who = Attribution(
+        found = ImageOrigin(
+            SOURCE,
             user_id=clean_text(origin.user_id),
             chat_id=clean_text(origin.chat_id),
             message_id=clean_text(origin.message_id),
         )
-        stored = self.images.store_bytes(data, source=SOURCE, attribution=who)
-        if self.upload_now is not None and not self.upload_now(stored.id):
-            raise SinkError(f"image {stored.id} could not be archived to R2")
+        try:
+            stored = self.library.save_sync(data, origin=found)
+        except StorageUnavailable as exc:  # serverless: stored, but not archived to R2
+            raise SinkError(f"image could not be archived to R2: {exc}") from exc
         if not self._readable(stored, digest):
             raise SinkError(f"image {stored.id} did not read back with the bytes stored")
         self.stored += 1
@@ -80,11 +74,11 @@ class PicGateSink:
 
     def _readable(self, image: StoredImage, digest: str) -> bool:
         """The row names these bytes and a copy of them exists (local, or uploaded to R2)."""
-        row = self.images.load_row(image.id)
+        row = self.library.get(image.id)
         if row is None or row.sha256 != digest or row.expired:
             return False
         if row.local:
-            data = self.cache.read(image.id, image.ext)
+            data = self.library.cache.read(image.id, image.ext)
             if data is not None and sha256_hex(data) == digest:
                 return True
         return row.r2_state == R2_UPLOADED

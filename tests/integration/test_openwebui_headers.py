@@ -26,7 +26,7 @@ OWUI_HEADERS = {
 
 def _rows(gateway: Gateway) -> list[Image]:
     return list(
-        gateway.services.db.call(
+        gateway.services.db.read(
             lambda s: list(s.scalars(select(Image).order_by(Image.created_at)))
         )
     )

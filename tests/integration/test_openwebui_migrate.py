@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 
 from picgate.cli import main
 from picgate.openwebui.database import SQLiteDatabase, StoredText
@@ -141,18 +142,18 @@ def test_migrate_fixture_moves_every_image_and_keeps_the_rest(
                 assert served.status_code == 200, path
                 assert served.content == decode_base64(data_url)
     # the same image twice is stored once
-    rows = picgate.services.db.call(
+    rows = picgate.services.db.read(
         lambda s: s.execute(
-            __import__("sqlalchemy").text("SELECT COUNT(*), COUNT(DISTINCT sha256) FROM images")
+            sqlalchemy.text("SELECT COUNT(*), COUNT(DISTINCT sha256) FROM images")
         ).one()
     )
     assert tuple(rows) == (DISTINCT_IMAGES, DISTINCT_IMAGES)
     # each image records where it was found
-    found = picgate.services.db.call(
+    found = picgate.services.db.read(
         lambda s: sorted(
             tuple(r)
             for r in s.execute(
-                __import__("sqlalchemy").text(
+                sqlalchemy.text(
                     "SELECT chat_id, message_id, user_id, source FROM images WHERE chat_id = 'c-0002'"
                 )
             )
@@ -208,8 +209,8 @@ def test_migrate_dry_run_changes_nothing_and_reports(
     assert report["chats_rewritten"] == 0
     assert report["bytes_after"] < report["bytes_before"]
     assert webui_db.read_bytes() == original
-    count = picgate.services.db.call(
-        lambda s: s.execute(__import__("sqlalchemy").text("SELECT COUNT(*) FROM images")).scalar()
+    count = picgate.services.db.read(
+        lambda s: s.execute(sqlalchemy.text("SELECT COUNT(*) FROM images")).scalar()
     )
     assert count == 0
 
@@ -317,9 +318,9 @@ def test_migrate_killed_mid_transaction_leaves_chats_whole_and_rerun_completes(
     assert set(dict(_chat_states(webui_db, original)).values()) <= {"new", "old"}
     assert not any("data:image" in t for t in _texts(webui_db).values())
     # images the killed run stored for the held chat were found again, not stored twice
-    count = picgate.services.db.call(
+    count = picgate.services.db.read(
         lambda s: s.execute(
-            __import__("sqlalchemy").text("SELECT COUNT(DISTINCT sha256) - COUNT(*) FROM images")
+            sqlalchemy.text("SELECT COUNT(DISTINCT sha256) - COUNT(*) FROM images")
         ).scalar()
     )
     assert count == 0

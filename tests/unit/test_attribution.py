@@ -34,3 +34,23 @@ def test_attribution_without_forwarded_user_limits_the_key() -> None:
 def test_next_reset_is_the_next_utc_midnight() -> None:
     assert next_reset(datetime(2026, 2, 28, 23, 59, 59)) == datetime(2026, 3, 1)
     assert next_reset(datetime(2026, 3, 1, 0, 0, 0)) == datetime(2026, 3, 2)
+
+
+def test_attribution_origin_fills_every_attribution_column() -> None:
+    headers = {
+        "x-openwebui-user-id": "u1",
+        "x-openwebui-user-name": "%E5%BC%A0",
+        "x-openwebui-chat-id": "c1",
+        "x-openwebui-message-id": "m1",
+    }
+    who = Attribution.from_headers(headers, key_name="env").with_body({"model": "gpt-image-1"})
+    assert who.origin("generations", "a fox").columns() == {
+        "source": "generations",
+        "prompt": "a fox",
+        "user_id": "u1",
+        "user_name": "张",
+        "chat_id": "c1",
+        "message_id": "m1",
+        "model": "gpt-image-1",
+        "key_name": "env",
+    }

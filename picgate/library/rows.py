@@ -1,9 +1,10 @@
 """Every statement on the ``images`` table, and the process's memory of its rows.
 
 ``ImageRows(db)`` is the one place that reads or writes an image row: storing, serving, the R2
-upload queue, eviction, retention, repair, the console's actions, the statistics and the grid
-all call it. Each method is one transaction through ``Database.read`` or ``Database.write``, so
-which statements write (and take the single-writer lock) is decided here and nowhere else.
+upload queue, eviction, retention, repair, the console's actions, the statistics, the grid and
+its filters, the daily image limit and the Open WebUI migration all call it. Each method is one
+transaction through ``Database.read`` or ``Database.write``, so which statements write (and
+take the single-writer lock) is decided here and nowhere else.
 
 It also remembers recent rows (a small LRU of ``StoredImage``, so serving a hot image is no
 database read) and buffers access times, written in batches (so serving is not a write).

@@ -16,13 +16,16 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio.to_thread
 import httpx
 from fastapi import Depends, Request
 
+from picgate.attribution import ENV_KEY_NAME, Attribution
 from picgate.config import Settings
 from picgate.db.engine import Database
 from picgate.errors import AuthenticationFailed
 from picgate.eventlog import EventLog
+from picgate.gateway.daily_limit import check_daily_limit
 from picgate.gateway.parts import GatewayParts
 from picgate.gateway.upstream import Upstream
 from picgate.keyring import KeyRing
@@ -85,8 +88,6 @@ KeyRingDep = Annotated[KeyRing, Depends(get_keys)]
 # the MODELS_FILE's table; None without a models file
 ModelsDep = Annotated[ModelTable | None, Depends(get_models)]
 
-DEFAULT_KEY_NAME = "default"  # the name GATEWAY_API_KEY goes by in usage and image rows
-
 
 def keys_match(given: str, expected: str) -> bool:
     """Constant-time comparison that does not leak the expected key's length."""
@@ -98,12 +99,14 @@ def keys_match(given: str, expected: str) -> bool:
 @dataclass(frozen=True)
 class Gateway:
     """What an authorized ``/v1`` call works with: the effective settings, the components the
-    gateway's functions take, the name of the gateway key it was made with (``key_name``;
-    ``"default"`` for GATEWAY_API_KEY), and the models file's table (None without one)."""
+    gateway's functions take, who is asking (from the headers and the key: ``who.key_name`` is
+    the named key's name, ``"env"`` for GATEWAY_API_KEY; the route adds the body's
+    ``model``/``user`` and passes it on, so every image it saves records it), and the models
+    file's table (None without one)."""
 
     settings: Settings
     parts: GatewayParts
-    key_name: str = DEFAULT_KEY_NAME
+    who: Attribution
     models: ModelTable | None = None
 
     def route(self, model: Any) -> ModelRoute:
@@ -119,6 +122,8 @@ async def require_gateway_key(request: Request) -> Gateway:
     429 for a named key over its daily image limit).
 
     One dependency that does it all: FastAPI solves every dependency of a chain on every request.
+    It also reads the request's attribution (who, which chat, which key) and, on POST, applies
+    ``USER_DAILY_IMAGE_LIMIT`` (429).
     """
     container = _container(request)
     settings = await container.config.acurrent()
@@ -136,40 +141,45 @@ async def require_gateway_key(request: Request) -> Gateway:
             code="missing_api_key",
         )
     keys: KeyRing = container.keys
-    if expected and keys_match(token, expected):
-        return _gateway(container, settings, key_id=None, key_name=DEFAULT_KEY_NAME)
-    # a named key (picgate keys create): looked up by its hash, counted, limited
-    named = await keys.aadmit(token)
-    if named is not None and named.revoked:
-        raise AuthenticationFailed(
-            f"The gateway key {named.name!r} ({named.prefix}...) was revoked; ask the PicGate "
-            "admin for a new key.",
-            code="revoked_api_key",
+    key_id: str | None = None
+    key_name = ENV_KEY_NAME  # what the one key of GATEWAY_API_KEY is recorded as
+    if not (expected and keys_match(token, expected)):
+        # a named key (picgate keys create): looked up by its hash, counted, limited
+        named = await keys.aadmit(token)
+        if named is not None and named.revoked:
+            raise AuthenticationFailed(
+                f"The gateway key {named.name!r} ({named.prefix}...) was revoked; ask the "
+                "PicGate admin for a new key.",
+                code="revoked_api_key",
+            )
+        if named is None:
+            if not expected:
+                raise _no_key_set()
+            raise AuthenticationFailed(
+                "Incorrect gateway API key (GATEWAY_API_KEY) provided. PicGate refused the call "
+                "before contacting the upstream. Use PicGate's gateway key: it is printed once "
+                "when PicGate generates it (the start banner) and shown once on the admin "
+                "dashboard, then only masked; if it is lost, generate a new one in the admin "
+                "console (/admin → settings) or set GATEWAY_API_KEY.",
+                code="invalid_api_key",
+            )
+        key_id, key_name = named.id, named.name
+    who = Attribution.from_headers(request.headers, key_name=key_name)
+    library: ImageLibrary = container.library
+    if request.method == "POST" and settings.user_daily_image_limit:
+        limit = settings.user_daily_image_limit
+        await anyio.to_thread.run_sync(
+            lambda: check_daily_limit(library.rows, limit=limit, who=who)
         )
-    if named is None:
-        if not expected:
-            raise _no_key_set()
-        raise AuthenticationFailed(
-            "Incorrect gateway API key (GATEWAY_API_KEY) provided. PicGate refused the call "
-            "before contacting the upstream. Use PicGate's gateway key: it is printed once when "
-            "PicGate generates it (the start banner) and shown once on the admin dashboard, then "
-            "only masked; if it is lost, generate a new one in the admin console (/admin → "
-            "settings) or set GATEWAY_API_KEY.",
-            code="invalid_api_key",
-        )
-    return _gateway(container, settings, key_id=named.id, key_name=named.name)
-
-
-def _gateway(container: Any, settings: Settings, *, key_id: str | None, key_name: str) -> Gateway:
     parts = GatewayParts(
-        library=container.library,
+        library=library,
         events=container.events,
         upstream=container.upstream,
         http=container.http,
-        keys=container.keys,
+        keys=keys,
         key_id=key_id,
     )
-    return Gateway(settings, parts, key_name=key_name, models=container.models)
+    return Gateway(settings, parts, who, models=container.models)
 
 
 def _no_key_set() -> AuthenticationFailed:

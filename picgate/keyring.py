@@ -8,8 +8,8 @@ day; the ``*_today`` counts restart when a call or an image arrives on a new day
 
 A key with a daily image limit (``daily_images``) that has stored that many images today is
 refused with 429 ``rate_limit_exceeded`` until 00:00 UTC. A revoked key is refused with 401.
-The environment's (or console's) ``GATEWAY_API_KEY`` is not kept here: it stays valid as the
-key named ``default`` (``picgate.deps``).
+The environment's (or console's) ``GATEWAY_API_KEY`` is not kept here: it stays valid, and its
+images record the key name ``env`` (``picgate.attribution.ENV_KEY_NAME``).
 """
 
 from __future__ import annotations
@@ -27,20 +27,15 @@ from sqlalchemy.orm import Session
 
 from picgate.db.engine import Database
 from picgate.db.models import GatewayKey
-from picgate.errors import BadRequest, PicGateError
+from picgate.errors import BadRequest, RateLimited
 
 __all__ = ["KeyRing", "KeyUsage", "RateLimited", "hash_key"]
 
 KEY_PREFIX = "pg-"
 PREFIX_SHOWN = 10
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-RESERVED_NAMES = frozenset({"default"})  # GATEWAY_API_KEY's name
-
-
-class RateLimited(PicGateError):
-    status_code = 429
-    error_type = "rate_limit_exceeded"
-    code = "rate_limit_exceeded"
+# "env": what GATEWAY_API_KEY's images record (picgate.attribution.ENV_KEY_NAME, a layer above)
+RESERVED_NAMES = frozenset({"env", "default"})
 
 
 def hash_key(key: str) -> str:
@@ -114,7 +109,7 @@ def check_name(name: str) -> str:
         )
     if name.lower() in RESERVED_NAMES:
         raise BadRequest(
-            f"'{name}' is the name of GATEWAY_API_KEY; choose another name.",
+            f"'{name}' is reserved for GATEWAY_API_KEY; choose another name.",
             param="name",
             code="invalid_key_name",
         )

@@ -143,6 +143,7 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
         # a text model at the same upstream answers it: a chat call, never a drawing
         body = {**body, "model": settings.task_model}
     base_url = public_base_url(request, gateway.settings, parts.events)
+    who = gateway.who.with_body(body)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))
     # an image-only model: the turn is an Images API call
     drawn = route.api == "images" and task is None
@@ -150,9 +151,13 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
         body = route.with_params(body)
     if body.get("stream") is True:
         opening: asyncio.Future[OpenedStream] = asyncio.ensure_future(
-            image_chat.open_stream(parts, route, body, base_url=base_url, own_bases=own_bases)
+            image_chat.open_stream(
+                parts, route, body, base_url=base_url, own_bases=own_bases, who=who
+            )
             if drawn
-            else chat.open_stream(parts, settings, body, base_url=base_url, own_bases=own_bases)
+            else chat.open_stream(
+                parts, settings, body, base_url=base_url, own_bases=own_bases, who=who
+            )
         )
         try:
             await asyncio.wait({opening}, timeout=settings.stream_keepalive_seconds)
@@ -168,8 +173,10 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
         return EventStreamResponse(pending.events(), on_close=pending.aclose)
     if drawn:
         answer = await image_chat.complete(
-            parts, route, body, base_url=base_url, own_bases=own_bases
+            parts, route, body, base_url=base_url, own_bases=own_bases, who=who
         )
     else:
-        answer = await chat.complete(parts, settings, body, base_url=base_url, own_bases=own_bases)
+        answer = await chat.complete(
+            parts, settings, body, base_url=base_url, own_bases=own_bases, who=who
+        )
     return JSONResponse(answer)

@@ -9,7 +9,7 @@ call, and its answer a chat completion whose message is the markdown image.
   answer). Markdown naming another host is text, as in the rest of the chat path.
 - Options (``size``, ``quality``, ``n``, ``background`` ...) come from the model's ``params:``
   only, never guessed from the text. ``response_format`` is PicGate's to choose: ``url``.
-- The images are stored as every Images API image is; the answer links them
+- The images are stored as every Images API image is (recording the request's ``who``); the answer links them
   (``![image]({PUBLIC_BASE_URL}/images/{id}.{ext})``). ``usage`` is passed on when the upstream
   gives it.
 - Streaming: the route sends keep-alive comments while the upstream draws (the same
@@ -29,6 +29,7 @@ from typing import Any
 
 import pybase64
 
+from picgate.attribution import Attribution
 from picgate.errors import BadRequest
 from picgate.gateway import images_api
 from picgate.gateway.history import messages_of, own_image_id
@@ -125,6 +126,7 @@ async def _draw(
     *,
     base_url: str,
     own_bases: Sequence[str],
+    who: Attribution,
 ) -> dict[str, Any]:
     """The Images API reply for the chat turn in ``body`` (generation or edit)."""
     turn = image_turn(body, own_bases)
@@ -132,7 +134,7 @@ async def _draw(
     options = _options(route)
     if turn.image is None:
         request = {**options, "prompt": turn.prompt, "model": route.name}
-        return await images_api.generate(parts, settings, request, base_url=base_url)
+        return await images_api.generate(parts, settings, request, base_url=base_url, who=who)
     load = EditImageLoader.build(
         library=parts.library,
         http=parts.http,
@@ -151,6 +153,7 @@ async def _draw(
         mask=None,
         image_field="image",
         base_url=base_url,
+        who=who,
     )
 
 
@@ -210,9 +213,10 @@ async def complete(
     *,
     base_url: str,
     own_bases: Sequence[str],
+    who: Attribution,
 ) -> dict[str, Any]:
     """A non-streaming chat completion whose message is the drawn image."""
-    reply = await _draw(parts, route, body, base_url=base_url, own_bases=own_bases)
+    reply = await _draw(parts, route, body, base_url=base_url, own_bases=own_bases, who=who)
     return _Answer(route, reply).completion()
 
 
@@ -243,7 +247,8 @@ async def open_stream(
     *,
     base_url: str,
     own_bases: Sequence[str],
+    who: Attribution,
 ) -> ImageChatStream:
     """Draw the image (the route sends keep-alives meanwhile), then the stream that tells it."""
-    reply = await _draw(parts, route, body, base_url=base_url, own_bases=own_bases)
+    reply = await _draw(parts, route, body, base_url=base_url, own_bases=own_bases, who=who)
     return ImageChatStream(_Answer(route, reply))

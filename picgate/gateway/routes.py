@@ -131,6 +131,7 @@ async def images_generations(request: Request, gateway: GatewayDep) -> JSONRespo
         route.settings,
         route.with_params(body),
         base_url=public_base_url(request, gateway.settings, events),
+        who=gateway.who.with_body(body),
     )
     return JSONResponse(reply)
 
@@ -185,6 +186,7 @@ async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
             mask=mask,
             image_field=field,
             base_url=base_url,
+            who=gateway.who.with_body(fields),
         )
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
@@ -207,6 +209,7 @@ async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
             mask=mask,
             image_field=field,
             base_url=base_url,
+            who=gateway.who.with_body(body),
         )
     raise UnsupportedMediaType(
         "Send the edit as multipart/form-data (or JSON with base64 images).",

@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from picgate.cli import main
+from picgate.db.models import Image
 from tests.conftest import Gateway
 from tests.support.upstream import StubUpstream
 
@@ -55,6 +57,10 @@ def _generate(gateway: Gateway, key: str) -> httpx.Response:
     )
 
 
+def _key_names(gateway: Gateway) -> list[str | None]:
+    return list(gateway.services.db.read(lambda s: s.scalars(select(Image.key_name)).all()))
+
+
 def test_keys_create_use_list_limit_revoke(
     keyed_gateway: Gateway, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -64,7 +70,10 @@ def test_keys_create_use_list_limit_revoke(
     assert created["prefix"] == key[:10]
     assert created["daily_images"] == 1
 
-    assert _generate(keyed_gateway, key).status_code == 200
+    first = _generate(keyed_gateway, key)
+    assert first.status_code == 200
+    # the image row records the named key it was made with
+    assert _key_names(keyed_gateway) == ["alice"]
     usage = _usage(capsys, "alice")
     assert (usage["requests_today"], usage["images_today"]) == (1, 1)
     assert (usage["requests_total"], usage["images_total"]) == (1, 1)
@@ -77,8 +86,9 @@ def test_keys_create_use_list_limit_revoke(
     assert error["code"] == "rate_limit_exceeded"
     assert "resets at 00:00 UTC" in error["message"]
     assert int(limited.headers["retry-after"]) > 0
-    # the env's key is not limited by alice's quota
+    # the env's key is not limited by alice's quota; its images record "env"
     assert _generate(keyed_gateway, keyed_gateway.key).status_code == 200
+    assert sorted(str(name) for name in _key_names(keyed_gateway)) == ["alice", "env"]
 
     code, out, _ = _cli(capsys, "keys", "revoke", "alice")
     assert code == 0 and "revoked" in out
@@ -108,8 +118,9 @@ def test_keys_create_taken_or_bad_name_is_refused(
     _create(capsys, "carol")
     code, _, err = _cli(capsys, "keys", "create", "--name", "carol")
     assert code == 2 and "exists already" in err
-    code, _, err = _cli(capsys, "keys", "create", "--name", "default")
-    assert code == 2 and "GATEWAY_API_KEY" in err
+    for reserved in ("env", "default"):  # "env" is what GATEWAY_API_KEY's images record
+        code, _, err = _cli(capsys, "keys", "create", "--name", reserved)
+        assert code == 2 and "GATEWAY_API_KEY" in err
     code, _, err = _cli(capsys, "keys", "create", "--name", "bad name!")
     assert code == 2 and "key name" in err
 

@@ -3,7 +3,7 @@
 Components (each takes only the others it uses): ``db`` (Database), ``events`` (EventLog),
 ``cache`` (LocalCache), ``config`` (ConfigService, built on first use), ``upstream``,
 ``archive`` (the R2 store), ``images`` (ImageStore), ``uploads`` (UploadQueue), ``serving``
-(ImageServing), ``cleanup`` (the cleanup job). Routes receive the container through ``deps``;
+(ImageServing), ``variants`` (VariantCache), ``cleanup`` (the cleanup job). Routes receive the container through ``deps``;
 the domain, storage and jobs modules never import it.
 
 Building does no I/O. ``prepare()`` (synchronous) makes folders, migrates the database and
@@ -28,6 +28,7 @@ from picgate.errors import StorageUnavailable
 from picgate.eventlog import EventLog
 from picgate.gateway.upstream import Upstream
 from picgate.images.serving import ImageServing
+from picgate.images.variant_cache import VariantCache
 from picgate.jobs.cleanup import Cleanup
 from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler
@@ -84,6 +85,7 @@ class Services:
             events=self.events,
             serverless=self.serverless,
         )
+        self.variants = VariantCache(serving=self.serving, cache=self.cache)
         self.cleanup = Cleanup(
             db=self.db,
             events=self.events,

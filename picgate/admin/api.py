@@ -10,19 +10,17 @@ from typing import Any, Literal
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
 
-from picgate.admin import backend, gallery, settings_form, thumbnails
+from picgate.admin import backend, gallery, settings_form
 from picgate.admin.guard import AdminDep, CsrfAdminDep
 from picgate.admin.rendering import AdminRoute
-from picgate.db.models import Image, LogEntry
+from picgate.db.models import LogEntry
 from picgate.deps import ServicesDep
-from picgate.errors import Gone, NotConfigured, NotFound, Unprocessable, UpstreamError
+from picgate.errors import NotConfigured, NotFound, Unprocessable, UpstreamError
 from picgate.services import Services
 from picgate.settings_store import generate_api_key, mask
-from picgate.storage.image_store import StoredImage
 
 router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
 
@@ -184,44 +182,8 @@ async def delete_images(
     flags = DELETE_MODES[body.mode]
     ids = list(dict.fromkeys(body.ids))
     result = await backend.delete_images(services, ids, **flags)
-    if flags["local"]:
-        root = thumbnails.thumbs_dir(services.cache.root)
-        for image_id in ids:
-            try:
-                thumbnails.drop_thumbnail(root, image_id)
-            except ValueError:  # not an id at all: nothing was stored under it
-                continue
     await anyio.to_thread.run_sync(services.events.flush)
     return {"ok": True, "mode": body.mode, "result": backend.plain(result)}
-
-
-async def _image_bytes(services: Services, row: Image) -> bytes:
-    data = await anyio.to_thread.run_sync(services.cache.read, row.id, row.ext)
-    if data is None:
-        image = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
-        data = await services.serving.fetch_bytes(image)
-    if data is None:
-        raise Gone("This image is no longer stored anywhere.")
-    return data
-
-
-@router.get("/images/{image_id}/thumb")
-async def thumbnail(image_id: str, services: ServicesDep, _admin: AdminDep) -> Response:
-    root = thumbnails.thumbs_dir(services.cache.root)
-    try:
-        cached = await anyio.to_thread.run_sync(thumbnails.cached_thumbnail, root, image_id)
-    except ValueError as exc:
-        raise NotFound("No such image.") from exc
-    if cached is None:
-        row = await services.db.run(lambda s: s.get(Image, image_id))
-        if row is None:
-            raise NotFound("No such image.")
-        data = await _image_bytes(services, row)
-        cached = await anyio.to_thread.run_sync(thumbnails.make_thumbnail, data)
-        await anyio.to_thread.run_sync(thumbnails.save_thumbnail, root, image_id, cached)
-    return Response(
-        cached, media_type="image/webp", headers={"Cache-Control": "private, max-age=86400"}
-    )
 
 
 # -- logs ------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from picgate.variant_query import check_variant_text
+
 RuntimeMode = Literal["auto", "server", "serverless"]
 
 # Settings the admin console may change (stored in the database unless fixed by the environment).
@@ -27,6 +29,7 @@ EDITABLE: tuple[str, ...] = (
     "gateway_model_name",
     "gateway_api_key",
     "public_base_url",
+    "chat_image_variant",
     "r2_account_id",
     "r2_access_key_id",
     "r2_secret_access_key",
@@ -81,6 +84,8 @@ class Settings(BaseSettings):
     gateway_model_name: str = "picgate"
     gateway_api_key: str | None = None
     public_base_url: str | None = None
+    # a variant query (``w=1024&format=webp``) added to the image URLs written into chat answers
+    chat_image_variant: str = ""
 
     r2_account_id: str | None = None
     r2_access_key_id: str | None = None
@@ -144,6 +149,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             check_text(value)
         return value
+
+    @field_validator("chat_image_variant", mode="after")
+    @classmethod
+    def _variant_query(cls, value: str) -> str:
+        return check_variant_text(value)
 
     # -- derived values -------------------------------------------------------------------
 

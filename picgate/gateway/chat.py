@@ -30,13 +30,20 @@ __all__ = ["ChatStream", "complete", "history_images", "image_sink", "open_strea
 EXTERNAL_FETCH_TIMEOUT = 30.0
 
 
-def image_sink(services: Services, *, base_url: str, prompt: str | None) -> ImageSink:
+def image_sink(
+    services: Services, *, base_url: str, prompt: str | None, variant: str = ""
+) -> ImageSink:
     """Store one image of a chat answer; its public URL, or None to leave the text as it was.
+
+    ``variant`` (``CHAT_IMAGE_VARIANT``, a checked variant query) is added to the URL: chats
+    then load the lighter variant, and the same URL without it is the full image.
 
     None when the payload is not an image (bad base64, not a raster type, too large) or when
     storing fails (disk, the ``after_store`` hook's remote store): the client then keeps the
     original data URL instead of losing the image.
     """
+
+    suffix = f"?{variant}" if variant else ""
 
     async def sink(payload: str) -> str | None:
         try:
@@ -49,7 +56,7 @@ def image_sink(services: Services, *, base_url: str, prompt: str | None) -> Imag
             services.events.error(f"❌ 对话图片保存失败，已保留原始数据: {exc}")
             return None
         services.events.info(f"✅ 对话图片已保存: {stored.id[:8]}...")
-        return base_url + stored.path
+        return base_url + stored.path + suffix
 
     return sink
 
@@ -112,7 +119,9 @@ async def complete(
             "the upstream chat answer is not a JSON object", code="bad_upstream_response"
         )
     services.events.info("📥 上游对话返回成功")
-    sink = image_sink(services, base_url=base_url, prompt=prompt)
+    sink = image_sink(
+        services, base_url=base_url, prompt=prompt, variant=settings.chat_image_variant
+    )
     return await rewrite_completion(answer, sink)
 
 
@@ -186,7 +195,9 @@ async def open_stream(
         await stack.aclose()
         raise
     services.events.info("📥 上游对话返回成功")
-    sink = image_sink(services, base_url=base_url, prompt=prompt)
+    sink = image_sink(
+        services, base_url=base_url, prompt=prompt, variant=settings.chat_image_variant
+    )
     return ChatStream(
         services=services,
         response=response,

@@ -1,14 +1,10 @@
 """Image variants: the ``?w=&h=&format=&q=`` query of ``/images/{id}`` and the Pillow work.
 
 Pure: bytes in, bytes out, no rows and no files. ``parse_variant_query`` turns a query into a
-``VariantSpec`` (or None when the query asks for no variant) and refuses bad values with a
-400; ``render_variant`` makes the variant's bytes.
-
-Widths and heights snap *down* to ``LADDER`` (the largest step at or below the asked size;
-below the smallest step, the smallest step), so a query can name only a bounded number of
-variants of one image. A variant is never larger than its original: asked sizes at or above
-the original's keep the original's size. ``w`` and ``h`` together fit the image inside that
-box, keeping its aspect ratio.
+``VariantSpec`` (the grammar, sizes snapped to a ladder, is ``picgate.variant_query``) and
+``render_variant`` makes the variant's bytes. A variant is never larger than its original:
+asked sizes at or above the original's keep the original's size. ``w`` and ``h`` together fit
+the image inside that box, keeping its aspect ratio.
 
 Decoding refuses images over ``MAX_PIXELS`` (decompression bombs): measured from the headers of
 the image and of every frame before Pillow decodes anything, then enforced again by Pillow as a
@@ -24,46 +20,31 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from picgate import variant_query
 from picgate.errors import BadRequest, PicGateError, UnsupportedMediaType
 from picgate.storage.codec import GIF, JPEG, PNG, WEBP, ImageType, decoded_size, sniff
+from picgate.variant_query import VariantQuery
 
-LADDER: tuple[int, ...] = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 # 4096×4096: above every size current image models produce. Decoding costs ~8 bytes a pixel at
 # its peak (a 4096² PNG: ~130 MB RSS; a 64 M-pixel cap let one resize take ~500 MB, measured in
 # docs/RELIABILITY.md)
 MAX_PIXELS = 4096 * 4096
-# a query value longer than this is not a size anyone means (and int() of it costs)
-MAX_DIGITS = 6
 AVIF = ImageType("image/avif", "avif")
 FORMATS: dict[str, ImageType] = {"webp": WEBP, "avif": AVIF, "jpeg": JPEG, "png": PNG}
 # what each lossy encoder uses when the query has no ``q``
 DEFAULT_QUALITY: dict[str, int] = {"webp": 80, "avif": 60, "jpg": 82}
-QUERY_KEYS = frozenset({"w", "h", "format", "q"})
 # bumped when rendering changes, so the ETags of variants made before differ
 RENDER_VERSION = "1"
 
 
-def snap(size: int) -> int:
-    """The largest ladder step at or below ``size`` (the smallest step below it)."""
-    chosen = LADDER[0]
-    for step in LADDER:
-        if step <= size:
-            chosen = step
-    return chosen
-
-
 @dataclass(frozen=True)
-class VariantSpec:
-    """A variant as the query asks for it, sizes already snapped to the ladder.
+class VariantSpec(VariantQuery):
+    """A parsed variant query and what it means for one original: its output type, its file
+    name in the cache, its ETag."""
 
-    ``format`` None keeps the original's type; ``quality`` None is the encoder's default (and
-    is meaningless for PNG and GIF, which are lossless).
-    """
-
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    quality: int | None = None
+    @classmethod
+    def of(cls, query: VariantQuery) -> VariantSpec:
+        return cls(query.width, query.height, query.format, query.quality)
 
     def output_type(self, original: ImageType) -> ImageType:
         return FORMATS[self.format] if self.format is not None else original
@@ -95,64 +76,10 @@ class VariantSpec:
         return f'"{hashlib.sha256(key.encode()).hexdigest()}"'
 
 
-def avif_supported() -> bool:
-    from PIL import features
-
-    return bool(features.check("avif"))
-
-
-def _integer(name: str, value: str, low: int, high: int) -> int:
-    if not value.isdigit() or len(value) > MAX_DIGITS or not low <= int(value) <= high:
-        raise BadRequest(
-            f"'{name}' must be a whole number from {low} to {high}, got {value[:20]!r}.",
-            param=name,
-            code="invalid_variant",
-        )
-    return int(value)
-
-
 def parse_variant_query(items: Iterable[tuple[str, str]]) -> VariantSpec | None:
-    """The variant a query asks for; None when it names none of ``w``, ``h``, ``format``, ``q``.
-
-    Other keys are ignored (cache busters and the like stay harmless); a key given twice, a
-    value out of range or a format this Pillow cannot write is a BadRequest naming the param.
-    """
-    seen: dict[str, str] = {}
-    for key, value in items:
-        if key not in QUERY_KEYS:
-            continue
-        if key in seen:
-            raise BadRequest(f"'{key}' is given more than once.", param=key, code="invalid_variant")
-        seen[key] = value.strip()
-    if not seen:
-        return None
-    width = _integer("w", seen["w"], 1, 999_999) if "w" in seen else None
-    height = _integer("h", seen["h"], 1, 999_999) if "h" in seen else None
-    quality = _integer("q", seen["q"], 1, 100) if "q" in seen else None
-    fmt = seen.get("format")
-    if fmt is not None:
-        fmt = fmt.lower()
-        if fmt == "jpg":
-            fmt = "jpeg"
-        if fmt not in FORMATS:
-            raise BadRequest(
-                f"'format' must be one of {', '.join(FORMATS)}, got {fmt[:20]!r}.",
-                param="format",
-                code="invalid_variant",
-            )
-        if fmt == "avif" and not avif_supported():
-            raise BadRequest(
-                "'format=avif' is not available: this server's Pillow has no AVIF encoder; "
-                "use webp.",
-                param="format",
-                code="unsupported_variant_format",
-            )
-    return VariantSpec(
-        width=snap(width) if width is not None else None,
-        height=snap(height) if height is not None else None,
-        format=fmt,
-        quality=quality,
-    )
+    """``picgate.variant_query.parse_variant_query`` as a ``VariantSpec`` (None: no variant)."""
+    query = variant_query.parse_variant_query(items)
+    return None if query is None else VariantSpec.of(query)
 
 
 def target_size(size: tuple[int, int], spec: VariantSpec) -> tuple[int, int]:

@@ -93,7 +93,7 @@ def test_variant_quality_is_its_own_variant(gateway: Gateway, stored: StoredImag
 
 
 def test_variant_avif_when_pillow_has_it(gateway: Gateway, stored: StoredImage) -> None:
-    from picgate.storage.variants import avif_supported
+    from picgate.variant_query import avif_supported
 
     resp = httpx.get(url_of(gateway, stored, "w=256&format=avif"))
     if avif_supported():

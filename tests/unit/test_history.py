@@ -83,6 +83,23 @@ async def test_upstream_body_assistant_markdown_own_url_inlined_in_place() -> No
     assert history.inlined == 2
 
 
+async def test_upstream_body_variant_urls_inline_the_original() -> None:
+    """A chat written with CHAT_IMAGE_VARIANT holds variant URLs; the upstream gets the
+    original's bytes whole, and no query is left behind the data URL."""
+    variant = f"{BASE}/images/{IMAGE_ID}.png?w=1024&format=webp"
+    body = {
+        "messages": [
+            {"role": "assistant", "content": f"done ![image]({variant}) ok"},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": variant}}]},
+        ]
+    }
+    out = await rewrite(body)
+    assert out["messages"][0]["content"] == f"done ![image]({data_url(PNG)}) ok"
+    assert out["messages"][1]["content"] == [
+        {"type": "image_url", "image_url": {"url": data_url(PNG)}}
+    ]
+
+
 async def test_upstream_body_user_image_url_part_own_url_inlined() -> None:
     part = {
         "type": "image_url",

@@ -8,17 +8,12 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image as PILImage
 
+from picgate import variant_query
 from picgate.errors import BadRequest, UnsupportedMediaType
 from picgate.storage import variants
 from picgate.storage.codec import GIF, JPEG, PNG, WEBP
-from picgate.storage.variants import (
-    LADDER,
-    VariantSpec,
-    parse_variant_query,
-    render_variant,
-    snap,
-    target_size,
-)
+from picgate.storage.variants import VariantSpec, parse_variant_query, render_variant, target_size
+from picgate.variant_query import LADDER, check_variant_text, snap
 from tests.support.images import make_image
 
 
@@ -102,10 +97,30 @@ def test_parse_variant_query_bad_value_is_400_naming_param(query: str, param: st
 
 
 def test_parse_variant_query_avif_without_encoder_is_400(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(variants, "avif_supported", lambda: False)
+    monkeypatch.setattr(variant_query, "avif_supported", lambda: False)
     with pytest.raises(BadRequest) as caught:
         spec_of("format=avif")
     assert caught.value.code == "unsupported_variant_format" and "AVIF" in caught.value.message
+
+
+@pytest.mark.parametrize("text", ["", "w=1024&format=webp", "?h=512", "q=80", " format=png "])
+def test_check_variant_text_accepts_variant_queries(text: str) -> None:
+    assert check_variant_text(text) == text.strip().removeprefix("?")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("w=1024&size=big", "not size"),
+        ("w=wide", "'w'"),
+        ("format=gif", "'format'"),
+        ("w=1&w=2", "more than once"),
+        ("w", "not a query"),
+    ],
+)
+def test_check_variant_text_refuses_other_text(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        check_variant_text(text)
 
 
 def test_target_size_fits_box_keeps_aspect_never_upscales() -> None:
@@ -140,7 +155,7 @@ def test_spec_etag_is_strong_and_differs_per_variant_and_original() -> None:
     [("webp", "WEBP"), ("jpeg", "JPEG"), ("png", "PNG"), ("avif", "AVIF")],
 )
 def test_render_variant_each_format_resized(fmt: str, pillow_name: str) -> None:
-    if fmt == "avif" and not variants.avif_supported():
+    if fmt == "avif" and not variant_query.avif_supported():
         pytest.skip("this Pillow has no AVIF encoder")
     data, kind = render_variant(png(1600, 800), VariantSpec(width=512, format=fmt))
     assert kind == variants.FORMATS[fmt]

@@ -14,6 +14,7 @@ from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
 from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
+from picgate.gateway.spliced_json import SplicedJson, SplicedJsonResponse
 from picgate.services import Services
 from picgate.storage.codec import sniff
 
@@ -107,14 +108,14 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     openapi_extra={"requestBody": GENERATIONS_BODY},
     response_class=JSONResponse,
 )
-async def images_generations(request: Request, gateway: GatewayDep) -> JSONResponse:
+async def images_generations(request: Request, gateway: GatewayDep) -> SplicedJsonResponse:
     services, settings = gateway.services, gateway.settings
     body = await read_json_object(request)
     services.events.count("requests")
     reply = await images_api.generate(
         services, settings, body, base_url=public_base_url(request, settings)
     )
-    return JSONResponse(reply)
+    return SplicedJsonResponse(reply)
 
 
 async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
@@ -131,11 +132,11 @@ async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
 @router.post(
     "/images/edits", openapi_extra={"requestBody": EDITS_BODY}, response_class=JSONResponse
 )
-async def images_edits(request: Request, gateway: GatewayDep) -> JSONResponse:
-    return JSONResponse(await _edit(request, gateway.services, gateway.settings))
+async def images_edits(request: Request, gateway: GatewayDep) -> SplicedJsonResponse:
+    return SplicedJsonResponse(await _edit(request, gateway.services, gateway.settings))
 
 
-async def _edit(request: Request, services: Services, settings: Settings) -> dict[str, Any]:
+async def _edit(request: Request, services: Services, settings: Settings) -> SplicedJson:
     services.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
     base_url = public_base_url(request, settings)

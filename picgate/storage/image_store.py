@@ -99,9 +99,11 @@ class ImageStore:
             raise PayloadTooLarge(f"image is larger than {self.max_image_bytes // 2**20} MB")
         return decode_base64(payload)
 
-    def incoming(self) -> IncomingImage:
+    def incoming(self, *, keep_text: bool = False) -> IncomingImage:
         """A new image to be written while its base64 arrives (see ``storage.incoming``)."""
-        return IncomingImage(self.cache, new_image_id(), max_bytes=self.max_image_bytes)
+        return IncomingImage(
+            self.cache, new_image_id(), max_bytes=self.max_image_bytes, keep_text=keep_text
+        )
 
     def store_bytes(
         self,

@@ -12,13 +12,13 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from picgate.deps import ServicesDep
+from picgate.deps import LibraryDep
 from picgate.errors import NotFound
 from picgate.images.ranges import RangedFileResponse, check_ranges
-from picgate.images.serving import Located
-from picgate.images.variant_cache import VariantCache
+from picgate.library.records import parse_image_name
+from picgate.library.serving import Located
+from picgate.library.variant_cache import VariantCache
 from picgate.storage.codec import BY_EXT
-from picgate.storage.image_store import parse_image_name
 from picgate.storage.variants import VariantSpec, parse_variant_query
 
 router = APIRouter()
@@ -54,17 +54,17 @@ def etag_matches(header: str | None, etag: str) -> bool:
 # both the same OpenAPI operation id, and FastAPI warns on every /openapi.json
 @router.get("/images/{name}", operation_id="get_image")
 @router.head("/images/{name}", operation_id="head_image")
-async def get_image(name: str, request: Request, services: ServicesDep) -> Response:
+async def get_image(name: str, request: Request, library: LibraryDep) -> Response:
     parsed = parse_image_name(name)
     if parsed is None:
         raise NotFound("No such image.")
     image_id, ext = parsed
     spec = parse_variant_query(request.query_params.multi_items())
-    located = await services.serving.locate(image_id, ext)
+    located = await library.serving.locate(image_id, ext)
     image = located.image
-    services.images.touch(image_id)
+    library.touch(image_id)
     if spec is not None and not spec.is_identity(BY_EXT[image.ext]):
-        return await _variant(request, services.variants, located, spec)
+        return await _variant(request, library.variants, located, spec)
     headers = {
         "ETag": image.etag,
         "Cache-Control": CACHE_CONTROL,

@@ -14,9 +14,8 @@ import httpx
 import pytest
 from PIL import Image as PILImage
 
-from picgate.db.models import R2_UPLOADED, Image
-from picgate.jobs.eviction import evict_to_cap
-from picgate.storage.image_store import StoredImage, utcnow
+from picgate.db.models import R2_UPLOADED
+from picgate.library.records import ImageOrigin, StoredImage, utcnow
 from picgate.storage.s3_store import S3ObjectStore
 from tests.conftest import Gateway
 from tests.robustness import payloads
@@ -24,6 +23,10 @@ from tests.s3_fixtures import S3_TEST_BUCKET
 from tests.support.images import make_image
 
 PAST_TTL = timedelta(hours=72, minutes=1)
+
+
+def save(gateway: Gateway, data: bytes) -> StoredImage:
+    return gateway.services.library.save_sync(data, origin=ImageOrigin("test"))
 
 
 def wide_png(width: int = 1600, height: int = 800, seed: int = 0) -> bytes:
@@ -34,7 +37,7 @@ def wide_png(width: int = 1600, height: int = 800, seed: int = 0) -> bytes:
 
 @pytest.fixture
 def stored(gateway: Gateway) -> StoredImage:
-    return gateway.services.images.store_bytes(wide_png(), source="test")
+    return save(gateway, wide_png())
 
 
 def url_of(gateway: Gateway, image: StoredImage, query: str = "") -> str:
@@ -85,7 +88,7 @@ def test_variant_each_parameter_shapes_the_answer(
 
 
 def test_variant_quality_is_its_own_variant(gateway: Gateway, stored: StoredImage) -> None:
-    photo = gateway.services.images.store_bytes(make_image("JPEG", 300_000, seed=3), source="t")
+    photo = save(gateway, make_image("JPEG", 300_000, seed=3))
     low = httpx.get(url_of(gateway, photo, "format=webp&q=5"))
     high = httpx.get(url_of(gateway, photo, "format=webp&q=95"))
     assert len(low.content) < len(high.content)
@@ -161,7 +164,7 @@ def test_variant_of_animated_gif_is_400(gateway: Gateway) -> None:
     frames = [PILImage.new("RGB", (40, 40), (90 * i, 0, 0)) for i in range(3)]
     out = io.BytesIO()
     frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=40)
-    image = gateway.services.images.store_bytes(out.getvalue(), source="test")
+    image = save(gateway, out.getvalue())
     resp = httpx.get(url_of(gateway, image, "w=64&format=webp"))
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "animated_image"
     assert httpx.get(url_of(gateway, image)).status_code == 200  # the original still is
@@ -170,7 +173,7 @@ def test_variant_of_animated_gif_is_400(gateway: Gateway) -> None:
 @pytest.mark.parametrize("bomb", ["png", "gif"])
 def test_variant_of_decompression_bomb_is_415(gateway: Gateway, bomb: str) -> None:
     data = payloads.png_bomb() if bomb == "png" else payloads.gif_bomb()
-    image = gateway.services.images.store_bytes(data, source="test")
+    image = save(gateway, data)
     resp = httpx.get(url_of(gateway, image, "w=256&format=webp"))
     assert resp.status_code == 415 and resp.json()["error"]["code"] == "image_too_large"
     assert variant_files(gateway, image.id) == []
@@ -227,23 +230,17 @@ def test_variant_removed_by_ttl_cleanup(gateway: Gateway, stored: StoredImage) -
 
 def test_variant_bytes_count_toward_the_cap(gateway: Gateway) -> None:
     services = gateway.services
-    old = services.images.store_bytes(wide_png(seed=1), source="test")
-    new = services.images.store_bytes(wide_png(seed=2), source="test")
-    services.images.touch(new.id)
+    old = save(gateway, wide_png(seed=1))
+    new = save(gateway, wide_png(seed=2))
+    services.library.touch(new.id)
     for query in ("w=2048&format=png", "w=1536&format=png", "w=1024&format=png"):
         assert httpx.get(url_of(gateway, old, query)).status_code == 200
-    services.images.flush_access_times()
+    services.library.flush_access_times()
     with_variants = services.cache.usage()
     # room for both originals, not for the variants as well: the least recent one goes
     cap = old.size + new.size
     assert with_variants > cap
-    result = evict_to_cap(
-        db=services.db,
-        cache=services.cache,
-        images=services.images,
-        archive=services.archive,
-        cap_bytes=cap,
-    )
+    result = services.library.copies.evict_to_cap(cap_bytes=cap)
     assert result.removed >= 1
     assert services.cache.usage() <= cap
     assert variant_files(gateway, old.id) == []
@@ -254,11 +251,10 @@ def test_variant_of_image_only_in_r2_fetched_then_made_never_archived(
 ) -> None:
     gateway = start_gateway(**r2_settings)
     services = gateway.services
-    image = services.images.store_bytes(wide_png(seed=7), source="test")
+    image = save(gateway, wide_png(seed=7))
     for _ in range(200):
         services.cleanup.run()
-        found = services.db.call(lambda s: s.get(Image, image.id))
-        if found is not None and found.r2_state == R2_UPLOADED:
+        if services.library.rows.r2_state(image.id) == R2_UPLOADED:
             break
         time.sleep(0.05)
     services.cleanup.run(now=utcnow() + PAST_TTL)  # the local copy goes; R2 keeps it

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from picgate.admin import auth, gallery, i18n, settings_form
+from picgate.admin import auth, i18n, settings_form
 from picgate.admin.pages import NAV
 from picgate.config import EDITABLE, Settings
 from picgate.errors import BadRequest
+from picgate.library import gallery
 from picgate.settings_store import mask
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,8 @@ from pathlib import Path
 import anyio.to_thread
 
 from picgate.errors import Gone
-from picgate.images.serving import ImageServing, Located
+from picgate.library.rows import ImageRows
+from picgate.library.serving import ImageServing, Located
 from picgate.storage.codec import BY_EXT, ImageType
 from picgate.storage.local import LocalCache
 from picgate.storage.variants import VariantSpec, render_variant
@@ -41,7 +42,8 @@ def _read(path: Path) -> bytes | None:
 
 
 class VariantCache:
-    def __init__(self, *, serving: ImageServing, cache: LocalCache) -> None:
+    def __init__(self, *, rows: ImageRows, serving: ImageServing, cache: LocalCache) -> None:
+        self.rows = rows
         self.serving = serving
         self.cache = cache
         self._slots = threading.BoundedSemaphore(RENDER_SLOTS)
@@ -70,7 +72,7 @@ class VariantCache:
 
     async def _fetch_original(self, image_id: str) -> Path:
         """The original in the local cache, fetched back from R2 (once per id) when missing."""
-        row = await anyio.to_thread.run_sync(self.serving.images.load_row, image_id)
+        row = await anyio.to_thread.run_sync(self.rows.load, image_id)
         if row is None:
             raise Gone("This image is no longer stored anywhere.")
         path = await anyio.to_thread.run_sync(self.serving.fetch_to_cache, row)

@@ -729,8 +729,13 @@ def test_chat_image_variant_added_to_links_and_history_sends_original(
 
     history = [*MESSAGES, {"role": "assistant", "content": content}]
     sdk(gateway).chat.completions.create(model="picgate", messages=history)  # type: ignore[arg-type]
-    sent = upstream.last(CHAT).json["messages"][1]["content"]
-    assert sent == f"![image]({data_url(picture)})"  # the original, whole, no query left
+    sent = upstream.last(CHAT).json["messages"]
+    assert sent[1]["content"] == "[image 1]"
+    # the original, whole, in the user part the image moved to; no query left
+    assert sent[2]["content"] == [
+        {"type": "text", "text": "[image 1]"},
+        {"type": "image_url", "image_url": {"url": data_url(picture)}},
+    ]
 
 
 def test_chat_image_variant_in_streams(

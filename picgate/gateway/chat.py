@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from picgate.attribution import Attribution
 from picgate.config import Settings
 from picgate.errors import BadRequest, Gone, NotFound, StorageUnavailable, UpstreamError
 from picgate.gateway import relay, unstreamed
@@ -24,7 +25,6 @@ from picgate.gateway.parts import GatewayParts
 from picgate.gateway.rewrite import ImageSink, StreamRewriter, rewrite_completion
 from picgate.gateway.tasks import upstream_chat_model
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
-from picgate.library.records import ImageOrigin
 
 __all__ = ["ChatStream", "complete", "history_images", "image_sink", "open_stream"]
 
@@ -32,9 +32,15 @@ EXTERNAL_FETCH_TIMEOUT = 30.0
 
 
 def image_sink(
-    parts: GatewayParts, *, base_url: str, prompt: str | None, variant: str = ""
+    parts: GatewayParts,
+    *,
+    base_url: str,
+    prompt: str | None,
+    who: Attribution,
+    variant: str = "",
 ) -> ImageSink:
-    """Store one image of a chat answer; its public URL, or None to leave the text as it was.
+    """Store one image of a chat answer (recording ``who`` on it); its public URL, or None to
+    leave the text as it was.
 
     ``variant`` (``CHAT_IMAGE_VARIANT``, a checked variant query) is added to the URL: chats
     then load the lighter variant, and the same URL without it is the full image.
@@ -43,7 +49,7 @@ def image_sink(
     storing fails (disk; serverless: the archive): the client then keeps the original data
     URL instead of losing the image.
     """
-    origin = ImageOrigin("chat", prompt)
+    origin = who.origin("chat", prompt)
     suffix = f"?{variant}" if variant else ""
 
     async def sink(payload: str) -> str | None:
@@ -116,6 +122,7 @@ async def complete(
     *,
     base_url: str,
     own_bases: Sequence[str],
+    who: Attribution,
 ) -> dict[str, Any]:
     """A non-streaming chat completion with its images stored and linked."""
     request, prompt = await _prepare(parts, settings, body, own_bases)
@@ -125,7 +132,9 @@ async def complete(
             "the upstream chat answer is not a JSON object", code="bad_upstream_response"
         )
     parts.events.info("📥 上游对话返回成功")
-    sink = image_sink(parts, base_url=base_url, prompt=prompt, variant=settings.chat_image_variant)
+    sink = image_sink(
+        parts, base_url=base_url, prompt=prompt, who=who, variant=settings.chat_image_variant
+    )
     return await rewrite_completion(answer, sink)
 
 
@@ -185,6 +194,7 @@ async def open_stream(
     *,
     base_url: str,
     own_bases: Sequence[str],
+    who: Attribution,
 ) -> ChatStream:
     """Send a streaming chat request; UpstreamError when the upstream refuses it up front."""
     request, prompt = await _prepare(parts, settings, body, own_bases)
@@ -197,7 +207,9 @@ async def open_stream(
         await stack.aclose()
         raise
     parts.events.info("📥 上游对话返回成功")
-    sink = image_sink(parts, base_url=base_url, prompt=prompt, variant=settings.chat_image_variant)
+    sink = image_sink(
+        parts, base_url=base_url, prompt=prompt, who=who, variant=settings.chat_image_variant
+    )
     return ChatStream(
         parts=parts,
         response=response,

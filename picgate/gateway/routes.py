@@ -111,7 +111,11 @@ async def images_generations(request: Request, gateway: GatewayDep) -> SplicedJs
     body = await read_json_object(request)
     events.count("requests")
     reply = await images_api.generate(
-        gateway.parts, settings, body, base_url=public_base_url(request, settings, events)
+        gateway.parts,
+        settings,
+        body,
+        base_url=public_base_url(request, settings, events),
+        who=gateway.who.with_body(body),
     )
     return SplicedJsonResponse(reply)
 
@@ -164,6 +168,7 @@ async def _edit(request: Request, gateway: Gateway) -> SplicedJson:
             mask=mask,
             image_field=field,
             base_url=base_url,
+            who=gateway.who.with_body(fields),
         )
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
@@ -184,6 +189,7 @@ async def _edit(request: Request, gateway: Gateway) -> SplicedJson:
             mask=mask,
             image_field=field,
             base_url=base_url,
+            who=gateway.who.with_body(body),
         )
     raise UnsupportedMediaType(
         "Send the edit as multipart/form-data (or JSON with base64 images).",

@@ -8,6 +8,7 @@ and the wheels are the ones uv.lock records for each version."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -71,3 +72,22 @@ def test_lambda_layer_every_locked_package_has_a_wheel_for_the_runtime() -> None
         if not wheels.get((name, version), set()) & LAMBDA_TAGS
     ]
     assert missing == [], f"no wheel for Amazon Linux 2023 / cp313 / x86_64: {missing}"
+
+
+def test_lambda_layer_runtime_matches_serverless_yml_and_build_script() -> None:
+    version = "{}.{}".format(*RUNTIME)
+    serverless = (REPO / "serverless.yml").read_text()
+    script = (REPO / "infra" / "build-lambda-layer.sh").read_text()
+    assert re.search(rf"^  runtime: python{re.escape(version)}$", serverless, re.MULTILINE)
+    assert f"__pycache__/handler.cpython-{RUNTIME[0]}{RUNTIME[1]}.pyc" in serverless
+    assert re.search(rf"^RUNTIME_VERSION={re.escape(version)}\b", script, re.MULTILINE)
+    assert re.search(rf"^GLIBC_MINOR={GLIBC_MINOR}\b", script, re.MULTILINE)
+
+
+def test_lambda_layer_tags_take_manylinux_2_28_and_refuse_newer_glibc() -> None:
+    cp = "cp{}{}".format(*RUNTIME)
+    assert Tag(cp, cp, "manylinux_2_28_x86_64") in LAMBDA_TAGS  # Pillow from 12.3
+    assert Tag(cp, "abi3", "manylinux_2_34_x86_64") in LAMBDA_TAGS
+    assert Tag(cp, cp, "manylinux_2_35_x86_64") not in LAMBDA_TAGS
+    assert Tag(cp, cp, "manylinux_2_28_aarch64") not in LAMBDA_TAGS
+    assert Tag("cp311", "cp311", "manylinux_2_17_x86_64") not in LAMBDA_TAGS

@@ -13,8 +13,9 @@ import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from picgate.config import Settings
 from picgate.errors import PicGateError, error_body
@@ -53,7 +54,7 @@ def create_app(
     )
     app.state.services = services
     app.openapi = public_openapi(app)  # type: ignore[method-assign]
-    install_error_handlers(app)
+    install_error_handlers(app, services)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=services.settings.max_request_body_mb * 2**20,
@@ -74,6 +75,8 @@ def create_app(
         app.router.routes.append(LazyRouter(app, ADMIN_PREFIX, admin_router))
     else:
         app.include_router(admin_router())
+    # a person who opens the server's address in a browser wants the console
+    app.add_api_route("/", root_redirect, methods=["GET", "HEAD"], include_in_schema=False)
     return app
 
 
@@ -81,6 +84,27 @@ def admin_router() -> APIRouter:
     from picgate.admin.routes import router
 
     return router
+
+
+async def root_redirect() -> Response:
+    return RedirectResponse("/admin", status_code=307)
+
+
+def v1_hint(request: Request) -> str:
+    """A hint when the request's method and path exist under ``/v1`` (a client whose base URL
+    lacks ``/v1``); empty otherwise."""
+    method, path = request.method, request.url.path
+    if path.startswith("/v1/"):
+        return ""
+    wanted = "/v1" + path.rstrip("/")
+    scope = {**request.scope, "path": wanted, "method": method}
+    for route in request.app.router.routes:
+        if route.matches(scope)[0] == Match.FULL:
+            return (
+                f" Did you mean {method} {wanted}? PicGate's OpenAI-compatible API is under "
+                "/v1: the client's base URL must end in /v1 (for example http://host:5643/v1)."
+            )
+    return ""
 
 
 ADMIN_PREFIX = "/admin"
@@ -126,18 +150,18 @@ def _json_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, services: Services) -> None:
     @app.exception_handler(PicGateError)
     async def picgate_error(request: Request, exc: PicGateError) -> Response:
-        services: Services = request.app.state.services
-        exc = services.events.redactor.error(exc)  # an upstream may echo a key back
+        events = services.events
+        exc = events.redactor.error(exc)  # an upstream may echo a key back
         if exc.status_code >= 500:
             log.warning(
                 "%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message
             )
         if request.url.path.startswith("/v1/"):
             source = request.client.host if request.client else "unknown"
-            services.events.api_error(exc, source)
+            events.api_error(exc, source)
         return _json_error(exc.status_code, exc.to_dict(), exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -160,6 +184,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Unknown path: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}"
+        hint = v1_hint(request) if exc.status_code in (404, 405) else ""
+        if hint:
+            message += "." + hint
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return _json_error(
             exc.status_code,
@@ -170,7 +197,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        services: Services = request.app.state.services
         services.events.error(f"❌ 内部错误: {type(exc).__name__}")
         return _json_error(
             500,

@@ -8,6 +8,7 @@
     │   └── Unprocessable           422 (well-formed but invalid fields)
     ├── AuthenticationFailed        401 (missing/wrong gateway key, no key configured)
     ├── NotFound                    404
+    ├── RateLimited                 429 rate_limit_exceeded (USER_DAILY_IMAGE_LIMIT reached)
     ├── Gone                        410 (image expired with no copy anywhere)
     ├── NotConfigured               503 (upstream settings missing)
     ├── StorageUnavailable          503 (R2 down and no local copy; disk full)
@@ -89,6 +90,14 @@ class AuthenticationFailed(PicGateError):
     status_code = 401
     error_type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class RateLimited(PicGateError):
+    """A daily image limit is reached; the message says when it resets (``Retry-After`` too)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class NotFound(PicGateError):

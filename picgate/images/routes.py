@@ -12,10 +12,10 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from picgate.deps import ServicesDep
+from picgate.deps import LibraryDep
 from picgate.errors import NotFound
 from picgate.images.ranges import RangedFileResponse, check_ranges
-from picgate.storage.image_store import parse_image_name
+from picgate.library.records import parse_image_name
 
 router = APIRouter()
 
@@ -50,14 +50,14 @@ def etag_matches(header: str | None, etag: str) -> bool:
 # both the same OpenAPI operation id, and FastAPI warns on every /openapi.json
 @router.get("/images/{name}", operation_id="get_image")
 @router.head("/images/{name}", operation_id="head_image")
-async def get_image(name: str, request: Request, services: ServicesDep) -> Response:
+async def get_image(name: str, request: Request, library: LibraryDep) -> Response:
     parsed = parse_image_name(name)
     if parsed is None:
         raise NotFound("No such image.")
     image_id, ext = parsed
-    located = await services.serving.locate(image_id, ext)
+    located = await library.serving.locate(image_id, ext)
     image = located.image
-    services.images.touch(image_id)
+    library.touch(image_id)
     headers = {
         "ETag": image.etag,
         "Cache-Control": CACHE_CONTROL,

@@ -19,6 +19,8 @@ from pydantic import Field, GetCoreSchemaHandler, field_validator
 from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from picgate.variant_query import check_variant_text
+
 RuntimeMode = Literal["auto", "server", "serverless"]
 
 # Upper bounds that keep every date computed from a setting representable (``timedelta`` and
@@ -87,6 +89,8 @@ class Settings(BaseSettings):
     gateway_model_name: Annotated[str, Editable()] = "picgate"
     gateway_api_key: Annotated[str | None, Editable(secret=True)] = None
     public_base_url: Annotated[str | None, Editable()] = None
+    # a variant query (``w=1024&format=webp``) added to the image URLs written into chat answers
+    chat_image_variant: Annotated[str, Editable()] = ""
 
     r2_account_id: Annotated[str | None, Editable()] = None
     r2_access_key_id: Annotated[str | None, Editable(secret=True)] = None
@@ -158,6 +162,11 @@ class Settings(BaseSettings):
             value = value.strip()
             return value or None
         return value
+
+    @field_validator("chat_image_variant", mode="after")
+    @classmethod
+    def _variant_query(cls, value: str) -> str:
+        return check_variant_text(value)
 
     # -- derived values -------------------------------------------------------------------
 

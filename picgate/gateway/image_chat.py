@@ -36,6 +36,7 @@ from picgate.gateway.history import messages_of, own_image_id
 from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.parts import GatewayParts
 from picgate.gateway.relay import DONE
+from picgate.gateway.spliced_json import SplicedJson
 from picgate.routing.table import ModelRoute
 from picgate.storage.codec import sniff
 
@@ -131,10 +132,12 @@ async def _draw(
     """The Images API reply for the chat turn in ``body`` (generation or edit)."""
     turn = image_turn(body, own_bases)
     settings = route.settings
-    options = _options(route)
+    options = {**_options(route), "response_format": "url"}
     if turn.image is None:
         request = {**options, "prompt": turn.prompt, "model": route.name}
-        return await images_api.generate(parts, settings, request, base_url=base_url, who=who)
+        return _plain(
+            await images_api.generate(parts, settings, request, base_url=base_url, who=who)
+        )
     load = EditImageLoader.build(
         library=parts.library,
         http=parts.http,
@@ -145,7 +148,7 @@ async def _draw(
     kind = sniff(data)
     fields = {k: images_api.form_value(v) for k, v in options.items()}
     fields.update(prompt=turn.prompt, model=route.name or "")
-    return await images_api.edit(
+    reply = await images_api.edit(
         parts,
         settings,
         fields=fields,
@@ -155,6 +158,17 @@ async def _draw(
         base_url=base_url,
         who=who,
     )
+    return _plain(reply)
+
+
+def _plain(reply: SplicedJson) -> dict[str, Any]:
+    """The reply as plain JSON: its content when every image is linked (the usual case), else
+    rendered whole, so an image that could not be stored carries its real base64."""
+    data = reply.content.get("data", [])
+    if all(isinstance(item.get("url"), str) for item in data):
+        return reply.content
+    parsed: dict[str, Any] = json.loads(b"".join(reply.render()))
+    return parsed
 
 
 def _markdown(reply: dict[str, Any]) -> str:

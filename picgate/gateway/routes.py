@@ -13,6 +13,7 @@ from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
 from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
+from picgate.gateway.spliced_json import SplicedJson, SplicedJsonResponse
 from picgate.routing.table import ModelRoute
 from picgate.storage.codec import sniff
 
@@ -121,7 +122,7 @@ def routed(request: Request, gateway: Gateway, model: Any) -> ModelRoute:
     openapi_extra={"requestBody": GENERATIONS_BODY},
     response_class=JSONResponse,
 )
-async def images_generations(request: Request, gateway: GatewayDep) -> JSONResponse:
+async def images_generations(request: Request, gateway: GatewayDep) -> SplicedJsonResponse:
     events = gateway.parts.events
     body = await read_json_object(request)
     route = routed(request, gateway, body.get("model"))
@@ -133,7 +134,7 @@ async def images_generations(request: Request, gateway: GatewayDep) -> JSONRespo
         base_url=public_base_url(request, gateway.settings, events),
         who=gateway.who.with_body(body),
     )
-    return JSONResponse(reply)
+    return SplicedJsonResponse(reply)
 
 
 async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
@@ -150,11 +151,11 @@ async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
 @router.post(
     "/images/edits", openapi_extra={"requestBody": EDITS_BODY}, response_class=JSONResponse
 )
-async def images_edits(request: Request, gateway: GatewayDep) -> JSONResponse:
-    return JSONResponse(await _edit(request, gateway))
+async def images_edits(request: Request, gateway: GatewayDep) -> SplicedJsonResponse:
+    return SplicedJsonResponse(await _edit(request, gateway))
 
 
-async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
+async def _edit(request: Request, gateway: Gateway) -> SplicedJson:
     parts = gateway.parts
     parts.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()

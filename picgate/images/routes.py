@@ -16,6 +16,10 @@ from picgate.deps import LibraryDep
 from picgate.errors import NotFound
 from picgate.images.ranges import RangedFileResponse, check_ranges
 from picgate.library.records import parse_image_name
+from picgate.library.serving import Located
+from picgate.library.variant_cache import VariantCache
+from picgate.storage.codec import BY_EXT
+from picgate.storage.variants import VariantSpec, parse_variant_query
 
 router = APIRouter()
 
@@ -55,9 +59,12 @@ async def get_image(name: str, request: Request, library: LibraryDep) -> Respons
     if parsed is None:
         raise NotFound("No such image.")
     image_id, ext = parsed
+    spec = parse_variant_query(request.query_params.multi_items())
     located = await library.serving.locate(image_id, ext)
     image = located.image
     library.touch(image_id)
+    if spec is not None and not spec.is_identity(BY_EXT[image.ext]):
+        return await _variant(request, library.variants, located, spec)
     headers = {
         "ETag": image.etag,
         "Cache-Control": CACHE_CONTROL,
@@ -91,3 +98,23 @@ async def get_image(name: str, request: Request, library: LibraryDep) -> Respons
     return ImageFileResponse(
         located.path, media_type=image.mime, headers=headers, stat_result=located.stat
     )
+
+
+async def _variant(
+    request: Request, variants: VariantCache, located: Located, spec: VariantSpec
+) -> Response:
+    """A sized or converted variant: its own strong ETag, the same immutable caching, no
+    ranges (variants are small)."""
+    image = located.image
+    original = BY_EXT[image.ext]
+    out = spec.output_type(original)
+    etag = spec.etag(image.sha256, original)
+    headers = {
+        "ETag": etag,
+        "Cache-Control": CACHE_CONTROL,
+        "Content-Disposition": f'inline; filename="{image.id}.{out.ext}"',
+    }
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    variant = await variants.get(located, spec)
+    return Response(variant.data, media_type=variant.type.mime, headers=headers)

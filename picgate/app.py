@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from picgate import log_redaction
 from picgate.config import Settings
 from picgate.errors import PicGateError, error_body
 from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
@@ -36,12 +37,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(services.prepare)
-        await services.start()
-        try:
-            yield
-        finally:
-            await services.stop()
+        with log_redaction.installed(lambda: services.events.redactor):
+            await anyio.to_thread.run_sync(services.prepare)
+            await services.start()
+            try:
+                yield
+            finally:
+                await services.stop()
 
     app = FastAPI(
         title="PicGate",

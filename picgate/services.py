@@ -139,8 +139,9 @@ class Services:
         return self._config
 
     def _settings_changed(self, current: Settings) -> None:
-        # keys stored through the console are secrets too; the environment's stay so as well
-        self.events.redactor = Redactor.of(self.settings, current)
+        # keys stored through the console are secrets too; the environment's stay so as well,
+        # and so do keys rotated away (an upstream or a log may still echo the old one)
+        self.events.redactor = self.events.redactor.remembering(self.settings, current)
 
     def prepare(self) -> None:
         """Folders, schema, first-start key. Idempotent and thread-safe; call before serving."""

@@ -103,7 +103,8 @@ async def test_upstream(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str
             "ok": False,
             "status": exc.status_code,
             "latency_ms": round((time.perf_counter() - started) * 1000),
-            "detail": exc.message,
+            # the upstream may echo the key it was sent; the admin sees it masked only
+            "detail": services.events.redactor.remembering(settings).text(exc.message),
         }
     latency = round((time.perf_counter() - started) * 1000)
     listed = data.get("data") if isinstance(data, dict) else None

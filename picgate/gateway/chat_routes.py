@@ -140,4 +140,5 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
         )
         return EventStreamResponse(pending.events(), on_close=pending.aclose)
     answer = await chat.complete(services, settings, body, base_url=base_url, own_bases=own_bases)
-    return JSONResponse(answer)
+    # an upstream may echo a key in a successful answer too (a relay quoting its request)
+    return JSONResponse(services.events.redactor.value(answer))

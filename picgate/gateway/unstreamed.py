@@ -70,11 +70,15 @@ def events(
     """The client's stream for a JSON answer read from ``chunks`` (at most ``max_body`` bytes:
     past it the stream ends with ``upstream_response_too_large``)."""
     reader = ChunkReader(chunks)
-    return guarded(_converted(reader, sink, keepalive, max_body), reader, events)
+    return guarded(_converted(reader, sink, keepalive, max_body, events), reader, events)
 
 
 async def _converted(
-    reader: ChunkReader, sink: ImageSink, keepalive: float, max_body: int | None
+    reader: ChunkReader,
+    sink: ImageSink,
+    keepalive: float,
+    max_body: int | None,
+    events: EventLog,
 ) -> AsyncGenerator[bytes, None]:
     body = bytearray()
     while True:
@@ -88,7 +92,7 @@ async def _converted(
         if max_body is not None and len(body) > max_body:
             raise too_large("an answer", max_body)
     answer = _completion(bytes(body))
-    rewritten = await rewrite_completion(answer, sink)
+    rewritten = events.redactor.value(await rewrite_completion(answer, sink))
     yield b"".join(encode_event(_dumps(chunk)) for chunk in completion_chunks(rewritten))
     yield DONE
 

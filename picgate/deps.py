@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from math import ceil
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from picgate.config import Settings
-from picgate.errors import AuthenticationFailed
+from picgate.errors import AuthenticationFailed, KeyGuessingThrottled
 from picgate.services import Services
+from picgate.throttle import AddressThrottle
 
 
 async def get_services(request: Request) -> Services:
@@ -30,12 +32,35 @@ def keys_match(given: str, expected: str) -> bool:
     return hmac.compare_digest(a, b)
 
 
+# wrong or missing gateway keys one address may send per window before it is refused (429):
+# a client with a stale key retries a few times; someone guessing tried ~1000 keys a second
+KEY_FAILURES_ALLOWED = 30
+KEY_FAILURE_WINDOW_SECONDS = 60.0
+
+
+def key_throttle(request: Request) -> AddressThrottle:
+    """The app's wrong-key counter (per process; made on first use)."""
+    throttle: AddressThrottle | None = getattr(request.app.state, "key_throttle", None)
+    if throttle is None:
+        throttle = AddressThrottle(limit=KEY_FAILURES_ALLOWED, window=KEY_FAILURE_WINDOW_SECONDS)
+        request.app.state.key_throttle = throttle
+    return throttle
+
+
 async def require_gateway_key(request: Request) -> Gateway:
     """The services and effective settings of an authorized ``/v1`` call (401 otherwise).
 
     One dependency that does it all: FastAPI solves every dependency of a chain on every request.
     """
     services = request.app.state.services
+    throttle = key_throttle(request)
+    address = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(address)
+    if wait > 0:  # before the comparison: a right guess must not get through either
+        raise KeyGuessingThrottled(
+            f"Too many wrong gateway API keys from this address; try again in {ceil(wait)} s.",
+            headers={"Retry-After": str(ceil(wait))},
+        )
     settings = await services.config.acurrent()
     expected = settings.gateway_api_key
     if not expected:
@@ -47,6 +72,7 @@ async def require_gateway_key(request: Request) -> Gateway:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        throttle.failed(address)
         raise AuthenticationFailed(
             "Missing gateway API key (GATEWAY_API_KEY): send "
             "'Authorization: Bearer <gateway key>'. This is PicGate's own key, not the "
@@ -54,6 +80,7 @@ async def require_gateway_key(request: Request) -> Gateway:
             code="missing_api_key",
         )
     if not keys_match(token.strip(), expected):
+        throttle.failed(address)
         raise AuthenticationFailed(
             "Incorrect gateway API key (GATEWAY_API_KEY) provided. PicGate refused the call "
             "before contacting the upstream; use the key shown in the PicGate admin console.",

@@ -57,7 +57,7 @@ TALLIES: dict[str, str] = {
     "login_busy": "🚫 登录校验繁忙，已拒绝 ×{count} 来自 {address} (sign-in checks busy)",
     "setup_refused": "🚫 首次设置被拒绝：设置令牌错误 ×{count} 来自 {address} (wrong setup token)",
 }
-ANONYMOUS_MARK = "a"  # the last character of an anonymous line's id (others end in a hex digit)
+ANONYMOUS_MARK = "z"  # the last character of an anonymous line's id (others end in a hex digit)
 ANONYMOUS_SHARE = 0.5
 _BASE64_RUN = re.compile(r"(?:data:[\w/.+-]+;base64,)?[A-Za-z0-9+/_-]{120,}={0,2}")
 _KEYLIKE = re.compile(r"\b(sk|pg|rk)-[A-Za-z0-9_-]{8,}")

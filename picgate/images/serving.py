@@ -66,20 +66,57 @@ def checksum_mismatch() -> PicGateError:
 
 @dataclass(frozen=True)
 class Located:
+    """``fd``: the local file, already open (the caller closes it, or hands it to a response
+    that does): the size cap may unlink the path at any moment, and an open file still reads
+    whole. ``stat`` is the open file's."""
+
     image: StoredImage
     path: Path | None = None  # a local file to send
     redirect: str | None = None  # or a URL to send the client to
-    stat: os.stat_result | None = None  # of ``path``, so the response need not stat again
+    stat: os.stat_result | None = None  # of ``fd``, so the response need not stat again
+    fd: int | None = None
 
 
-def _stat_file(path: Path, size: int) -> os.stat_result | None:
-    """The file's stat, or None when it is missing or not the size of its row (a power loss
-    can leave a file cut short: it is treated as no copy, never served as if whole)."""
+Opened = tuple[int, os.stat_result]
+
+
+def _open_file(path: Path, size: int) -> Opened | None:
+    """The file opened, with its stat; None when it is missing (deleted by the size cap or the
+    TTL between lookup and open: no local copy) or not the size of its row (a power loss can
+    leave a file cut short: it is treated as no copy, never served as if whole)."""
     try:
-        st = path.stat()
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
-    return st if stat.S_ISREG(st.st_mode) and st.st_size == size else None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(st.st_mode) and st.st_size == size:
+        return fd, st
+    os.close(fd)
+    return None
+
+
+def read_fd(fd: int, size: int) -> bytes:
+    """``size`` bytes from the start of ``fd`` (its position untouched)."""
+    chunks: list[bytes] = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_and_close(fd: int, size: int) -> bytes:
+    try:
+        return read_fd(fd, size)
+    finally:
+        os.close(fd)
 
 
 class ImageServing:
@@ -108,17 +145,17 @@ class ImageServing:
         record = self.images.cached_record(image_id)
         if record is not None and (ext is None or ext == record.ext):
             path = self.cache.path(image_id, record.ext)
-            st = await anyio.to_thread.run_sync(_stat_file, path, record.size)
-            if st is not None:
-                return await self._local(record, path, st)
+            opened = await anyio.to_thread.run_sync(_open_file, path, record.size)
+            if opened is not None:
+                return await self._local(record, path, opened)
         row = await anyio.to_thread.run_sync(self.images.load_row, image_id)
         if row is None or (ext is not None and ext != row.ext):
             raise NotFound("No such image.")
         record = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
         path = self.cache.path(image_id, row.ext)
-        st = await anyio.to_thread.run_sync(_stat_file, path, row.size)
-        if st is not None:
-            return await self._local(record, path, st)
+        opened = await anyio.to_thread.run_sync(_open_file, path, row.size)
+        if opened is not None:
+            return await self._local(record, path, opened)
         remote = await self.locate_remote(row)
         if remote is not None:
             return remote
@@ -127,8 +164,8 @@ class ImageServing:
     async def read_bytes(self, image_id: str) -> bytes:
         """The bytes of a stored image (for inlining into upstream requests)."""
         located = await self.locate(image_id, None)
-        if located.path is not None:
-            return await anyio.to_thread.run_sync(located.path.read_bytes)
+        if located.fd is not None:
+            return await anyio.to_thread.run_sync(_read_and_close, located.fd, located.image.size)
         data = await self.fetch_bytes(located.image)
         if data is None:
             raise Gone("This image has expired and is no longer stored anywhere.")
@@ -141,11 +178,17 @@ class ImageServing:
             raise checksum_mismatch()
         return data
 
-    async def _local(self, record: StoredImage, path: Path, st: os.stat_result) -> Located:
-        redirect = await self.oversize_redirect(record)
+    async def _local(self, record: StoredImage, path: Path, opened: Opened) -> Located:
+        fd, st = opened
+        try:
+            redirect = await self.oversize_redirect(record)
+        except BaseException:
+            os.close(fd)
+            raise
         if redirect is not None:
+            os.close(fd)
             return redirect
-        return Located(record, path=path, stat=st)
+        return Located(record, path=path, stat=st, fd=fd)
 
     async def oversize_redirect(self, image: StoredImage) -> Located | None:
         """Serverless: a redirect for an image too large for a Lambda answer, even with a /tmp
@@ -173,9 +216,12 @@ class ImageServing:
         if redirect is not None:
             return Located(image, redirect=redirect)
         path = await anyio.to_thread.run_sync(self.fetch_to_cache, row)
-        if path is None:
-            return None
-        return Located(image, path=path)
+        opened = (
+            None if path is None else await anyio.to_thread.run_sync(_open_file, path, row.size)
+        )
+        if path is None or opened is None:
+            return None  # not in R2, or evicted again before it could be opened
+        return Located(image, path=path, stat=opened[1], fd=opened[0])
 
     def redirect_url(self, row: Image) -> str | None:
         """Where to send the client instead of serving the bytes ourselves, if anywhere."""

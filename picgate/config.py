@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     request_header_timeout_seconds: float = Field(30.0, gt=0)
     request_body_timeout_seconds: float = Field(30.0, gt=0)
     max_image_mb: int = Field(50, ge=1)
+    # the largest non-stream answer (or error body) read from the upstream; parsing costs
+    # several times its size in memory
+    max_upstream_response_mb: int = Field(200, ge=1)
     stream_keepalive_seconds: float = Field(15.0, gt=0)
     cleanup_interval_minutes: float = Field(60.0, gt=0)
     log_max_entries: int = Field(5000, ge=100)

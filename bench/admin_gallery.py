@@ -20,9 +20,10 @@ from typing import Any
 
 from sqlalchemy import Select, insert, select, text, tuple_
 
-from picgate.admin import gallery
 from picgate.db.engine import Database
 from picgate.db.models import Image
+from picgate.library import gallery
+from picgate.library.rows import SORT_COLUMNS, ImageRows
 
 
 def fill(db: Database, rows: int) -> None:
@@ -55,19 +56,19 @@ def fill(db: Database, rows: int) -> None:
 
 
 def first_row(db: Database, query: Select[Any]) -> tuple[Any, Any]:
-    row = db.call(lambda s: s.execute(query).one())
+    row = db.read(lambda s: s.execute(query).one())
     return row[0], row[1]
 
 
 def insert_rows(db: Database, rows: list[dict[str, Any]]) -> None:
-    db.call(lambda s: s.execute(insert(Image), rows))
+    db.write(lambda s: s.execute(insert(Image), rows))
 
 
 def timed(db: Database, *, sort: str, cursor: str | None, limit: int) -> float:
     samples = []
     for _ in range(15):
         started = time.perf_counter()
-        db.call(lambda s: gallery.list_images(s, sort=sort, cursor=cursor, limit=limit))
+        gallery.list_images(ImageRows(db), sort=sort, cursor=cursor, limit=limit)
         samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)
 
@@ -83,7 +84,7 @@ def main() -> None:
         started = time.perf_counter()
         fill(db, args.rows)
         print(f"inserted {args.rows} rows in {time.perf_counter() - started:.1f} s")
-        for sort, column in gallery.SORT_COLUMNS.items():
+        for sort, column in SORT_COLUMNS.items():
             # a cursor 95% of the way down the list
             query = (
                 select(column, Image.id)

@@ -58,8 +58,8 @@ def build(data: Path, rows: int, files: int) -> None:
         LogEntry,
     )
     from picgate.eventlog import new_log_id
+    from picgate.library.records import utcnow
     from picgate.services import Services
-    from picgate.storage.image_store import utcnow
     from picgate.storage.memory_store import MemoryObjectStore
 
     services = Services(settings_for(data), objects=MemoryObjectStore())
@@ -70,7 +70,7 @@ def build(data: Path, rows: int, files: int) -> None:
 
     def flush() -> None:
         if batch:
-            services.db.call(lambda s: s.execute(insert(Image), batch))
+            services.db.write(lambda s: s.execute(insert(Image), batch))
             batch.clear()
 
     for i in range(rows):
@@ -135,7 +135,7 @@ def build(data: Path, rows: int, files: int) -> None:
         session.execute(insert(LogEntry), logs)
         session.execute(insert(AdminSession), sessions)
 
-    services.db.call(extras)
+    services.db.write(extras)
     services.db.dispose()
 
 

@@ -54,7 +54,7 @@ def create_app(
     )
     app.state.services = services
     app.openapi = public_openapi(app)  # type: ignore[method-assign]
-    install_error_handlers(app)
+    install_error_handlers(app, services)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=services.settings.max_request_body_mb * 2**20,
@@ -119,18 +119,18 @@ def _json_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, services: Services) -> None:
     @app.exception_handler(PicGateError)
     async def picgate_error(request: Request, exc: PicGateError) -> Response:
-        services: Services = request.app.state.services
-        exc = services.events.redactor.error(exc)  # an upstream may echo a key back
+        events = services.events
+        exc = events.redactor.error(exc)  # an upstream may echo a key back
         if exc.status_code >= 500:
             log.warning(
                 "%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message
             )
         if request.url.path.startswith("/v1/"):
             source = request.client.host if request.client else "unknown"
-            services.events.api_error(exc, source)
+            events.api_error(exc, source)
         return _json_error(exc.status_code, exc.to_dict(), exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -163,7 +163,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        services: Services = request.app.state.services
         services.events.error(f"❌ 内部错误: {type(exc).__name__}")
         return _json_error(
             500,

@@ -1,4 +1,13 @@
-"""``Annotated`` dependency aliases shared by the routers."""
+"""``Annotated`` dependency aliases: one per component a route uses.
+
+Routes declare what they need (``library: LibraryDep``, ``events: EventsDep``...) and FastAPI
+hands them that component of the app's container; no route sees the container itself. The
+container is put on ``app.state.services`` by ``picgate.app.create_app``; it is read here
+without importing it (only the edges import ``picgate.services``).
+
+Every getter is ``async``: FastAPI runs a plain ``def`` dependency in the thread pool, a hop per
+request.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +15,62 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from math import ceil
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx
 from fastapi import Depends, Request
 
 from picgate.config import Settings
+from picgate.db.engine import Database
 from picgate.errors import AuthenticationFailed, KeyGuessingThrottled
-from picgate.services import Services
+from picgate.eventlog import EventLog
+from picgate.gateway.parts import GatewayParts
+from picgate.gateway.upstream import Upstream
+from picgate.library.library import ImageLibrary
+from picgate.settings_store import ConfigService
 from picgate.throttle import AddressThrottle
 
 
-async def get_services(request: Request) -> Services:
-    # async: FastAPI runs a plain ``def`` dependency in the thread pool, a hop per request
-    services: Services = request.app.state.services
-    return services
+def _container(request: Request) -> Any:
+    return request.app.state.services
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+async def get_library(request: Request) -> ImageLibrary:
+    library: ImageLibrary = _container(request).library
+    return library
+
+
+async def get_events(request: Request) -> EventLog:
+    events: EventLog = _container(request).events
+    return events
+
+
+async def get_config(request: Request) -> ConfigService:
+    config: ConfigService = _container(request).config
+    return config
+
+
+async def get_database(request: Request) -> Database:
+    db: Database = _container(request).db
+    return db
+
+
+async def get_upstream(request: Request) -> Upstream:
+    upstream: Upstream = _container(request).upstream
+    return upstream
+
+
+async def get_http(request: Request) -> httpx.AsyncClient:
+    http: httpx.AsyncClient = _container(request).http
+    return http
+
+
+LibraryDep = Annotated[ImageLibrary, Depends(get_library)]
+EventsDep = Annotated[EventLog, Depends(get_events)]
+ConfigDep = Annotated[ConfigService, Depends(get_config)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+UpstreamDep = Annotated[Upstream, Depends(get_upstream)]
+HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
 
 
 def keys_match(given: str, expected: str) -> bool:
@@ -47,12 +95,20 @@ def key_throttle(request: Request) -> AddressThrottle:
     return throttle
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """What an authorized ``/v1`` call works with: the effective settings, and the components
+    the gateway's functions take."""
+
+    settings: Settings
+    parts: GatewayParts
+
+
 async def require_gateway_key(request: Request) -> Gateway:
-    """The services and effective settings of an authorized ``/v1`` call (401 otherwise).
+    """The components and effective settings of an authorized ``/v1`` call (401 otherwise).
 
     One dependency that does it all: FastAPI solves every dependency of a chain on every request.
     """
-    services = request.app.state.services
     throttle = key_throttle(request)
     address = request.client.host if request.client else "unknown"
     wait = throttle.retry_after(address)
@@ -61,7 +117,8 @@ async def require_gateway_key(request: Request) -> Gateway:
             f"Too many wrong gateway API keys from this address; try again in {ceil(wait)} s.",
             headers={"Retry-After": str(ceil(wait))},
         )
-    settings = await services.config.acurrent()
+    container = _container(request)
+    settings = await container.config.acurrent()
     expected = settings.gateway_api_key
     if not expected:
         raise AuthenticationFailed(
@@ -86,26 +143,23 @@ async def require_gateway_key(request: Request) -> Gateway:
             "before contacting the upstream; use the key shown in the PicGate admin console.",
             code="invalid_api_key",
         )
-    return Gateway(services, settings)
-
-
-@dataclass(frozen=True)
-class Gateway:
-    services: Services
-    settings: Settings
+    parts = GatewayParts(
+        library=container.library,
+        events=container.events,
+        upstream=container.upstream,
+        http=container.http,
+    )
+    return Gateway(settings, parts)
 
 
 GatewayAuth = Depends(require_gateway_key)
 GatewayDep = Annotated[Gateway, GatewayAuth]
 
 
-def public_base_url(request: Request, settings: Settings) -> str:
+def public_base_url(request: Request, settings: Settings, events: EventLog) -> str:
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    services: Services = request.app.state.services
-    if not services.base_url_warned:
-        services.events.warning(
-            "⚠️ PUBLIC_BASE_URL 未设置，图片链接使用请求地址生成 (PUBLIC_BASE_URL is not set)"
-        )
-        services.base_url_warned = True
+    events.warn_once(
+        "⚠️ PUBLIC_BASE_URL 未设置，图片链接使用请求地址生成 (PUBLIC_BASE_URL is not set)"
+    )
     return str(request.base_url).rstrip("/")

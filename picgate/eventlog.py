@@ -102,7 +102,8 @@ class EventLog:
         # (minute, kind, address) -> events not yet written; and -> (row id, total) once written
         self._auth_pending: dict[tuple[str, str, str], int] = {}
         self._auth_rows: dict[tuple[str, str, str], tuple[str, int]] = {}
-        self.redactor = Redactor()  # the container replaces it whenever the settings change
+        self._warned: set[str] = set()
+        self.redactor = Redactor()  # ConfigService replaces it whenever the settings change
 
     def scrub(self, message: str) -> str:
         """``message`` without base64 runs, key-shaped words and the configured secrets."""
@@ -125,6 +126,14 @@ class EventLog:
 
     def warning(self, message: str) -> None:
         self.add("WARNING", message)
+
+    def warn_once(self, message: str) -> None:
+        """``warning``, the first time this process sees ``message`` (a standing condition)."""
+        with self._lock:
+            if message in self._warned:
+                return
+            self._warned.add(message)
+        self.warning(message)
 
     def error(self, message: str) -> None:
         self.add("ERROR", message)
@@ -237,7 +246,7 @@ class EventLog:
                 trim_logs(session, self.max_entries)
 
         try:
-            self.db.call(work)
+            self.db.write(work)
         except Exception as exc:  # the log must never take a request down with it
             log.warning("could not write %d log lines: %s", len(events) + len(auth), exc)
             return

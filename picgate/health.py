@@ -7,15 +7,15 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from picgate import __version__
-from picgate.deps import ServicesDep
+from picgate.deps import ConfigDep, DatabaseDep
 
 router = APIRouter()
 
 
 @router.get("/health")
-async def health(services: ServicesDep) -> JSONResponse:
+async def health(db: DatabaseDep, config: ConfigDep) -> JSONResponse:
     try:
-        await anyio.to_thread.run_sync(services.db.ping)
+        await anyio.to_thread.run_sync(db.ping)
     except Exception as exc:  # any database failure means "not healthy"
         return JSONResponse(
             {"status": "error", "database": "unreachable", "detail": type(exc).__name__},
@@ -26,6 +26,6 @@ async def health(services: ServicesDep) -> JSONResponse:
             "status": "ok",
             "version": __version__,
             "database": "ok",
-            "mode": "serverless" if services.serverless else "server",
+            "mode": "serverless" if config.base.serverless else "server",
         }
     )

@@ -1,10 +1,15 @@
 """The container: builds every component once per process, wires them, runs their tasks.
 
 Components (each takes only the others it uses): ``db`` (Database), ``events`` (EventLog),
-``cache`` (LocalCache), ``config`` (ConfigService, built on first use), ``upstream``,
-``archive`` (the R2 store), ``images`` (ImageStore), ``uploads`` (UploadQueue), ``serving``
-(ImageServing), ``cleanup`` (the cleanup job). Routes receive the container through ``deps``;
-the domain, storage and jobs modules never import it.
+``cache`` (LocalCache), ``config`` (ConfigService, built on first use), ``upstream`` and
+``http`` (the outbound client), ``archive`` (the R2 store), ``library`` (ImageLibrary: the
+image row's owner, with its upload queue, serving policy, eviction, retention, console actions
+and statistics), ``cleanup`` (the cleanup job) and ``uploader`` (the upload worker).
+
+Only the edges import this module: ``picgate.app``, ``handler.py`` and the CLI commands. Routes
+get single components through the ``Annotated`` aliases of ``picgate.deps``; the gateway, admin,
+jobs, library and storage code take the components they use as arguments. The import-linter
+contracts in ``pyproject.toml`` hold this.
 
 Building does no I/O. ``prepare()`` (synchronous) makes folders, migrates the database and
 generates a gateway key on first start; ``start()``/``stop()`` run the background tasks of
@@ -24,21 +29,17 @@ import httpx
 
 from picgate.config import Settings, validate_settings
 from picgate.db.engine import Database
-from picgate.errors import StorageUnavailable
 from picgate.eventlog import EventLog
 from picgate.gateway.upstream import Upstream
-from picgate.images.serving import ImageServing
 from picgate.jobs.cleanup import Cleanup
-from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler
 from picgate.jobs.upload_worker import UploadWorker
+from picgate.library.library import ImageLibrary
 from picgate.redaction import Redactor
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
 from picgate.storage.archive import Archive
-from picgate.storage.image_store import ImageStore, StoredImage
 from picgate.storage.local import LocalCache
 from picgate.storage.object_store import ObjectStore
-from picgate.storage.upload_queue import UploadQueue
 
 log = logging.getLogger("picgate")
 
@@ -67,42 +68,17 @@ class Services:
         self.upstream = Upstream(lambda: self.http)
         self._config: ConfigService | None = None
         self.archive = Archive(self._current_settings, forced=objects)
-        self.images = ImageStore(
+        self.library = ImageLibrary(
             db=self.db,
-            cache=self.cache,
-            events=self.events,
-            max_image_bytes=settings.max_image_mb * 2**20,
-            r2_enabled=self.archive.configured,
-        )
-        self.uploads = UploadQueue(
-            db=self.db, cache=self.cache, archive=self.archive, events=self.events
-        )
-        self.serving = ImageServing(
-            images=self.images,
             cache=self.cache,
             archive=self.archive,
             events=self.events,
+            settings=self._current_settings,
+            max_image_bytes=settings.max_image_mb * 2**20,
             serverless=self.serverless,
         )
         self.cleanup = Cleanup(
-            db=self.db,
-            events=self.events,
-            cache=self.cache,
-            images=self.images,
-            archive=self.archive,
-            uploads=self.uploads,
-            settings=self._current_settings,
-        )
-        # the size cap runs after every store
-        self.images.on_stored.append(
-            CapGuard(
-                db=self.db,
-                cache=self.cache,
-                images=self.images,
-                archive=self.archive,
-                events=self.events,
-                settings=self._current_settings,
-            )
+            db=self.db, events=self.events, library=self.library, settings=self._current_settings
         )
         self._prepared = False
         self._prepare_lock = threading.Lock()
@@ -112,7 +88,7 @@ class Services:
         self.generated_key: str | None = None
         # the "PUBLIC_BASE_URL is not set" warning is logged once per process
         self.base_url_warned = False
-        self.uploader = UploadWorker(self.uploads)
+        self.uploader = UploadWorker(self.library.uploads)
         if not self.serverless:
             scheduler = CleanupScheduler(
                 self.cleanup, interval_minutes=settings.cleanup_interval_minutes
@@ -134,14 +110,10 @@ class Services:
     def config(self) -> ConfigService:
         if self._config is None:
             secret = load_or_create_secret_key(self.settings)
-            self._config = ConfigService(self.settings, self.db, SecretBox(secret))
-            self._config.listeners.append(self._settings_changed)
+            self._config = ConfigService(
+                self.settings, self.db, SecretBox(secret), events=self.events
+            )
         return self._config
-
-    def _settings_changed(self, current: Settings) -> None:
-        # keys stored through the console are secrets too; the environment's stay so as well,
-        # and so do keys rotated away (an upstream or a log may still echo the old one)
-        self.events.redactor = self.events.redactor.remembering(self.settings, current)
 
     def prepare(self) -> None:
         """Folders, schema, first-start key. Idempotent and thread-safe; call before serving."""
@@ -173,7 +145,7 @@ class Services:
             from picgate.admin import auth
         except ImportError:  # a build without the console has nothing to set up
             return
-        if self.db.call(auth.admin_exists):
+        if self.db.read(auth.admin_exists):
             return
         token = auth.setup_token(self.config.box)
         base = (self.settings.public_base_url or "").rstrip("/")
@@ -189,27 +161,6 @@ class Services:
             " or run: picgate admin create --username U --password P)\n" + "=" * 64
         )
         print(banner, flush=True)
-
-    async def after_store(self, image: StoredImage) -> StoredImage:
-        """Hook run after an image is stored: queue its R2 upload, or do it now (serverless).
-
-        Serverless: the object is in R2 before this returns; if it cannot be (after a couple of
-        attempts) the row stays queued and StorageUnavailable tells the caller to return the
-        image inline. Server mode: wakes the upload worker and returns at once.
-        """
-        if not self.serverless:
-            if image.queued:
-                self.uploader.wake()
-            return image
-        import anyio.to_thread
-
-        def archive() -> bool:
-            # configured() may read the settings table: off the event loop
-            return not self.archive.configured() or self.uploads.upload_now(image.id)
-
-        if not await anyio.to_thread.run_sync(archive):
-            raise StorageUnavailable("the image could not be archived to R2; returned inline")
-        return image
 
     # -- background work (server mode) ---------------------------------------------------
 
@@ -229,13 +180,13 @@ class Services:
                 await self.events.aflush()
                 if ticks * FLUSH_SECONDS >= ACCESS_FLUSH_SECONDS:
                     ticks = 0
-                    await anyio.to_thread.run_sync(self.images.flush_access_times)
+                    await anyio.to_thread.run_sync(self.library.flush_access_times)
             except Exception as exc:  # keep the loop alive; the next tick retries
                 log.warning("background flush failed: %s", exc)
 
     def flush(self) -> None:
         """Write buffered log lines and access times now (serverless: before returning)."""
-        self.images.flush_access_times()
+        self.library.flush_access_times()
         self.events.flush()
 
     async def stop(self) -> None:

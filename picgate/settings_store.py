@@ -15,7 +15,6 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from sqlalchemy.orm import Session
 from picgate.config import EDITABLE, SECRETS, Settings, SettingsError, validate_settings
 from picgate.db.engine import Database
 from picgate.db.models import Setting
+from picgate.eventlog import EventLog
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -148,15 +148,24 @@ def check_moved_secrets(
 
 
 class ConfigService:
-    def __init__(self, base: Settings, db: Database, box: SecretBox) -> None:
+    """The effective settings: the environment's, over the values saved in the console.
+
+    With ``events``, it keeps the event log's redactor in step: a key stored through the console
+    is a secret too, scrubbed from log lines from the moment it is loaded or saved.
+    """
+
+    def __init__(
+        self, base: Settings, db: Database, box: SecretBox, *, events: EventLog | None = None
+    ) -> None:
         self.base = base
         self.db = db
         self.box = box
+        self.events = events
         self._current = base
         self._loaded_at = 0.0
         self._lock = threading.Lock()
-        # called with the new effective settings whenever they are (re)loaded or saved
-        self.listeners: list[Callable[[Settings], None]] = []
+        # the key made on first start, until the first admin's dashboard shows it (once)
+        self.generated_key: str | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -191,7 +200,7 @@ class ConfigService:
                     del stored[key]
 
     def reload(self) -> Settings:
-        return self._merge(self.db.call(self._read))
+        return self._merge(self.db.read(self._read))
 
     def current(self) -> Settings:
         """Effective settings; refreshed from the database at most every REFRESH_SECONDS."""
@@ -201,7 +210,7 @@ class ConfigService:
 
     async def acurrent(self) -> Settings:
         if time.monotonic() - self._loaded_at > REFRESH_SECONDS:
-            return await self.db.run(lambda s: self._merge(self._read(s)))
+            return await self.db.aread(lambda s: self._merge(self._read(s)))
         return self._current
 
     def _merge(self, stored: dict[str, Any]) -> Settings:
@@ -213,11 +222,13 @@ class ConfigService:
         return merged
 
     def _changed(self, current: Settings) -> None:
-        for listener in self.listeners:
-            listener(current)
+        if self.events is not None:
+            # the environment's keys stay secrets, and so do keys rotated away (an upstream or
+            # a log may still echo the old one)
+            self.events.redactor = self.events.redactor.remembering(self.base, current)
 
     def stored_values(self) -> dict[str, Any]:
-        return self.db.call(self._read)
+        return self.db.read(self._read)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -257,7 +268,7 @@ class ConfigService:
                     row.value, row.secret, row.updated_at = sealed, secret, now
             return candidate
 
-        result = self.db.call(work)
+        result = self.db.write(work)
         with self._lock:
             self._current = result
             self._loaded_at = time.monotonic()
@@ -272,4 +283,11 @@ class ConfigService:
             return None  # set before, or cleared on purpose: a cleared key stays cleared
         key = generate_api_key()
         self.save({"gateway_api_key": key})
+        self.generated_key = key
+        return key
+
+    def take_generated_key(self) -> str | None:
+        """The first-start key, once: later calls return None."""
+        with self._lock:
+            key, self.generated_key = self.generated_key, None
         return key

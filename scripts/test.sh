@@ -52,6 +52,8 @@ export PICGATE_SQLD="$PWD/$SQLD_DIR/sqld"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# the import direction: the import-linter contracts in pyproject.toml
+.venv/bin/lint-imports
 # Coverage is opt-in (PICGATE_COVERAGE=1): on Python 3.11 its trace function races thread start-up
 # in CPython (python/cpython#98257), which now and then kills a worker thread in a threaded test.
 if [ "${PICGATE_COVERAGE:-0}" = 1 ]; then

@@ -14,15 +14,18 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
 
-from picgate.admin import backend, gallery, settings_form, thumbnails
+from picgate.admin import backend, settings_form, thumbnails
 from picgate.admin.guard import AdminDep, CsrfAdminDep
 from picgate.admin.rendering import AdminRoute
+from picgate.db.engine import Database
 from picgate.db.models import Image, LogEntry
-from picgate.deps import ServicesDep
+from picgate.deps import ConfigDep, DatabaseDep, EventsDep, LibraryDep, UpstreamDep
 from picgate.errors import Gone, NotConfigured, NotFound, Unprocessable, UpstreamError
-from picgate.services import Services
+from picgate.eventlog import EventLog
+from picgate.library import gallery
+from picgate.library.library import ImageLibrary
+from picgate.library.records import StoredImage
 from picgate.settings_store import generate_api_key, mask
-from picgate.storage.image_store import StoredImage
 
 router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
 
@@ -58,16 +61,16 @@ async def full_openapi(request: Request, _admin: AdminDep) -> dict[str, Any]:
 
 
 @router.get("/stats")
-async def stats(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
-    return await backend.dashboard_stats(services)
+async def stats(library: LibraryDep, config: ConfigDep, _admin: AdminDep) -> dict[str, Any]:
+    return await backend.dashboard_stats(library, config)
 
 
 @router.get("/health")
-async def health(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
-    settings = await services.config.acurrent()
+async def health(library: LibraryDep, config: ConfigDep, _admin: AdminDep) -> dict[str, Any]:
+    settings = await config.acurrent()
     return {
         "upstream": {"configured": settings.upstream_configured},
-        "r2": await backend.r2_health(services, settings),
+        "r2": await backend.r2_health(library, settings),
     }
 
 
@@ -75,36 +78,38 @@ async def health(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
 
 
 @router.get("/settings")
-async def read_settings(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
-    settings = await services.config.acurrent()
+async def read_settings(config: ConfigDep, _admin: AdminDep) -> dict[str, Any]:
+    settings = await config.acurrent()
     return {"groups": settings_form.settings_view(settings)}
 
 
 @router.put("/settings")
 async def write_settings(
-    body: SettingsUpdate, services: ServicesDep, _admin: CsrfAdminDep
+    body: SettingsUpdate, config: ConfigDep, events: EventsDep, _admin: CsrfAdminDep
 ) -> dict[str, Any]:
-    settings = await anyio.to_thread.run_sync(settings_form.save, services.config, body.values)
+    settings = await anyio.to_thread.run_sync(settings_form.save, config, body.values)
     names = ", ".join(sorted(body.values))
-    services.events.info(f"⚙️ 设置已保存: {names}")
+    events.info(f"⚙️ 设置已保存: {names}")
     return {"ok": True, "groups": settings_form.settings_view(settings)}
 
 
 @router.post("/settings/test-upstream")
-async def test_upstream(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
-    settings = await services.config.acurrent()
+async def test_upstream(
+    config: ConfigDep, upstream: UpstreamDep, events: EventsDep, _admin: CsrfAdminDep
+) -> dict[str, Any]:
+    settings = await config.acurrent()
     if not settings.upstream_configured:
         return {"ok": False, "status": None, "latency_ms": None, "detail": "not_configured"}
     started = time.perf_counter()
     try:
-        data = await services.upstream.get_json(settings, "models", timeout=15.0)
+        data = await upstream.get_json(settings, "models", timeout=15.0)
     except (UpstreamError, NotConfigured) as exc:
         return {
             "ok": False,
             "status": exc.status_code,
             "latency_ms": round((time.perf_counter() - started) * 1000),
             # the upstream may echo the key it was sent; the admin sees it masked only
-            "detail": services.events.redactor.remembering(settings).text(exc.message),
+            "detail": events.redactor.remembering(settings).text(exc.message),
         }
     latency = round((time.perf_counter() - started) * 1000)
     listed = data.get("data") if isinstance(data, dict) else None
@@ -120,8 +125,8 @@ async def test_upstream(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str
 
 
 @router.post("/settings/test-r2")
-async def test_r2(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
-    settings = await services.config.acurrent()
+async def test_r2(config: ConfigDep, _admin: CsrfAdminDep) -> dict[str, Any]:
+    settings = await config.acurrent()
     if not settings.r2_configured:
         return {"ok": False, "steps": [], "detail": "not_configured"}
     steps = backend.plain(await backend.test_r2(settings))
@@ -130,10 +135,12 @@ async def test_r2(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]
 
 
 @router.post("/settings/generate-key")
-async def generate_key(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
+async def generate_key(
+    config: ConfigDep, events: EventsDep, _admin: CsrfAdminDep
+) -> dict[str, Any]:
     key = generate_api_key()
-    await anyio.to_thread.run_sync(settings_form.save, services.config, {"gateway_api_key": key})
-    services.events.info("🔑 已生成新的网关 API 密钥")
+    await anyio.to_thread.run_sync(settings_form.save, config, {"gateway_api_key": key})
+    events.info("🔑 已生成新的网关 API 密钥")
     # the one time the full key leaves the server: the admin copies it now or generates anew
     return {"ok": True, "key": key, "masked": mask(key)}
 
@@ -142,22 +149,24 @@ async def generate_key(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str,
 
 
 @router.get("/cache")
-async def cache(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
-    return await backend.cache_stats(services)
+async def cache(library: LibraryDep, config: ConfigDep, _admin: AdminDep) -> dict[str, Any]:
+    return await backend.cache_stats(library, config)
 
 
 @router.post("/cache/{action}")
-async def cache_action(action: str, services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
+async def cache_action(
+    action: str, library: LibraryDep, config: ConfigDep, _admin: CsrfAdminDep
+) -> dict[str, Any]:
     target = backend.CACHE_ACTIONS.get(action)
     if target is None:
         raise NotFound(f"Unknown cache action {action!r}.")
-    result = await backend.cache_action(services, target)
-    await anyio.to_thread.run_sync(services.events.flush)
+    result = await backend.cache_action(library, target)
+    await anyio.to_thread.run_sync(library.events.flush)
     return {
         "ok": True,
         "action": action,
         "result": backend.plain(result),
-        "stats": await backend.cache_stats(services),
+        "stats": await backend.cache_stats(library, config),
     }
 
 
@@ -166,58 +175,56 @@ async def cache_action(action: str, services: ServicesDep, _admin: CsrfAdminDep)
 
 @router.get("/images")
 async def images(
-    services: ServicesDep,
+    library: LibraryDep,
     _admin: AdminDep,
     sort: str = "created",
     cursor: str | None = None,
     limit: int = Query(48, ge=1, le=gallery.MAX_LIMIT),
 ) -> dict[str, Any]:
-    page = await services.db.run(
-        lambda s: gallery.list_images(s, sort=sort, cursor=cursor, limit=limit)
-    )
+    page = await library.list(sort=sort, cursor=cursor, limit=limit)
     return {"items": page.items, "next_cursor": page.next_cursor, "total": page.total}
 
 
 @router.post("/images/delete")
 async def delete_images(
-    body: DeleteRequest, services: ServicesDep, _admin: CsrfAdminDep
+    body: DeleteRequest, library: LibraryDep, _admin: CsrfAdminDep
 ) -> dict[str, Any]:
     flags = DELETE_MODES[body.mode]
     ids = list(dict.fromkeys(body.ids))
-    result = await backend.delete_images(services, ids, **flags)
+    result = await library.delete(ids, **flags)
     if flags["local"]:
-        root = thumbnails.thumbs_dir(services.cache.root)
+        root = thumbnails.thumbs_dir(library.cache.root)
         for image_id in ids:
             try:
                 thumbnails.drop_thumbnail(root, image_id)
             except ValueError:  # not an id at all: nothing was stored under it
                 continue
-    await anyio.to_thread.run_sync(services.events.flush)
+    await anyio.to_thread.run_sync(library.events.flush)
     return {"ok": True, "mode": body.mode, "result": backend.plain(result)}
 
 
-async def _image_bytes(services: Services, row: Image) -> bytes:
-    data = await anyio.to_thread.run_sync(services.cache.read, row.id, row.ext)
+async def _image_bytes(library: ImageLibrary, row: Image) -> bytes:
+    data = await anyio.to_thread.run_sync(library.cache.read, row.id, row.ext)
     if data is None:
         image = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
-        data = await services.serving.fetch_bytes(image)
+        data = await library.serving.fetch_bytes(image)
     if data is None:
         raise Gone("This image is no longer stored anywhere.")
     return data
 
 
 @router.get("/images/{image_id}/thumb")
-async def thumbnail(image_id: str, services: ServicesDep, _admin: AdminDep) -> Response:
-    root = thumbnails.thumbs_dir(services.cache.root)
+async def thumbnail(image_id: str, library: LibraryDep, _admin: AdminDep) -> Response:
+    root = thumbnails.thumbs_dir(library.cache.root)
     try:
         cached = await anyio.to_thread.run_sync(thumbnails.cached_thumbnail, root, image_id)
     except ValueError as exc:
         raise NotFound("No such image.") from exc
     if cached is None:
-        row = await services.db.run(lambda s: s.get(Image, image_id))
+        row = await library.aget(image_id)
         if row is None:
             raise NotFound("No such image.")
-        data = await _image_bytes(services, row)
+        data = await _image_bytes(library, row)
         cached = await anyio.to_thread.run_sync(thumbnails.make_thumbnail, data)
         await anyio.to_thread.run_sync(thumbnails.save_thumbnail, root, image_id, cached)
     return Response(
@@ -228,8 +235,10 @@ async def thumbnail(image_id: str, services: ServicesDep, _admin: AdminDep) -> R
 # -- logs ------------------------------------------------------------------------------------
 
 
-def _read_logs(services: Services, level: str | None, limit: int) -> list[dict[str, Any]]:
-    services.events.flush()
+def _read_logs(
+    events: EventLog, db: Database, level: str | None, limit: int
+) -> list[dict[str, Any]]:
+    events.flush()
 
     def work(session: Any) -> list[dict[str, Any]]:
         query = select(LogEntry).order_by(LogEntry.id.desc()).limit(limit)
@@ -245,12 +254,13 @@ def _read_logs(services: Services, level: str | None, limit: int) -> list[dict[s
             for e in session.scalars(query)
         ]
 
-    return services.db.call(work)
+    return db.read(work)
 
 
 @router.get("/logs")
 async def logs(
-    services: ServicesDep,
+    events: EventsDep,
+    db: DatabaseDep,
     _admin: AdminDep,
     level: str = "",
     limit: int = Query(200, ge=1, le=1000),
@@ -258,12 +268,12 @@ async def logs(
     level = level.upper()
     if level and level not in LOG_LEVELS:
         raise Unprocessable("level must be INFO, WARNING or ERROR", param="level")
-    entries = await anyio.to_thread.run_sync(_read_logs, services, level or None, limit)
+    entries = await anyio.to_thread.run_sync(_read_logs, events, db, level or None, limit)
     return {"entries": entries}
 
 
 @router.post("/logs/clear")
-async def clear_logs(services: ServicesDep, _admin: CsrfAdminDep) -> dict[str, Any]:
-    await anyio.to_thread.run_sync(services.events.flush)
-    removed = await services.db.run(lambda s: s.execute(delete(LogEntry)).rowcount)  # type: ignore[attr-defined]
+async def clear_logs(events: EventsDep, db: DatabaseDep, _admin: CsrfAdminDep) -> dict[str, Any]:
+    await anyio.to_thread.run_sync(events.flush)
+    removed = await db.awrite(lambda s: s.execute(delete(LogEntry)).rowcount)  # type: ignore[attr-defined]
     return {"ok": True, "removed": int(removed or 0)}

@@ -1,8 +1,8 @@
-"""The console's doorway to the storage and lifecycle code.
+"""The console's doorway to the image library: runs its synchronous work in a worker thread
+and turns what it returns into plain dicts for JSON.
 
-Operations and statistics belong to ``picgate.storage.operations`` and ``picgate.jobs``; this
-module hands them the components they take, runs them in a worker thread (they are
-synchronous), and turns what they return into plain dicts for JSON.
+The actions and statistics themselves live in ``picgate.library.actions`` and
+``picgate.library.stats``; this module takes the components it uses as arguments.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 import anyio.to_thread
 
 from picgate.config import Settings
-from picgate.jobs import stats
-from picgate.services import Services
-from picgate.storage import operations
+from picgate.library import actions
+from picgate.library.actions import ConsoleActions
+from picgate.library.library import ImageLibrary
+from picgate.settings_store import ConfigService
 from picgate.storage.archive import build_object_store
 from picgate.storage.object_store import ConnectionCheck, ObjectStoreError
 
@@ -42,63 +43,24 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def _upload_pending(services: Services) -> dict[str, int]:
-    return operations.upload_pending(
-        db=services.db, archive=services.archive, uploads=services.uploads
-    )
-
-
-def _retry_failed(services: Services) -> dict[str, int]:
-    return operations.retry_failed(
-        db=services.db, archive=services.archive, events=services.events, uploads=services.uploads
-    )
-
-
-def _archive_local(services: Services) -> dict[str, int]:
-    return operations.archive_local(
-        db=services.db, archive=services.archive, events=services.events, uploads=services.uploads
-    )
-
-
 # the console's cache buttons: each a synchronous call, run in a worker thread
-CACHE_ACTIONS: dict[str, Callable[[Services], Any]] = {
-    "clean-expired": lambda services: services.cleanup.clean_expired(),
-    "clear-local": lambda services: services.cleanup.clear_local(),
-    "upload-pending": _upload_pending,
-    "retry-failed": _retry_failed,
-    "archive-local": _archive_local,
+CACHE_ACTIONS: dict[str, Callable[[ConsoleActions], Any]] = {
+    "clean-expired": lambda console: console.clean_expired(),
+    "clear-local": lambda console: console.clear_local(),
+    "upload-pending": lambda console: console.upload_pending(),
+    "retry-failed": lambda console: console.retry_failed(),
+    "archive-local": lambda console: console.archive_local(),
 }
 
 
-async def cache_action(services: Services, action: Callable[[Services], Any]) -> Any:
+async def cache_action(library: ImageLibrary, action: Callable[[ConsoleActions], Any]) -> Any:
     """Run one of CACHE_ACTIONS off the event loop."""
-    return await anyio.to_thread.run_sync(action, services)
-
-
-async def delete_images(
-    services: Services, ids: list[str], *, local: bool, remote: bool, forget: bool
-) -> dict[str, int]:
-    """``picgate.storage.operations.delete_images`` with this process's components."""
-
-    def work() -> dict[str, int]:
-        return operations.delete_images(
-            ids,
-            db=services.db,
-            cache=services.cache,
-            images=services.images,
-            archive=services.archive,
-            events=services.events,
-            local=local,
-            remote=remote,
-            forget=forget,
-        )
-
-    return await anyio.to_thread.run_sync(work)
+    return await anyio.to_thread.run_sync(action, library.actions)
 
 
 async def test_r2(settings: Settings) -> list[ConnectionCheck]:
     """The step-by-step R2 connection test of the settings page."""
-    return await anyio.to_thread.run_sync(operations.test_r2, settings)
+    return await anyio.to_thread.run_sync(actions.test_r2, settings)
 
 
 test_r2.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, despite its name
@@ -107,35 +69,20 @@ test_r2.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, des
 # -- statistics ------------------------------------------------------------------------------
 
 
-def _cache_stats(services: Services) -> dict[str, Any]:
-    return stats.cache_stats(
-        db=services.db,
-        cache=services.cache,
-        archive=services.archive,
-        settings=services.config.current(),
-    )
-
-
-def _dashboard_stats(services: Services) -> dict[str, Any]:
-    return stats.dashboard_stats(
-        db=services.db,
-        cache=services.cache,
-        archive=services.archive,
-        events=services.events,
-        settings=services.config.current(),
-    )
-
-
-async def cache_stats(services: Services) -> dict[str, Any]:
+async def cache_stats(library: ImageLibrary, config: ConfigService) -> dict[str, Any]:
     """total, local, r2, pending, failed, expired, disk_bytes, cap_bytes, cap_ratio, ..."""
-    result: dict[str, Any] = plain(await anyio.to_thread.run_sync(_cache_stats, services))
+    settings = await config.acurrent()
+    found = await anyio.to_thread.run_sync(library.stats.cache_stats, settings)
+    result: dict[str, Any] = plain(found)
     return result
 
 
-async def dashboard_stats(services: Services) -> dict[str, Any]:
+async def dashboard_stats(library: ImageLibrary, config: ConfigService) -> dict[str, Any]:
     """``cache_stats`` plus requests_today, errors_today, images_today (UTC day) and
     ``last_cleanup_at`` (ISO, UTC)."""
-    result: dict[str, Any] = plain(await anyio.to_thread.run_sync(_dashboard_stats, services))
+    settings = await config.acurrent()
+    found = await anyio.to_thread.run_sync(library.stats.dashboard_stats, settings)
+    result: dict[str, Any] = plain(found)
     last = result.get("last_cleanup")
     when = last.get("last_run_at") if isinstance(last, dict) else last
     if isinstance(when, str) and when and not when.endswith(("Z", "+00:00")):
@@ -149,7 +96,7 @@ async def dashboard_stats(services: Services) -> dict[str, Any]:
 _r2_checked: dict[int, tuple[float, tuple[Any, ...], dict[str, Any]]] = {}
 
 
-async def r2_health(services: Services, settings: Settings) -> dict[str, Any]:
+async def r2_health(library: ImageLibrary, settings: Settings) -> dict[str, Any]:
     """``{"configured", "reachable", "detail"}``, re-checked at most every R2_CHECK_SECONDS."""
     if not settings.r2_configured:
         return {"configured": False, "reachable": None, "detail": ""}
@@ -159,7 +106,7 @@ async def r2_health(services: Services, settings: Settings) -> dict[str, Any]:
         settings.r2_access_key_id,
         settings.r2_secret_access_key,
     )
-    cached = _r2_checked.get(id(services))
+    cached = _r2_checked.get(id(library))
     if cached and cached[1] == signature and time.monotonic() - cached[0] < R2_CHECK_SECONDS:
         return cached[2]
     store = build_object_store(settings, max_attempts=1)
@@ -172,5 +119,5 @@ async def r2_health(services: Services, settings: Settings) -> dict[str, Any]:
             result = {"configured": True, "reachable": True, "detail": detail}
         except ObjectStoreError as exc:
             result = {"configured": True, "reachable": False, "detail": str(exc)}
-    _r2_checked[id(services)] = (time.monotonic(), signature, result)
+    _r2_checked[id(library)] = (time.monotonic(), signature, result)
     return result

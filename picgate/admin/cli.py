@@ -38,7 +38,7 @@ def cmd_admin_unlock(args: argparse.Namespace) -> int:
         return 2
     try:
         db.migrate()
-        removed = db.call(lambda s: auth.unlock(s, args.username))
+        removed = db.write(lambda s: auth.unlock(s, args.username))
     finally:
         db.dispose()
     who = f"account {args.username!r}" if args.username else "every account and address"
@@ -64,7 +64,7 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
         return 2
     try:
         db.migrate()
-        created = db.call(lambda s: auth.set_admin(s, username=args.username, password=password))
+        created = db.write(lambda s: auth.set_admin(s, username=args.username, password=password))
     finally:
         db.dispose()
     verb = "created" if created else "updated (its sessions were ended)"

@@ -16,8 +16,8 @@ from fastapi import Depends, Request, Response
 from picgate.admin import auth
 from picgate.admin.auth import AdminContext, AdminLoginRequired, CsrfFailed
 from picgate.admin.throttle import HashingGate
-from picgate.deps import ServicesDep
-from picgate.services import Services
+from picgate.db.engine import Database
+from picgate.deps import DatabaseDep
 
 SESSION_COOKIE = "picgate_session"
 FORM_CSRF_COOKIE = "picgate_csrf"
@@ -41,28 +41,29 @@ def hashing_gate(request: Request) -> HashingGate:
     return gate
 
 
-async def admin_ready(request: Request, services: Services) -> bool:
+async def admin_ready(request: Request, db: Database) -> bool:
     """Whether an admin account exists (once true, remembered for the process)."""
     if getattr(request.app.state, "admin_ready", False):
         return True
-    ready = await services.db.run(auth.admin_exists)
+    ready = await db.aread(auth.admin_exists)
     if ready:
         request.app.state.admin_ready = True
     return ready
 
 
-async def current_admin(request: Request, services: Services) -> AdminContext | None:
+async def current_admin(request: Request, db: Database) -> AdminContext | None:
     if hasattr(request.state, "admin"):
         admin: AdminContext | None = request.state.admin
         return admin
     token = request.cookies.get(SESSION_COOKIE)
-    admin = await services.db.run(lambda s: auth.load_session(s, token)) if token else None
+    # a write: loading ends an expired session and refreshes a live one's last use
+    admin = await db.awrite(lambda s: auth.load_session(s, token)) if token else None
     request.state.admin = admin
     return admin
 
 
-async def require_admin(request: Request, services: ServicesDep) -> AdminContext:
-    admin = await current_admin(request, services)
+async def require_admin(request: Request, db: DatabaseDep) -> AdminContext:
+    admin = await current_admin(request, db)
     if admin is None:
         raise AdminLoginRequired("Sign in to the admin console first (/admin/login).")
     return admin

@@ -20,8 +20,8 @@ from picgate.admin import auth, backend, guard, i18n, settings_form
 from picgate.admin.auth import AdminContext, CsrfFailed, LoginThrottled
 from picgate.admin.rendering import AdminRoute, render, static_file
 from picgate.admin.throttle import HashingBusy
-from picgate.deps import ServicesDep
-from picgate.services import Services
+from picgate.db.engine import Database
+from picgate.deps import ConfigDep, DatabaseDep, EventsDep, LibraryDep
 
 router = APIRouter(prefix="/admin", route_class=AdminRoute)
 
@@ -69,14 +69,14 @@ def context(
     }
 
 
-async def gate(request: Request, services: Services) -> AdminContext | Response:
+async def gate(request: Request, db: Database) -> AdminContext | Response:
     """The signed-in admin, or where to send the browser instead."""
     switched = language_switch(request)
     if switched is not None:
         return switched
-    if not await guard.admin_ready(request, services):
+    if not await guard.admin_ready(request, db):
         return redirect("/admin/setup")
-    admin = await guard.current_admin(request, services)
+    admin = await guard.current_admin(request, db)
     if admin is None:
         return redirect("/admin/login")
     return admin
@@ -86,14 +86,16 @@ async def gate(request: Request, services: Services) -> AdminContext | Response:
 
 
 @router.get("")
-async def dashboard(request: Request, services: ServicesDep) -> Response:
-    admin = await gate(request, services)
+async def dashboard(
+    request: Request, db: DatabaseDep, library: LibraryDep, config: ConfigDep
+) -> Response:
+    admin = await gate(request, db)
     if isinstance(admin, Response):
         return admin
-    stats = await backend.dashboard_stats(services)
-    settings = await services.config.acurrent()
+    stats = await backend.dashboard_stats(library, config)
+    settings = await config.acurrent()
     # the first-start key is shown once, to the first admin who opens the dashboard
-    key, services.generated_key = services.generated_key, None
+    key = config.take_generated_key()
     return render(
         "dashboard.html",
         context(request, "dashboard", admin, stats=stats, settings=settings, generated_key=key),
@@ -101,39 +103,41 @@ async def dashboard(request: Request, services: ServicesDep) -> Response:
 
 
 @router.get("/settings")
-async def settings_page(request: Request, services: ServicesDep) -> Response:
-    admin = await gate(request, services)
+async def settings_page(request: Request, db: DatabaseDep, config: ConfigDep) -> Response:
+    admin = await gate(request, db)
     if isinstance(admin, Response):
         return admin
-    settings = await services.config.acurrent()
+    settings = await config.acurrent()
     groups = settings_form.settings_view(settings)
     return render("settings.html", context(request, "settings", admin, groups=groups))
 
 
 @router.get("/cache")
-async def cache_page(request: Request, services: ServicesDep) -> Response:
-    admin = await gate(request, services)
+async def cache_page(
+    request: Request, db: DatabaseDep, library: LibraryDep, config: ConfigDep
+) -> Response:
+    admin = await gate(request, db)
     if isinstance(admin, Response):
         return admin
-    settings = await services.config.acurrent()
-    stats = await backend.cache_stats(services)
+    settings = await config.acurrent()
+    stats = await backend.cache_stats(library, config)
     cap = settings_form.field_view(settings, "max_local_cache_mb")
     return render("cache.html", context(request, "cache", admin, stats=stats, cap=cap))
 
 
 @router.get("/images")
-async def images_page(request: Request, services: ServicesDep) -> Response:
-    admin = await gate(request, services)
+async def images_page(request: Request, db: DatabaseDep, config: ConfigDep) -> Response:
+    admin = await gate(request, db)
     if isinstance(admin, Response):
         return admin
-    settings = await services.config.acurrent()
+    settings = await config.acurrent()
     base = (settings.public_base_url or "").rstrip("/")
     return render("images.html", context(request, "images", admin, public_base=base))
 
 
 @router.get("/logs")
-async def logs_page(request: Request, services: ServicesDep) -> Response:
-    admin = await gate(request, services)
+async def logs_page(request: Request, db: DatabaseDep) -> Response:
+    admin = await gate(request, db)
     if isinstance(admin, Response):
         return admin
     return render("logs.html", context(request, "logs", admin))
@@ -178,11 +182,11 @@ def auth_page(
 
 
 @router.get("/setup")
-async def setup_form(request: Request, services: ServicesDep) -> Response:
+async def setup_form(request: Request, db: DatabaseDep) -> Response:
     switched = language_switch(request)
     if switched is not None:
         return switched
-    if await guard.admin_ready(request, services):
+    if await guard.admin_ready(request, db):
         return redirect("/admin/login")
     # a token from the console's link rides along hidden; without one the form asks for it
     given = request.query_params.get("token", "")[:128]
@@ -190,8 +194,10 @@ async def setup_form(request: Request, services: ServicesDep) -> Response:
 
 
 @router.post("/setup")
-async def setup_submit(request: Request, services: ServicesDep) -> Response:
-    if await guard.admin_ready(request, services):
+async def setup_submit(
+    request: Request, db: DatabaseDep, config: ConfigDep, events: EventsDep
+) -> Response:
+    if await guard.admin_ready(request, db):
         return redirect("/admin/login")
     form = await request.form()
     username = str(form.get("username", "")).strip()
@@ -199,8 +205,8 @@ async def setup_submit(request: Request, services: ServicesDep) -> Response:
     given = str(form.get("setup_token", "")).strip()[:128]
     if not guard.form_csrf_ok(request, str(form.get("csrf_token", ""))):
         return auth_page(request, "setup.html", error="auth.error.csrf", status_code=403)
-    if not auth.tokens_match(given, auth.setup_token(services.config.box)):
-        services.events.tally("setup_refused", guard.client_ip(request))
+    if not auth.tokens_match(given, auth.setup_token(config.box)):
+        events.tally("setup_refused", guard.client_ip(request))
         return auth_page(
             request,
             "setup.html",
@@ -221,7 +227,7 @@ async def setup_submit(request: Request, services: ServicesDep) -> Response:
             setup_token=given,
         )
     try:
-        created = await services.db.run(
+        created = await db.awrite(
             lambda s: auth.create_first_admin(s, username=username, password=password)
         )
     except IntegrityError:
@@ -229,18 +235,18 @@ async def setup_submit(request: Request, services: ServicesDep) -> Response:
     if not created:
         return redirect("/admin/login")
     request.app.state.admin_ready = True
-    services.events.info(f"👤 已创建管理员账户: {username}")
+    events.info(f"👤 已创建管理员账户: {username}")
     return redirect("/admin/login?created=1")
 
 
 @router.get("/login")
-async def login_form(request: Request, services: ServicesDep) -> Response:
+async def login_form(request: Request, db: DatabaseDep) -> Response:
     switched = language_switch(request)
     if switched is not None:
         return switched
-    if not await guard.admin_ready(request, services):
+    if not await guard.admin_ready(request, db):
         return redirect("/admin/setup")
-    if await guard.current_admin(request, services) is not None:
+    if await guard.current_admin(request, db) is not None:
         return redirect("/admin")
     notice = "setup.done" if request.query_params.get("created") else None
     if request.query_params.get("changed"):
@@ -249,8 +255,8 @@ async def login_form(request: Request, services: ServicesDep) -> Response:
 
 
 @router.post("/login")
-async def login_submit(request: Request, services: ServicesDep) -> Response:
-    if not await guard.admin_ready(request, services):
+async def login_submit(request: Request, db: DatabaseDep, events: EventsDep) -> Response:
+    if not await guard.admin_ready(request, db):
         return redirect("/admin/setup")
     form = await request.form()
     username = str(form.get("username", "")).strip()[:128]
@@ -259,7 +265,7 @@ async def login_submit(request: Request, services: ServicesDep) -> Response:
         return auth_page(request, "login.html", error="auth.error.csrf", status_code=403)
     ip = guard.client_ip(request)
     # an account being guessed from many addresses is slowed down here, never locked out
-    delay = await services.db.run(lambda s: auth.account_delay(s, username=username))
+    delay = await db.aread(lambda s: auth.account_delay(s, username=username))
     if delay > 0:
         await anyio.sleep(delay)
 
@@ -267,62 +273,60 @@ async def login_submit(request: Request, services: ServicesDep) -> Response:
     # with one of a few hashing slots (throttle.HashingGate): bounded guesses, memory and CPU
     try:
         async with guard.hashing_gate(request).slot():
-            ticket = await services.db.run(lambda s: auth.admit(s, username=username, ip=ip))
+            ticket = await db.awrite(lambda s: auth.admit(s, username=username, ip=ip))
             ok = await anyio.to_thread.run_sync(
                 auth.verify_password, ticket.password_hash, password
             )
     except LoginThrottled:
-        services.events.tally("login_throttled", ip)
+        events.tally("login_throttled", ip)
         return auth_page(
             request, "login.html", error="auth.error.throttled", username=username, status_code=429
         )
     except HashingBusy as busy:
-        services.events.tally("login_busy", ip)
+        events.tally("login_busy", ip)
         page = auth_page(
             request, "login.html", error="auth.error.busy", username=username, status_code=503
         )
         page.headers.update(busy.headers)
         return page
     if not ok or ticket.user_id is None:
-        services.events.tally("login_failed", ip)
+        events.tally("login_failed", ip)
         return auth_page(
             request, "login.html", error="auth.error.invalid", username=username, status_code=401
         )
     user_id = ticket.user_id
-    token = await services.db.run(
-        lambda s: auth.succeeded(s, username=username, ip=ip, user_id=user_id)
-    )
-    services.events.info(f"🔐 管理员已登录: {username}")
+    token = await db.awrite(lambda s: auth.succeeded(s, username=username, ip=ip, user_id=user_id))
+    events.info(f"🔐 管理员已登录: {username}")
     response = redirect("/admin")
     guard.set_session_cookie(response, request, token)
     return response
 
 
 @router.post("/logout")
-async def logout(request: Request, services: ServicesDep) -> Response:
-    admin = await guard.current_admin(request, services)
+async def logout(request: Request, db: DatabaseDep) -> Response:
+    admin = await guard.current_admin(request, db)
     if admin is not None:
         form = await request.form()
         if not auth.tokens_match(str(form.get("csrf_token", "")), admin.csrf_token):
             raise CsrfFailed("Missing or wrong CSRF token.")
         token = request.cookies.get(guard.SESSION_COOKIE)
-        await services.db.run(lambda s: auth.end_session(s, token))
+        await db.awrite(lambda s: auth.end_session(s, token))
     response = redirect("/admin/login")
     guard.clear_session_cookie(response, request)
     return response
 
 
 @router.get("/password")
-async def password_form(request: Request, services: ServicesDep) -> Response:
-    admin = await gate(request, services)
+async def password_form(request: Request, db: DatabaseDep) -> Response:
+    admin = await gate(request, db)
     if isinstance(admin, Response):
         return admin
     return render("password.html", context(request, "password", admin))
 
 
 @router.post("/password")
-async def password_submit(request: Request, services: ServicesDep) -> Response:
-    admin = await gate(request, services)
+async def password_submit(request: Request, db: DatabaseDep, events: EventsDep) -> Response:
+    admin = await gate(request, db)
     if isinstance(admin, Response):
         return admin
     form = await request.form()
@@ -334,11 +338,11 @@ async def password_submit(request: Request, services: ServicesDep) -> Response:
     if problem is None and new != str(form.get("password_confirm", "")):
         problem = "auth.error.mismatch"
     if problem is None:
-        changed = await services.db.run(
+        changed = await db.awrite(
             lambda s: auth.change_password(s, admin.user_id, current=current, new=new)
         )
         if changed:
-            services.events.info(f"🔑 管理员已修改密码: {admin.username}")
+            events.info(f"🔑 管理员已修改密码: {admin.username}")
             response = redirect("/admin/login?changed=1")
             guard.clear_session_cookie(response, request)
             return response

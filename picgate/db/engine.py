@@ -3,9 +3,15 @@
 One synchronous code path serves a SQLite file, libSQL/Turso and PostgreSQL. A remote libSQL
 URL (``sqlite+libsql://host``, ``libsql://host``, ``https://host``) goes to SQLAlchemy's SQLite
 dialect over PicGate's Hrana-over-HTTP driver (``picgate.db.hrana``); ``sqlite+libsql:///file``
-is an ordinary SQLite file (libSQL's format is SQLite's) opened with the stdlib driver. Async
-routes call ``await db.run(fn)``: ``fn(session)`` runs in a worker thread inside a transaction
-that commits when it returns.
+is an ordinary SQLite file (libSQL's format is SQLite's) opened with the stdlib driver.
+
+Work on the database is ``db.read(fn)`` or ``db.write(fn)`` (``aread``/``awrite`` run it in a
+worker thread): ``fn(session)`` runs inside a transaction that commits when it returns. The
+single-writer rule lives here, for every backend (datasette's ``execute_write_fn``): writes take
+turns per process and database, behind one lock, so only one transaction of this process ever
+waits for the database's own write lock (a SQLite file's, or sqld's, which stalls when several
+streams wait for it at once). Reads never take the lock. Waiting longer than the timeout is
+sqlite3's "database is locked".
 """
 
 from __future__ import annotations
@@ -14,14 +20,14 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -30,6 +36,21 @@ HEAD_REVISION = "0001"
 # how long a process waits for another one migrating the same database at the same time
 MIGRATION_WAIT_SECONDS = 30.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+WRITE_WAIT_SECONDS = 30.0
+
+_write_locks: dict[str, threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def write_lock(url: URL) -> threading.Lock:
+    """The process's one-writer-at-a-time lock for the database at ``url``.
+
+    Per URL, not per ``Database``: two objects on one database (a CLI beside the app in a test,
+    replicas simulated in one process) must still take turns.
+    """
+    key = url.render_as_string(hide_password=True)
+    with _write_locks_guard:
+        return _write_locks.setdefault(key, threading.Lock())
 
 
 def normalize_url(raw: str) -> URL:
@@ -110,11 +131,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Database:
-    """The engine, a session factory, and a way to run session work off the event loop."""
+    """The engine, a session factory, and the read and write paths (see the module docstring)."""
 
-    def __init__(self, raw_url: str, *, auth_token: str | None = None) -> None:
+    def __init__(
+        self,
+        raw_url: str,
+        *,
+        auth_token: str | None = None,
+        write_timeout: float = WRITE_WAIT_SECONDS,
+    ) -> None:
         self.raw_url = raw_url
         self.url = normalize_url(raw_url)
+        self._write_lock = write_lock(self.url)
+        self._write_timeout = write_timeout
         self._auth_token = auth_token
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
@@ -138,14 +167,43 @@ class Database:
         assert self._sessions is not None
         return self._sessions()
 
-    def call(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn(session)`` in a transaction on this thread."""
+    def read(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` in a transaction on this thread; ``fn`` must not write."""
         with self.session() as session, session.begin():
             return fn(session)
 
-    async def run(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn(session)`` in a transaction in a worker thread."""
-        return await anyio.to_thread.run_sync(self.call, fn)
+    def write(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` in a transaction on this thread, holding the write lock.
+
+        OperationalError ("database is locked") when another write of this process holds the
+        lock longer than the write timeout.
+        """
+        with self._writing(), self.session() as session, session.begin():
+            return fn(session)
+
+    async def aread(self, fn: Callable[[Session], T]) -> T:
+        """``read`` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.read, fn)
+
+    async def awrite(self, fn: Callable[[Session], T]) -> T:
+        """``write`` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.write, fn)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        if not self._write_lock.acquire(timeout=self._write_timeout):
+            raise OperationalError(
+                "write",
+                None,
+                Exception(
+                    "database is locked (another write in this process held it "
+                    f"{self._write_timeout:g} s)"
+                ),
+            )
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -186,7 +244,7 @@ class Database:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.begin() as conn:
+        with self._writing(), self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 

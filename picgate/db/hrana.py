@@ -19,11 +19,8 @@ SQLite dialect behaves the same on a file and on a server:
 - anything else outside a transaction (SELECT, DDL, PRAGMA) runs on a stream that the same
   request opens and closes (autocommit).
 
-Writes take turns inside a process, as they would on a SQLite file: a write transaction (or a
-write outside one) first takes the process's write gate for that server, and gives it back when
-its stream closes; waiting longer than the timeout is sqlite3's "database is locked". sqld 0.24
-stalls when several streams wait for its write lock at once (the holder's COMMIT hangs until the
-server times the transaction out), so only one transaction per process ever waits there.
+The driver only speaks the protocol: writes take turns in ``picgate.db.engine.Database.write``
+(sqld 0.24 stalls when several streams wait for its write lock at once), not here.
 
 Errors keep sqlite3's classes: constraint failures are ``IntegrityError``; a refused token, an
 unreachable server, or a transaction the server timed out are ``OperationalError``. Once a
@@ -55,15 +52,6 @@ INT64 = (-(2**63), 2**63 - 1)
 PIPELINE_PATH = "/v2/pipeline"
 _FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(\w+)", re.S)
 _OPENS_TRANSACTION = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
-_READS = frozenset({"SELECT", "WITH", "VALUES", "EXPLAIN", "PRAGMA"})
-_gates: dict[str, threading.Lock] = {}
-_gates_lock = threading.Lock()
-
-
-def write_gate(url: str) -> threading.Lock:
-    """The process's one-writer-at-a-time lock for the server at ``url``."""
-    with _gates_lock:
-        return _gates.setdefault(url, threading.Lock())
 
 
 class Warning(Exception):  # PEP 249's name
@@ -220,9 +208,6 @@ class Connection:
             transport=transport,
         )
         self._lock = threading.Lock()
-        self._timeout = timeout
-        self._gate = write_gate(self.url)
-        self._holds_gate = False
         self._baton: str | None = None  # set while a transaction's stream is open
         self._base_url: str | None = None  # where the server asked this stream to continue
         self._broken: str | None = None  # why the open transaction was lost
@@ -239,11 +224,8 @@ class Connection:
     def commit(self) -> None:
         with self._lock:
             self._check_usable()
-            try:
-                if self._baton is not None:
-                    self._finish("COMMIT", strict=True)
-            finally:
-                self._leave_gate_when_done()
+            if self._baton is not None:
+                self._finish("COMMIT", strict=True)
 
     def rollback(self) -> None:
         with self._lock:
@@ -253,7 +235,6 @@ class Connection:
                     self._finish("ROLLBACK", strict=False)
             finally:
                 self._broken = None
-                self._leave_gate_when_done()
 
     def close(self) -> None:
         if self._closed:
@@ -284,10 +265,7 @@ class Connection:
         word = first_word(sql)
         with self._lock:
             self._check_usable()
-            try:
-                return self._run(word, sql, stmts)
-            finally:
-                self._leave_gate_when_done()
+            return self._run(word, sql, stmts)
 
     def _run(self, word: str, sql: str, stmts: list[dict[str, Any]]) -> list[Result]:
         if self._baton is not None:
@@ -295,29 +273,12 @@ class Connection:
                 self._finish(word if word != "END" else "COMMIT", strict=word != "ROLLBACK")
                 return [Result({})]
             return self._batch(stmts, keep_stream=True)
-        if word not in _READS:
-            self._enter_gate()
         if word == "BEGIN":
             return self._batch(stmts, keep_stream=True)
         if word in _OPENS_TRANSACTION:
             results = self._batch([statement("BEGIN", ()), *stmts], keep_stream=True)
             return results[1:]
         return self._batch(stmts, keep_stream=False)
-
-    def _enter_gate(self) -> None:
-        if self._holds_gate:
-            return
-        if not self._gate.acquire(timeout=self._timeout):
-            raise OperationalError(
-                f"database is locked (another write in this process held it {self._timeout:g} s)"
-            )
-        self._holds_gate = True
-
-    def _leave_gate_when_done(self) -> None:
-        """Give the gate back once no transaction stream is open."""
-        if self._holds_gate and self._baton is None:
-            self._holds_gate = False
-            self._gate.release()
 
     def _batch(self, stmts: list[dict[str, Any]], *, keep_stream: bool) -> list[Result]:
         steps: list[dict[str, Any]] = []

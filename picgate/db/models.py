@@ -103,6 +103,9 @@ class LoginAttempt(Base):
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+CLEANUP_LEASE = "cleanup"  # the job_leases row of the cleanup job
+
+
 class JobLease(Base):
     __tablename__ = "job_leases"
 

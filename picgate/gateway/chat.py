@@ -2,7 +2,7 @@
 
 The pure parts live elsewhere (``sse.py`` parses, ``rewrite.py`` finds images, ``history.py``
 shapes the request, ``coalesce.py`` merges text chunks) and ``relay.py`` relays a stream; this
-module wires them to the services. Routes call ``complete`` (one JSON answer) or ``open_stream``
+module wires them to the library, the event log and the upstream client. Routes call ``complete`` (one JSON answer) or ``open_stream``
 and then iterate ``ChatStream.events()``.
 """
 
@@ -21,53 +21,54 @@ from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.history import HistoryImages, last_user_text, messages_of, upstream_body
 from picgate.gateway.images_api import upstream_model
 from picgate.gateway.inline import InlineBudget
+from picgate.gateway.parts import GatewayParts
 from picgate.gateway.rewrite import ImageSink, StreamRewriter, rewrite_completion
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
-from picgate.services import Services
+from picgate.library.records import ImageOrigin
 
 __all__ = ["ChatStream", "complete", "history_images", "image_sink", "open_stream"]
 
 EXTERNAL_FETCH_TIMEOUT = 30.0
 
 
-def image_sink(services: Services, *, base_url: str, prompt: str | None) -> ImageSink:
+def image_sink(parts: GatewayParts, *, base_url: str, prompt: str | None) -> ImageSink:
     """Store one image of a chat answer; its public URL, or None to leave the text as it was.
 
     None when the payload is not an image (bad base64, not a raster type, too large) or when
-    storing fails (disk, the ``after_store`` hook's remote store): the client then keeps the
-    original data URL instead of losing the image.
+    storing fails (disk; serverless: the archive): the client then keeps the original data
+    URL instead of losing the image.
     """
+    origin = ImageOrigin("chat", prompt)
 
     async def sink(payload: str) -> str | None:
         try:
-            stored = await services.images.save_encoded(payload, source="chat", prompt=prompt)
-            stored = await services.after_store(stored)
+            stored = await parts.library.save_encoded(payload, origin=origin)
         except BadRequest as exc:  # also UnsupportedMediaType and PayloadTooLarge
-            services.events.warning(f"⚠️ 对话中的图片数据无效，保留原文: {exc.message}")
+            parts.events.warning(f"⚠️ 对话中的图片数据无效，保留原文: {exc.message}")
             return None
         except (StorageUnavailable, OSError) as exc:
-            services.events.error(f"❌ 对话图片保存失败，已保留原始数据: {exc}")
+            parts.events.error(f"❌ 对话图片保存失败，已保留原始数据: {exc}")
             return None
-        services.events.info(f"✅ 对话图片已保存: {stored.id[:8]}...")
+        parts.events.info(f"✅ 对话图片已保存: {stored.id[:8]}...")
         return base_url + stored.path
 
     return sink
 
 
 def history_images(
-    services: Services, settings: Settings, own_bases: Sequence[str]
+    parts: GatewayParts, settings: Settings, own_bases: Sequence[str]
 ) -> HistoryImages:
     """``HistoryImages`` backed by the image store and, when allowed, the SSRF-guarded fetch."""
 
     async def load_own(image_id: str) -> bytes | None:
         try:
-            return await services.serving.read_bytes(image_id)
+            return await parts.library.serving.read_bytes(image_id)
         except (NotFound, Gone):
             return None
 
     async def fetch(url: str) -> bytes:
         return await fetch_image_bytes(
-            services.http,
+            parts.http,
             url,
             max_bytes=settings.max_image_mb * 2**20,
             timeout=EXTERNAL_FETCH_TIMEOUT,
@@ -82,22 +83,22 @@ def history_images(
 
 
 async def _prepare(
-    services: Services, settings: Settings, body: dict[str, Any], own_bases: Sequence[str]
+    parts: GatewayParts, settings: Settings, body: dict[str, Any], own_bases: Sequence[str]
 ) -> tuple[dict[str, Any], str | None]:
     """The upstream body and the prompt to record with stored images; logs the request."""
     messages = messages_of(body)
-    images = history_images(services, settings, own_bases)
+    images = history_images(parts, settings, own_bases)
     out = await upstream_body(
         body, upstream_model=upstream_model(settings, body.get("model")), images=images
     )
     if images.inlined:
-        services.events.info(f"🖼️ 历史图片已内联: {images.inlined} 张")
-    services.events.info(f"📤 发起对话请求: {len(messages)} 条消息")
+        parts.events.info(f"🖼️ 历史图片已内联: {images.inlined} 张")
+    parts.events.info(f"📤 发起对话请求: {len(messages)} 条消息")
     return out, last_user_text(messages)
 
 
 async def complete(
-    services: Services,
+    parts: GatewayParts,
     settings: Settings,
     body: dict[str, Any],
     *,
@@ -105,14 +106,14 @@ async def complete(
     own_bases: Sequence[str],
 ) -> dict[str, Any]:
     """A non-streaming chat completion with its images stored and linked."""
-    request, prompt = await _prepare(services, settings, body, own_bases)
-    answer = await services.upstream.post_json(settings, "chat/completions", request)
+    request, prompt = await _prepare(parts, settings, body, own_bases)
+    answer = await parts.upstream.post_json(settings, "chat/completions", request)
     if not isinstance(answer, dict):
         raise UpstreamError(
             "the upstream chat answer is not a JSON object", code="bad_upstream_response"
         )
-    services.events.info("📥 上游对话返回成功")
-    sink = image_sink(services, base_url=base_url, prompt=prompt)
+    parts.events.info("📥 上游对话返回成功")
+    sink = image_sink(parts, base_url=base_url, prompt=prompt)
     return await rewrite_completion(answer, sink)
 
 
@@ -122,30 +123,30 @@ class ChatStream:
     def __init__(
         self,
         *,
-        services: Services,
+        parts: GatewayParts,
         response: httpx.Response,
         sink: ImageSink,
         keepalive: float,
         stack: AsyncExitStack,
-        settings: Settings | None = None,
+        settings: Settings,
     ) -> None:
-        self.services = services
+        self.parts = parts
         self.response = response
         self.sink = sink
         self.keepalive = keepalive
         self._stack = stack
-        self.settings = settings or services.settings
+        self.settings = settings
 
     async def events(self) -> AsyncIterator[bytes]:
         """The bytes to send to the client, as they become ready."""
         chunks = self.response.aiter_bytes()
         if unstreamed.is_json_answer(self.response):  # the upstream ignored ``stream: true``
-            self.services.events.warning("⚠️ 上游未按流式返回，已转换为流式输出")
+            self.parts.events.warning("⚠️ 上游未按流式返回，已转换为流式输出")
             source = unstreamed.events(
                 chunks,
                 self.sink,
                 keepalive=self.keepalive,
-                events=self.services.events,
+                events=self.parts.events,
                 max_body=response_limit(self.settings),
             )
         else:
@@ -154,7 +155,7 @@ class ChatStream:
                 chunks,
                 StreamRewriter(self.sink, max_image=max_image),
                 keepalive=self.keepalive,
-                events=self.services.events,
+                events=self.parts.events,
                 max_event=event_limit(self.settings),
             )
         async for piece in source:
@@ -166,7 +167,7 @@ class ChatStream:
 
 
 async def open_stream(
-    services: Services,
+    parts: GatewayParts,
     settings: Settings,
     body: dict[str, Any],
     *,
@@ -174,21 +175,19 @@ async def open_stream(
     own_bases: Sequence[str],
 ) -> ChatStream:
     """Send a streaming chat request; UpstreamError when the upstream refuses it up front."""
-    request, prompt = await _prepare(services, settings, body, own_bases)
+    request, prompt = await _prepare(parts, settings, body, own_bases)
     stack = AsyncExitStack()
     try:
         response = await stack.enter_async_context(
-            services.upstream.stream(
-                settings, "chat/completions", request, accept="text/event-stream"
-            )
+            parts.upstream.stream(settings, "chat/completions", request, accept="text/event-stream")
         )
     except BaseException:
         await stack.aclose()
         raise
-    services.events.info("📥 上游对话返回成功")
-    sink = image_sink(services, base_url=base_url, prompt=prompt)
+    parts.events.info("📥 上游对话返回成功")
+    sink = image_sink(parts, base_url=base_url, prompt=prompt)
     return ChatStream(
-        services=services,
+        parts=parts,
         response=response,
         sink=sink,
         keepalive=settings.stream_keepalive_seconds,

@@ -20,9 +20,9 @@ from starlette.types import Receive, Scope, Send
 
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest, PicGateError
+from picgate.eventlog import EventLog
 from picgate.gateway import chat, relay
 from picgate.gateway.routes import read_json_object
-from picgate.services import Services
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
 
@@ -69,10 +69,10 @@ class PendingStream:
     """
 
     def __init__(
-        self, opening: asyncio.Future[chat.ChatStream], *, services: Services, keepalive: float
+        self, opening: asyncio.Future[chat.ChatStream], *, events: EventLog, keepalive: float
     ) -> None:
         self._opening = opening
-        self._services = services
+        self._events = events
         self._keepalive = keepalive
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -84,8 +84,8 @@ class PendingStream:
         try:
             stream = self._opening.result()
         except PicGateError as exc:  # logged as the error answer would have been
-            self._services.events.api_error(exc)
-            yield relay.error_event(exc, self._services.events)
+            self._events.api_error(exc)
+            yield relay.error_event(exc, self._events)
             return
         async for piece in stream.events():
             yield piece
@@ -116,16 +116,16 @@ _closing: set[asyncio.Future[None]] = set()  # keeps those closes alive until th
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
-    services, settings = gateway.services, gateway.settings
+    settings, parts = gateway.settings, gateway.parts
     body = await read_json_object(request)
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise BadRequest("'stream' must be a boolean", param="stream", code="invalid_type")
-    services.events.count("requests")
-    base_url = public_base_url(request, settings)
+    parts.events.count("requests")
+    base_url = public_base_url(request, settings, parts.events)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))
     if body.get("stream") is True:
         opening = asyncio.ensure_future(
-            chat.open_stream(services, settings, body, base_url=base_url, own_bases=own_bases)
+            chat.open_stream(parts, settings, body, base_url=base_url, own_bases=own_bases)
         )
         try:
             await asyncio.wait({opening}, timeout=settings.stream_keepalive_seconds)
@@ -136,9 +136,9 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
             stream = opening.result()
             return EventStreamResponse(stream.events(), on_close=stream.aclose)
         pending = PendingStream(
-            opening, services=services, keepalive=settings.stream_keepalive_seconds
+            opening, events=parts.events, keepalive=settings.stream_keepalive_seconds
         )
         return EventStreamResponse(pending.events(), on_close=pending.aclose)
-    answer = await chat.complete(services, settings, body, base_url=base_url, own_bases=own_bases)
+    answer = await chat.complete(parts, settings, body, base_url=base_url, own_bases=own_bases)
     # an upstream may echo a key in a successful answer too (a relay quoting its request)
-    return JSONResponse(services.events.redactor.value(answer))
+    return JSONResponse(parts.events.redactor.value(answer))

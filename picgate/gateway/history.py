@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from picgate.errors import BadRequest, PicGateError
+from picgate.library.records import parse_image_name
 from picgate.storage.codec import data_url, sniff
-from picgate.storage.image_store import parse_image_name
 
 if TYPE_CHECKING:
     from picgate.gateway.inline import InlineBudget

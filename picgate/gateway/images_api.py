@@ -25,10 +25,10 @@ from picgate.errors import (
 )
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
+from picgate.gateway.parts import GatewayParts
 from picgate.gateway.upstream import not_json_answer
-from picgate.services import Services
+from picgate.library.records import ImageOrigin, StoredImage
 from picgate.storage.codec import sniff
-from picgate.storage.image_store import StoredImage
 from picgate.storage.incoming import Received
 
 RESPONSE_FORMATS = ("url", "b64_json")
@@ -88,16 +88,16 @@ def upstream_model(settings: Settings, client_model: Any) -> str | None:
 
 
 async def call_upstream(
-    services: Services, settings: Settings, path: str, **request: Any
+    parts: GatewayParts, settings: Settings, path: str, **request: Any
 ) -> tuple[Any, list[UpstreamImage]]:
     """POST to the upstream's Images API; its answer and every image in it, decoded or fetched.
 
     Large base64 images are decoded and written while the answer arrives (``image_answer``);
     when that cannot be used, the answer is parsed whole and handled as it always was.
     """
-    reader = ImageAnswerReader(services.images.incoming)
+    reader = ImageAnswerReader(parts.library.incoming)
     try:
-        await services.upstream.post(settings, path, reader.feed, **request)
+        await parts.upstream.post(settings, path, reader.feed, **request)
         try:
             answer = reader.finish()  # already falls back to parsing the whole body
         except ValueError as exc:
@@ -107,10 +107,10 @@ async def call_upstream(
         reader.discard()
         raise
     if streamed is None:
-        answer = services.upstream.parse_answer(reader.body)
+        answer = parts.upstream.parse_answer(reader.body)
         streamed = {}
     try:
-        return answer, await collect_images(services, settings, answer, streamed)
+        return answer, await collect_images(parts, settings, answer, streamed)
     except BaseException:
         for received in streamed.values():
             received.discard()
@@ -143,7 +143,7 @@ async def _streamed_images(reader: ImageAnswerReader, answer: Any) -> dict[str, 
 
 
 async def collect_images(
-    services: Services,
+    parts: GatewayParts,
     settings: Settings,
     answer: Any,
     streamed: dict[str, Received] | None = None,
@@ -169,13 +169,13 @@ async def collect_images(
         if received is not None:
             data = received.data
         elif isinstance(b64, str) and b64:
-            data = _decode_upstream(services, b64)
+            data = _decode_upstream(parts, settings, b64)
         elif isinstance(item.get("url"), str) and item["url"]:
             url = item["url"]
             if url.startswith("data:"):
-                data = _decode_upstream(services, url)
+                data = _decode_upstream(parts, settings, url)
             else:
-                data = await _fetch_upstream_url(services, settings, url, max_bytes)
+                data = await _fetch_upstream_url(parts, settings, url, max_bytes)
         else:
             raise UpstreamError(
                 "the upstream answer has an image without data", code="bad_upstream_response"
@@ -195,14 +195,14 @@ async def collect_images(
 
 
 async def _fetch_upstream_url(
-    services: Services, settings: Settings, url: str, max_bytes: int
+    parts: GatewayParts, settings: Settings, url: str, max_bytes: int
 ) -> bytes:
     """The image at a URL the upstream answered with. A URL the guard refuses (a private or
     metadata address), one that is not an image or too large, is the upstream's bad answer,
     not the client's bad request: 502, never 4xx."""
     try:
         return await fetch_image_bytes(
-            services.http,
+            parts.http,
             url,
             max_bytes=max_bytes,
             timeout=min(settings.upstream_timeout_seconds, 120.0),
@@ -217,11 +217,11 @@ async def _fetch_upstream_url(
         ) from exc
 
 
-def _decode_upstream(services: Services, text: str) -> bytes:
+def _decode_upstream(parts: GatewayParts, settings: Settings, text: str) -> bytes:
     try:
-        return services.images.decode(text)
+        return parts.library.decode(text)
     except PayloadTooLarge as exc:
-        raise _too_large(services.settings) from exc
+        raise _too_large(settings) from exc
     except BadRequest as exc:
         raise UpstreamError(
             f"the upstream sent an image that is not valid base64: {exc.message}",
@@ -242,14 +242,13 @@ def _too_large(settings: Settings) -> UpstreamError:
 
 
 async def store_and_reply(
-    services: Services,
+    parts: GatewayParts,
     *,
     answer: dict[str, Any],
     images: list[UpstreamImage],
     response_format: str,
     base_url: str,
-    source: str,
-    prompt: str | None,
+    origin: ImageOrigin,
 ) -> dict[str, Any]:
     reply: dict[str, Any] = {k: answer[k] for k in PASSTHROUGH if k in answer}
     data: list[dict[str, Any]] = []
@@ -257,12 +256,7 @@ async def store_and_reply(
         for image in images:
             data.append(
                 await _store_one(
-                    services,
-                    image,
-                    response_format=response_format,
-                    base_url=base_url,
-                    source=source,
-                    prompt=prompt,
+                    parts, image, response_format=response_format, base_url=base_url, origin=origin
                 )
             )
     finally:  # an image not stored (error, cancelled request) leaves no temporary file
@@ -275,24 +269,20 @@ async def store_and_reply(
 
 
 async def _store_one(
-    services: Services,
+    parts: GatewayParts,
     image: UpstreamImage,
     *,
     response_format: str,
     base_url: str,
-    source: str,
-    prompt: str | None,
+    origin: ImageOrigin,
 ) -> dict[str, Any]:
     item: dict[str, Any] = {}
     stored: StoredImage | None = None
     try:
-        saved = await services.images.save_bytes(
-            image.data, source=source, prompt=prompt, received=image.received
-        )
-        # after_store raising (serverless, R2 down) must leave stored None: reply inline
-        stored = await services.after_store(saved)
+        # serverless with R2 down raises StorageUnavailable after storing: reply inline
+        stored = await parts.library.save(image.data, origin=origin, received=image.received)
     except (OSError, StorageUnavailable) as exc:
-        services.events.error(f"❌ 图片保存失败，已内联返回: {exc}")
+        parts.events.error(f"❌ 图片保存失败，已内联返回: {exc}")
     if stored is not None and response_format == "url":
         item["url"] = base_url + stored.path
     elif len(image.data) >= ENCODE_OFF_LOOP_BYTES:  # ~2 ms at 8 MB: not on the event loop
@@ -306,7 +296,7 @@ async def _store_one(
 
 
 async def generate(
-    services: Services, settings: Settings, body: dict[str, Any], *, base_url: str
+    parts: GatewayParts, settings: Settings, body: dict[str, Any], *, base_url: str
 ) -> dict[str, Any]:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -327,22 +317,19 @@ async def generate(
         upstream_body["response_format"] = "b64_json"
     else:
         upstream_body.pop("response_format", None)
-    services.events.info(f"📤 发起文生图请求: prompt={short(prompt)}")
-    answer, images = await call_upstream(
-        services, settings, "images/generations", json=upstream_body
-    )
-    services.events.info(f"📥 上游返回成功: 收到 {len(images)} 张图片")
+    parts.events.info(f"📤 发起文生图请求: prompt={short(prompt)}")
+    answer, images = await call_upstream(parts, settings, "images/generations", json=upstream_body)
+    parts.events.info(f"📥 上游返回成功: 收到 {len(images)} 张图片")
     reply = await store_and_reply(
-        services,
+        parts,
         answer=answer,
         images=images,
         response_format=response_format,
         base_url=base_url,
-        source="generations",
-        prompt=prompt,
+        origin=ImageOrigin("generations", prompt),
     )
     ids = ", ".join(_ids(reply))
-    services.events.info(f"✅ 文生图完成: {ids or '(inline)'}")
+    parts.events.info(f"✅ 文生图完成: {ids or '(inline)'}")
     return reply
 
 
@@ -359,7 +346,7 @@ EditImage = tuple[str, bytes, str]  # filename, bytes, content type
 
 
 async def edit(
-    services: Services,
+    parts: GatewayParts,
     settings: Settings,
     *,
     fields: dict[str, str],
@@ -391,19 +378,18 @@ async def edit(
     files: list[tuple[str, tuple[str, bytes, str]]] = [(image_field, img) for img in images]
     if mask is not None:
         files.append(("mask", mask))
-    services.events.info(f"📤 发起图片编辑请求: prompt={short(prompt)}, {len(images)} 张输入图片")
-    answer, result = await call_upstream(services, settings, "images/edits", data=data, files=files)
-    services.events.info(f"📥 上游返回成功: 收到 {len(result)} 张图片")
+    parts.events.info(f"📤 发起图片编辑请求: prompt={short(prompt)}, {len(images)} 张输入图片")
+    answer, result = await call_upstream(parts, settings, "images/edits", data=data, files=files)
+    parts.events.info(f"📥 上游返回成功: 收到 {len(result)} 张图片")
     reply = await store_and_reply(
-        services,
+        parts,
         answer=answer,
         images=result,
         response_format=response_format,
         base_url=base_url,
-        source="edits",
-        prompt=prompt,
+        origin=ImageOrigin("edits", prompt),
     )
-    services.events.info(f"✅ 图片编辑完成: {', '.join(_ids(reply)) or '(inline)'}")
+    parts.events.info(f"✅ 图片编辑完成: {', '.join(_ids(reply)) or '(inline)'}")
     return reply
 
 

@@ -29,8 +29,7 @@ if TYPE_CHECKING:
     import httpx
 
     from picgate.config import Settings
-    from picgate.images.serving import ImageServing
-    from picgate.storage.image_store import ImageStore
+    from picgate.library.library import ImageLibrary
 
 __all__ = ["EditImageLoader", "InlineBudget"]
 
@@ -71,8 +70,7 @@ class EditImageLoader:
     reference count against ``budget``.
     """
 
-    images: ImageStore
-    serving: ImageServing
+    library: ImageLibrary
     http: httpx.AsyncClient
     settings: Settings
     base_url: str
@@ -84,19 +82,18 @@ class EditImageLoader:
     def build(
         cls,
         *,
-        images: ImageStore,
-        serving: ImageServing,
+        library: ImageLibrary,
         http: httpx.AsyncClient,
         settings: Settings,
         base_url: str,
     ) -> EditImageLoader:
         budget = InlineBudget.from_mb(settings.max_inline_images_mb)
-        return cls(images, serving, http, settings, base_url, budget)
+        return cls(library, http, settings, base_url, budget)
 
     async def __call__(self, ref: str, param: str) -> bytes:
         if not ref.startswith(("http://", "https://")):
             if ref not in self._by_ref:
-                self._by_ref[ref] = await anyio.to_thread.run_sync(self.images.decode, ref)
+                self._by_ref[ref] = await anyio.to_thread.run_sync(self.library.decode, ref)
             return self._by_ref[ref]
         data = await self._url(ref, param)
         self.budget.spend(len(data), param=param)
@@ -108,7 +105,7 @@ class EditImageLoader:
             if image_id in self._by_id:
                 return self._by_id[image_id]
             try:
-                data = await self.serving.read_bytes(image_id)
+                data = await self.library.serving.read_bytes(image_id)
             except (NotFound, Gone):
                 if url.startswith(self.base_url + "/images/"):
                     raise

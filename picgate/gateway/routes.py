@@ -8,13 +8,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from picgate.config import Settings
-from picgate.deps import GatewayAuth, GatewayDep, public_base_url
+from picgate.deps import Gateway, GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
 from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
-from picgate.services import Services
 from picgate.storage.codec import sniff
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
@@ -108,11 +106,11 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     response_class=JSONResponse,
 )
 async def images_generations(request: Request, gateway: GatewayDep) -> JSONResponse:
-    services, settings = gateway.services, gateway.settings
+    settings, events = gateway.settings, gateway.parts.events
     body = await read_json_object(request)
-    services.events.count("requests")
+    events.count("requests")
     reply = await images_api.generate(
-        services, settings, body, base_url=public_base_url(request, settings)
+        gateway.parts, settings, body, base_url=public_base_url(request, settings, events)
     )
     return JSONResponse(reply)
 
@@ -132,13 +130,14 @@ async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
     "/images/edits", openapi_extra={"requestBody": EDITS_BODY}, response_class=JSONResponse
 )
 async def images_edits(request: Request, gateway: GatewayDep) -> JSONResponse:
-    return JSONResponse(await _edit(request, gateway.services, gateway.settings))
+    return JSONResponse(await _edit(request, gateway))
 
 
-async def _edit(request: Request, services: Services, settings: Settings) -> dict[str, Any]:
-    services.events.count("requests")
+async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
+    settings, parts = gateway.settings, gateway.parts
+    parts.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
-    base_url = public_base_url(request, settings)
+    base_url = public_base_url(request, settings, parts.events)
     # a url-encoded form cannot carry a file, but it is still an edit with no image: answer so
     if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         images: list[images_api.EditImage] = []
@@ -157,7 +156,7 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
         if len(images) > 1:
             field = "image[]"
         return await images_api.edit(
-            services,
+            parts,
             settings,
             fields=fields,
             images=images,
@@ -170,15 +169,14 @@ async def _edit(request: Request, services: Services, settings: Settings) -> dic
         # the model is checked before any image is read or fetched (edit() checks it again)
         images_api.upstream_model(settings, body.get("model"))
         load = EditImageLoader.build(
-            images=services.images,
-            serving=services.serving,
-            http=services.http,
+            library=parts.library,
+            http=parts.http,
             settings=settings,
             base_url=base_url,
         )
         fields, images, mask, field = await images_api.edit_inputs_from_json(body, load)
         return await images_api.edit(
-            services,
+            parts,
             settings,
             fields=fields,
             images=images,

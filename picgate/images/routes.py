@@ -12,11 +12,11 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from picgate.deps import ServicesDep
+from picgate.deps import LibraryDep
 from picgate.errors import NotFound
 from picgate.images.ranges import OpenedFileResponse, check_ranges
-from picgate.images.serving import Located, read_fd
-from picgate.storage.image_store import parse_image_name
+from picgate.library.records import parse_image_name
+from picgate.library.serving import Located, read_fd
 
 router = APIRouter()
 
@@ -42,12 +42,13 @@ def etag_matches(header: str | None, etag: str) -> bool:
 # both the same OpenAPI operation id, and FastAPI warns on every /openapi.json
 @router.get("/images/{name}", operation_id="get_image")
 @router.head("/images/{name}", operation_id="head_image")
-async def get_image(name: str, request: Request, services: ServicesDep) -> Response:
+async def get_image(name: str, request: Request, library: LibraryDep) -> Response:
     parsed = parse_image_name(name)
     if parsed is None:
         raise NotFound("No such image.")
     image_id, ext = parsed
-    located = await services.serving.locate(image_id, ext)
+    located = await library.serving.locate(image_id, ext)
+    library.touch(image_id)
     fd = located.fd  # open: closed here unless a response takes it over
     try:
         response = _answer(request, located)
@@ -63,7 +64,6 @@ async def get_image(name: str, request: Request, services: ServicesDep) -> Respo
     finally:
         if fd is not None:
             os.close(fd)
-    services.images.touch(image_id)
     return response
 
 

@@ -1,4 +1,5 @@
-"""Scheduled work: the cleanup job, its scheduler and lease, the upload worker, the size cap.
+"""Scheduled work only: the cleanup job's orchestration, its scheduler and lease, the upload
+worker, and ``picgate cleanup``. What each step does lives in ``picgate.library``.
 
-``picgate.services.Services`` builds and wires them; nothing here reaches back into it.
+The container (``picgate.services``) builds and wires them; nothing here reaches back into it.
 """

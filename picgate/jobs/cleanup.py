@@ -1,16 +1,15 @@
-"""The cleanup job and the admin's manual cache operations: plain synchronous functions.
+"""The cleanup job: every scheduled step, in order, over the image library.
 
 ``Cleanup.run`` is the one job that every caller runs — ``picgate cleanup``, the in-process
 scheduler of server mode and ``handler.cleanup`` on Lambda (the last two through
 ``picgate.jobs.scheduler.run_scheduled``, which adds the lease). In order:
 
-1. retry due R2 uploads (``picgate.storage.upload_queue.upload_due``);
+1. retry due R2 uploads (``picgate.library.uploads``);
 2. local TTL (``LOCAL_CACHE_TTL_HOURS``, by last access) and 3. the size cap
    (``MAX_LOCAL_CACHE_MB``, least recently accessed first), both under the safety rule of
-   ``picgate.jobs.eviction``;
-4. metadata retention (``METADATA_RETENTION_DAYS``; R2 objects too with
-   ``DELETE_R2_ON_METADATA_EXPIRE``); 5. log retention; 6. expired admin sessions and stale
-   login attempts; 7. consistency repair (``picgate.jobs.repair``).
+   ``picgate.library.eviction``;
+4. metadata retention (``picgate.library.retention``); 5. log retention; 6. expired admin
+   sessions and stale login attempts; 7. consistency repair (``picgate.library.repair``).
 
 A step that fails is recorded in the report and the next step still runs. Every function takes
 the clock as ``now`` (naive UTC; an aware datetime is converted) so tests can move time.
@@ -19,59 +18,27 @@ the clock as ``now`` (naive UTC; an aware datetime is converted) so tests can mo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, or_
 from sqlalchemy.orm import Session
 
-from picgate.db.models import R2_UPLOADED, AdminSession, Image, LoginAttempt
-from picgate.eventlog import trim_logs
-from picgate.jobs.eviction import (
-    Eviction,
-    evict_all_remote,
-    evict_expired,
-    evict_to_cap,
-    execute,
-    fetch_rows,
-    log_cap,
-)
-from picgate.jobs.repair import repair
-from picgate.storage.object_store import ObjectStoreError
+from picgate.config import Settings
+from picgate.db.engine import Database
+from picgate.db.models import AdminSession, LoginAttempt
+from picgate.eventlog import EventLog, trim_logs
+from picgate.library.eviction import Eviction, format_bytes
+from picgate.library.library import ImageLibrary
+from picgate.library.records import naive_utc
+from picgate.library.repair import repair
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from picgate.config import Settings
-    from picgate.db.engine import Database
-    from picgate.eventlog import EventLog
-    from picgate.storage.archive import Archive
-    from picgate.storage.image_store import ImageStore
-    from picgate.storage.local import LocalCache
-    from picgate.storage.upload_queue import UploadQueue
-
-BATCH = 500
 UPLOAD_BATCH = 100
 UPLOAD_BUDGET_SECONDS = 120.0
 # a login-attempt window nobody is locked out by any more, kept this long for the rate limiter
 LOGIN_ATTEMPT_STALE = timedelta(days=1)
-
-
-def naive_utc(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC).replace(tzinfo=None)
-    if now.tzinfo is not None:
-        return now.astimezone(UTC).replace(tzinfo=None)
-    return now
-
-
-def format_bytes(size: int) -> str:
-    if size < 2**20:
-        return f"{size / 1024:.1f} KB"
-    if size < 2**30:
-        return f"{size / 2**20:.1f} MB"
-    return f"{size / 2**30:.2f} GB"
 
 
 @dataclass
@@ -154,39 +121,22 @@ def _step(report: JobReport, name: str, action: Callable[[], None]) -> None:
 
 
 class Cleanup:
-    """The cleanup job and the console's manual cache operations, over the parts they touch.
-
-    Built once by ``Services``; ``settings`` gives the effective settings at call time (the
-    admin console can change them while PicGate runs). Synchronous: run it in a worker thread.
-    """
+    """The cleanup job over the library; ``settings`` gives the effective settings at call time
+    (the admin console can change them while PicGate runs). Synchronous: run it in a worker
+    thread."""
 
     def __init__(
         self,
         *,
         db: Database,
         events: EventLog,
-        cache: LocalCache,
-        images: ImageStore,
-        archive: Archive,
-        uploads: UploadQueue,
+        library: ImageLibrary,
         settings: Callable[[], Settings],
     ) -> None:
         self.db = db
         self.events = events
-        self.cache = cache
-        self.images = images
-        self.archive = archive
-        self.uploads = uploads
+        self.library = library
         self.settings = settings
-
-    def _local_copies(self) -> dict[str, Any]:
-        """The keyword arguments of the ``picgate.jobs.eviction`` functions."""
-        return {
-            "db": self.db,
-            "cache": self.cache,
-            "images": self.images,
-            "archive": self.archive,
-        }
 
     def run(
         self,
@@ -205,9 +155,11 @@ class Cleanup:
         report = JobReport(started_at=now)
         cap_bytes = settings.max_local_cache_mb * 2**20
         events = self.events
+        library = self.library
+        copies = library.copies
 
         def uploads() -> None:
-            counts = self.uploads.drain(
+            counts = library.uploads.drain(
                 now=now, include_failed=include_failed, budget=upload_budget, batch=UPLOAD_BATCH
             )
             report.uploaded += counts.get("uploaded", 0)
@@ -215,35 +167,36 @@ class Cleanup:
             report.upload_failed += counts.get("failed", 0)
 
         def ttl() -> None:
-            result = evict_expired(
-                **self._local_copies(), now=now, ttl_hours=settings.local_cache_ttl_hours
-            )
+            result = copies.evict_expired(now=now, ttl_hours=settings.local_cache_ttl_hours)
             report.add_eviction(result, ttl=True)
-            log_ttl(events, result, settings.local_cache_ttl_hours)
+            copies.log_ttl(result, settings.local_cache_ttl_hours)
 
         def cap() -> None:
-            result = evict_to_cap(**self._local_copies(), cap_bytes=cap_bytes)
+            result = copies.evict_to_cap(cap_bytes=cap_bytes)
             report.add_eviction(result, ttl=False)
-            log_cap(events, result, cap_bytes)
+            copies.log_cap(result, cap_bytes)
 
         def retention() -> None:
-            self.expire_metadata(
+            result = library.retention.expire(
                 now=now,
                 days=settings.metadata_retention_days,
                 delete_remote=settings.delete_r2_on_metadata_expire,
-                report=report,
             )
+            report.rows_deleted += result.rows_deleted
+            report.r2_objects_deleted += result.r2_objects_deleted
+            report.bytes_freed += result.bytes_freed
+            report.errors.extend(result.errors)
 
         def logs() -> None:
-            report.logs_trimmed = self.db.call(lambda s: trim_logs(s, events.max_entries))
+            report.logs_trimmed = self.db.write(lambda s: trim_logs(s, events.max_entries))
 
         def sessions() -> None:
-            report.sessions_deleted, report.login_attempts_deleted = self.db.call(
+            report.sessions_deleted, report.login_attempts_deleted = self.db.write(
                 lambda s: expire_sessions(s, now=now)
             )
 
         def consistency() -> None:
-            result = repair(db=self.db, cache=self.cache, images=self.images, now=now)
+            result = repair(rows=library.rows, cache=library.cache, now=now)
             report.orphans_removed = result.orphans_removed
             report.missing_marked = result.missing_marked
             report.relinked = result.relinked
@@ -277,124 +230,6 @@ class Cleanup:
         events.add("WARNING" if report.errors else "INFO", line)
         events.flush()
         return report
-
-    def expire_metadata(
-        self, *, now: datetime, days: int, delete_remote: bool, report: JobReport
-    ) -> None:
-        """Delete rows created more than ``days`` ago (0: keep forever), with their local files.
-
-        With ``delete_remote`` their R2 objects go too; a row whose object could not be deleted (R2
-        unreachable) is kept for the next run, and after the first such failure no more deletions
-        are tried in this run. With R2 not configured there is no bucket to clean: rows just go.
-        """
-        if days <= 0:
-            return
-        cutoff = now - timedelta(days=days)
-        archive = self.archive
-        store = archive.objects() if delete_remote else None
-        kept: list[str] = []
-        remote_down = False
-        deleted_before = report.rows_deleted
-        while True:
-            query = (
-                select(Image.id, Image.ext, Image.r2_state)
-                .where(Image.created_at < cutoff)
-                .order_by(Image.created_at, Image.id)
-                .limit(BATCH)
-            )
-            if kept:
-                query = query.where(Image.id.not_in(kept))
-            rows = fetch_rows(self.db, query)
-            if not rows:
-                break
-            doomed: list[str] = []
-            for row in rows:
-                if store is not None and row.r2_state == R2_UPLOADED:
-                    if remote_down:
-                        kept.append(row.id)
-                        continue
-                    try:
-                        store.delete(archive.key(row.id, row.ext))
-                    except ObjectStoreError as exc:  # keep the row; the next run tries again
-                        remote_down = True
-                        kept.append(row.id)
-                        report.errors.append(f"retention: R2 delete failed: {exc}")
-                        continue
-                    report.r2_objects_deleted += 1
-                try:
-                    report.bytes_freed += self.cache.delete(row.id, row.ext)
-                except OSError as exc:  # the file becomes an orphan; repair removes it later
-                    report.errors.append(f"retention: cannot remove {row.id[:8]}...: {exc}")
-                self.images.forget(row.id)
-                doomed.append(row.id)
-            if doomed:
-                execute(
-                    self.db,
-                    delete(Image)
-                    .where(Image.id.in_(doomed))
-                    .execution_options(synchronize_session=False),
-                )
-                report.rows_deleted += len(doomed)
-        removed = report.rows_deleted - deleted_before
-        if removed:
-            line = f"🗂️ 元数据清理: 删除 {removed} 条超过 {days} 天的记录"
-            if report.r2_objects_deleted:
-                line += f"，同时删除 {report.r2_objects_deleted} 个 R2 对象"
-            self.events.info(line)
-
-    # -- manual operations (admin console) -----------------------------------------------------
-
-    def clean_expired(self, *, now: datetime | None = None) -> dict[str, Any]:
-        """Remove the local copies past the TTL now (the console's "clean expired").
-
-        Keys: removed, expired (of those, gone for good), bytes_freed, kept (past the TTL but
-        the only copy of an image not yet in R2), errors.
-        """
-        ttl_hours = self.settings().local_cache_ttl_hours
-        result = evict_expired(**self._local_copies(), now=naive_utc(now), ttl_hours=ttl_hours)
-        log_ttl(self.events, result, ttl_hours)
-        return {
-            "removed": result.removed,
-            "expired": result.expired,
-            "bytes_freed": result.bytes_freed,
-            "kept": result.kept,
-            "errors": result.errors,
-        }
-
-    def clear_local(self) -> dict[str, Any]:
-        """Remove every local copy that has an R2 copy (rows and R2 objects stay).
-
-        Without R2 nothing is removed: the local copy is the only one. Keys: removed,
-        bytes_freed, kept (local copies left because they are the only copy), r2_configured,
-        errors.
-        """
-        result = evict_all_remote(**self._local_copies())
-        configured = self.archive.configured()
-        if result.removed or result.kept:
-            self.events.info(
-                f"🗑️ 清除本地缓存: 删除 {result.removed} 张已在 R2 的图片，"
-                f"释放 {format_bytes(result.bytes_freed)}，保留 {result.kept} 张仅存本地的图片"
-            )
-        return {
-            "removed": result.removed,
-            "bytes_freed": result.bytes_freed,
-            "kept": result.kept,
-            "r2_configured": configured,
-            "errors": result.errors,
-        }
-
-
-def log_ttl(events: EventLog, result: Eviction, ttl_hours: float) -> None:
-    if result.removed:
-        line = (
-            f"🧹 过期清理: 删除 {result.removed} 张超过 {ttl_hours:g} 小时未访问的本地图片，"
-            f"释放 {format_bytes(result.bytes_freed)}"
-        )
-        if result.expired:
-            line += f"（其中 {result.expired} 张没有 R2 副本，已永久过期）"
-        events.info(line)
-    if result.kept:
-        events.warning(f"⚠️ {result.kept} 张过期图片尚未上传到 R2，暂不删除本地文件")
 
 
 def expire_sessions(session: Session, *, now: datetime) -> tuple[int, int]:

@@ -29,15 +29,16 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from picgate.db.models import JobLease
-from picgate.jobs.cleanup import Cleanup, JobReport, naive_utc
+from picgate.db.models import CLEANUP_LEASE, JobLease
+from picgate.jobs.cleanup import Cleanup, JobReport
+from picgate.library.records import naive_utc
 
 if TYPE_CHECKING:
     from picgate.db.engine import Database
 
 log = logging.getLogger("picgate")
 
-LEASE_NAME = "cleanup"
+LEASE_NAME = CLEANUP_LEASE
 # longer than any run (Lambda stops at 15 min); a crashed runner blocks the job this long
 LEASE_TTL = timedelta(minutes=30)
 FIRST_RUN_DELAY_SECONDS = 60.0
@@ -83,7 +84,7 @@ def acquire_lease(
         return True
 
     try:
-        return db.call(work)
+        return db.write(work)
     except IntegrityError:
         return False
 
@@ -100,7 +101,7 @@ def release_lease(
     values: dict[str, Any] = {"owner": None, "lease_until": None, "last_run_at": ran_at}
     if report is not None:
         values["last_report"] = json.dumps(report, ensure_ascii=False)
-    db.call(
+    db.write(
         lambda s: s.execute(
             update(JobLease)
             .where(JobLease.name == name, JobLease.owner == owner)
@@ -121,7 +122,7 @@ def run_scheduled(
 
     ``{"ran": False, "reason": ...}`` when another runner holds the lease (or, with
     ``min_interval``, the last run is too recent); else ``{"ran": True, **report}``. The
-    database must be migrated (``Services.prepare``).
+    database must be migrated (the container's ``prepare``).
     """
     now = naive_utc(now)
     owner = new_owner()

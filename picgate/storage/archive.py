@@ -4,10 +4,10 @@
 can change them while PicGate runs) and rebuilds it only when the endpoint, keys or bucket
 change. Two stores are kept: one for serving, whose client retries a request a few times, and
 one for uploads, whose client tries once, because the upload queue
-(``picgate.storage.upload_queue``) owns the retries and an outage must fail fast there.
+(``picgate.library.uploads``) owns the retries and an outage must fail fast there.
 
 It also names things: an image's object key, its public URL (``R2_PUBLIC_BASE_URL``) and a
-short-lived presigned URL. When to use which is the serving policy of ``picgate.images.serving``.
+short-lived presigned URL. When to use which is the serving policy of ``picgate.library.serving``.
 Reading fails as ``StorageUnavailable`` (503 with ``Retry-After``) when the bucket is unreachable.
 """
 

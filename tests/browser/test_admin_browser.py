@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from picgate.db.models import Image
+from picgate.library.records import ImageOrigin
 from tests.conftest import Gateway
 from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, setup_token
 from tests.support.images import make_image
@@ -90,8 +91,8 @@ def fill_cache_to(gateway: Gateway, ratio: float, cap_mb: int = 1) -> None:
     """Store one more image so that local usage is ``ratio`` of a ``cap_mb`` cap."""
     missing = int(ratio * cap_mb * MIB) - gateway.services.cache.usage()
     assert missing > 5000, "the cache is already too full for this step"
-    gateway.services.images.store_bytes(
-        make_image("PNG", missing, seed=int(ratio * 1000)), source="test", prompt="filler"
+    gateway.services.library.save_sync(
+        make_image("PNG", missing, seed=int(ratio * 1000)), origin=ImageOrigin("test", "filler")
     )
 
 
@@ -117,10 +118,9 @@ def test_admin_console_end_to_end_in_chromium(
     assert first_key
     url = gateway.url
     for i in range(GRID_IMAGES):
-        gateway.services.images.store_bytes(
+        gateway.services.library.save_sync(
             make_image("PNG", 30_000 + 5_000 * i, seed=100 + i),
-            source="images.generations",
-            prompt=f"画一只可爱的猫 #{i}",
+            origin=ImageOrigin("images.generations", f"画一只可爱的猫 #{i}"),
         )
 
     # -- first run: every page leads to setup, then login ----------------------------------
@@ -234,7 +234,7 @@ def test_admin_console_end_to_end_in_chromium(
     tiles.nth(1).locator(".pick").check()
     page.click('[data-delete="local"]')
     wait_until(page, f"!document.querySelector('.tile[data-id=\"{target}\"] .badge.local')")
-    row = gateway.services.db.call(lambda s: s.get(Image, target))
+    row = gateway.services.db.read(lambda s: s.get(Image, target))
     assert row is not None and row.local is False
 
     page.check("#img-select-all")
@@ -251,7 +251,7 @@ def test_admin_console_end_to_end_in_chromium(
     shot(page, "lightbox")
     page.click("#lb-delete")
     page.wait_for_selector("#lightbox", state="hidden")
-    assert gateway.services.db.call(lambda s: s.get(Image, victim)) is None
+    assert gateway.services.db.write(lambda s: s.get(Image, victim)) is None
     assert page.locator(".tile").count() == total - 1
 
     # -- logs: colours, filter, auto-refresh, clear ------------------------------------------

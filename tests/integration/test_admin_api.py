@@ -18,6 +18,7 @@ from picgate.admin import auth
 from picgate.app import create_app
 from picgate.config import Settings
 from picgate.db.models import AdminSession, Image
+from picgate.library.records import ImageOrigin
 from picgate.services import Services
 from picgate.settings_store import mask
 from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY, Gateway
@@ -96,8 +97,8 @@ def api_routes() -> list[tuple[str, str]]:
 
 def store_images(gateway: Gateway, count: int) -> list[str]:
     return [
-        gateway.services.images.store_bytes(
-            make_image("PNG", 2000 + 400 * i, seed=i + 1), source="test", prompt=f"cat {i}"
+        gateway.services.library.save_sync(
+            make_image("PNG", 2000 + 400 * i, seed=i + 1), origin=ImageOrigin("test", f"cat {i}")
         ).id
         for i in range(count)
     ]
@@ -166,7 +167,7 @@ def test_admin_login_sets_hardened_cookie_and_stores_only_a_digest(
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/admin" in cookie
     assert "Secure" not in cookie  # plain http on loopback
     token = client.cookies["picgate_session"]
-    ids = gateway.services.db.call(lambda s: list(s.scalars(select(AdminSession.id))))
+    ids = gateway.services.db.read(lambda s: list(s.scalars(select(AdminSession.id))))
     assert ids == [hashlib.sha256(token.encode()).hexdigest()]
     assert client.get("/admin").status_code == 200
 
@@ -511,13 +512,13 @@ def test_admin_images_delete_local_then_everything(
         "/admin/api/images/delete", json={"ids": [first], "mode": "local"}, headers=headers
     )
     assert local.status_code == 200 and local.json()["result"]["local"] == 1
-    row = shared.services.db.call(lambda s: s.get(Image, first))
+    row = shared.services.db.read(lambda s: s.get(Image, first))
     assert row is not None and row.local is False
     everything = client.post(
         "/admin/api/images/delete", json={"ids": [first, second], "mode": "all"}, headers=headers
     )
     assert everything.json()["result"]["forgotten"] == 2
-    assert shared.services.db.call(lambda s: s.get(Image, second)) is None
+    assert shared.services.db.write(lambda s: s.get(Image, second)) is None
     empty = client.post(
         "/admin/api/images/delete", json={"ids": [], "mode": "all"}, headers=headers
     )
@@ -528,7 +529,9 @@ def test_admin_thumbnail_is_small_webp_cached_on_disk(
     shared: Gateway, admin: tuple[httpx.Client, str]
 ) -> None:
     client, _ = admin
-    image = shared.services.images.store_bytes(make_image("JPEG", 200_000, seed=9), source="test")
+    image = shared.services.library.save_sync(
+        make_image("JPEG", 200_000, seed=9), origin=ImageOrigin("test")
+    )
     answer = client.get(f"/admin/api/images/{image.id}/thumb")
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/webp"
     assert len(answer.content) < image.size
@@ -621,14 +624,14 @@ def test_admin_session_idle_or_past_absolute_expiry_is_refused(gateway: Gateway)
                 for name, value in changes.items():
                     setattr(row, name, value)
 
-            gateway.services.db.call(work)
+            gateway.services.db.write(work)
 
         now = auth.utcnow()
         age(last_seen_at=now - auth.IDLE + timedelta(minutes=5))
         assert client.get("/admin/api/stats").status_code == 200
         age(last_seen_at=now - auth.IDLE - timedelta(minutes=1))
         assert client.get("/admin/api/stats").status_code == 401
-        assert gateway.services.db.call(lambda s: s.get(AdminSession, digest)) is None
+        assert gateway.services.db.write(lambda s: s.get(AdminSession, digest)) is None
 
         assert login(client).status_code == 303
         digest = hashlib.sha256(client.cookies["picgate_session"].encode()).hexdigest()

@@ -47,7 +47,7 @@ def elsewhere() -> Iterator[StubUpstream]:
 
 
 def admin_count(gateway: Gateway) -> int:
-    return gateway.services.db.call(lambda s: s.scalar(select(func.count(AdminUser.id))) or 0)
+    return gateway.services.db.read(lambda s: s.scalar(select(func.count(AdminUser.id))) or 0)
 
 
 # -- 1. first-run setup needs the console's token ------------------------------------------------
@@ -91,7 +91,7 @@ def test_services_prepare_prints_setup_link_only_while_no_admin(
     services = make_services(public_base_url="https://img.example.com")
     printed = capsys.readouterr().out
     assert f"https://img.example.com/admin/setup?token={setup_token()}" in printed
-    services.db.call(lambda s: auth.set_admin(s, username="ops", password="long-password-1"))
+    services.db.write(lambda s: auth.set_admin(s, username="ops", password="long-password-1"))
     make_services()  # the same database, a new process
     assert "/admin/setup?token=" not in capsys.readouterr().out
 
@@ -163,8 +163,8 @@ def test_admin_login_many_addresses_slow_but_never_lock_the_account(
     db = gateway.services.db
     for i in range(110):  # the red-team run: 110 failures over 6 addresses
         address = f"198.51.100.{i % 6}"
-        db.call(partial(auth.record_failure, username=ADMIN_USER, ip=address))
-    assert db.call(lambda s: auth.account_delay(s, username=ADMIN_USER)) == auth.ACCOUNT_DELAY_MAX
+        db.write(partial(auth.record_failure, username=ADMIN_USER, ip=address))
+    assert db.write(lambda s: auth.account_delay(s, username=ADMIN_USER)) == auth.ACCOUNT_DELAY_MAX
     monkeypatch.setattr(auth, "ACCOUNT_DELAY_MAX", 0.0)  # the wait is real; skip it here
     token = form_token(client.get("/admin/login").text)
 
@@ -219,7 +219,7 @@ def test_gateway_wrong_key_flood_is_one_counted_log_line_per_address(gateway: Ga
     error = answer.json()["error"]
     assert "GATEWAY_API_KEY" in error["message"] and error["code"] == "invalid_api_key"
     gateway.services.events.flush()
-    lines = gateway.services.db.call(
+    lines = gateway.services.db.write(
         lambda s: [e.message for e in s.scalars(select(LogEntry)) if "网关密钥错误" in e.message]
     )
     assert sorted(lines) == [
@@ -236,7 +236,7 @@ def test_eventlog_keeps_log_max_entries_on_every_flush(
         for i in range(150):
             events.info(f"line {round_}-{i}")
         events.flush()
-        rows = events.db.call(lambda s: s.scalar(select(func.count(LogEntry.id))) or 0)
+        rows = events.db.read(lambda s: s.scalar(select(func.count(LogEntry.id))) or 0)
         assert rows <= 100, f"after flush {round_ + 1}: {rows} rows"
 
 
@@ -269,7 +269,7 @@ def test_admin_settings_hostile_values_are_422_and_never_stored(
         assert answer.status_code == 422
         assert answer.json()["error"]["param"] == field
         assert field in answer.json()["error"]["message"]
-        stored = gateway.services.db.call(lambda s: s.get(Setting, field))
+        stored = gateway.services.db.read(lambda s: s.get(Setting, field))
         assert stored is None
         assert client.get("/admin/settings").status_code == 200
     assert httpx.get(gateway.url + "/v1/models", headers=gateway.headers).status_code == 200
@@ -290,7 +290,7 @@ def test_config_bad_values_already_stored_fall_back_to_defaults(
         for key, raw in bad.items():
             session.merge(Setting(key=key, value=raw, secret=False, updated_at=auth.utcnow()))
 
-    gateway.services.db.call(plant)
+    gateway.services.db.write(plant)
     settings = gateway.services.config.reload()
     assert settings.gateway_model_name == "picgate"
     assert settings.local_cache_ttl_hours == 72.0 and settings.metadata_retention_days == 365

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from picgate.db.models import LogEntry
 from picgate.errors import StorageUnavailable
-from picgate.storage.image_store import StoredImage
+from picgate.library.records import ImageOrigin, StoredImage
 from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support.fixtures import load_json, load_sse
 from tests.support.images import ONE_PIXEL_PNG_B64, b64, data_url, make_image
@@ -109,7 +109,7 @@ def log_lines(gateway: Gateway, *wanted: str) -> list[str]:
     lines: list[str] = []
     for _ in range(100):
         gateway.services.events.flush()
-        lines = list(gateway.services.db.call(lambda s: s.scalars(select(LogEntry.message)).all()))
+        lines = list(gateway.services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
         if all(any(line.startswith(w) for line in lines) for w in wanted):
             break
         time.sleep(0.05)
@@ -412,12 +412,12 @@ def test_chat_upstream_4xx_before_stream_sdk_raises_status(
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_chat_storage_failure_keeps_data_url_inline(
-    gateway: Gateway, upstream: StubUpstream, stream: bool
+    gateway: Gateway, upstream: StubUpstream, stream: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def remote_down(image: StoredImage) -> StoredImage:
+    async def remote_down(payload: str, *, origin: ImageOrigin) -> StoredImage:
         raise StorageUnavailable("R2 is unreachable")
 
-    gateway.services.after_store = remote_down  # type: ignore[method-assign]
+    monkeypatch.setattr(gateway.services.library, "save_encoded", remote_down)
     original = f"![image](data:image/png;base64,{ONE_PIXEL_PNG_B64})"
     if stream:
         text = stream_text(gateway)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picgate.storage.image_store import StoredImage
+from picgate.library.records import ImageOrigin, StoredImage
 from tests.conftest import Gateway
 from tests.support.images import make_image
 from tests.support.upstream import StubUpstream
@@ -56,7 +56,7 @@ def evicting(path: Path) -> Iterator[Counter[str]]:
 @pytest.mark.parametrize("size", [100_000, 3_000_000], ids=["whole-read", "streamed"])
 def test_eviction_race_downloads_are_whole_or_410(gateway: Gateway, size: int) -> None:
     data = make_image("PNG", size, seed=5)
-    image: StoredImage = gateway.services.images.store_bytes(data, source="test", prompt="p")
+    image: StoredImage = gateway.services.library.save_sync(data, origin=ImageOrigin("test", "p"))
     digest = hashlib.sha256(data).hexdigest()
     path = gateway.services.cache.path(image.id, image.ext)
     outcomes: Counter[str] = Counter()
@@ -85,7 +85,7 @@ def test_eviction_race_chat_inlining_is_never_a_500(
     gateway: Gateway, upstream: StubUpstream
 ) -> None:
     data = make_image("PNG", 3_000_000, seed=6)
-    image = gateway.services.images.store_bytes(data, source="test", prompt="p")
+    image = gateway.services.library.save_sync(data, origin=ImageOrigin("test", "p"))
     path = gateway.services.cache.path(image.id, image.ext)
     url = f"{gateway.url}/images/{image.id}.{image.ext}"
     body = {

@@ -133,7 +133,7 @@ def test_handler_generation_with_base64_body_archives_to_r2_before_returning(
     assert obj["ContentType"] == "image/png"
     # log lines and counters were written before the function returned
     assert lam.services.events.pending == 0
-    lines = lam.services.db.call(lambda s: s.scalar(select(func.count()).select_from(LogEntry)))
+    lines = lam.services.db.read(lambda s: s.scalar(select(func.count()).select_from(LogEntry)))
     assert lines and lines > 0
 
 
@@ -238,7 +238,7 @@ def test_handler_image_rows_written_by_handler_are_marked_uploaded(
     lam: ModuleType, upstream: StubUpstream, bucket: str
 ) -> None:
     _, image_id, _ = generate(lam, upstream)
-    row = lam.services.db.call(lambda s: s.get(Image, image_id))
+    row = lam.services.db.read(lambda s: s.get(Image, image_id))
     assert row is not None and row.r2_state == "uploaded"
 
 

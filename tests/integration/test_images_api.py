@@ -12,6 +12,7 @@ import openai
 import pytest
 from openai.types import ImagesResponse
 
+from picgate.library.records import ImageOrigin
 from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.support.fixtures import load_json
 from tests.support.images import make_image
@@ -58,7 +59,7 @@ def test_generations_n3_b64_json_reply_returns_bytes_and_stores(
         model="picgate", prompt="three cats", n=3, response_format="b64_json"
     )
     assert [base64.b64decode(d.b64_json or "") for d in result.data or []] == [upstream.image] * 3
-    rows = gateway.services.db.call(
+    rows = gateway.services.db.write(
         lambda s: s.execute(__import__("sqlalchemy").text("select count(*) from images")).scalar()
     )
     assert rows == 3
@@ -369,7 +370,7 @@ def test_log_lines_written_without_base64_or_secrets(
 
     openai_client.images.generate(model="picgate", prompt="画一只可爱的猫")
     gateway.services.events.flush()
-    lines = gateway.services.db.call(
+    lines = gateway.services.db.write(
         lambda s: [e.message for e in s.scalars(select(LogEntry).order_by(LogEntry.id))]
     )
     assert any(line.startswith("📤 发起文生图请求: prompt=画一只可爱的猫") for line in lines)
@@ -392,7 +393,7 @@ def test_upstream_error_logged_with_status(gateway: Gateway, upstream: StubUpstr
         gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "x"}
     )
     gateway.services.events.flush()
-    rows = gateway.services.db.call(
+    rows = gateway.services.db.write(
         lambda s: [(e.level, e.message) for e in s.scalars(select(LogEntry))]
     )
     assert any(level == "ERROR" and m.startswith("❌ 上游返回错误: HTTP 401") for level, m in rows)
@@ -466,16 +467,16 @@ def test_edits_json_gateway_model_is_refused_before_any_image_is_read(
     start_gateway, upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gateway = start_gateway(upstream_model_name=None)
-    stored = gateway.services.images.store_bytes(make_image("PNG", 2_000), source="t")
+    stored = gateway.services.library.save_sync(make_image("PNG", 2_000), origin=ImageOrigin("t"))
     reads: list[str] = []
-    original = gateway.services.serving.read_bytes
+    original = gateway.services.library.serving.read_bytes
 
     async def counted(image_id: str) -> bytes:
         reads.append(image_id)
         data: bytes = await original(image_id)
         return data
 
-    monkeypatch.setattr(gateway.services.serving, "read_bytes", counted)
+    monkeypatch.setattr(gateway.services.library.serving, "read_bytes", counted)
     url = f"{gateway.url}/images/{stored.id}.png"
     body = {"model": "picgate", "prompt": "blue", "image": [url] * 3}
     resp = httpx.post(gateway.url + "/v1/images/edits", headers=gateway.headers, json=body)

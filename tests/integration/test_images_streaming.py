@@ -1,6 +1,6 @@
 """Large base64 images written while the upstream answer arrives, through PicGate on a socket.
 
-The stub upstream answers over 127.0.0.1; the gateway's ``ImageStore.incoming`` is wrapped to
+The stub upstream answers over 127.0.0.1; the gateway's ``ImageLibrary.incoming`` is wrapped to
 remember the images it started, so a test can tell whether an image took the streamed path (its
 URL carries the id of an image written as it arrived) or the fallback (the answer parsed whole).
 """
@@ -51,14 +51,14 @@ def png_of_size(size: int) -> bytes:
 def record_incoming(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[IncomingImage]:
     """Every IncomingImage the gateway starts, in order (the real ones, only remembered)."""
     made: list[IncomingImage] = []
-    real = gateway.services.images.incoming
+    real = gateway.services.library.incoming
 
     def incoming() -> IncomingImage:
         image = real()
         made.append(image)
         return image
 
-    monkeypatch.setattr(gateway.services.images, "incoming", incoming)
+    monkeypatch.setattr(gateway.services.library, "incoming", incoming)
     return made
 
 
@@ -90,11 +90,11 @@ def image_id(url: str) -> str:
 
 
 def row(gateway: Gateway, id_: str) -> Image | None:
-    return gateway.services.db.call(lambda s: s.get(Image, id_))
+    return gateway.services.db.read(lambda s: s.get(Image, id_))
 
 
 def row_count(gateway: Gateway) -> int:
-    count = gateway.services.db.call(lambda s: s.scalar(select(func.count()).select_from(Image)))
+    count = gateway.services.db.read(lambda s: s.scalar(select(func.count()).select_from(Image)))
     assert count is not None
     return int(count)
 
@@ -420,7 +420,7 @@ def test_streaming_stored_file_wrong_size_is_410_never_short_body(
     written = {"cut short": BIG[: len(BIG) // 3], "empty": b"", "grown": BIG + b"\0" * 10}[damage]
     path.write_bytes(written)
     if record == "read from the database":
-        gateway.services.images.forget(stored.id)
+        gateway.services.library.rows.forget(stored.id)
     for name in (f"{stored.id}.png", stored.id):
         got = httpx.get(f"{gateway.url}/images/{name}")
         assert_openai_error(got, 410)

@@ -35,13 +35,13 @@ def stored_image(gateway: Gateway, upstream: StubUpstream) -> str:
 def count_reads(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The image ids the gateway reads from its store from now on."""
     reads: list[str] = []
-    read_bytes = gateway.services.serving.read_bytes
+    read_bytes = gateway.services.library.serving.read_bytes
 
     async def counted(image_id: str) -> bytes:
         reads.append(image_id)
         return await read_bytes(image_id)
 
-    monkeypatch.setattr(gateway.services.serving, "read_bytes", counted)
+    monkeypatch.setattr(gateway.services.library.serving, "read_bytes", counted)
     return reads
 
 

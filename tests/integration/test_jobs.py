@@ -26,10 +26,10 @@ from sqlalchemy import select, update
 
 from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, Image, JobLease
-from picgate.jobs.eviction import CapGuard
 from picgate.jobs.scheduler import CleanupScheduler, acquire_lease, run_scheduled
+from picgate.library.eviction import SizeCap
+from picgate.library.records import ImageOrigin, StoredImage, utcnow
 from picgate.services import Services
-from picgate.storage.image_store import StoredImage, utcnow
 from picgate.storage.memory_store import MemoryObjectStore
 from picgate.storage.object_store import DEFAULT_CACHE_CONTROL
 from picgate.storage.s3_store import S3ObjectStore
@@ -45,13 +45,15 @@ MakeServices = Callable[..., Services]
 
 
 def row(services: Services, image_id: str) -> Image:
-    found = services.db.call(lambda s: s.get(Image, image_id))
+    found = services.db.read(lambda s: s.get(Image, image_id))
     assert found is not None
     return found
 
 
 def store_one(services: Services, seed: int = 1) -> StoredImage:
-    return services.images.store_bytes(make_image("PNG", 2_000, seed=seed), source="test")
+    return services.library.save_sync(
+        make_image("PNG", 2_000, seed=seed), origin=ImageOrigin("test")
+    )
 
 
 # -- serving after cleanup ------------------------------------------------------------------
@@ -113,7 +115,9 @@ def test_pending_uploads_survive_r2_switched_off_then_the_cap(
     answer = client.put("/admin/api/settings", json={"values": dead}, headers=headers)
     assert answer.status_code == 200, answer.text
     images = [
-        gateway.services.images.store_bytes(make_image("PNG", 400_000, seed=30 + i), source="t")
+        gateway.services.library.save_sync(
+            make_image("PNG", 400_000, seed=30 + i), origin=ImageOrigin("t")
+        )
         for i in range(6)
     ]
     assert {row(gateway.services, i.id).r2_state for i in images} <= {R2_PENDING, R2_FAILED}
@@ -186,7 +190,7 @@ def test_two_runners_on_one_database_exactly_one_works(make_services: MakeServic
 
     assert sorted(r["ran"] for r in results) == [False, True]
     assert objects.put_counts == {f"images/{image.id}.png": 1}
-    lease = first.db.call(lambda s: s.get(JobLease, "cleanup"))
+    lease = first.db.read(lambda s: s.get(JobLease, "cleanup"))
     assert lease is not None and lease.owner is None and lease.last_report
 
 
@@ -244,7 +248,7 @@ def test_services_register_scheduler_only_in_server_mode(
     try:
         owners = [getattr(job, "__self__", None) for job in services.background]
         assert any(isinstance(o, CleanupScheduler) for o in owners) is scheduled
-        assert any(isinstance(hook, CapGuard) for hook in services.images.on_stored)
+        assert isinstance(services.library.size_cap, SizeCap)  # save() applies it in both modes
     finally:
         anyio.run(services.http.aclose)
 
@@ -288,7 +292,7 @@ def test_cli_cleanup_expires_old_copy_and_prints_report(tmp_path: Path) -> None:
     env = cli_settings(tmp_path / "data")
     services, (old, fresh) = seed(env, 2)
     stale = utcnow() - timedelta(hours=100)
-    services.db.call(
+    services.db.write(
         lambda s: s.execute(update(Image).where(Image.id == old.id).values(accessed_at=stale))
     )
 
@@ -299,7 +303,7 @@ def test_cli_cleanup_expires_old_copy_and_prints_report(tmp_path: Path) -> None:
     assert "local copies past the TTL removed" in proc.stdout
     assert (row(services, old.id).local, row(services, old.id).expired) == (False, True)
     assert row(services, fresh.id).local is True
-    lease = services.db.call(lambda s: s.get(JobLease, "cleanup"))
+    lease = services.db.read(lambda s: s.get(JobLease, "cleanup"))
     assert lease is not None and json.loads(lease.last_report or "{}")["ttl_removed"] == 1
     anyio.run(services.http.aclose)
     services.db.dispose()
@@ -311,7 +315,7 @@ def test_cli_cleanup_uploads_pending_and_failed_at_once(
     env = cli_settings(tmp_path / "data", **r2_settings)
     services, (pending, failed) = seed(env, 2)
     later = utcnow() + timedelta(hours=1)  # its slow retry is not due yet
-    services.db.call(
+    services.db.write(
         lambda s: s.execute(
             update(Image)
             .where(Image.id == failed.id)
@@ -322,7 +326,7 @@ def test_cli_cleanup_uploads_pending_and_failed_at_once(
     proc = run_cli(env)
 
     assert proc.returncode == 0, proc.stderr
-    states = services.db.call(lambda s: set(s.scalars(select(Image.r2_state))))
+    states = services.db.read(lambda s: set(s.scalars(select(Image.r2_state))))
     assert states == {R2_UPLOADED}
     assert s3_store.exists(f"images/{pending.id}.png") and s3_store.exists(
         f"images/{failed.id}.png"

@@ -159,20 +159,20 @@ def test_dialect_core_types_and_integrity_error_through_sqlalchemy(sqld_server: 
             "data": b"\x89PNG\x00",
             "ratio": 0.25,
         }
-        db.call(lambda s: s.execute(things.insert(), row))
-        assert db.call(lambda s: s.execute(sa.select(things)).mappings().one()) == row
+        db.write(lambda s: s.execute(things.insert(), row))
+        assert db.write(lambda s: s.execute(sa.select(things)).mappings().one()) == row
         with pytest.raises(sa_exc.IntegrityError):
-            db.call(lambda s: s.execute(things.insert(), row))
+            db.write(lambda s: s.execute(things.insert(), row))
         with pytest.raises(sa_exc.OperationalError):
-            db.call(lambda s: s.execute(sa.text("SELECT * FROM no_such_table")))
+            db.write(lambda s: s.execute(sa.text("SELECT * FROM no_such_table")))
 
         def fails_after_write(session: sa.orm.Session) -> None:
             session.execute(things.insert(), {**row, "id": "b"})
             raise RuntimeError("after the write")
 
         with pytest.raises(RuntimeError):
-            db.call(fails_after_write)
-        assert db.call(lambda s: s.execute(sa.select(things.c.id)).scalars().all()) == ["a"]
+            db.write(fails_after_write)
+        assert db.write(lambda s: s.execute(sa.select(things.c.id)).scalars().all()) == ["a"]
     finally:
         db.dispose()
 
@@ -180,7 +180,7 @@ def test_dialect_core_types_and_integrity_error_through_sqlalchemy(sqld_server: 
 def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldServer) -> None:
     db = Database(sqld_server.database_url)
     name = f"t{next(_tables)}"
-    db.call(lambda s: s.execute(sa.text(f"CREATE TABLE {name} (k TEXT PRIMARY KEY, n INTEGER)")))
+    db.write(lambda s: s.execute(sa.text(f"CREATE TABLE {name} (k TEXT PRIMARY KEY, n INTEGER)")))
     errors: list[BaseException] = []
 
     insert = sa.text(f"INSERT INTO {name} VALUES (:k, :n)")
@@ -188,7 +188,7 @@ def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldSer
     def writer(n: int) -> None:
         try:
             for i in range(25):
-                db.call(
+                db.write(
                     partial(Session.execute, statement=insert, params={"k": f"{n}-{i}", "n": i})
                 )
         except BaseException as exc:
@@ -201,7 +201,7 @@ def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldSer
         t.join()
     try:
         assert not errors
-        count = db.call(lambda s: s.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar())
+        count = db.read(lambda s: s.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar())
         assert count == 400
     finally:
         db.dispose()
@@ -292,43 +292,80 @@ def test_jwt_auth_right_token_works_wrong_or_missing_token_clear_error(
         in_url.dispose()
 
 
-def test_hrana_second_writer_in_process_waits_for_the_first_to_commit(
-    table: tuple[hrana.Connection, str], sqld_server: SqldServer
+def test_database_second_writer_in_process_waits_for_the_first_to_commit(
+    sqld_server: SqldServer,
 ) -> None:
-    conn, name = table
-    conn.cursor().execute(f"INSERT INTO {name} VALUES (1, 'first')")
+    # two Database objects on one server (a CLI beside the app): still one writer at a time
+    first, second = Database(sqld_server.database_url), Database(sqld_server.database_url)
+    name = f"t{next(_tables)}"
+    first.write(
+        lambda s: s.execute(sa.text(f"CREATE TABLE {name} (k INTEGER PRIMARY KEY, v TEXT)"))
+    )
     order: list[str] = []
-    second = hrana.connect(sqld_server.http_url)
+    holding, release = threading.Event(), threading.Event()
 
-    def write() -> None:
-        second.cursor().execute(f"UPDATE {name} SET v = 'second' WHERE k = 1")
-        order.append("second wrote")
-        second.commit()
+    def hold(session: Session) -> None:
+        session.execute(sa.text(f"INSERT INTO {name} VALUES (1, 'first')"))
+        holding.set()
+        release.wait(10)
+        order.append("first commits")
 
-    thread = threading.Thread(target=write)
-    thread.start()
-    thread.join(0.5)
-    assert thread.is_alive() and order == []  # held at the gate, not at the server
-    order.append("first commits")
-    conn.commit()
-    thread.join(10)
-    second.close()
-    assert order == ["first commits", "second wrote"]
-    assert conn.cursor().execute(f"SELECT v FROM {name}").fetchall() == [("second",)]
+    def update(session: Session) -> None:
+        order.append("second writes")
+        session.execute(sa.text(f"UPDATE {name} SET v = 'second' WHERE k = 1"))
+
+    writer = threading.Thread(target=first.write, args=(hold,))
+    writer.start()
+    assert holding.wait(10)
+    waiter = threading.Thread(target=second.write, args=(update,))
+    waiter.start()
+    waiter.join(0.5)
+    try:
+        assert waiter.is_alive() and order == []  # held at the lock, not at the server
+        # a read does not wait for the writer
+        assert second.read(lambda s: s.execute(sa.text("SELECT 1")).scalar()) == 1
+    finally:
+        release.set()
+        writer.join(10)
+        waiter.join(10)
+    assert order == ["first commits", "second writes"]
+    assert second.read(lambda s: s.execute(sa.text(f"SELECT v FROM {name}")).scalar()) == "second"
+    first.dispose()
+    second.dispose()
 
 
-def test_hrana_writer_waiting_past_timeout_gets_database_is_locked(
-    table: tuple[hrana.Connection, str], sqld_server: SqldServer
+def test_database_writer_waiting_past_timeout_gets_database_is_locked(
+    sqld_server: SqldServer,
 ) -> None:
-    conn, name = table
-    conn.cursor().execute(f"INSERT INTO {name} VALUES (1, 'held')")
-    with hrana.connect(sqld_server.http_url, timeout=0.3) as impatient:
-        with pytest.raises(hrana.OperationalError, match="database is locked"):
-            impatient.cursor().execute(f"INSERT INTO {name} VALUES (2, 'waits')")
-        assert not impatient.in_transaction
-        # reads never wait for the gate
-        assert impatient.cursor().execute("SELECT 1").fetchone() == (1,)
-        conn.rollback()
-        impatient.cursor().execute(f"INSERT INTO {name} VALUES (2, 'after')")
-        impatient.commit()
-    assert conn.cursor().execute(f"SELECT k FROM {name}").fetchall() == [(2,)]
+    holder = Database(sqld_server.database_url)
+    impatient = Database(sqld_server.database_url, write_timeout=0.3)
+    name = f"t{next(_tables)}"
+    holder.write(lambda s: s.execute(sa.text(f"CREATE TABLE {name} (k INTEGER PRIMARY KEY)")))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(session: Session) -> None:
+        session.execute(sa.text(f"INSERT INTO {name} VALUES (1)"))
+        holding.set()
+        release.wait(10)
+        raise RuntimeError("roll back")
+
+    def run_holder() -> None:
+        with pytest.raises(RuntimeError):
+            holder.write(hold)
+
+    writer = threading.Thread(target=run_holder)
+    writer.start()
+    assert holding.wait(10)
+    try:
+        with pytest.raises(sa_exc.OperationalError, match="database is locked"):
+            impatient.write(lambda s: s.execute(sa.text(f"INSERT INTO {name} VALUES (2)")))
+        assert impatient.read(lambda s: s.execute(sa.text("SELECT 1")).scalar()) == 1
+    finally:
+        release.set()
+        writer.join(10)
+    impatient.write(lambda s: s.execute(sa.text(f"INSERT INTO {name} VALUES (2)")))
+    count = holder.read(lambda s: s.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar())
+    kept = holder.read(lambda s: s.execute(sa.text(f"SELECT max(k) FROM {name}")).scalar())
+    assert (count, kept) == (1, 2)
+    holder.dispose()
+    impatient.dispose()

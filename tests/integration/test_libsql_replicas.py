@@ -115,11 +115,11 @@ def test_two_replicas_eight_clients_on_sqld_lose_nothing(
     assert len(made) == CLIENTS * ROUNDS
     db = Database(sqld.database_url)
     try:
-        rows = db.call(lambda s: s.execute(select(Image.id, Image.sha256, Image.prompt)).all())
+        rows = db.read(lambda s: s.execute(select(Image.id, Image.sha256, Image.prompt)).all())
         assert {(i, hashlib.sha256(images[p]).hexdigest(), p) for i, p in made.items()} == set(
             map(tuple, rows)
         )
-        lines = db.call(lambda s: s.scalars(select(LogEntry.message)).all())
+        lines = db.read(lambda s: s.scalars(select(LogEntry.message)).all())
     finally:
         db.dispose()
     asked = [line for line in lines if "prompt=libsql-" in line]

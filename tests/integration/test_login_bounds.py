@@ -26,7 +26,7 @@ from tests.support.admin import ADMIN_USER, form_token, setup_admin
 
 def log_messages(gateway: Gateway) -> list[str]:
     gateway.services.events.flush()
-    return list(gateway.services.db.call(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(gateway.services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 async def parallel_logins(
@@ -174,7 +174,7 @@ def test_eventlog_anonymous_flood_never_pushes_out_admin_entries(
     def rows(s: Any) -> list[tuple[str, str]]:
         return [(e.id, e.message) for e in s.scalars(select(LogEntry))]
 
-    kept = events.db.call(rows)
+    kept = events.db.read(rows)
     admin = [m for i, m in kept if "admin entry" in m]
     anonymous = [i for i, m in kept if i.endswith(ANONYMOUS_MARK)]
     assert len(admin) == 30

@@ -19,13 +19,13 @@ from sqlalchemy import select
 
 from picgate.app import create_app
 from picgate.config import Settings
-from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, Image, LogEntry
+from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image, LogEntry
 from picgate.errors import PicGateError
+from picgate.library.actions import test_r2
+from picgate.library.records import StoredImage, utcnow
 from picgate.services import Services
-from picgate.storage.image_store import StoredImage, utcnow
 from picgate.storage.memory_store import MemoryObjectStore
 from picgate.storage.object_store import DEFAULT_CACHE_CONTROL, ObjectStore
-from picgate.storage.operations import delete_images, test_r2
 from picgate.storage.s3_store import S3ObjectStore
 from tests.conftest import Gateway
 from tests.s3_fixtures import S3_TEST_BUCKET
@@ -70,7 +70,7 @@ def image_id(url: str) -> str:
 
 
 def row(gateway: Gateway, image_id: str) -> Image:
-    found = gateway.services.db.call(lambda s: s.get(Image, image_id))
+    found = gateway.services.db.read(lambda s: s.get(Image, image_id))
     assert found is not None
     return found
 
@@ -97,7 +97,7 @@ def drop_local(gateway: Gateway, image_id: str, ext: str = "png") -> Path:
     """What the TTL cleanup does to an archived image: the file goes, the row says so."""
     path = gateway.services.cache.path(image_id, ext)
     gateway.services.cache.delete(image_id, ext)
-    gateway.services.db.call(lambda s: setattr(s.get(Image, image_id), "local", False))
+    gateway.services.db.write(lambda s: setattr(s.get(Image, image_id), "local", False))
     return path
 
 
@@ -110,7 +110,7 @@ def put_requests(s3_server: S3Server, key: str) -> int:
 def log_lines(gateway: Gateway) -> list[str]:
     gateway.services.events.flush()
     db = gateway.services.db
-    return list(db.call(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 class BlockingStore(MemoryObjectStore):
@@ -211,7 +211,7 @@ def test_outage_burst_served_locally_then_every_image_uploaded_once(
     # the worker and this loop drain the queue together; leases keep them off each other's rows
     wait_for(
         lambda: (
-            gateway.services.uploads.upload_due(
+            gateway.services.library.uploads.upload_due(
                 now=utcnow() + timedelta(days=1), include_failed=True
             )
             is not None
@@ -310,7 +310,7 @@ def test_object_overwritten_in_r2_is_502_never_served_nor_cached(
     record = row(gateway, ident)
     image = StoredImage(record.id, record.ext, record.mime, record.size, record.sha256)
     with pytest.raises(PicGateError) as raised:  # the uncached read (inlining into a request)
-        anyio.run(gateway.services.serving.fetch_bytes, image)
+        anyio.run(gateway.services.library.serving.fetch_bytes, image)
     assert raised.value.status_code == 502
 
 
@@ -359,7 +359,7 @@ def test_serverless_bucket_down_returns_b64_inline_and_logs(
     item = generate(gateway)["data"][0]
     assert "url" not in item
     assert base64.b64decode(item["b64_json"]) == upstream.image
-    (stored,) = gateway.services.db.call(lambda s: s.scalars(select(Image)).all())
+    (stored,) = gateway.services.db.read(lambda s: s.scalars(select(Image)).all())
     assert stored.r2_state == R2_PENDING and stored.r2_attempts == 1  # the cleanup job retries
     lines = log_lines(gateway)
     assert any(line.startswith("❌ R2 上传失败") for line in lines)
@@ -382,7 +382,7 @@ def test_serverless_large_object_redirects_to_presigned_url(
     assert httpx.get(location).content == upstream.image
 
 
-async def test_oversize_redirect_serverless_large_image_even_with_local_copy(
+async def test_redirect_rule_serverless_large_uploaded_image_even_with_local_copy(
     start_gateway: Start,
     r2_settings: dict[str, Any],
     serverless: dict[str, Any],
@@ -391,14 +391,46 @@ async def test_oversize_redirect_serverless_large_image_even_with_local_copy(
     upstream.image = make_image("PNG", 5_000_000)
     gateway = start_gateway(**r2_settings, **serverless)
     url = generate(gateway)["data"][0]["url"]
-    record = gateway.services.images.load_row(image_id(url))
+    record = gateway.services.library.get(image_id(url))
     assert record is not None and gateway.services.cache.exists(record.id, "png")
     image = StoredImage(record.id, record.ext, record.mime, record.size, record.sha256)
-    located = await gateway.services.serving.oversize_redirect(image)
-    assert located is not None and located.redirect is not None
-    assert httpx.get(located.redirect).content == upstream.image
+    serving = gateway.services.library.serving
+    target = await serving.redirect(image, R2_UPLOADED, local=True)
+    assert target is not None
+    assert httpx.get(target).content == upstream.image
     small = StoredImage(record.id, record.ext, record.mime, 1000, record.sha256)
-    assert await gateway.services.serving.oversize_redirect(small) is None
+    assert await serving.redirect(small, R2_UPLOADED, local=True) is None
+
+
+async def test_redirect_rule_never_targets_an_object_not_known_uploaded(
+    start_gateway: Start,
+    r2_settings: dict[str, Any],
+    serverless: dict[str, Any],
+    upstream: StubUpstream,
+) -> None:
+    upstream.image = make_image("PNG", 5_000_000)
+    gateway = start_gateway(**r2_settings, **serverless, r2_public_base_url="https://cdn.example")
+    url = generate(gateway)["data"][0]["url"]
+    record = gateway.services.library.get(image_id(url))
+    assert record is not None
+    image = StoredImage(record.id, record.ext, record.mime, record.size, record.sha256)
+    serving = gateway.services.library.serving
+    for state in (R2_PENDING, R2_FAILED, R2_NONE):
+        for local in (True, False):
+            assert await serving.redirect(image, state, local=local) is None
+    assert await serving.redirect(image, R2_UPLOADED, local=True) == (
+        f"https://cdn.example/images/{record.id}.png"
+    )
+    # end to end: a pending row with its local copy is served, not sent to the CDN
+    gateway.services.db.write(lambda s: setattr(s.get(Image, record.id), "r2_state", R2_PENDING))
+    gateway.services.library.rows.forget(record.id)
+    resp = httpx.get(url, follow_redirects=False)
+    assert resp.status_code == 200
+    assert resp.content == upstream.image
+    gateway.services.db.write(lambda s: setattr(s.get(Image, record.id), "r2_state", R2_UPLOADED))
+    resp = httpx.get(url, follow_redirects=False)
+    assert resp.status_code == 302
+    assert resp.headers["location"] == f"https://cdn.example/images/{record.id}.png"
 
 
 # -- operations against a real bucket ---------------------------------------------------------
@@ -429,13 +461,8 @@ def test_delete_images_remote_removes_object_and_serving_goes_410(
     gateway = start_gateway(**r2_settings)
     url = generate(gateway)["data"][0]["url"]
     wait_uploaded(gateway, [image_id(url)])
-    counts = delete_images(
+    counts = gateway.services.library.actions.delete_images(
         [image_id(url)],
-        db=gateway.services.db,
-        cache=gateway.services.cache,
-        images=gateway.services.images,
-        archive=gateway.services.archive,
-        events=gateway.services.events,
         local=True,
         remote=True,
         forget=False,

@@ -8,7 +8,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from picgate.storage.image_store import StoredImage
+from picgate.library.records import ImageOrigin, StoredImage
 from tests.conftest import Gateway
 from tests.support.images import make_image
 
@@ -17,7 +17,7 @@ DATA = make_image("JPEG", 200_000, seed=21)
 
 @pytest.fixture
 def stored(gateway: Gateway) -> StoredImage:
-    return gateway.services.images.store_bytes(DATA, source="test", prompt="p")
+    return gateway.services.library.save_sync(DATA, origin=ImageOrigin("test", "p"))
 
 
 def test_get_image_full_headers(gateway: Gateway, stored: StoredImage) -> None:
@@ -162,7 +162,7 @@ def test_get_image_access_time_not_written_per_hit(gateway: Gateway, stored: Sto
     from picgate.db.models import Image
 
     def accessed() -> datetime:
-        row = gateway.services.db.call(lambda s: s.get(Image, stored.id))
+        row = gateway.services.db.read(lambda s: s.get(Image, stored.id))
         assert row is not None
         return row.accessed_at
 
@@ -170,7 +170,7 @@ def test_get_image_access_time_not_written_per_hit(gateway: Gateway, stored: Sto
     for _ in range(5):
         httpx.get(f"{gateway.url}/images/{stored.id}.jpg")
     assert accessed() == before
-    assert gateway.services.images.flush_access_times() == 1
+    assert gateway.services.library.rows.flush_access_times() == 1
     assert accessed() > before
 
 

@@ -57,12 +57,12 @@ def stream_error(answer: httpx.Response) -> dict[str, Any]:
 
 def log_rows(gateway: Gateway) -> list[str]:
     gateway.services.events.flush()
-    return list(gateway.services.db.call(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(gateway.services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 def errors_counted(gateway: Gateway) -> int:
     gateway.services.events.flush()
-    rows = gateway.services.db.call(
+    rows = gateway.services.db.write(
         lambda s: s.scalars(select(DailyStat.value).where(DailyStat.name == "errors")).all()
     )
     return sum(rows)

@@ -12,8 +12,8 @@ ADMIN_PASSWORD = "robust-password-123"
 def admin_session(gateway: Gateway) -> tuple[str, str]:
     """Create the admin in the gateway's database; the session cookie token and its CSRF token."""
     db = gateway.services.db
-    db.call(lambda s: auth.set_admin(s, username="admin", password=ADMIN_PASSWORD))
-    token = db.call(lambda s: auth.create_session(s, auth.ADMIN_ID))
-    row = db.call(lambda s: s.get(AdminSession, auth.token_digest(token)))
+    db.write(lambda s: auth.set_admin(s, username="admin", password=ADMIN_PASSWORD))
+    token = db.write(lambda s: auth.create_session(s, auth.ADMIN_ID))
+    row = db.read(lambda s: s.get(AdminSession, auth.token_digest(token)))
     assert row is not None
     return token, row.csrf_token

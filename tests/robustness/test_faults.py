@@ -28,8 +28,8 @@ from starlette.responses import JSONResponse, Response
 
 from picgate.db.engine import Database
 from picgate.db.models import R2_UPLOADED, Image, LogEntry
+from picgate.library.records import utcnow
 from picgate.storage.codec import sniff
-from picgate.storage.image_store import utcnow
 from picgate.storage.local import TMP_PREFIX, LocalCache
 from tests.conftest import GATEWAY_KEY, Gateway
 from tests.robustness.faults import KillableProxy, ResettingUpstream, serve_process
@@ -76,7 +76,7 @@ def generate(url: str, key: str = GATEWAY_KEY, **body: Any) -> httpx.Response:
 
 
 def log_messages(db: Database) -> list[str]:
-    return list(db.call(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 # -- (a) S3 unreachable mid-burst -------------------------------------------------------------
@@ -117,10 +117,10 @@ def test_faults_s3_killed_and_revived_mid_burst_zero_images_lost(
         ids = [url.rsplit("/", 1)[1].split(".")[0] for url in answered]
 
         def all_uploaded() -> bool:
-            gateway.services.uploads.upload_due(
+            gateway.services.library.uploads.upload_due(
                 now=utcnow() + timedelta(days=1), include_failed=True
             )
-            rows = gateway.services.db.call(
+            rows = gateway.services.db.write(
                 lambda s: [r.r2_state for r in s.scalars(select(Image).where(Image.id.in_(ids)))]
             )
             return len(rows) == len(ids) and set(rows) == {R2_UPLOADED}
@@ -294,7 +294,7 @@ def test_faults_disk_full_image_returned_inline_and_nothing_half_written(
     assert base64.b64decode(item["b64_json"]) == upstream.image
     gateway.services.events.flush()
     assert any("图片保存失败" in m for m in log_messages(gateway.services.db))
-    assert gateway.services.db.call(lambda s: s.scalars(select(Image)).all()) == []
+    assert gateway.services.db.write(lambda s: s.scalars(select(Image)).all()) == []
     leftovers = [p.name for p in (mount / "images").rglob("*") if p.is_file()]
     assert leftovers == []
 
@@ -355,7 +355,7 @@ def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
             assert served.content in sent
         db = Database(server.env["DATABASE_URL"])
         try:
-            rows = db.call(lambda s: s.scalars(select(Image).where(Image.local.is_(True))).all())
+            rows = db.read(lambda s: s.scalars(select(Image).where(Image.local.is_(True))).all())
         finally:
             db.dispose()
         cache = LocalCache(images_dir)

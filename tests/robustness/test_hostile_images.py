@@ -36,7 +36,7 @@ from tests.support.upstream import StubUpstream
 
 
 def image_rows(gateway: Gateway) -> int:
-    return gateway.services.db.call(
+    return gateway.services.db.write(
         lambda s: s.scalar(sql_select(func.count()).select_from(Image)) or 0
     )
 

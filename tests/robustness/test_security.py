@@ -227,7 +227,7 @@ def test_security_login_brute_force_locked_after_five_failures(admin_gateway: Ga
         # locked: even the right password is refused until the lockout ends
         assert login(client, ADMIN_PASSWORD).status_code == 429
     admin_gateway.services.events.flush()
-    messages = admin_gateway.services.db.call(
+    messages = admin_gateway.services.db.write(
         lambda s: [e.message for e in s.scalars(select(LogEntry))]
     )
     assert any("锁定" in m for m in messages)
@@ -324,7 +324,7 @@ def test_security_secrets_never_in_responses_or_logs(
     for page in ("", "/settings", "/logs", "/cache"):
         record(httpx.get(f"{gateway.url}/admin{page}", cookies=cookies))
     gateway.services.events.flush()
-    logged = gateway.services.db.call(lambda s: [e.message for e in s.scalars(select(LogEntry))])
+    logged = gateway.services.db.read(lambda s: [e.message for e in s.scalars(select(LogEntry))])
     assert logged, "the log table should have lines to check"
     texts = {
         "responses": "\n".join(seen),

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image as PILImage
 
-from picgate.admin import auth, gallery, i18n, settings_form, thumbnails
+from picgate.admin import auth, i18n, settings_form, thumbnails
 from picgate.admin.pages import NAV
 from picgate.config import EDITABLE, Settings
 from picgate.errors import BadRequest, UnsupportedMediaType
+from picgate.library import gallery
 from picgate.settings_store import mask
 from tests.support.images import make_image
 

@@ -27,12 +27,10 @@ from picgate.db.models import (
 )
 from picgate.eventlog import new_log_id
 from picgate.jobs.cleanup import JobReport
-from picgate.jobs.eviction import evict_to_cap
-from picgate.jobs.repair import repair
 from picgate.jobs.scheduler import run_scheduled
-from picgate.jobs.stats import cache_stats, dashboard_stats
+from picgate.library.records import ImageOrigin, StoredImage, utcnow
+from picgate.library.repair import repair
 from picgate.services import Services
-from picgate.storage.image_store import StoredImage, utcnow
 from picgate.storage.memory_store import MemoryObjectStore
 from tests.support.images import make_image
 
@@ -43,19 +41,21 @@ SECOND = timedelta(seconds=1)
 
 def store(services: Services, count: int, *, size: int = 1_000, seed: int = 0) -> list[StoredImage]:
     return [
-        services.images.store_bytes(make_image("PNG", size, seed=seed + i + 1), source="test")
+        services.library.save_sync(
+            make_image("PNG", size, seed=seed + i + 1), origin=ImageOrigin("test")
+        )
         for i in range(count)
     ]
 
 
 def set_row(services: Services, image_id: str, **values: Any) -> None:
-    services.db.call(
+    services.db.write(
         lambda s: s.execute(update(Image).where(Image.id == image_id).values(**values))
     )
 
 
 def row(services: Services, image_id: str) -> Image:
-    found = services.db.call(lambda s: s.get(Image, image_id))
+    found = services.db.read(lambda s: s.get(Image, image_id))
     assert found is not None
     return found
 
@@ -66,7 +66,7 @@ def has_file(services: Services, image: StoredImage) -> bool:
 
 def log_lines(services: Services) -> list[str]:
     services.events.flush()
-    return list(services.db.call(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 # -- TTL ------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_run_jobs_ttl_uses_buffered_access_times(make_services: MakeServices) ->
     services = make_services()
     (image,) = store(services, 1)
     set_row(services, image.id, accessed_at=utcnow() - TTL - TTL)
-    services.images.touch(image.id)  # served a moment ago; not yet written to the table
+    services.library.rows.touch(image.id)  # served a moment ago; not yet written to the table
 
     report = services.cleanup.run(now=utcnow() + SECOND)
 
@@ -133,7 +133,7 @@ def test_clean_expired_safety_rule_by_r2_state(
     now = utcnow()
     set_row(services, image.id, r2_state=state, accessed_at=now - TTL - SECOND)
 
-    result = services.cleanup.clean_expired(now=now)
+    result = services.library.actions.clean_expired(now=now)
 
     assert result["removed"] == int(removed)
     assert result["kept"] == int(not removed)
@@ -151,11 +151,7 @@ def test_evict_to_cap_safety_rule_by_r2_state(
     for image in images:
         set_row(services, image.id, r2_state=state)
 
-    result = evict_to_cap(
-        db=services.db,
-        cache=services.cache,
-        images=services.images,
-        archive=services.archive,
+    result = services.library.copies.evict_to_cap(
         cap_bytes=2**20,
     )
 
@@ -288,7 +284,7 @@ def test_run_jobs_retention_deletes_old_rows_files_and_objects(
     report = services.cleanup.run(now=now)
 
     assert report.rows_deleted == 1 and report.ok
-    assert services.db.call(lambda s: s.get(Image, old.id)) is None
+    assert services.db.write(lambda s: s.get(Image, old.id)) is None
     assert not has_file(services, old) and has_file(services, young)
     assert (f"images/{old.id}.png" in objects.objects) is not delete_remote
     assert f"images/{young.id}.png" in objects.objects
@@ -340,17 +336,17 @@ def test_run_jobs_trims_logs_and_expires_sessions(make_services: MakeServices) -
         )
         session.add(LoginAttempt(key="ip:recent", failures=1, window_start=now))
 
-    services.db.call(seed)
+    services.db.write(seed)
 
     report = services.cleanup.run(now=now)
 
     assert report.logs_trimmed >= 50
     assert (report.sessions_deleted, report.login_attempts_deleted) == (1, 1)
-    left = services.db.call(lambda s: s.scalar(select(func.count()).select_from(LogEntry)))
+    left = services.db.read(lambda s: s.scalar(select(func.count()).select_from(LogEntry)))
     assert left is not None and left <= 101  # the cap, plus the job's own summary line
-    keys = services.db.call(lambda s: set(s.scalars(select(LoginAttempt.key))))
+    keys = services.db.read(lambda s: set(s.scalars(select(LoginAttempt.key))))
     assert keys == {"ip:locked", "ip:recent"}
-    assert services.db.call(lambda s: set(s.scalars(select(AdminSession.id)))) == {"live"}
+    assert services.db.write(lambda s: set(s.scalars(select(AdminSession.id)))) == {"live"}
 
 
 # -- repair ---------------------------------------------------------------------------------
@@ -377,7 +373,7 @@ def test_repair_orphans_missing_files_and_temp_files(make_services: MakeServices
     young_tmp = old_orphan.parent / ".tmp-cafebabe"
     young_tmp.write_bytes(b"half")
 
-    result = repair(db=services.db, cache=services.cache, images=services.images, now=utcnow())
+    result = repair(rows=services.library.rows, cache=services.cache, now=utcnow())
 
     assert (result.orphans_removed, result.missing_marked) == (1, 2)
     assert (result.relinked, result.tmp_removed) == (1, 1)
@@ -401,7 +397,7 @@ def test_clear_local_removes_only_images_in_r2(make_services: MakeServices) -> N
     uploaded, pending = store(services, 2)
     set_row(services, uploaded.id, r2_state=R2_UPLOADED)
 
-    result = services.cleanup.clear_local()
+    result = services.library.actions.clear_local()
 
     assert (result["removed"], result["kept"], result["r2_configured"]) == (1, 1, True)
     assert not has_file(services, uploaded) and has_file(services, pending)
@@ -410,7 +406,7 @@ def test_clear_local_removes_only_images_in_r2(make_services: MakeServices) -> N
 def test_clear_local_without_r2_keeps_everything(make_services: MakeServices) -> None:
     services = make_services()
     images = store(services, 2)
-    result = services.cleanup.clear_local()
+    result = services.library.actions.clear_local()
     assert (result["removed"], result["kept"], result["r2_configured"]) == (0, 2, False)
     assert all(has_file(services, image) for image in images)
 
@@ -424,11 +420,8 @@ def test_cache_stats_counts_every_state(make_services: MakeServices) -> None:
     services.cache.delete(a.id, a.ext)
     services.cache.delete(c.id, c.ext)
 
-    stats = cache_stats(
-        db=services.db,
-        cache=services.cache,
-        archive=services.archive,
-        settings=services.config.current(),
+    stats = services.library.stats.cache_stats(
+        services.config.current(),
     )
 
     expected = {"total": 4, "local": 2, "r2": 1, "pending": 1, "failed": 1, "expired": 1}
@@ -442,23 +435,15 @@ def test_dashboard_stats_today_counters_and_last_run(make_services: MakeServices
     services.events.count("requests", 3)
     services.events.error("❌ test")
     assert (
-        dashboard_stats(
-            db=services.db,
-            cache=services.cache,
-            archive=services.archive,
-            events=services.events,
-            settings=services.config.current(),
+        services.library.stats.dashboard_stats(
+            services.config.current(),
         )["last_cleanup"]
         is None
     )
 
     result = run_scheduled(services.cleanup)
-    stats = dashboard_stats(
-        db=services.db,
-        cache=services.cache,
-        archive=services.archive,
-        events=services.events,
-        settings=services.config.current(),
+    stats = services.library.stats.dashboard_stats(
+        services.config.current(),
     )
 
     assert result["ran"] is True
@@ -485,12 +470,8 @@ def test_dashboard_stats_images_today_counts_rows_created_since_utc_midnight(
         set_row(services, image.id, created_at=when)
 
     def images_today(at: datetime) -> int:
-        stats = dashboard_stats(
-            db=services.db,
-            cache=services.cache,
-            archive=services.archive,
-            events=services.events,
-            settings=services.config.current(),
+        stats = services.library.stats.dashboard_stats(
+            services.config.current(),
             now=at,
         )
         return int(stats["images_today"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from picgate.db.engine import HEAD_REVISION, Database, normalize_url
@@ -52,7 +53,7 @@ def test_database_files_are_private_even_under_a_permissive_umask(tmp_path: Path
     try:
         db = Database(f"sqlite:///{tmp_path / 'picgate.db'}")
         db.migrate()
-        db.call(lambda s: s.execute(text("CREATE TABLE t (x)")))
+        db.write(lambda s: s.execute(text("CREATE TABLE t (x)")))
         files = sorted(tmp_path.glob("picgate.db*"))
         assert [f.name for f in files] == ["picgate.db", "picgate.db-shm", "picgate.db-wal"]
         assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == dict.fromkeys(
@@ -87,7 +88,7 @@ def test_concurrent_writers_do_not_lock(tmp_path: Path) -> None:
     def writer(n: int) -> None:
         try:
             for i in range(40):
-                db.call(
+                db.write(
                     partial(Session.add, instance=DailyStat(day=f"d{n}", name=f"k{i}", value=i))
                 )
         except BaseException as exc:  # collected for the assertion below
@@ -99,7 +100,43 @@ def test_concurrent_writers_do_not_lock(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert db.call(lambda s: s.execute(text("select count(*) from daily_stats")).scalar()) == 320
+    assert db.write(lambda s: s.execute(text("select count(*) from daily_stats")).scalar()) == 320
+    db.dispose()
+
+
+def test_database_write_waits_for_another_write_and_read_does_not(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    first, second = Database(url), Database(url, write_timeout=0.2)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(session: Session) -> None:
+        holding.set()
+        release.wait(10)
+
+    writer = threading.Thread(target=first.write, args=(hold,))
+    writer.start()
+    assert holding.wait(10)
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            second.write(lambda s: s.execute(text("select 1")))
+        assert second.read(lambda s: s.execute(text("select 1")).scalar()) == 1
+    finally:
+        release.set()
+        writer.join(10)
+    assert second.write(lambda s: s.execute(text("select 2")).scalar()) == 2
+    first.dispose()
+    second.dispose()
+
+
+def test_database_write_lock_released_when_the_work_raises(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/x.db", write_timeout=0.2)
+
+    def boom(session: Session) -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        db.write(boom)
+    assert db.write(lambda s: s.execute(text("select 3")).scalar()) == 3
     db.dispose()
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.pool import QueuePool
 from picgate.config import Settings
 from picgate.db import hrana
 from picgate.db.engine import HEAD_REVISION, Database, build_engine, normalize_url
+from picgate.library.records import ImageOrigin
 from picgate.services import Services
 from tests.support.images import b64, make_image
 
@@ -120,13 +121,15 @@ def test_libsql_local_file_migrates_and_stores_image_through_services(tmp_path: 
 
         async def store_and_read() -> tuple[str, bytes]:
 
-            stored = await services.images.save_encoded(b64(data), source="generations")
-            services.images.forget(stored.id)  # read back through the database row
-            return stored.id, await services.serving.read_bytes(stored.id)
+            stored = await services.library.save_encoded(
+                b64(data), origin=ImageOrigin("generations")
+            )
+            services.library.rows.forget(stored.id)  # read back through the database row
+            return stored.id, await services.library.serving.read_bytes(stored.id)
 
         image_id, read_back = anyio.run(store_and_read)
         assert read_back == data
-        row = services.images.load_row(image_id)
+        row = services.library.get(image_id)
         assert row is not None and row.size == len(data)
         # a second Database on the same file sees the migrated schema and the row
         again = Database(settings.database_url)

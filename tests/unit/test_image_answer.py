@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 import picgate.storage.local as local_module
 from picgate.gateway.image_answer import STREAM_FROM, ImageAnswerReader, placeholders_in
+from picgate.library.records import new_image_id
 from picgate.storage.codec import decode_base64
-from picgate.storage.image_store import new_image_id
 from picgate.storage.incoming import IncomingImage, Received
 from picgate.storage.local import TMP_PREFIX, LocalCache
 from tests.support.images import b64, make_image

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from picgate.storage.image_store import parse_image_name
+from picgate.library.records import parse_image_name
 from picgate.storage.local import LocalCache
 
 ID = "AbCdEfGhIjKlMnOpQrStUv"

@@ -1,4 +1,4 @@
-"""The R2 upload queue and the storage operations, on a real SQLite file and an in-memory store."""
+"""The R2 upload queue and the console actions, on a real SQLite file and an in-memory store."""
 
 from __future__ import annotations
 
@@ -12,24 +12,18 @@ from sqlalchemy import select
 
 from picgate.config import Settings
 from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image, LogEntry
-from picgate.services import Services
-from picgate.storage.image_store import StoredImage, utcnow
-from picgate.storage.memory_store import MemoryObjectStore
-from picgate.storage.object_store import DEFAULT_CACHE_CONTROL
-from picgate.storage.operations import (
-    archive_local,
-    delete_images,
-    retry_failed,
-    test_r2,
-    upload_pending,
-)
-from picgate.storage.s3_store import S3ObjectStore
-from picgate.storage.upload_queue import (
+from picgate.library.actions import test_r2
+from picgate.library.records import ImageOrigin, StoredImage, utcnow
+from picgate.library.uploads import (
     MAX_FAST_ATTEMPTS,
     MISSING_LOCAL,
     backoff_delay,
     new_owner,
 )
+from picgate.services import Services
+from picgate.storage.memory_store import MemoryObjectStore
+from picgate.storage.object_store import DEFAULT_CACHE_CONTROL
+from picgate.storage.s3_store import S3ObjectStore
 from tests.support.images import make_image
 
 MakeServices = Callable[..., Services]
@@ -38,13 +32,13 @@ LATER = timedelta(days=1)
 
 def store_images(services: Services, count: int) -> list[StoredImage]:
     return [
-        services.images.store_bytes(make_image("PNG", 1_000, seed=i + 1), source="test")
+        services.library.save_sync(make_image("PNG", 1_000, seed=i + 1), origin=ImageOrigin("test"))
         for i in range(count)
     ]
 
 
 def row(services: Services, image_id: str) -> Image:
-    found = services.db.call(lambda s: s.get(Image, image_id))
+    found = services.db.read(lambda s: s.get(Image, image_id))
     assert found is not None
     return found
 
@@ -57,12 +51,12 @@ def fail_row(services: Services, image_id: str) -> None:
         found.r2_state, found.r2_attempts = R2_FAILED, MAX_FAST_ATTEMPTS
         found.r2_next_attempt_at = utcnow() + LATER
 
-    services.db.call(work)
+    services.db.write(work)
 
 
 def log_lines(services: Services) -> list[str]:
     services.events.flush()
-    return list(services.db.call(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 def test_backoff_delay_doubles_within_jitter_band() -> None:
@@ -79,8 +73,13 @@ def test_upload_due_pending_rows_uploaded_once_with_headers(make_services: MakeS
     images = store_images(services, 3)
     assert {row(services, i.id).r2_state for i in images} == {R2_PENDING}
 
-    assert services.uploads.upload_due() == {"uploaded": 3, "failed": 0, "retried": 0, "skipped": 0}
-    assert services.uploads.upload_due()["uploaded"] == 0
+    assert services.library.uploads.upload_due() == {
+        "uploaded": 3,
+        "failed": 0,
+        "retried": 0,
+        "skipped": 0,
+    }
+    assert services.library.uploads.upload_due()["uploaded"] == 0
     for image in images:
         stored = store.objects[f"images/{image.id}.png"]
         assert stored.data == services.cache.read(image.id, "png")
@@ -101,13 +100,13 @@ def test_upload_due_store_down_backs_off_then_fails_keeping_error(
     (image,) = store_images(services, 1)
     now = utcnow()
     for attempt in range(1, MAX_FAST_ATTEMPTS):
-        assert services.uploads.upload_due(now=now)["retried"] == 1
+        assert services.library.uploads.upload_due(now=now)["retried"] == 1
         current = row(services, image.id)
         assert (current.r2_state, current.r2_attempts) == (R2_PENDING, attempt)
         assert current.r2_next_attempt_at is not None and current.r2_next_attempt_at > now
-        assert services.uploads.upload_due(now=now)["uploaded"] == 0  # not due yet
+        assert services.library.uploads.upload_due(now=now)["uploaded"] == 0  # not due yet
         now = current.r2_next_attempt_at
-    assert services.uploads.upload_due(now=now)["failed"] == 1
+    assert services.library.uploads.upload_due(now=now)["failed"] == 1
     failed = row(services, image.id)
     assert failed.r2_state == R2_FAILED
     assert failed.r2_last_error and "store is down" in failed.r2_last_error
@@ -115,8 +114,8 @@ def test_upload_due_store_down_backs_off_then_fails_keeping_error(
 
     # the slow retry comes by itself, without include_failed: an outage never strands a row
     store.fail = False
-    assert services.uploads.upload_due(now=now + timedelta(minutes=5))["uploaded"] == 0
-    assert services.uploads.upload_due(now=now + LATER)["uploaded"] == 1
+    assert services.library.uploads.upload_due(now=now + timedelta(minutes=5))["uploaded"] == 0
+    assert services.library.uploads.upload_due(now=now + LATER)["uploaded"] == 1
     assert row(services, image.id).r2_state == R2_UPLOADED
 
 
@@ -125,8 +124,8 @@ def test_upload_due_include_failed_retries_failed_rows_now(make_services: MakeSe
     services = make_services(objects=store)
     (image,) = store_images(services, 1)
     fail_row(services, image.id)
-    assert services.uploads.upload_due()["uploaded"] == 0
-    assert services.uploads.upload_due(include_failed=True)["uploaded"] == 1
+    assert services.library.uploads.upload_due()["uploaded"] == 0
+    assert services.library.uploads.upload_due(include_failed=True)["uploaded"] == 1
 
 
 def test_upload_due_missing_local_file_marks_failed(make_services: MakeServices) -> None:
@@ -134,7 +133,7 @@ def test_upload_due_missing_local_file_marks_failed(make_services: MakeServices)
     services = make_services(objects=store)
     (image,) = store_images(services, 1)
     services.cache.delete(image.id, image.ext)
-    assert services.uploads.upload_due()["failed"] == 1
+    assert services.library.uploads.upload_due()["failed"] == 1
     current = row(services, image.id)
     assert (current.r2_state, current.r2_last_error) == (R2_FAILED, MISSING_LOCAL)
     assert store.put_counts == {}
@@ -144,9 +143,9 @@ def test_upload_due_row_leased_elsewhere_is_skipped(make_services: MakeServices)
     store = MemoryObjectStore()
     services = make_services(objects=store)
     store_images(services, 2)
-    tasks, held = services.uploads.claim(owner=new_owner(), now=utcnow(), limit=1)
+    tasks, held = services.library.uploads.claim(owner=new_owner(), now=utcnow(), limit=1)
     assert (len(tasks), held) == (1, 0)
-    counts = services.uploads.upload_due()
+    counts = services.library.uploads.upload_due()
     assert (counts["uploaded"], counts["skipped"]) == (1, 1)
 
 
@@ -163,7 +162,7 @@ def test_upload_due_two_services_one_database_upload_each_image_once(
     def drain(services: Services, slot: int) -> None:
         start.wait()
         for _ in range(50):
-            counts = services.uploads.upload_due(limit=4)
+            counts = services.library.uploads.upload_due(limit=4)
             totals[slot] += counts["uploaded"]
             if counts["uploaded"] == 0 and counts["skipped"] == 0:
                 return
@@ -183,7 +182,7 @@ def test_upload_due_without_r2_does_nothing(make_services: MakeServices) -> None
     services = make_services()
     (image,) = store_images(services, 1)
     assert row(services, image.id).r2_state == R2_NONE
-    assert services.uploads.upload_due(include_failed=True) == dict.fromkeys(
+    assert services.library.uploads.upload_due(include_failed=True) == dict.fromkeys(
         ("uploaded", "failed", "retried", "skipped"), 0
     )
 
@@ -209,10 +208,10 @@ def test_upload_pending_ignores_backoff(make_services: MakeServices) -> None:
     services = make_services(objects=store)
     store_images(services, 3)
     store.fail = True
-    assert services.uploads.upload_due()["retried"] == 3
+    assert services.library.uploads.upload_due()["retried"] == 3
     store.fail = False
-    assert services.uploads.upload_due()["uploaded"] == 0
-    counts = upload_pending(db=services.db, archive=services.archive, uploads=services.uploads)
+    assert services.library.uploads.upload_due()["uploaded"] == 0
+    counts = services.library.actions.upload_pending()
     assert (counts["uploaded"], counts["remaining"]) == (3, 0)
 
 
@@ -221,18 +220,11 @@ def test_archive_local_uploads_images_stored_before_r2(make_services: MakeServic
     images = store_images(before, 3)
     assert {row(before, i.id).r2_state for i in images} == {R2_NONE}
     before.cache.delete(images[2].id, images[2].ext)  # no local copy left: nothing to archive
-    before.db.call(lambda s: s.get(Image, images[2].id).__setattr__("local", False))
+    before.db.write(lambda s: s.get(Image, images[2].id).__setattr__("local", False))
     store = MemoryObjectStore()
     services = make_services(objects=store)  # the same data folder, now with R2
-    assert (
-        upload_pending(db=services.db, archive=services.archive, uploads=services.uploads)[
-            "uploaded"
-        ]
-        == 0
-    )  # not queued by themselves
-    counts = archive_local(
-        db=services.db, archive=services.archive, events=services.events, uploads=services.uploads
-    )
+    assert services.library.actions.upload_pending()["uploaded"] == 0  # not queued by themselves
+    counts = services.library.actions.archive_local()
     assert (counts["queued"], counts["uploaded"], counts["remaining"]) == (2, 2, 0)
     for image in images[:2]:
         assert row(services, image.id).r2_state == R2_UPLOADED
@@ -241,13 +233,7 @@ def test_archive_local_uploads_images_stored_before_r2(make_services: MakeServic
         )
     assert row(services, images[2].id).r2_state == R2_NONE
     assert (
-        archive_local(
-            db=services.db,
-            archive=services.archive,
-            events=services.events,
-            uploads=services.uploads,
-        )["queued"]
-        == 0
+        services.library.actions.archive_local()["queued"] == 0
     )  # uploaded rows are not queued again
     assert any(
         line.startswith("☁️ 未归档的本地图片已排队上传到 R2: 2 张") for line in log_lines(services)
@@ -257,15 +243,7 @@ def test_archive_local_uploads_images_stored_before_r2(make_services: MakeServic
 def test_archive_local_without_r2_does_nothing(make_services: MakeServices) -> None:
     services = make_services()
     image = store_images(services, 1)[0]
-    assert (
-        archive_local(
-            db=services.db,
-            archive=services.archive,
-            events=services.events,
-            uploads=services.uploads,
-        )["queued"]
-        == 0
-    )
+    assert services.library.actions.archive_local()["queued"] == 0
     assert row(services, image.id).r2_state == R2_NONE
 
 
@@ -275,9 +253,7 @@ def test_retry_failed_resets_and_uploads(make_services: MakeServices) -> None:
     images = store_images(services, 2)
     for image in images:
         fail_row(services, image.id)
-    counts = retry_failed(
-        db=services.db, archive=services.archive, events=services.events, uploads=services.uploads
-    )
+    counts = services.library.actions.retry_failed()
     assert (counts["reset"], counts["uploaded"], counts["remaining"]) == (2, 2, 0)
     assert row(services, images[0].id).r2_attempts == 0
 
@@ -286,14 +262,9 @@ def test_delete_images_everything_removes_object_file_and_row(make_services: Mak
     store = MemoryObjectStore()
     services = make_services(objects=store)
     keep, gone = store_images(services, 2)
-    services.uploads.upload_due()
-    counts = delete_images(
+    services.library.uploads.upload_due()
+    counts = services.library.actions.delete_images(
         [gone.id, "x" * 22],
-        db=services.db,
-        cache=services.cache,
-        images=services.images,
-        archive=services.archive,
-        events=services.events,
         local=True,
         remote=True,
         forget=True,
@@ -307,9 +278,9 @@ def test_delete_images_everything_removes_object_file_and_row(make_services: Mak
         "failed": 0,
     }
     assert list(store.objects) == [f"images/{keep.id}.png"]
-    assert services.db.call(lambda s: s.get(Image, gone.id)) is None
+    assert services.db.write(lambda s: s.get(Image, gone.id)) is None
     assert not services.cache.exists(gone.id, "png")
-    assert services.images.cached_record(gone.id) is None
+    assert services.library.rows.cached_record(gone.id) is None
 
 
 def test_delete_images_local_only_of_unarchived_image_marks_expired(
@@ -317,13 +288,8 @@ def test_delete_images_local_only_of_unarchived_image_marks_expired(
 ) -> None:
     services = make_services(objects=MemoryObjectStore())
     (image,) = store_images(services, 1)
-    delete_images(
+    services.library.actions.delete_images(
         [image.id],
-        db=services.db,
-        cache=services.cache,
-        images=services.images,
-        archive=services.archive,
-        events=services.events,
         local=True,
         remote=False,
         forget=False,
@@ -336,15 +302,10 @@ def test_delete_images_r2_down_keeps_row_for_another_try(make_services: MakeServ
     store = MemoryObjectStore()
     services = make_services(objects=store)
     (image,) = store_images(services, 1)
-    services.uploads.upload_due()
+    services.library.uploads.upload_due()
     store.fail = True
-    counts = delete_images(
+    counts = services.library.actions.delete_images(
         [image.id],
-        db=services.db,
-        cache=services.cache,
-        images=services.images,
-        archive=services.archive,
-        events=services.events,
         local=False,
         remote=True,
         forget=True,
@@ -361,21 +322,16 @@ def test_record_success_after_remote_delete_removes_written_object(
     services = make_services(objects=store)
     (image,) = store_images(services, 1)
     owner = new_owner()
-    (task,), _ = services.uploads.claim(owner=owner, now=utcnow())
+    (task,), _ = services.library.uploads.claim(owner=owner, now=utcnow())
     key = services.archive.key(image.id, image.ext)
     store.put(key, b"written while the admin deleted it", content_type="image/png")
-    delete_images(
+    services.library.actions.delete_images(
         [image.id],
-        db=services.db,
-        cache=services.cache,
-        images=services.images,
-        archive=services.archive,
-        events=services.events,
         local=False,
         remote=True,
         forget=False,
     )
-    services.uploads.record_success(store, task, owner=owner, key=key)
+    services.library.uploads.record_success(store, task, owner=owner, key=key)
     assert key not in store.objects
     assert row(services, image.id).r2_state == R2_NONE
 

@@ -20,18 +20,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from picgate.db.models import R2_UPLOADED, Image
-from picgate.jobs.eviction import execute
+from picgate.db.models import R2_UPLOADED
+from picgate.library.rows import ImageRows
 from picgate.storage.local import LocalCache, LocalFile
-
-if TYPE_CHECKING:
-    from picgate.db.engine import Database
-    from picgate.storage.image_store import ImageStore
 
 GRACE = timedelta(hours=1)
 BATCH = 500
@@ -59,17 +52,17 @@ def _epoch(now: datetime) -> float:
     return now.replace(tzinfo=UTC).timestamp()
 
 
-def repair(*, db: Database, cache: LocalCache, images: ImageStore, now: datetime) -> Repair:
+def repair(*, rows: ImageRows, cache: LocalCache, now: datetime) -> Repair:
     """Reconcile the folder with the table (see the module docstring); ``now`` is naive UTC."""
     result = Repair()
     old_before = _epoch(now - GRACE)
     seen: set[str] = set()
     for files in batched(cache.scan(), BATCH):
-        _compare(db, files, seen, old_before, result)
+        _compare(rows, files, seen, old_before, result)
     if result.orphans_removed:
         # orphans were in the running total; it is walked again when next needed
         cache.reset_usage()
-    _mark_missing(db, cache, images, seen, result)
+    _mark_missing(rows, cache, seen, result)
     for tmp in cache.temp_files():
         try:
             stat = tmp.stat()
@@ -84,17 +77,9 @@ def repair(*, db: Database, cache: LocalCache, images: ImageStore, now: datetime
 
 
 def _compare(
-    db: Database, files: list[LocalFile], seen: set[str], old_before: float, result: Repair
+    rows: ImageRows, files: list[LocalFile], seen: set[str], old_before: float, result: Repair
 ) -> None:
-    ids = [f.image_id for f in files]
-
-    def rows(session: Session) -> dict[str, tuple[str, bool]]:
-        found = session.execute(
-            select(Image.id, Image.ext, Image.local).where(Image.id.in_(ids))
-        ).all()
-        return {r.id: (r.ext, bool(r.local)) for r in found}
-
-    known = db.call(rows)
+    known = rows.local_flags([f.image_id for f in files])
     relink: list[str] = []
     for f in files:
         row = known.get(f.image_id)
@@ -114,27 +99,12 @@ def _compare(
             continue
         result.orphans_removed += 1
         result.bytes_freed += f.size
-    if relink:
-        execute(
-            db,
-            update(Image)
-            .where(Image.id.in_(relink))
-            .values(local=True, expired=False)
-            .execution_options(synchronize_session=False),
-        )
-        result.relinked += len(relink)
+    rows.relink(relink)
+    result.relinked += len(relink)
 
 
-def _mark_missing(
-    db: Database, cache: LocalCache, images: ImageStore, seen: set[str], result: Repair
-) -> None:
-    def unseen(session: Session) -> list[tuple[str, str, str]]:
-        # one index scan, streamed in partitions; only the (usually few) unseen rows are kept
-        query = select(Image.id, Image.ext, Image.r2_state).where(Image.local.is_(True))
-        found = session.execute(query.execution_options(yield_per=BATCH * 4))
-        return [(r.id, r.ext, r.r2_state) for r in found if r.id not in seen]
-
-    candidates = db.call(unseen)
+def _mark_missing(rows: ImageRows, cache: LocalCache, seen: set[str], result: Repair) -> None:
+    candidates = rows.local_rows_except(seen, batch=BATCH * 4)
     for chunk in batched(candidates, BATCH):
         in_r2: list[str] = []
         lost: list[str] = []
@@ -143,14 +113,6 @@ def _mark_missing(
                 if cache.exists(image_id, ext):  # written after the walk passed
                     continue
             (in_r2 if state == R2_UPLOADED else lost).append(image_id)
-            images.forget(image_id)
-        for ids, values in ((in_r2, {"local": False}), (lost, {"local": False, "expired": True})):
-            if ids:
-                execute(
-                    db,
-                    update(Image)
-                    .where(Image.id.in_(ids), Image.local.is_(True))
-                    .values(**values)
-                    .execution_options(synchronize_session=False),
-                )
+        rows.mark_not_local(in_r2, expired=False, only_local=True)
+        rows.mark_not_local(lost, expired=True, only_local=True)
         result.missing_marked += len(in_r2) + len(lost)

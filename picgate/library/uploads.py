@@ -1,24 +1,24 @@
 """The R2 upload queue: due rows are claimed with a lease, uploaded from the local file, retried.
 
-The queue lives in the ``images`` table (``r2_state``, ``r2_attempts``, ``r2_last_error``,
-``r2_next_attempt_at``, ``r2_lease_owner``, ``r2_lease_until``), so it survives restarts and is
-shared by every replica:
+The queue lives in the ``images`` table (its statements in ``picgate.library.rows``), so it
+survives restarts and is shared by every replica:
 
 - a row is *due* when it is ``pending`` and its next attempt time has come, or ``failed`` and its
   slow retry time has come (an outage never strands an image), or ``failed`` at all when the
   caller asks for it (``picgate cleanup``, the admin's "retry failed");
-- claiming is one ``UPDATE ... WHERE <due> AND <lease free>``: two workers (threads, replicas)
-  never hold the same row, so an image is never uploaded twice;
+- claiming reads the candidates, then leases them with one UPDATE that repeats every condition:
+  two workers (threads, replicas) never hold the same row, so an image is never uploaded twice;
 - a failure schedules the next fast attempt with exponential backoff and jitter; after
   ``MAX_FAST_ATTEMPTS`` the row is ``failed`` (the last error kept) and retried at a slow pace.
 
-``UploadQueue(db=, cache=, archive=, events=)`` claims, uploads and drains. In server mode
-``picgate.jobs.upload_worker.UploadWorker`` runs it in the background; in serverless mode
+In server mode the upload worker (``picgate.jobs.upload_worker``) waits on the queue's
+``doorbell``, which ``ImageLibrary.save`` rings for each queued image; in serverless mode
 ``upload_now`` uploads one image before the response returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -26,18 +26,16 @@ import secrets
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_
 
-from picgate.db.engine import Database
-from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image
+from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, Image
 from picgate.eventlog import EventLog
+from picgate.library.records import naive_utc, utcnow
+from picgate.library.rows import ImageRows, UploadTask, due_condition
 from picgate.storage.archive import Archive
-from picgate.storage.image_store import utcnow
 from picgate.storage.local import LocalCache
 from picgate.storage.object_store import DEFAULT_CACHE_CONTROL, ObjectStore, ObjectStoreError
 
@@ -55,17 +53,6 @@ DRAIN_BATCH = 100
 _RNG = random.Random()  # noqa: S311  (jitter, not a secret)
 
 Outcome = Literal["uploaded", "retried", "failed"]
-
-
-@dataclass(frozen=True)
-class UploadTask:
-    """A claimed row: what is needed to upload it and to record the result."""
-
-    id: str
-    ext: str
-    mime: str
-    state: str
-    attempts: int
 
 
 def new_owner() -> str:
@@ -87,44 +74,57 @@ def slow_retry_delay(*, rng: random.Random | None = None) -> float:
     return SLOW_RETRY_SECONDS * (0.75 + (rng or _RNG).random() * 0.5)
 
 
-def _naive_utc(when: datetime | None) -> datetime:
-    if when is None:
-        return utcnow()
-    if when.tzinfo is not None:
-        return when.astimezone(UTC).replace(tzinfo=None)
-    return when
+class Doorbell:
+    """Wakes the upload worker: ``ring()`` from any thread, ``wait()`` on the worker's loop.
 
+    Ringing before anyone waits (or with no worker at all: serverless, the CLI) does nothing.
+    """
 
-def due_condition(now: datetime, *, include_failed: bool) -> ColumnElement[bool]:
-    pending = and_(
-        Image.r2_state == R2_PENDING,
-        or_(Image.r2_next_attempt_at.is_(None), Image.r2_next_attempt_at <= now),
-    )
-    failed = Image.r2_state == R2_FAILED
-    if not include_failed:
-        failed = and_(
-            failed, Image.r2_next_attempt_at.is_not(None), Image.r2_next_attempt_at <= now
-        )
-    return or_(pending, failed)
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
+    def ring(self) -> None:
+        loop, event = self._loop, self._event
+        if loop is None or event is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            loop.call_soon_threadsafe(event.set)
 
-def lease_free(clock: datetime) -> ColumnElement[bool]:
-    return or_(Image.r2_lease_until.is_(None), Image.r2_lease_until < clock)
+    def listen(self) -> None:
+        """Bind to the running loop; rung once, so the first ``wait`` returns at once."""
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until rung or ``timeout`` seconds pass; then unrung."""
+        assert self._event is not None, "listen() first"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()
 
 
 class UploadQueue:
-    """The queue in the ``images`` table, and the uploads it drives (see the module docstring).
+    """The queue in the ``images`` table and the uploads it drives (see the module docstring).
 
-    Synchronous: callers run it in a worker thread. Built once by ``Services``.
+    Synchronous: callers run it in a worker thread.
     """
 
     def __init__(
-        self, *, db: Database, cache: LocalCache, archive: Archive, events: EventLog
+        self, *, rows: ImageRows, cache: LocalCache, archive: Archive, events: EventLog
     ) -> None:
-        self.db = db
+        self.rows = rows
         self.cache = cache
         self.archive = archive
         self.events = events
+        self.doorbell = Doorbell()
 
     def claim(
         self,
@@ -137,46 +137,17 @@ class UploadQueue:
     ) -> tuple[list[UploadTask], int]:
         """Lease up to ``limit`` due rows to ``owner``; returns them and how many others hold.
 
-        The candidates are read first (a read, so an idle queue costs no write), then leased with a
-        single UPDATE that repeats every condition: of two claimers, only one matches a row.
+        The candidates are read first (a read, so an idle queue costs no write), then leased.
         """
         clock = utcnow()
         due = due_condition(now, include_failed=include_failed)
         if image_id is not None:
             due = and_(Image.id == image_id, Image.r2_state.in_((R2_PENDING, R2_FAILED)))
-
-        def candidates(session: Session) -> tuple[list[str], int]:
-            ids = session.scalars(
-                select(Image.id)
-                .where(due, lease_free(clock))
-                .order_by(Image.r2_next_attempt_at, Image.id)
-                .limit(limit)
-            ).all()
-            held = session.scalar(
-                select(func.count()).select_from(Image).where(due, ~lease_free(clock))
-            )
-            return list(ids), int(held or 0)
-
-        ids, held = self.db.call(candidates)
+        ids, held = self.rows.upload_candidates(due, clock=clock, limit=limit)
         if not ids:
             return [], held
         until = clock + timedelta(seconds=LEASE_SECONDS)
-
-        def lease(session: Session) -> list[UploadTask]:
-            session.execute(
-                update(Image)
-                .where(Image.id.in_(ids), due, lease_free(clock))
-                .values(r2_lease_owner=owner, r2_lease_until=until)
-                .execution_options(synchronize_session=False)
-            )
-            rows = session.execute(
-                select(Image.id, Image.ext, Image.mime, Image.r2_state, Image.r2_attempts).where(
-                    Image.r2_lease_owner == owner
-                )
-            ).all()
-            return [UploadTask(r.id, r.ext, r.mime, r.r2_state, r.r2_attempts or 0) for r in rows]
-
-        tasks = self.db.call(lease)
+        tasks = self.rows.lease(ids, due, clock=clock, owner=owner, until=until)
         return tasks, held + len(ids) - len(tasks)
 
     def upload_task(
@@ -198,32 +169,13 @@ class UploadQueue:
         return "uploaded", None
 
     def record_success(self, store: ObjectStore, task: UploadTask, *, owner: str, key: str) -> None:
-        def work(session: Session) -> int:
-            result = session.execute(
-                update(Image)
-                .where(
-                    Image.id == task.id,
-                    Image.r2_lease_owner == owner,
-                    Image.r2_state.in_((R2_PENDING, R2_FAILED)),
-                )
-                .values(
-                    r2_state=R2_UPLOADED,
-                    r2_last_error=None,
-                    r2_next_attempt_at=None,
-                    r2_lease_owner=None,
-                    r2_lease_until=None,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
-
-        if self.db.call(work):
+        if self.rows.upload_succeeded(task.id, owner=owner):
             self.events.info(f"☁️ 已上传到 R2: {task.id[:8]}...")
             return
         # The row changed under us: deleted, or its R2 copy removed on purpose while we uploaded.
         # Then the object we just wrote must not outlive that decision. (A row leased to another
         # worker after our lease expired is left alone: that worker writes the same bytes.)
-        state = self.db.call(lambda s: s.scalar(select(Image.r2_state).where(Image.id == task.id)))
+        state = self.rows.r2_state(task.id)
         if state is None or state == R2_NONE:
             with contextlib.suppress(ObjectStoreError):
                 store.delete(key)
@@ -242,20 +194,8 @@ class UploadQueue:
         else:
             outcome, state = "retried", R2_PENDING
             next_at = now + timedelta(seconds=backoff_delay(attempts))
-        self.db.call(
-            lambda s: s.execute(
-                update(Image)
-                .where(Image.id == task.id, Image.r2_lease_owner == owner)
-                .values(
-                    r2_state=state,
-                    r2_attempts=attempts,
-                    r2_last_error=error[:1000],
-                    r2_next_attempt_at=next_at,
-                    r2_lease_owner=None,
-                    r2_lease_until=None,
-                )
-                .execution_options(synchronize_session=False)
-            )
+        self.rows.upload_failed(
+            task.id, owner=owner, state=state, attempts=attempts, error=error, next_at=next_at
         )
         if outcome == "failed":
             self.events.error(f"❌ R2 上传失败: {task.id[:8]}... (第 {attempts} 次) {error}")
@@ -278,7 +218,7 @@ class UploadQueue:
         store = self.archive.upload_objects()
         if store is None:
             return counts
-        now = _naive_utc(now)
+        now = naive_utc(now)
         owner = new_owner()
         tasks, counts["skipped"] = self.claim(
             owner=owner, now=now, include_failed=include_failed, limit=limit
@@ -346,14 +286,15 @@ class UploadQueue:
         """``upload_due`` batch after batch until a batch is not full or ``budget`` s are spent.
 
         A row that fails is rescheduled into the future, so each pass shrinks the due set.
-        Counts are summed over the batches.
+        Counts are summed over the batches, except ``skipped`` (the last batch's).
         """
-        totals: dict[str, int] = {}
+        totals = {"uploaded": 0, "failed": 0, "retried": 0, "skipped": 0}
         deadline = time.monotonic() + budget
         while True:
             counts = self.upload_due(now=now, include_failed=include_failed, limit=batch)
-            for name, value in counts.items():
-                totals[name] = totals.get(name, 0) + value
+            for name in ("uploaded", "failed", "retried"):
+                totals[name] += counts[name]
+            totals["skipped"] = counts["skipped"]
             worked = counts["uploaded"] + counts["failed"] + counts["retried"]
             if worked < batch or time.monotonic() > deadline:
                 return totals

@@ -2,17 +2,22 @@
 
 ``ImageServing.locate`` decides, in this order:
 
-- a local copy whose size matches its row → serve the file, except in serverless mode when the
-  image is larger than Lambda can return (4.5 MB raw): then redirect (public URL, else a
-  presigned one);
+- a local copy whose size matches its row → serve the file, unless the redirect rule says
+  otherwise (only for an image larger than the runtime can return);
 - no local copy, the row never archived (``r2_state = none``) → 410;
-- ``R2_PUBLIC_BASE_URL`` set and the object uploaded → redirect to the public URL;
-- larger than the runtime can return → redirect to a short-lived presigned URL;
+- the redirect rule names a URL → redirect there;
 - otherwise fetch it back from R2 (once per id, however many requests miss at the same time),
   write it to the local cache atomically, and serve the file;
 - missing from the bucket → 410; the bucket unreachable → ``StorageUnavailable`` (503); bytes
   whose SHA-256 is not the row's → 502 ``storage_checksum_mismatch``, nothing cached (also for
   ``fetch_bytes``).
+
+The redirect rule (``redirect_url``), the one place that sends a client to the bucket: only an
+object known to be there (``r2_state = uploaded``) is ever a redirect target, so a client is
+never sent to a URL that answers 404 while the upload is pending or failed. Then: with a local
+copy, only an image larger than the runtime can return (serverless: Lambda's 6 MB answer) is
+redirected; the target is ``R2_PUBLIC_BASE_URL`` when set, else a short-lived presigned URL for
+an oversize image, else no redirect (the bytes are fetched and served).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ import anyio.to_thread
 from picgate.db.models import R2_NONE, R2_UPLOADED, Image
 from picgate.errors import Gone, NotFound, PicGateError, StorageUnavailable
 from picgate.eventlog import EventLog
+from picgate.library.records import StoredImage
+from picgate.library.rows import ImageRows
 from picgate.storage.archive import Archive
-from picgate.storage.image_store import ImageStore, StoredImage
 from picgate.storage.local import LocalCache
 
 log = logging.getLogger("picgate")
@@ -119,19 +125,23 @@ def _read_and_close(fd: int, size: int) -> bytes:
         os.close(fd)
 
 
+def _record(row: Image) -> StoredImage:
+    return StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
+
+
 class ImageServing:
     """Finds an image's bytes: the local cache first, then the archive (see the module doc)."""
 
     def __init__(
         self,
         *,
-        images: ImageStore,
+        rows: ImageRows,
         cache: LocalCache,
         archive: Archive,
         events: EventLog,
         serverless: bool,
     ) -> None:
-        self.images = images
+        self.rows = rows
         self.cache = cache
         self.archive = archive
         self.events = events
@@ -140,22 +150,47 @@ class ImageServing:
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[Path | None]] = {}
 
+    def oversize(self, image: StoredImage) -> bool:
+        """Whether ``image`` is larger than this runtime can return in an answer."""
+        return self.max_body is not None and image.size > self.max_body
+
+    def redirect_url(self, image: StoredImage, r2_state: str, *, local: bool) -> str | None:
+        """The redirect rule (see the module docstring); synchronous, it may read the settings
+        and presign: call it from a worker thread. StorageUnavailable when presigning fails."""
+        if r2_state != R2_UPLOADED:
+            return None
+        oversize = self.oversize(image)
+        if local and not oversize:
+            return None
+        public = self.archive.public_url(image.id, image.ext)
+        if public is not None:
+            return public
+        if oversize:
+            return self.archive.presigned_url(image.id, image.ext)
+        return None
+
+    async def redirect(self, image: StoredImage, r2_state: str, *, local: bool) -> str | None:
+        """``redirect_url`` in a worker thread."""
+        return await anyio.to_thread.run_sync(
+            lambda: self.redirect_url(image, r2_state, local=local)
+        )
+
     async def locate(self, image_id: str, ext: str | None) -> Located:
         """Where to get ``image_id``'s bytes; NotFound (unknown id, wrong extension) or Gone."""
-        record = self.images.cached_record(image_id)
-        if record is not None and (ext is None or ext == record.ext):
+        record = self.rows.cached_record(image_id)
+        if record is not None and (ext is None or ext == record.ext) and not self.oversize(record):
             path = self.cache.path(image_id, record.ext)
             opened = await anyio.to_thread.run_sync(_open_file, path, record.size)
             if opened is not None:
-                return await self._local(record, path, opened)
-        row = await anyio.to_thread.run_sync(self.images.load_row, image_id)
+                return Located(record, path=path, stat=opened[1], fd=opened[0])
+        row = await anyio.to_thread.run_sync(self.rows.load, image_id)
         if row is None or (ext is not None and ext != row.ext):
             raise NotFound("No such image.")
-        record = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
+        record = _record(row)
         path = self.cache.path(image_id, row.ext)
         opened = await anyio.to_thread.run_sync(_open_file, path, row.size)
         if opened is not None:
-            return await self._local(record, path, opened)
+            return await self._local(record, row.r2_state, path, opened)
         remote = await self.locate_remote(row)
         if remote is not None:
             return remote
@@ -178,43 +213,30 @@ class ImageServing:
             raise checksum_mismatch()
         return data
 
-    async def _local(self, record: StoredImage, path: Path, opened: Opened) -> Located:
+    async def _local(
+        self, record: StoredImage, r2_state: str, path: Path, opened: Opened
+    ) -> Located:
+        """The opened local copy, unless the redirect rule sends the client elsewhere (then the
+        file is closed again, as it is when the rule fails)."""
         fd, st = opened
         try:
-            redirect = await self.oversize_redirect(record)
+            target = await self.redirect(record, r2_state, local=True)
         except BaseException:
             os.close(fd)
             raise
-        if redirect is not None:
+        if target is not None:
             os.close(fd)
-            return redirect
+            return Located(record, redirect=target)
         return Located(record, path=path, stat=st, fd=fd)
-
-    async def oversize_redirect(self, image: StoredImage) -> Located | None:
-        """Serverless: a redirect for an image too large for a Lambda answer, even with a /tmp
-        copy (public URL, else presigned). None when the image can be served directly."""
-        if self.max_body is None or image.size <= self.max_body:
-            return None
-        archive = self.archive
-
-        def url() -> str | None:
-            public = archive.public_url(image.id, image.ext)
-            if public is not None:
-                return public
-            return archive.presigned_url(image.id, image.ext)
-
-        target = await anyio.to_thread.run_sync(url)
-        return None if target is None else Located(image, redirect=target)
 
     async def locate_remote(self, row: Image) -> Located | None:
         """Serve an image with no local copy from the archive (None: not there)."""
         if row.r2_state == R2_NONE:
             return None
-        # everything below reads the settings (maybe from the database): in worker threads
-        image = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
-        redirect = await anyio.to_thread.run_sync(self.redirect_url, row)
-        if redirect is not None:
-            return Located(image, redirect=redirect)
+        image = _record(row)
+        target = await self.redirect(image, row.r2_state, local=False)
+        if target is not None:
+            return Located(image, redirect=target)
         path = await anyio.to_thread.run_sync(self.fetch_to_cache, row)
         opened = (
             None if path is None else await anyio.to_thread.run_sync(_open_file, path, row.size)
@@ -222,16 +244,6 @@ class ImageServing:
         if path is None or opened is None:
             return None  # not in R2, or evicted again before it could be opened
         return Located(image, path=path, stat=opened[1], fd=opened[0])
-
-    def redirect_url(self, row: Image) -> str | None:
-        """Where to send the client instead of serving the bytes ourselves, if anywhere."""
-        if row.r2_state == R2_UPLOADED:
-            public = self.archive.public_url(row.id, row.ext)
-            if public is not None:
-                return public
-        if self.max_body is not None and row.size > self.max_body:
-            return self.archive.presigned_url(row.id, row.ext)
-        return None
 
     def fetch_to_cache(self, row: Image) -> Path | None:
         """Fetch ``row``'s object into the local cache; the file path, or None if not in R2.
@@ -274,6 +286,6 @@ class ImageServing:
             self.events.error(f"❌ R2 对象内容校验失败: {row.id[:8]}...")
             raise checksum_mismatch()
         path = self.cache.write(row.id, row.ext, data)
-        self.images.mark_cached(row.id)
+        self.rows.mark_cached(row.id)
         self.events.info(f"📥 已从 R2 取回并缓存: {row.id[:8]}...")
         return path

@@ -13,18 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select, tuple_
-from sqlalchemy.orm import InstrumentedAttribute, Session
-
 from picgate.db.models import R2_UPLOADED, Image
 from picgate.errors import BadRequest
+from picgate.library.rows import SORT_COLUMNS, ImageRows
 
 SortKey = Literal["created", "accessed", "size"]
-SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
-    "created": Image.created_at,
-    "accessed": Image.accessed_at,
-    "size": Image.size,
-}
 MAX_LIMIT = 200
 PROMPT_PREVIEW = 200
 
@@ -87,25 +80,20 @@ def describe(row: Image) -> dict[str, Any]:
 
 
 def list_images(
-    session: Session, *, sort: str = "created", cursor: str | None = None, limit: int = 48
+    rows: ImageRows, *, sort: str = "created", cursor: str | None = None, limit: int = 48
 ) -> Page:
-    """One page of images ordered by ``sort`` (newest/largest first)."""
+    """One page of images ordered by ``sort`` (newest/largest first); synchronous."""
     if sort not in SORT_COLUMNS:
         raise BadRequest(
             "sort must be one of: created, accessed, size", code="invalid_value", param="sort"
         )
     limit = max(1, min(limit, MAX_LIMIT))
-    column = SORT_COLUMNS[sort]
-    query = select(Image).order_by(column.desc(), Image.id.desc()).limit(limit + 1)
-    if cursor:
-        value, last_id = decode_cursor(cursor, sort)
-        query = query.where(tuple_(column, Image.id) < tuple_(value, last_id))
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
+    after = decode_cursor(cursor, sort) if cursor else None
+    found, total = rows.page(sort, after=after, limit=limit + 1)
+    more = len(found) > limit
+    found = found[:limit]
     next_cursor = None
-    if more and rows:
-        last = rows[-1]
-        next_cursor = encode_cursor(getattr(last, column.key), last.id)
-    total = int(session.scalar(select(func.count()).select_from(Image)) or 0)
-    return Page([describe(r) for r in rows], next_cursor, total)
+    if more and found:
+        last = found[-1]
+        next_cursor = encode_cursor(getattr(last, SORT_COLUMNS[sort].key), last.id)
+    return Page([describe(r) for r in found], next_cursor, total)

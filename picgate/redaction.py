@@ -121,7 +121,9 @@ class Redactor:
         """A redactor for ``settings`` that still knows this one's secrets (a rotated-away key
         stays scrubbed); the oldest are forgotten past ``MAX_REMEMBERED``."""
         current = [getattr(s, name) for s in settings for name in SECRET_SETTINGS]
-        return Redactor([*self._kept, *current])
+        # the current ones last: the cap forgets from the front, and must never forget a key
+        # still in use just because it was first seen long ago
+        return Redactor([*(s for s in self._kept if s not in current), *current])
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -90,6 +90,14 @@ def test_redactor_remembering_keeps_rotated_away_secrets_up_to_a_cap() -> None:
     assert "secret-number-0199" in many.secrets and "secret-number-0000" not in many.secrets
 
 
+def test_redactor_remembering_many_rotations_never_forgets_a_current_secret() -> None:
+    redactor = Redactor()
+    for i in range(MAX_REMEMBERED + 10):  # the gateway key rotated again and again
+        current = Settings(upstream_api_key="upstream-key-kept-333", gateway_api_key=f"gk-{i:08d}")
+        redactor = redactor.remembering(current)
+        assert redactor.text("upstream-key-kept-333") == MASK, i
+
+
 def test_redactor_value_cuts_nesting_deeper_than_max_depth() -> None:
     deep: list[object] = []
     inner = deep

@@ -39,6 +39,10 @@ EDITABLE: tuple[str, ...] = (
     "max_local_cache_mb",
     "allow_external_image_fetch",
     "delete_r2_on_metadata_expire",
+    "max_inline_images_mb",
+    "inline_full_images",
+    "task_model",
+    "drop_tools_for_image_models",
 )
 
 # Editable settings that are secrets: encrypted at rest, never sent to the browser in full.
@@ -69,7 +73,8 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(5643, ge=1, le=65535)
-    database_url: str = "sqlite+aiosqlite:///./data/db/picgate.db"
+    # the seed's sqlite+aiosqlite:/// form still works (picgate.db.engine maps it)
+    database_url: str = "sqlite:///./data/db/picgate.db"
     database_auth_token: str | None = None
     data_dir: Path = Path("./data")
     images_dir: Path | None = None
@@ -104,7 +109,16 @@ class Settings(BaseSettings):
     # bytes of images PicGate inlines into one upstream request from image URLs (history images,
     # edit images by URL), counted for every reference: a small request can name a big image
     # many times (picgate.gateway.inline)
-    max_inline_images_mb: int = Field(50, ge=1)
+    max_inline_images_mb: int = Field(50, ge=1, le=MAX_CACHE_MB)
+    # past that cap, the newest this many history images still go at full size; older ones go
+    # downscaled, the oldest as a note (picgate.gateway.trim)
+    inline_full_images: int = Field(2, ge=1, le=100)
+    # a text model (routed to the upstream) that answers Open WebUI's background tasks (title,
+    # tags, follow-ups...) sent to the image model; unset: PicGate answers them itself
+    # (picgate.gateway.tasks)
+    task_model: str | None = None
+    # image models reject or ignore tools: drop tools/tool_choice before they see them
+    drop_tools_for_image_models: bool = True
     # slow clients (``picgate serve``): a request head must arrive within this many seconds; a
     # body within this many plus one second per 16 KiB received (picgate.middleware)
     request_header_timeout_seconds: float = Field(30.0, gt=0)
@@ -135,6 +149,7 @@ class Settings(BaseSettings):
         "r2_public_base_url",
         "secret_key",
         "database_auth_token",
+        "task_model",
         mode="before",
     )
     @classmethod

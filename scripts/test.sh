@@ -13,15 +13,19 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # exactly its versions, checked against their hashes; `uv lock` refreshes it after a change to
 # pyproject.toml, and `uv lock --check` below fails when that was forgotten.
 "${PIP[@]}" "uv>=0.13,<0.15"
-.venv/bin/uv export --quiet --frozen --extra test --no-emit-project -o .venv/requirements-test.txt
+.venv/bin/uv export --quiet --frozen --extra test --extra postgres --no-emit-project \
+  -o .venv/requirements-test.txt
 "${PIP[@]}" -r .venv/requirements-test.txt
 "${PIP[@]}" --no-deps -e .
 .venv/bin/uv lock --check --quiet
 
 # Debian's Chromium drives the admin console tests (Playwright never downloads a browser here);
-# the CJK and emoji fonts make the console's screenshots readable.
-APT_PACKAGES="chromium fonts-wqy-microhei fonts-noto-color-emoji"
-if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/fonts/truetype/wqy ]; then
+# the CJK and emoji fonts make the console's screenshots readable. Debian's postgresql gives the
+# metadata contract suite a real server (tests/postgres.py runs initdb + postgres itself; the
+# PostgreSQL tests fail, never skip, without it).
+APT_PACKAGES="chromium fonts-wqy-microhei fonts-noto-color-emoji postgresql"
+if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/fonts/truetype/wqy ] \
+  || ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
   SUDO=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
   $SUDO apt-get update -qq

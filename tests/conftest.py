@@ -12,6 +12,7 @@ import pytest
 from picgate.app import create_app
 from picgate.config import Settings
 from picgate.services import Services
+from tests.postgres_fixtures import *  # noqa: F403  (postgres_server)
 from tests.s3_fixtures import *  # noqa: F403  (s3_server, s3_store)
 from tests.sqld_fixtures import *  # noqa: F403  (sqld_server, start_sqld)
 from tests.support.servers import ServerThread

@@ -12,12 +12,21 @@ turns per process and database, behind one lock, so only one transaction of this
 waits for the database's own write lock (a SQLite file's, or sqld's, which stalls when several
 streams wait for it at once). Reads never take the lock. Waiting longer than the timeout is
 sqlite3's "database is locked".
+
+``postgresql://``, ``postgres://`` and ``postgresql+psycopg://`` go to psycopg 3 (the
+``picgate[postgres]`` extra).
+
+A ``DATABASE_URL`` PicGate cannot use (not a URL, another database, PostgreSQL without psycopg,
+a SQLite file in a folder that cannot be made) is a ``DatabaseUrlError`` when the ``Database``
+is built, before anything starts: one line naming the setting and the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +36,10 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from picgate.config import SettingsError
 
 T = TypeVar("T")
 
@@ -53,9 +64,33 @@ def write_lock(url: URL) -> threading.Lock:
         return _write_locks.setdefault(key, threading.Lock())
 
 
+# the drivers PicGate runs, after normalize_url
+DRIVERS = ("sqlite", "sqlite+libsql", "postgresql+psycopg")
+ACCEPTED = (
+    "use sqlite:///./data/db/picgate.db (a file), libsql://<db>.turso.io (Turso, with "
+    "DATABASE_AUTH_TOKEN) or postgresql://user:password@host/db"
+)
+_CREDENTIALS = re.compile(r"(://)[^@/]*@")
+
+
+class DatabaseUrlError(SettingsError):
+    """DATABASE_URL names a database PicGate cannot open; the message says how to fix it."""
+
+
+def shown(raw: str) -> str:
+    """``raw`` for a message: the user and password of a URL replaced by ``***``."""
+    return _CREDENTIALS.sub(r"\1***@", raw)
+
+
 def normalize_url(raw: str) -> URL:
-    """Map the async spellings people paste onto the sync drivers PicGate uses."""
-    url = make_url(raw)
+    """Map the spellings people paste (async drivers, ``libsql://``, ``postgres://``) onto the
+    sync drivers PicGate uses. DatabaseUrlError for anything else."""
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseUrlError(
+            f"DATABASE_URL={shown(raw)!r} is not a database URL: {ACCEPTED}"
+        ) from exc
     if url.drivername in ("sqlite+aiosqlite", "sqlite+pysqlite"):
         url = url.set(drivername="sqlite")
     elif url.drivername in ("sqlite+aiolibsql", "libsql"):  # `turso db show --url`: libsql://
@@ -63,12 +98,53 @@ def normalize_url(raw: str) -> URL:
     elif url.drivername in ("https", "http"):  # the server's HTTP address itself
         secure = "true" if url.drivername == "https" else "false"
         url = url.set(drivername="sqlite+libsql").update_query_dict({"secure": secure})
-    elif url.drivername in ("postgresql+asyncpg", "postgres"):
+    elif url.drivername in ("postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
+    if url.drivername not in DRIVERS:
+        raise DatabaseUrlError(
+            f"DATABASE_URL={shown(raw)!r}: PicGate does not support {url.drivername}://; {ACCEPTED}"
+        )
     if url.drivername == "sqlite+libsql" and url.host and "secure" not in url.query:
         # the auth token goes with every request: TLS unless a local sqld says secure=false
         url = url.update_query_dict({"secure": "true"})
     return url
+
+
+def checked_url(raw: str) -> URL:
+    """``normalize_url(raw)``, also refused (DatabaseUrlError) when its driver is not
+    installed or its SQLite file's folder cannot be created. Looks, creates nothing."""
+    url = normalize_url(raw)
+    if url.drivername == "postgresql+psycopg":
+        try:
+            importlib.import_module("psycopg")
+        except ImportError as exc:  # not installed, or no libpq for a non-binary install
+            raise DatabaseUrlError(
+                f"DATABASE_URL is a PostgreSQL URL but its driver cannot be loaded ({exc}): "
+                "pip install 'picgate[postgres]'"
+            ) from exc
+    file = sqlite_file(url)
+    if file is not None:
+        _check_folder(file)
+    return url
+
+
+def _check_folder(file: Path) -> None:
+    """DatabaseUrlError when ``file`` could not be created: its nearest existing ancestor is
+    not a writable folder."""
+    if file.is_dir():
+        raise DatabaseUrlError(
+            f"DATABASE_URL names {file}, which is a folder: name a file in it, such as "
+            f"sqlite:///{file}/picgate.db"
+        )
+    folder = file.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise DatabaseUrlError(
+            f"DATABASE_URL: cannot create {file.parent} ({folder} is not a writable folder): "
+            "point DATABASE_URL at a folder PicGate may write, such as "
+            "sqlite:///./data/db/picgate.db"
+        )
 
 
 def sqlite_file(url: URL) -> Path | None:
@@ -86,8 +162,14 @@ def private_file(path: Path) -> None:
     It holds password hashes, session digests and the settings saved in the console. SQLite
     gives the ``-wal`` and ``-shm`` files the mode of the database file, so they follow.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise DatabaseUrlError(
+            f"DATABASE_URL: cannot create the database file {path} ({exc.strerror}): point "
+            "DATABASE_URL at a folder PicGate may write, such as sqlite:///./data/db/picgate.db"
+        ) from exc
     try:
         if os.fstat(fd).st_mode & 0o077:
             with contextlib.suppress(PermissionError):  # not ours to change: leave it
@@ -101,7 +183,8 @@ def build_engine(raw_url: str, *, auth_token: str | None = None) -> Engine:
     if url.drivername == "sqlite+libsql" and not url.host:
         url = url.set(drivername="sqlite")  # a local libSQL file is a SQLite file
     connect_args: dict[str, Any] = {}
-    kwargs: dict[str, Any] = {"pool_pre_ping": not url.drivername.startswith("sqlite")}
+    # a server's connections are checked before use (one on a file cannot go stale)
+    kwargs: dict[str, Any] = {"pool_pre_ping": url.drivername != "sqlite"}
     if url.drivername == "sqlite":
         connect_args["check_same_thread"] = False
         connect_args["timeout"] = 30
@@ -141,7 +224,7 @@ class Database:
         write_timeout: float = WRITE_WAIT_SECONDS,
     ) -> None:
         self.raw_url = raw_url
-        self.url = normalize_url(raw_url)
+        self.url = checked_url(raw_url)
         self._write_lock = write_lock(self.url)
         self._write_timeout = write_timeout
         self._auth_token = auth_token

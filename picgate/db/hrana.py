@@ -11,21 +11,30 @@ without holding the GIL, so other threads keep running while a query is in fligh
 Transactions follow the stdlib ``sqlite3`` module's default (legacy) control, so SQLAlchemy's
 SQLite dialect behaves the same on a file and on a server:
 
-- INSERT/UPDATE/DELETE/REPLACE outside a transaction opens one: ``BEGIN`` travels in the same
-  request, as the first step of a batch whose next step runs only if ``BEGIN`` succeeded; the
-  server answers with a baton that names the stream the transaction lives on;
+- INSERT/UPDATE/DELETE/REPLACE outside a transaction (also behind a ``WITH`` clause) opens one:
+  ``BEGIN`` travels in the same request, as the first step of a batch whose next step runs only
+  if ``BEGIN`` succeeded; the server answers with a baton that names the stream the transaction
+  lives on. ``BEGIN`` and ``SAVEPOINT`` open one by themselves (SQLite starts a transaction on a
+  ``SAVEPOINT`` outside one, and ``RELEASE`` of that outermost savepoint ends it);
 - every later statement carries the baton, so it runs inside that transaction;
 - ``commit()`` / ``rollback()`` send ``COMMIT`` / ``ROLLBACK`` and close the stream in one request;
 - anything else outside a transaction (SELECT, DDL, PRAGMA) runs on a stream that the same
   request opens and closes (autocommit).
 
+The server may name a ``base_url`` for the rest of a stream; it is followed only on the
+connection's own scheme, host and port (a server cannot move the auth token to another host or
+onto plain http), and ignored otherwise. TLS settings come in as one ``ssl_context`` that the
+engine builds once and hands to each of its connections.
+
 The driver only speaks the protocol: writes take turns in ``picgate.db.engine.Database.write``
 (sqld 0.24 stalls when several streams wait for its write lock at once), not here.
 
-Errors keep sqlite3's classes: constraint failures are ``IntegrityError``; a refused token, an
-unreachable server, or a transaction the server timed out are ``OperationalError``. Once a
-transaction's stream is lost, every call but ``rollback()`` fails, so no statement meant for the
-transaction can run outside it.
+Errors keep sqlite3's classes (PEP 249): constraint failures are ``IntegrityError``; a refused
+token, an unreachable server, an HTTP error status, an expired or unknown stream, or a
+transaction the server timed out are ``OperationalError``; an answer that is not the protocol's
+shape (not JSON, keys missing, wrong types) is ``InterfaceError``. No other exception leaves the
+driver. Once a transaction's stream is lost (or its answer could not be read), every call but
+``rollback()`` fails, so no statement meant for the transaction can run outside it.
 """
 
 from __future__ import annotations
@@ -33,12 +42,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
-import re
+import ssl
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+
+from picgate.db.statements import OPENS_TRANSACTION, savepoint_name, verb
 
 apilevel = "2.0"
 threadsafety = 1  # a connection may move between threads, one at a time (SQLAlchemy's pool)
@@ -50,8 +63,10 @@ Binary = bytes
 
 INT64 = (-(2**63), 2**63 - 1)
 PIPELINE_PATH = "/v2/pipeline"
-_FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(\w+)", re.S)
-_OPENS_TRANSACTION = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+# a pooled connection idle longer than this is pinged before use (the server or a proxy may
+# have closed its keep-alive socket meanwhile); a busier one has just been heard from
+PING_AFTER_IDLE_SECONDS = 10.0
+_MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 
 
 class Warning(Exception):  # PEP 249's name
@@ -103,13 +118,18 @@ def connect(
     *,
     auth_token: str | None = None,
     timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> Connection:
     """A connection to the server at ``url`` (``https://host`` or ``http://host:port``).
 
-    Nothing is sent until the first statement. ``transport`` replaces the network (tests).
+    Nothing is sent until the first statement. ``ssl_context``: the TLS settings, shared by
+    every connection of an engine (default: httpx's, built for this connection).
+    ``transport`` replaces the network (tests).
     """
-    return Connection(url, auth_token=auth_token, timeout=timeout, transport=transport)
+    return Connection(
+        url, auth_token=auth_token, timeout=timeout, ssl_context=ssl_context, transport=transport
+    )
 
 
 def encode_value(value: object) -> dict[str, Any]:
@@ -144,13 +164,23 @@ def decode_value(value: Mapping[str, Any]) -> object:
         return str(value["value"])
     if kind == "blob":
         data = str(value["base64"])
-        return base64.b64decode(data + "=" * (-len(data) % 4))
+        return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
     raise InterfaceError(f"unknown value type from the server: {kind!r}")
 
 
-def first_word(sql: str) -> str:
-    match = _FIRST_WORD.match(sql)
-    return match.group(1).upper() if match else ""
+def same_origin(url: str, base: str) -> bool:
+    """Whether ``url`` has ``base``'s scheme, host and port (default ports filled in)."""
+    try:
+        a, b = urlsplit(url), urlsplit(base)
+        ports = {"http": 80, "https": 443}
+        return (
+            a.scheme == b.scheme
+            and a.scheme in ports
+            and (a.hostname or "") == (b.hostname or "")
+            and (a.port or ports[a.scheme]) == (b.port or ports[b.scheme])
+        )
+    except ValueError:  # a port that is not a number
+        return False
 
 
 def statement(sql: str, parameters: Sequence[object] | Mapping[str, object]) -> dict[str, Any]:
@@ -180,10 +210,32 @@ def error_from(error: Mapping[str, Any]) -> DatabaseError:
     return exc
 
 
+def _error_of(outcome: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The error of one pipeline result, None when it is ``ok``; malformed: ValueError."""
+    kind = outcome.get("type")
+    if kind == "ok":
+        return None
+    if kind == "error":
+        return _checked_error(outcome["error"])
+    raise ValueError(f"a pipeline result of type {kind!r}")
+
+
+def _checked_error(error: object) -> Mapping[str, Any]:
+    if not isinstance(error, Mapping):
+        raise TypeError(f"an error is {type(error).__name__}, not an object")
+    return error
+
+
 class Result:
-    """One statement's answer: column names, decoded rows, affected rows, last rowid."""
+    """One statement's answer: column names, decoded rows, affected rows, last rowid.
+
+    A ``raw`` answer of the wrong shape raises KeyError/TypeError/ValueError/AttributeError;
+    the connection turns those into InterfaceError.
+    """
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"a statement result is {type(raw).__name__}, not an object")
         self.columns = [str(c.get("name") or "") for c in raw.get("cols", [])]
         self.rows = [tuple(decode_value(v) for v in row) for row in raw.get("rows", [])]
         self.affected = int(raw.get("affected_row_count") or 0)
@@ -198,20 +250,25 @@ class Connection:
         *,
         auth_token: str | None = None,
         timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.ssl_context = ssl_context
         headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
         self._client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            verify=ssl_context if ssl_context is not None else True,
             transport=transport,
         )
         self._lock = threading.Lock()
         self._baton: str | None = None  # set while a transaction's stream is open
         self._base_url: str | None = None  # where the server asked this stream to continue
         self._broken: str | None = None  # why the open transaction was lost
+        self._savepoint: str | None = None  # the savepoint that opened the transaction
         self._closed = False
+        self._last_answer = 0.0  # time.monotonic() of the server's last answer
 
     @property
     def in_transaction(self) -> bool:
@@ -235,6 +292,17 @@ class Connection:
                     self._finish("ROLLBACK", strict=False)
             finally:
                 self._broken = None
+
+    def ping(self) -> None:
+        """Check that the connection can still reach the server, before the pool hands it
+        out. Free when the server answered within ``PING_AFTER_IDLE_SECONDS``; otherwise one
+        ``SELECT 1``. Raises ProgrammingError when closed, an Error when the server is gone."""
+        self._check_open()
+        if self._baton is not None or self._broken is not None:
+            return  # in a transaction: the next statement says whether its stream lives
+        if time.monotonic() - self._last_answer < PING_AFTER_IDLE_SECONDS:
+            return
+        self.run("SELECT 1", ())
 
     def close(self) -> None:
         if self._closed:
@@ -262,20 +330,27 @@ class Connection:
         """Execute ``sql`` once per parameter set, all in one request, stopping at the first
         error (the server skips every step after a failed one)."""
         stmts = [statement(sql, parameters) for parameters in seq]
-        word = first_word(sql)
+        word = verb(sql)
         with self._lock:
             self._check_usable()
             return self._run(word, sql, stmts)
 
     def _run(self, word: str, sql: str, stmts: list[dict[str, Any]]) -> list[Result]:
         if self._baton is not None:
-            if word in ("COMMIT", "END") or (word == "ROLLBACK" and "TO" not in sql.upper()):
+            if word in ("COMMIT", "END") or (word == "ROLLBACK" and not savepoint_name(sql)):
                 self._finish(word if word != "END" else "COMMIT", strict=word != "ROLLBACK")
                 return [Result({})]
-            return self._batch(stmts, keep_stream=True)
-        if word == "BEGIN":
-            return self._batch(stmts, keep_stream=True)
-        if word in _OPENS_TRANSACTION:
+            results = self._batch(stmts, keep_stream=True)
+            if word == "RELEASE" and self._savepoint == savepoint_name(sql):
+                # releasing the savepoint that began the transaction commits it (SQLite)
+                self._drop_stream()
+            return results
+        if word in ("BEGIN", "SAVEPOINT"):
+            results = self._batch(stmts, keep_stream=True)
+            if word == "SAVEPOINT" and self._baton is not None:
+                self._savepoint = savepoint_name(sql)
+            return results
+        if word in OPENS_TRANSACTION:
             results = self._batch([statement("BEGIN", ()), *stmts], keep_stream=True)
             return results[1:]
         return self._batch(stmts, keep_stream=False)
@@ -290,17 +365,24 @@ class Connection:
         requests: list[dict[str, Any]] = [{"type": "batch", "batch": {"steps": steps}}]
         if not keep_stream:
             requests.append({"type": "close"})
-        opening = keep_stream and self._baton is None  # steps[0] is BEGIN
+        opening = keep_stream and self._baton is None  # steps[0] opens the transaction
+        was_open = self._baton is not None
         outcome = self._pipeline(requests)[0]
-        error: Mapping[str, Any] | None = outcome.get("error")
         results: list[Result] = []
-        if error is None:
-            batch = outcome["response"]["result"]
-            for raw, step_error in zip(batch["step_results"], batch["step_errors"], strict=True):
-                if step_error is not None:
-                    error = step_error
-                    break
-                results.append(Result(raw))
+        try:
+            error = _error_of(outcome)
+            if error is None:
+                batch = outcome["response"]["result"]
+                answers = zip(batch["step_results"], batch["step_errors"], strict=True)
+                for raw, step_error in answers:
+                    if step_error is not None:
+                        error = _checked_error(step_error)
+                        break
+                    results.append(Result(raw))
+                if error is None and len(results) != len(steps):
+                    raise ValueError(f"{len(results)} step results for {len(steps)} steps")
+        except (*_MALFORMED, InterfaceError) as exc:
+            raise self._unreadable(exc, in_transaction=was_open) from exc
         if error is None:
             return results
         if error.get("code") == "TRANSACTION_TIMEOUT":
@@ -323,14 +405,28 @@ class Connection:
                 raise
             return
         finally:
-            self._baton = self._base_url = None
-        error = outcome[0].get("error")
+            self._baton = self._base_url = self._savepoint = None
+        try:
+            error = _error_of(outcome[0])
+        except _MALFORMED as exc:
+            if strict:
+                raise self._unreadable(exc, in_transaction=True) from exc
+            return
         if error is not None and strict:
             raise error_from(error)
 
+    def _unreadable(self, exc: Exception, *, in_transaction: bool) -> InterfaceError:
+        """The error for an answer of the wrong shape. A transaction it belonged to is lost
+        (whether its statement ran, or its COMMIT took, is unknown); a stream it opened is
+        closed, which rolls back whatever ran on it."""
+        if in_transaction:
+            self._broken = "the server's answer inside the transaction could not be read"
+        self._drop_stream()
+        return InterfaceError(f"libSQL server {self.url} sent a malformed answer: {exc!r}")
+
     def _drop_stream(self) -> None:
         baton, url = self._baton, self._base_url
-        self._baton = self._base_url = None
+        self._baton = self._base_url = self._savepoint = None
         if baton is not None:
             with contextlib.suppress(Error):  # an abandoned stream expires on the server
                 self._post(url, {"baton": baton, "requests": [{"type": "close"}]})
@@ -341,14 +437,27 @@ class Connection:
         in_transaction = self._baton is not None
         try:
             body = self._post(self._base_url, {"baton": self._baton, "requests": requests})
+            baton, base_url = body.get("baton"), body.get("base_url")
+            results: list[dict[str, Any]] = body["results"]
+            if not (baton is None or isinstance(baton, str)):
+                raise InterfaceError(f"libSQL server {self.url} sent a baton that is no string")
+            if not (base_url is None or isinstance(base_url, str)):
+                raise InterfaceError(f"libSQL server {self.url} sent a base_url that is no string")
+            if len(results) != len(requests) or not all(isinstance(r, dict) for r in results):
+                raise InterfaceError(
+                    f"libSQL server {self.url} sent {len(results)} results for"
+                    f" {len(requests)} requests"
+                )
         except Error as exc:
-            self._baton = self._base_url = None
+            self._baton = self._base_url = self._savepoint = None
             if in_transaction:
                 self._broken = f"the transaction's stream was lost: {exc}"
             raise
-        self._baton = body.get("baton")
-        self._base_url = body.get("base_url")
-        results: list[dict[str, Any]] = body["results"]
+        self._last_answer = time.monotonic()
+        self._baton = baton
+        # only the connection's own origin: a server (or whoever answers for it) must not be
+        # able to send the token to another host or over plain http
+        self._base_url = base_url if base_url and same_origin(base_url, self.url) else None
         return results
 
     def _post(self, base_url: str | None, payload: dict[str, Any]) -> dict[str, Any]:
@@ -357,6 +466,8 @@ class Connection:
             response = self._client.post(url, json=payload)
         except httpx.TransportError as exc:
             raise Disconnect(f"libSQL server {self.url} unreachable: {exc!r}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            raise InterfaceError(f"libSQL server {self.url}: {exc!r}") from exc
         if response.status_code in (401, 403):
             raise OperationalError(
                 f"libSQL server {self.url} refused the auth token (HTTP {response.status_code}):"
@@ -415,7 +526,7 @@ class Cursor:
             else None
         )
         self._rows, self._pos = last.rows, 0
-        changes = first_word(sql) in _OPENS_TRANSACTION
+        changes = verb(sql) in OPENS_TRANSACTION
         self.rowcount = sum(r.affected for r in results) if changes else -1
         if last.last_rowid is not None:
             self.lastrowid = last.last_rowid

@@ -19,10 +19,10 @@ from picgate.errors import BadRequest, Gone, NotFound, StorageUnavailable, Upstr
 from picgate.gateway import relay, unstreamed
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.history import HistoryImages, last_user_text, messages_of, upstream_body
-from picgate.gateway.images_api import upstream_model
 from picgate.gateway.inline import InlineBudget
 from picgate.gateway.parts import GatewayParts
 from picgate.gateway.rewrite import ImageSink, StreamRewriter, rewrite_completion
+from picgate.gateway.tasks import upstream_chat_model
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
 from picgate.library.records import ImageOrigin
 
@@ -79,6 +79,7 @@ def history_images(
         load_own=load_own,
         fetch=fetch if settings.allow_external_image_fetch else None,
         budget=InlineBudget.from_mb(settings.max_inline_images_mb),
+        keep_full=settings.inline_full_images,
     )
 
 
@@ -89,10 +90,15 @@ async def _prepare(
     messages = messages_of(body)
     images = history_images(parts, settings, own_bases)
     out = await upstream_body(
-        body, upstream_model=upstream_model(settings, body.get("model")), images=images
+        body, upstream_model=upstream_chat_model(settings, body.get("model")), images=images
     )
     if images.inlined:
         parts.events.info(f"🖼️ 历史图片已内联: {images.inlined} 张")
+    if images.trim.downscaled or images.trim.omitted:
+        parts.events.info(
+            f"🗜️ 历史图片超过 MAX_INLINE_IMAGES_MB: {images.trim.full} 张原图, "
+            f"{images.trim.downscaled} 张缩小, {images.trim.omitted} 张省略"
+        )
     parts.events.info(f"📤 发起对话请求: {len(messages)} 条消息")
     return out, last_user_text(messages)
 

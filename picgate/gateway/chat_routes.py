@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest, PicGateError
 from picgate.eventlog import EventLog
-from picgate.gateway import chat, relay
+from picgate.gateway import chat, image_models, relay, tasks
 from picgate.gateway.routes import read_json_object
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
@@ -121,6 +121,19 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise BadRequest("'stream' must be a boolean", param="stream", code="invalid_type")
     parts.events.count("requests")
+    body, dropped = image_models.without_tools(settings, body)
+    if dropped:
+        parts.events.info(f"🧰 已去掉发给图片模型的 {', '.join(dropped)}")
+    task = tasks.recognise(settings, body)
+    if task is not None:
+        parts.events.count("tasks")
+        if not settings.task_model:
+            parts.events.info(f"🧩 Open WebUI 后台任务 ({task}): 本地回答，未调用图片模型")
+            if body.get("stream") is True:
+                return Response(tasks.local_events(task, body), headers=SSE_HEADERS)
+            return JSONResponse(tasks.local_completion(task, body))
+        parts.events.info(f"🧩 Open WebUI 后台任务 ({task}): 转给任务模型 {settings.task_model}")
+        body = {**body, "model": settings.task_model}
     base_url = public_base_url(request, settings, parts.events)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))
     if body.get("stream") is True:

@@ -3,11 +3,11 @@
 ``upstream_body`` returns a new body; the client's body is never mutated. What changes:
 
 - ``model`` becomes the upstream model (``UPSTREAM_MODEL_NAME``), or passes through when unset.
-- Images of this gateway (``…/images/{id}`` or ``…/images/{id}.{ext}``) in the history become
-  ``data:`` URLs of the stored bytes, so the upstream can see them (multi-turn editing): in the
-  markdown ``![alt](URL)`` of assistant content (a string, or ``text`` parts), where the URL is
-  replaced in place and the content stays a string; and in ``image_url`` parts of any message
-  (OpenAI only allows them in user messages; other roles are treated the same).
+- Images in assistant text (markdown images of this gateway's ``…/images/{id}[.ext]`` URLs,
+  markdown and bare ``data:`` URLs) and assistant ``image_url`` parts leave the assistant
+  message, which keeps a label (``[image 1]``), and are sent as ``image_url`` parts of the last
+  user message, where every vision API accepts them (``references.py`` says where and why).
+- Gateway images in ``image_url`` parts of other messages become ``data:`` URLs in place.
 - Which URLs are "ours": a URL under one of ``own_bases`` (``PUBLIC_BASE_URL`` and the base URL
   of the request), and also a URL on any other host whose path ends in ``/images/<id>[.<ext>]``
   when that id exists in the store. Ids carry 128 random bits, so a foreign URL cannot match by
@@ -21,26 +21,28 @@
 
 - Each image is read (or fetched) and encoded once per request, however many URLs name it
   (other hosts, extensions, queries, fragments): every reference gets the same data URL string.
-  The bytes every reference adds to the upstream body count against ``budget``
-  (``MAX_INLINE_IMAGES_MB``, see ``inline.py``); past it the request is a 413.
+- The bytes PicGate places in the upstream body count against ``budget``
+  (``MAX_INLINE_IMAGES_MB``): every reference in a user part, and each image moved out of
+  assistant text once. Past it, older images are sent downscaled and the oldest left out with a
+  note; only a newest image over the cap by itself is a 413 (``trim.py``).
 
-Everything else (other fields, other parts, ``data:`` URLs, tool calls) passes through as is.
+Everything else (other fields, other parts, data URLs of user parts, tool calls) passes as is.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
+
+import anyio.to_thread
 
 from picgate.errors import BadRequest, PicGateError
-from picgate.library.records import parse_image_name
-from picgate.storage.codec import data_url, sniff
-
-if TYPE_CHECKING:
-    from picgate.gateway.inline import InlineBudget
+from picgate.gateway.downscale import downscaled
+from picgate.gateway.inline import InlineBudget
+from picgate.gateway.references import Inline, Ref, collect, own_image_id, rebuild
+from picgate.gateway.trim import Trim, decide
+from picgate.storage.codec import JPEG, data_url, decode_base64, sniff
 
 __all__ = [
     "HistoryImages",
@@ -58,21 +60,80 @@ OwnImageLoader = Callable[[str], Awaitable[bytes | None]]
 UrlFetcher = Callable[[str], Awaitable[bytes]]
 """The bytes at an external URL; raises a PicGateError when refused or failed."""
 
-_MARKDOWN_IMAGE = re.compile(r"(!\[[^\]\n]{0,200}\]\()(https?://[^\s()<>]+)(\))")
 _URL_SHOWN = 200
+
+Shrink = Callable[[bytes], Awaitable[bytes | None]]
+"""A downscaled copy of an image (``downscale.downscaled``, run off the event loop)."""
+
+
+async def _downscaled_off_loop(data: bytes) -> bytes | None:
+    return await anyio.to_thread.run_sync(downscaled, data)
 
 
 @dataclass
 class HistoryImages:
-    """How to turn image URLs of the history into data URLs (see the module doc)."""
+    """How to turn the image references of a history into data URLs (see the module doc).
+
+    The ``trim.Resolver`` of one request: it reads, fetches, decodes and downscales each image
+    once and hands every reference to it the same string.
+    """
 
     own_bases: Sequence[str]
     load_own: OwnImageLoader
     fetch: UrlFetcher | None = None
     budget: InlineBudget | None = None
-    inlined: int = 0  # how many URLs were replaced (for the log)
+    keep_full: int = 2  # INLINE_FULL_IMAGES
+    shrink: Shrink = _downscaled_off_loop
+    inlined: int = 0  # how many references were replaced (for the log)
+    trim: Trim = field(default_factory=Trim)
     _own: dict[str, str | None] = field(default_factory=dict)  # by image id
     _external: dict[str, str] = field(default_factory=dict)  # by URL
+    _written: dict[str, str | None] = field(default_factory=dict)  # by the client's data URL
+    _small: dict[str, str | None] = field(default_factory=dict)  # by key
+
+    def key(self, ref: Ref) -> str | None:
+        if ref.url.lower().startswith("data:"):
+            return ref.url
+        found = own_image_id(ref.url, self.own_bases)
+        if found is not None:
+            return "/images/" + found
+        if not ref.moved and self.fetch is not None:
+            return ref.url
+        return None
+
+    def external(self, ref: Ref) -> bool:
+        return (
+            not ref.url.lower().startswith("data:")
+            and own_image_id(ref.url, self.own_bases) is None
+        )
+
+    async def full(self, ref: Ref) -> str | None:
+        if ref.url.lower().startswith("data:"):
+            return self._data(ref.url)
+        inline = await self.own(ref.url)
+        if inline is None and not ref.moved and self.fetch is not None:
+            inline = await self._fetched(ref.url, ref.param)
+        return inline
+
+    async def small(self, ref: Ref) -> str | None:
+        key = self.key(ref)
+        if key is None:
+            return None
+        if key not in self._small:
+            full = await self.full(ref)
+            if full is None:
+                return None
+            data = decode_base64(full)
+            smaller = await self.shrink(data)
+            self._small[key] = None if smaller is None else data_url(smaller, JPEG.mime)
+        return self._small[key]
+
+    def forget_full(self, ref: Ref) -> None:
+        found = own_image_id(ref.url, self.own_bases)
+        if found is not None and self._own.get(found) is not None:
+            del self._own[found]
+        self._external.pop(ref.url, None)
+        self._written.pop(ref.url, None)
 
     async def own(self, url: str) -> str | None:
         """The data URL of a gateway image at ``url``; None when it is not one of ours."""
@@ -84,7 +145,17 @@ class HistoryImages:
             self._own[found] = None if data is None else data_url(data, sniff(data).mime)
         return self._own[found]
 
-    async def external(self, url: str, param: str) -> str:
+    def _data(self, url: str) -> str | None:
+        """A data URL of the client's, when it holds an image (else the text stays as it is)."""
+        if url not in self._written:
+            try:
+                data = decode_base64(url)
+                self._written[url] = data_url(data, sniff(data).mime)
+            except PicGateError:
+                self._written[url] = None
+        return self._written[url]
+
+    async def _fetched(self, url: str, param: str) -> str:
         """The data URL of an external image (only called when ``fetch`` is set)."""
         assert self.fetch is not None
         if url in self._external:
@@ -101,39 +172,6 @@ class HistoryImages:
             ) from exc
         self._external[url] = data_url(data, kind.mime)
         return self._external[url]
-
-    def use(self, inline: str, param: str) -> str:
-        """``inline`` as one more reference in the upstream body, counted against the budget."""
-        if self.budget is not None:
-            self.budget.spend(len(inline), param=param)
-        self.inlined += 1
-        return inline
-
-
-def own_image_id(url: str, own_bases: Sequence[str]) -> str | None:
-    """The image id when ``url`` has the shape of a gateway image URL (``…/images/{id}[.ext]``).
-
-    Under one of ``own_bases`` the rest must be exactly ``/images/<name>``; on another host the
-    path must end with it. Query and fragment are ignored. Whether the id exists is for the
-    caller to check.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https"):
-        return None
-    path = parts.path
-    for base in own_bases:
-        prefix = base.rstrip("/") + "/images/"
-        if url.startswith(prefix):
-            path = "/images/" + url[len(prefix) :].split("?", 1)[0].split("#", 1)[0]
-            break
-    _head, sep, name = path.rpartition("/images/")
-    if not sep or "/" in name:
-        return None
-    parsed = parse_image_name(name)
-    return parsed[0] if parsed else None
 
 
 def messages_of(body: dict[str, Any]) -> list[Any]:
@@ -170,80 +208,18 @@ def last_user_text(messages: list[Any], limit: int = 1000) -> str | None:
     return None
 
 
-async def _markdown(text: str, images: HistoryImages, param: str) -> str:
-    """``text`` with the URLs of gateway images in markdown images replaced by data URLs."""
-    if "/images/" not in text:
-        return text
-    parts: list[str] = []
-    last = 0
-    for match in _MARKDOWN_IMAGE.finditer(text):
-        inline = await images.own(match.group(2))
-        if inline is None:
-            continue
-        parts.append(text[last : match.start(2)])
-        parts.append(images.use(inline, param))
-        last = match.end(2)
-    if not parts:
-        return text
-    parts.append(text[last:])
-    return "".join(parts)
-
-
-async def _image_part(part: dict[str, Any], images: HistoryImages, param: str) -> dict[str, Any]:
-    image_url = part.get("image_url")
-    nested = isinstance(image_url, dict)
-    url = image_url.get("url") if isinstance(image_url, dict) else image_url
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        return part
-    param += ".image_url.url" if nested else ".image_url"
-    inline = await images.own(url)
-    if inline is None and images.fetch is not None:
-        inline = await images.external(url, param)
-    if inline is None:
-        return part
-    inline = images.use(inline, param)
-    if isinstance(image_url, dict):
-        return {**part, "image_url": {**image_url, "url": inline}}
-    return {**part, "image_url": inline}
-
-
-async def _message(message: Any, index: int, images: HistoryImages) -> Any:
-    if not isinstance(message, dict):
-        return message
-    content = message.get("content")
-    assistant = message.get("role") == "assistant"
-    if isinstance(content, str):
-        if not assistant:
-            return message
-        new_content: Any = await _markdown(content, images, f"messages[{index}].content")
-    elif isinstance(content, list):
-        new_parts: list[Any] = []
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if isinstance(part, dict) and kind == "image_url":
-                part = await _image_part(part, images, f"messages[{index}].content[{j}]")
-            elif isinstance(part, dict) and assistant and isinstance(part.get("text"), str):
-                param = f"messages[{index}].content[{j}].text"
-                text = await _markdown(part["text"], images, param)
-                part = part if text == part["text"] else {**part, "text": text}
-            new_parts.append(part)
-        changed = any(a is not b for a, b in zip(new_parts, content, strict=True))
-        new_content = new_parts if changed else content
-    else:
-        return message
-    if new_content is content or new_content == content:
-        return message
-    return {**message, "content": new_content}
-
-
 async def upstream_body(
     body: dict[str, Any], *, upstream_model: str | None, images: HistoryImages
 ) -> dict[str, Any]:
-    """The body to send upstream (see the module doc); BadRequest for a bad ``messages``."""
+    """The body to send upstream (see the module doc); BadRequest for a bad ``messages``,
+    PayloadTooLarge when the newest image alone is over the inline cap."""
     messages = messages_of(body)
-    new_messages = [await _message(m, i, images) for i, m in enumerate(messages)]
+    walk = collect(messages)
+    budget = images.budget or InlineBudget(limit=2**62)
+    outcomes, images.trim = await decide(walk, images, budget=budget, keep_full=images.keep_full)
+    images.inlined = sum(isinstance(outcome, Inline) for outcome in outcomes)
     out = dict(body)
     if upstream_model:
         out["model"] = upstream_model
-    out["messages"] = new_messages
+    out["messages"] = rebuild(messages, walk, outcomes) if walk.refs else messages
     return out

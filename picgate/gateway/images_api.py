@@ -1,8 +1,8 @@
 """Images API logic: generations and edits, whatever the upstream answers (b64_json or url).
 
 Every image the upstream returns is stored. The reply honours the client's ``response_format``:
-``url`` (default) gives ``{public base}/images/{id}.{ext}``, ``b64_json`` gives the bytes (still
-stored and listed). If an image cannot be stored, the client gets it inline as ``b64_json``
+``url`` gives ``{public base}/images/{id}.{ext}``, ``b64_json`` gives the bytes (still stored and
+listed); absent, ``b64_json`` for gpt-image model names (as OpenAI answers them), else ``url``. If an image cannot be stored, the client gets it inline as ``b64_json``
 rather than lose it.
 """
 
@@ -55,9 +55,17 @@ def short(prompt: str | None, limit: int = 50) -> str:
 
 
 def client_response_format(body: dict[str, Any]) -> str:
+    """The client's ``response_format``; absent, what OpenAI answers for the model the client
+    named: ``b64_json`` for gpt-image models (Open WebUI then omits the field and reads
+    ``b64_json``), ``url`` otherwise."""
     fmt = body.get("response_format")
     if fmt is None:
-        return "url"
+        model = body.get("model")
+        return (
+            "url"
+            if wants_response_format(model if isinstance(model, str) else None)
+            else "b64_json"
+        )
     if fmt not in RESPONSE_FORMATS:
         raise BadRequest(
             "response_format must be 'url' or 'b64_json'",

@@ -465,13 +465,18 @@ def test_chat_history_own_images_inlined_for_upstream(
     sdk(gateway).chat.completions.create(model="picgate", messages=messages)  # type: ignore[arg-type]
     sent = upstream.last(CHAT).json["messages"]
     inline = f"data:image/png;base64,{ONE_PIXEL_PNG_B64}"
+    # the assistant's image leaves its text for an image part of the last user message
     assert sent[1] == {
         "role": "assistant",
-        "content": reply.replace(url, inline),
+        "content": reply.replace(f"![image]({url})", "[image 1]"),
     }
-    assert sent[2]["content"][1]["image_url"]["url"] == inline
+    assert sent[2]["content"][:2] == [
+        {"type": "text", "text": "[image 1]"},
+        {"type": "image_url", "image_url": {"url": inline}},
+    ]
+    assert sent[2]["content"][3]["image_url"]["url"] == inline
     # external URLs pass through while ALLOW_EXTERNAL_IMAGE_FETCH is off
-    assert sent[2]["content"][2] == messages[2]["content"][2]  # type: ignore[index]
+    assert sent[2]["content"][4] == messages[2]["content"][2]  # type: ignore[index]
     assert "🖼️ 历史图片已内联: 2 张" in log_lines(gateway, "🖼️")
 
 

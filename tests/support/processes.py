@@ -1,4 +1,4 @@
-"""A server in a subprocess for tests (moto's S3, sqld): started, waited for, stopped.
+"""A server in a subprocess for tests (moto's S3, sqld, PostgreSQL): started, waited for, stopped.
 
 Subclasses build the command and say when the server answers (``_answers``); output goes to
 ``log_path``, whose tail is in every error, so a server that will not start says why.
@@ -33,9 +33,17 @@ class ServerProcess:
         """Whether the server answers yet (an ``httpx.TransportError`` means not yet)."""
         raise NotImplementedError
 
-    def _launch(self, command: Sequence[str], env: Mapping[str, str]) -> None:
-        """Start ``command`` and wait until the server answers; RuntimeError with the log's
-        tail when it exits or stays silent for ``start_timeout`` seconds."""
+    def _launch(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        user: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Start ``command`` (as ``user``/``group`` when given: PostgreSQL will not run as
+        root) and wait until the server answers; RuntimeError with the log's tail when it exits
+        or stays silent for ``start_timeout`` seconds."""
         self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
             list(command),
@@ -43,6 +51,8 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=dict(env),
+            user=user,
+            group=group,
         )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

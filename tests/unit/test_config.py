@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_settings_defaults_match_design() -> None:
     s = Settings()
     assert (s.host, s.port) == ("0.0.0.0", 5643)
-    assert s.database_url == "sqlite+aiosqlite:///./data/db/picgate.db"
+    assert s.database_url == "sqlite:///./data/db/picgate.db"
     assert s.resolved_images_dir == Path("data/images")
     assert s.local_cache_ttl_hours == 72 and s.metadata_retention_days == 365
     assert s.max_local_cache_mb == 0 and s.gateway_model_name == "picgate"

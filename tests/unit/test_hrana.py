@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from picgate.db import hrana
+from picgate.db import hrana, statements
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_hrana_value_unknown_type_is_programming_error() -> None:
     ],
 )
 def test_hrana_first_word_skips_space_and_comments(sql: str, word: str) -> None:
-    assert hrana.first_word(sql) == word
+    assert statements.first_word(sql) == word
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy import bindparam, case, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from picgate.db.models import AdminSession, AdminUser, LoginAttempt
@@ -244,14 +244,14 @@ def unlock(session: Session, username: str | None = None) -> int:
 def _ensure_counters(session: Session, keys: list[str], now: datetime) -> None:
     """A row for every key (``ON CONFLICT DO NOTHING``: SQLite, libSQL and PostgreSQL share
     it). Being a write, the first one also takes SQLite's write lock for the transaction."""
+    # typed like the column: each dialect stores the datetime its own way (SQLite and libSQL
+    # as text; the Hrana driver refuses a bare datetime)
+    statement = text(
+        "INSERT INTO login_attempts (key, failures, window_start, locked_until) "
+        "VALUES (:key, 0, :now, NULL) ON CONFLICT (key) DO NOTHING"
+    ).bindparams(bindparam("now", type_=LoginAttempt.__table__.c.window_start.type))
     for key in keys:
-        session.execute(
-            text(
-                "INSERT INTO login_attempts (key, failures, window_start, locked_until) "
-                "VALUES (:key, 0, :now, NULL) ON CONFLICT (key) DO NOTHING"
-            ),
-            {"key": key, "now": now},
-        )
+        session.execute(statement, {"key": key, "now": now})
 
 
 def _count_failure(session: Session, key: str, limit: int | None, now: datetime) -> None:

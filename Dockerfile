@@ -29,7 +29,8 @@ RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/
  && chown -R picgate:picgate /app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-USER picgate
+# numeric, so the host and Kubernetes runAsNonRoot can tell it is not root
+USER 10001:10001
 VOLUME ["/app/data"]
 EXPOSE 5643
 # python, not curl: the slim image has no curl; urlopen raises on 503 (database down)

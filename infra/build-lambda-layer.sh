@@ -3,8 +3,10 @@
 #   .build/layer/python/...        pip --target with manylinux (glibc <= 2.26) x86_64 wheels only
 #   .build/picgate-deps-layer.zip  the layer zip
 # With `--publish STAGE` it also publishes the layer and stores its ARN in SSM as
-# /picgate/STAGE/DEPS_LAYER_ARN, where serverless.yml reads it (needs the AWS CLI; set
-# LAYER_BUCKET to an S3 bucket in the same region: the zip is over the 50 MB direct upload).
+# /picgate/STAGE/DEPS_LAYER_ARN, where serverless.yml reads it (needs the AWS CLI). Lambda takes
+# a zip of up to 50 MB uploaded directly and 250 MB unzipped for a function and all its layers;
+# the zip (~48 MB) is just under the first, so LAYER_BUCKET (an S3 bucket in the same region) is
+# optional: set it to upload through S3 instead, which has room to grow.
 #
 # The list is uv.lock's runtime dependencies without uvicorn: Lambda runs the app through Mangum,
 # and leaving uvicorn[standard] out keeps uvloop, watchfiles, PyYAML and click out of the layer
@@ -51,7 +53,7 @@ echo "layer: $OUT/picgate-deps-layer.zip ($(du -h "$OUT/picgate-deps-layer.zip" 
 
 if [ "${1:-}" = "--publish" ]; then
   STAGE=${2:?usage: $0 --publish STAGE}
-  # direct uploads stop at 50 MB and the layer is a little over: go through S3 when given one
+  # direct uploads stop at 50 MB zipped and the layer is a little under: S3 when given one
   if [ -n "${LAYER_BUCKET:-}" ]; then
     aws s3 cp --quiet "$OUT/picgate-deps-layer.zip" "s3://$LAYER_BUCKET/picgate/$STAGE-deps.zip"
     CONTENT=(--content "S3Bucket=$LAYER_BUCKET,S3Key=picgate/$STAGE-deps.zip")

@@ -13,8 +13,9 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from picgate import log_redaction
 from picgate.config import Settings
@@ -73,7 +74,30 @@ def create_app(
     app.include_router(images_router)
     app.include_router(chat_router)
     app.include_router(admin_router)
+    # a person who opens the server's address in a browser wants the console
+    app.add_api_route("/", root_redirect, methods=["GET", "HEAD"], include_in_schema=False)
     return app
+
+
+async def root_redirect() -> Response:
+    return RedirectResponse("/admin", status_code=307)
+
+
+def v1_hint(request: Request) -> str:
+    """A hint when the request's method and path exist under ``/v1`` (a client whose base URL
+    lacks ``/v1``); empty otherwise."""
+    method, path = request.method, request.url.path
+    if path.startswith("/v1/"):
+        return ""
+    wanted = "/v1" + path.rstrip("/")
+    scope = {**request.scope, "path": wanted, "method": method}
+    for route in request.app.router.routes:
+        if route.matches(scope)[0] == Match.FULL:
+            return (
+                f" Did you mean {method} {wanted}? PicGate's OpenAI-compatible API is under "
+                "/v1: the client's base URL must end in /v1 (for example http://host:5643/v1)."
+            )
+    return ""
 
 
 ADMIN_PREFIX = "/admin"
@@ -153,6 +177,9 @@ def install_error_handlers(app: FastAPI, services: Services) -> None:
             message = f"Unknown path: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}"
+        hint = v1_hint(request) if exc.status_code in (404, 405) else ""
+        if hint:
+            message += "." + hint
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return _json_error(
             exc.status_code,

@@ -11,44 +11,16 @@ from __future__ import annotations
 import ipaddress
 import os
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, GetCoreSchemaHandler, field_validator
+from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RuntimeMode = Literal["auto", "server", "serverless"]
-
-# Settings the admin console may change (stored in the database unless fixed by the environment).
-EDITABLE: tuple[str, ...] = (
-    "upstream_api_base",
-    "upstream_api_key",
-    "upstream_model_name",
-    "gateway_model_name",
-    "gateway_api_key",
-    "public_base_url",
-    "r2_account_id",
-    "r2_access_key_id",
-    "r2_secret_access_key",
-    "r2_bucket_name",
-    "r2_endpoint_url",
-    "r2_public_base_url",
-    "local_cache_ttl_hours",
-    "metadata_retention_days",
-    "max_local_cache_mb",
-    "allow_external_image_fetch",
-    "delete_r2_on_metadata_expire",
-    "max_inline_images_mb",
-    "inline_full_images",
-    "task_model",
-    "drop_tools_for_image_models",
-)
-
-# Editable settings that are secrets: encrypted at rest, never sent to the browser in full.
-SECRETS: frozenset[str] = frozenset(
-    {"upstream_api_key", "gateway_api_key", "r2_secret_access_key", "r2_access_key_id"}
-)
 
 # Upper bounds that keep every date computed from a setting representable (``timedelta`` and
 # ``datetime`` overflow far below 1e308): ten years of local cache, a century of metadata, 1 EiB.
@@ -58,6 +30,29 @@ MAX_CACHE_MB = 2**40
 MAX_TEXT = 2048
 
 PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "your-key", "sk-xxx", "pg-xxx", "xxx"})
+
+
+@dataclass(frozen=True)
+class Editable:
+    """Marks a setting the admin console may change (stored in the database unless the
+    environment fixes it); ``secret``: encrypted at rest, never sent to the browser in full.
+
+    Its text values must be printable (``check_text``): they are stored, logged and sent.
+    ``EDITABLE`` and ``SECRETS`` are read from these marks, so a setting is declared once.
+    """
+
+    secret: bool = False
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(_printable_text, handler(source))
+
+
+def _printable_text(value: Any) -> Any:
+    if isinstance(value, str):
+        check_text(value)
+    return value
 
 
 class SettingsError(ValueError):
@@ -79,28 +74,30 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     images_dir: Path | None = None
 
-    upstream_api_base: str | None = None
-    upstream_api_key: str | None = None
-    upstream_model_name: str | None = None
+    upstream_api_base: Annotated[str | None, Editable()] = None
+    upstream_api_key: Annotated[str | None, Editable(secret=True)] = None
+    upstream_model_name: Annotated[str | None, Editable()] = None
     upstream_timeout_seconds: float = Field(600.0, gt=0)
 
-    gateway_model_name: str = "picgate"
-    gateway_api_key: str | None = None
-    public_base_url: str | None = None
+    gateway_model_name: Annotated[str, Editable()] = "picgate"
+    gateway_api_key: Annotated[str | None, Editable(secret=True)] = None
+    public_base_url: Annotated[str | None, Editable()] = None
 
-    r2_account_id: str | None = None
-    r2_access_key_id: str | None = None
-    r2_secret_access_key: str | None = None
-    r2_bucket_name: str | None = None
-    r2_endpoint_url: str | None = None
-    r2_public_base_url: str | None = None
+    r2_account_id: Annotated[str | None, Editable()] = None
+    r2_access_key_id: Annotated[str | None, Editable(secret=True)] = None
+    r2_secret_access_key: Annotated[str | None, Editable(secret=True)] = None
+    r2_bucket_name: Annotated[str | None, Editable()] = None
+    r2_endpoint_url: Annotated[str | None, Editable()] = None
+    r2_public_base_url: Annotated[str | None, Editable()] = None
     r2_key_prefix: str = "images/"
 
-    local_cache_ttl_hours: float = Field(72.0, ge=0, le=MAX_TTL_HOURS, allow_inf_nan=False)
-    metadata_retention_days: int = Field(365, ge=0, le=MAX_RETENTION_DAYS)
-    max_local_cache_mb: int = Field(0, ge=0, le=MAX_CACHE_MB)
-    allow_external_image_fetch: bool = False
-    delete_r2_on_metadata_expire: bool = False
+    local_cache_ttl_hours: Annotated[float, Editable()] = Field(
+        72.0, ge=0, le=MAX_TTL_HOURS, allow_inf_nan=False
+    )
+    metadata_retention_days: Annotated[int, Editable()] = Field(365, ge=0, le=MAX_RETENTION_DAYS)
+    max_local_cache_mb: Annotated[int, Editable()] = Field(0, ge=0, le=MAX_CACHE_MB)
+    allow_external_image_fetch: Annotated[bool, Editable()] = False
+    delete_r2_on_metadata_expire: Annotated[bool, Editable()] = False
 
     secret_key: str | None = None
     runtime_mode: RuntimeMode = "auto"
@@ -109,16 +106,16 @@ class Settings(BaseSettings):
     # bytes of images PicGate inlines into one upstream request from image URLs (history images,
     # edit images by URL), counted for every reference: a small request can name a big image
     # many times (picgate.gateway.inline)
-    max_inline_images_mb: int = Field(50, ge=1, le=MAX_CACHE_MB)
+    max_inline_images_mb: Annotated[int, Editable()] = Field(50, ge=1, le=MAX_CACHE_MB)
     # past that cap, the newest this many history images still go at full size; older ones go
     # downscaled, the oldest as a note (picgate.gateway.trim)
-    inline_full_images: int = Field(2, ge=1, le=100)
+    inline_full_images: Annotated[int, Editable()] = Field(2, ge=1, le=100)
     # a text model (routed to the upstream) that answers Open WebUI's background tasks (title,
     # tags, follow-ups...) sent to the image model; unset: PicGate answers them itself
     # (picgate.gateway.tasks)
-    task_model: str | None = None
+    task_model: Annotated[str | None, Editable()] = None
     # image models reject or ignore tools: drop tools/tool_choice before they see them
-    drop_tools_for_image_models: bool = True
+    drop_tools_for_image_models: Annotated[bool, Editable()] = True
     # slow clients (``picgate serve``): a request head must arrive within this many seconds; a
     # body within this many plus one second per 16 KiB received (picgate.middleware)
     request_header_timeout_seconds: float = Field(30.0, gt=0)
@@ -157,14 +154,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.strip()
             return value or None
-        return value
-
-    @field_validator(*EDITABLE, mode="after")
-    @classmethod
-    def _printable_text(cls, value: Any) -> Any:
-        """Every editable text setting: characters that can be stored, logged and sent."""
-        if isinstance(value, str):
-            check_text(value)
         return value
 
     # -- derived values -------------------------------------------------------------------
@@ -218,6 +207,21 @@ class Settings(BaseSettings):
         # keep the record of what the environment pinned
         object.__setattr__(result, "__pydantic_fields_set__", set(self.model_fields_set))
         return result
+
+
+def _marked(secret: bool) -> tuple[str, ...]:
+    names = []
+    for name, field in Settings.model_fields.items():
+        marks = [m for m in field.metadata if isinstance(m, Editable)]
+        if marks and (marks[0].secret or not secret):
+            names.append(name)
+    return tuple(names)
+
+
+# Settings the admin console may change, in the order they are declared.
+EDITABLE: tuple[str, ...] = _marked(secret=False)
+# Editable settings that are secrets: encrypted at rest, never sent to the browser in full.
+SECRETS: frozenset[str] = frozenset(_marked(secret=True))
 
 
 def check_text(value: str | None) -> None:

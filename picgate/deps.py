@@ -140,7 +140,10 @@ async def require_gateway_key(request: Request) -> Gateway:
         throttle.failed(address)
         raise AuthenticationFailed(
             "Incorrect gateway API key (GATEWAY_API_KEY) provided. PicGate refused the call "
-            "before contacting the upstream; use the key shown in the PicGate admin console.",
+            "before contacting the upstream. Use PicGate's gateway key: it is printed once when "
+            "PicGate generates it (the start banner) and shown once on the admin dashboard, then "
+            "only masked; if it is lost, generate a new one in the admin console (/admin → "
+            "settings) or set GATEWAY_API_KEY.",
             code="invalid_api_key",
         )
     parts = GatewayParts(

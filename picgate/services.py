@@ -129,7 +129,8 @@ class Services:
                 self.generated_key = key
                 banner = (
                     "\n" + "=" * 64 + "\n"
-                    "PicGate generated a gateway API key (shown once; also in the admin console):\n"
+                    "PicGate generated a gateway API key. It is shown here once and once on the\n"
+                    "admin dashboard, then only masked (generate a new one in the admin settings):\n"
                     f"    {key}\n"
                     "Clients must send:  Authorization: Bearer <key>\n" + "=" * 64
                 )
@@ -152,6 +153,7 @@ class Services:
         if not base:
             host = self.settings.host
             shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+            shown = f"[{shown}]" if ":" in shown else shown  # an IPv6 address in a URL
             base = "<function URL>" if self.serverless else f"http://{shown}:{self.settings.port}"
         banner = (
             "\n" + "=" * 64 + "\n"

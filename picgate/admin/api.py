@@ -14,8 +14,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
 
-from picgate.admin import backend, settings_form, thumbnails
+from picgate.admin import backend, i18n, settings_form, thumbnails
 from picgate.admin.guard import AdminDep, CsrfAdminDep
+from picgate.admin.log_lines import in_language
 from picgate.admin.rendering import AdminRoute
 from picgate.db.engine import Database
 from picgate.db.models import Image, LogEntry
@@ -69,7 +70,10 @@ async def stats(library: LibraryDep, config: ConfigDep, _admin: AdminDep) -> dic
 async def health(library: LibraryDep, config: ConfigDep, _admin: AdminDep) -> dict[str, Any]:
     settings = await config.acurrent()
     return {
-        "upstream": {"configured": settings.upstream_configured},
+        "upstream": {
+            "configured": settings.upstream_configured,
+            "model_set": bool(settings.upstream_model_name),
+        },
         "r2": await backend.r2_health(library, settings),
     }
 
@@ -259,16 +263,21 @@ def _read_logs(
 
 @router.get("/logs")
 async def logs(
+    request: Request,
     events: EventsDep,
     db: DatabaseDep,
     _admin: AdminDep,
     level: str = "",
     limit: int = Query(200, ge=1, le=1000),
 ) -> dict[str, Any]:
+    """The newest log lines, in the console's language (stored in Chinese: ``log_lines``)."""
     level = level.upper()
     if level and level not in LOG_LEVELS:
         raise Unprocessable("level must be INFO, WARNING or ERROR", param="level")
     entries = await anyio.to_thread.run_sync(_read_logs, events, db, level or None, limit)
+    lang = i18n.pick_language(request.cookies.get(i18n.COOKIE))
+    for entry in entries:
+        entry["message"] = in_language(entry["message"], lang)
     return {"entries": entries}
 
 

@@ -56,10 +56,14 @@ def context(
     request: Request, page: str, admin: AdminContext | None, **extra: Any
 ) -> dict[str, Any]:
     t = translator(request)
+    other = "en" if t.lang == "zh" else "zh"
+    # the switch link keeps the page's query: the setup link's token must survive a switch
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
     return {
         "t": t,
         "lang": t.lang,
-        "other_lang": "en" if t.lang == "zh" else "zh",
+        "other_lang": other,
+        "lang_href": "?" + urlencode([*kept, ("lang", other)]),
         "page": page,
         "nav": NAV,
         "admin": admin,

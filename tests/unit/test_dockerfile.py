@@ -83,11 +83,13 @@ def test_compose_agrees_with_dockerfile_and_settings() -> None:
     compose = yaml.safe_load((REPO / "infra" / "docker-compose.yml").read_text())
     service = compose["services"]["picgate"]
     port = Settings.model_fields["port"].default
-    assert f"{port}:{port}" in service["ports"]
+    # the mapping, the container's PORT and the health check follow PORT, defaulting alike
+    assert f"${{PORT:-{port}}}:${{PORT:-{port}}}" in service["ports"]
+    assert service["environment"]["PORT"] == f"${{PORT:-{port}}}"
     assert "picgate-data:/app/data" in service["volumes"]
     assert "picgate-data" in compose["volumes"]
     test = service["healthcheck"]["test"]
-    assert test[:2] == ["CMD", "python"] and f":{port}/health" in test[-1]
+    assert test[:2] == ["CMD", "python"] and "os.environ['PORT']" in test[-1]
     assert service["build"]["context"] == ".." and service["build"]["dockerfile"] == "Dockerfile"
 
 

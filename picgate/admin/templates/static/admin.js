@@ -135,7 +135,7 @@
           const input = $("#f-" + f.name);
           if (!input || dirty.has(f.name)) continue;
           input.value = "";
-          input.placeholder = f.is_set ? t("js.secret_set", { masked: f.value }) : t("js.secret_unset");
+          input.placeholder = f.is_set ? t(f.fixed ? "js.secret_fixed" : "js.secret_set", { masked: f.value }) : t("js.secret_unset");
         }
       }
     }

@@ -127,10 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.set_defaults(func=cmd_serve)
 
     from picgate.admin.cli import register as register_admin
+    from picgate.admin.images_cli import register as register_images
     from picgate.jobs.cli import register as register_jobs
+    from picgate.openwebui.cli import register as register_openwebui
 
     register_jobs(sub)
     register_admin(sub)
+    register_openwebui(sub)
+    register_images(sub)
 
     args = parser.parse_args(argv)
     result: int = args.func(args)

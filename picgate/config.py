@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     max_local_cache_mb: Annotated[int, Editable()] = Field(0, ge=0, le=MAX_CACHE_MB)
     allow_external_image_fetch: Annotated[bool, Editable()] = False
     delete_r2_on_metadata_expire: Annotated[bool, Editable()] = False
+    # images per user (Open WebUI's forwarded user id, else per gateway key) per UTC day; 0 = none
+    user_daily_image_limit: Annotated[int, Editable()] = Field(0, ge=0, le=10**9)
 
     secret_key: str | None = None
     runtime_mode: RuntimeMode = "auto"

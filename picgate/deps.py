@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from math import ceil
 from typing import Annotated, Any
 
+import anyio.to_thread
 import httpx
 from fastapi import Depends, Request
 
+from picgate.attribution import ENV_KEY_NAME, Attribution
 from picgate.config import Settings
 from picgate.db.engine import Database
 from picgate.errors import AuthenticationFailed, KeyGuessingThrottled
 from picgate.eventlog import EventLog
+from picgate.gateway.daily_limit import check_daily_limit
 from picgate.gateway.parts import GatewayParts
 from picgate.gateway.upstream import Upstream
 from picgate.library.library import ImageLibrary
@@ -97,17 +100,21 @@ def key_throttle(request: Request) -> AddressThrottle:
 
 @dataclass(frozen=True)
 class Gateway:
-    """What an authorized ``/v1`` call works with: the effective settings, and the components
-    the gateway's functions take."""
+    """What an authorized ``/v1`` call works with: the effective settings, the components the
+    gateway's functions take, and who is asking (from the headers and the key; the route adds
+    the body's ``model``/``user`` and passes it on, so every image it saves records it)."""
 
     settings: Settings
     parts: GatewayParts
+    who: Attribution
 
 
 async def require_gateway_key(request: Request) -> Gateway:
     """The components and effective settings of an authorized ``/v1`` call (401 otherwise).
 
     One dependency that does it all: FastAPI solves every dependency of a chain on every request.
+    It also reads the request's attribution (who, which chat, which key) and, on POST, applies
+    ``USER_DAILY_IMAGE_LIMIT`` (429).
     """
     throttle = key_throttle(request)
     address = request.client.host if request.client else "unknown"
@@ -146,13 +153,21 @@ async def require_gateway_key(request: Request) -> Gateway:
             "settings) or set GATEWAY_API_KEY.",
             code="invalid_api_key",
         )
+    # the one key of GATEWAY_API_KEY is recorded as "env"; named keys will record their name
+    who = Attribution.from_headers(request.headers, key_name=ENV_KEY_NAME)
+    library: ImageLibrary = container.library
+    if request.method == "POST" and settings.user_daily_image_limit:
+        limit = settings.user_daily_image_limit
+        await anyio.to_thread.run_sync(
+            lambda: check_daily_limit(library.rows, limit=limit, who=who)
+        )
     parts = GatewayParts(
-        library=container.library,
+        library=library,
         events=container.events,
         upstream=container.upstream,
         http=container.http,
     )
-    return Gateway(settings, parts)
+    return Gateway(settings, parts, who)
 
 
 GatewayAuth = Depends(require_gateway_key)

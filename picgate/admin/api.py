@@ -25,7 +25,7 @@ from picgate.errors import Gone, NotConfigured, NotFound, Unprocessable, Upstrea
 from picgate.eventlog import EventLog
 from picgate.library import gallery
 from picgate.library.library import ImageLibrary
-from picgate.library.records import StoredImage
+from picgate.library.records import ImageFilter, StoredImage
 from picgate.settings_store import generate_api_key, mask
 
 router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
@@ -184,8 +184,13 @@ async def images(
     sort: str = "created",
     cursor: str | None = None,
     limit: int = Query(48, ge=1, le=gallery.MAX_LIMIT),
+    user: str | None = Query(None, max_length=128),
+    chat: str | None = Query(None, max_length=128),
+    model: str | None = Query(None, max_length=128),
+    q: str | None = Query(None, max_length=200),
 ) -> dict[str, Any]:
-    page = await library.list(sort=sort, cursor=cursor, limit=limit)
+    narrow = ImageFilter(user_id=user, chat_id=chat, model=model, text=q)
+    page = await library.list(sort=sort, cursor=cursor, limit=limit, narrow=narrow)
     return {"items": page.items, "next_cursor": page.next_cursor, "total": page.total}
 
 

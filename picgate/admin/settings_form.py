@@ -69,6 +69,7 @@ GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
         (
             Field("allow_external_image_fetch", "bool"),
             Field("delete_r2_on_metadata_expire", "bool"),
+            Field("user_daily_image_limit", "number"),
         ),
     ),
 )

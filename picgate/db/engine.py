@@ -43,7 +43,7 @@ from picgate.config import SettingsError
 
 T = TypeVar("T")
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 # how long a process waits for another one migrating the same database at the same time
 MIGRATION_WAIT_SECONDS = 30.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from picgate.attribution import Attribution
 from picgate.config import Settings
 from picgate.errors import BadRequest, Gone, NotFound, StorageUnavailable, UpstreamError
 from picgate.gateway import relay, unstreamed
@@ -24,21 +25,23 @@ from picgate.gateway.parts import GatewayParts
 from picgate.gateway.rewrite import ImageSink, StreamRewriter, rewrite_completion
 from picgate.gateway.tasks import upstream_chat_model
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
-from picgate.library.records import ImageOrigin
 
 __all__ = ["ChatStream", "complete", "history_images", "image_sink", "open_stream"]
 
 EXTERNAL_FETCH_TIMEOUT = 30.0
 
 
-def image_sink(parts: GatewayParts, *, base_url: str, prompt: str | None) -> ImageSink:
-    """Store one image of a chat answer; its public URL, or None to leave the text as it was.
+def image_sink(
+    parts: GatewayParts, *, base_url: str, prompt: str | None, who: Attribution
+) -> ImageSink:
+    """Store one image of a chat answer (recording ``who`` on it); its public URL, or None to
+    leave the text as it was.
 
     None when the payload is not an image (bad base64, not a raster type, too large) or when
     storing fails (disk; serverless: the archive): the client then keeps the original data
     URL instead of losing the image.
     """
-    origin = ImageOrigin("chat", prompt)
+    origin = who.origin("chat", prompt)
 
     async def sink(payload: str) -> str | None:
         try:
@@ -110,6 +113,7 @@ async def complete(
     *,
     base_url: str,
     own_bases: Sequence[str],
+    who: Attribution,
 ) -> dict[str, Any]:
     """A non-streaming chat completion with its images stored and linked."""
     request, prompt = await _prepare(parts, settings, body, own_bases)
@@ -119,7 +123,7 @@ async def complete(
             "the upstream chat answer is not a JSON object", code="bad_upstream_response"
         )
     parts.events.info("📥 上游对话返回成功")
-    sink = image_sink(parts, base_url=base_url, prompt=prompt)
+    sink = image_sink(parts, base_url=base_url, prompt=prompt, who=who)
     return await rewrite_completion(answer, sink)
 
 
@@ -179,6 +183,7 @@ async def open_stream(
     *,
     base_url: str,
     own_bases: Sequence[str],
+    who: Attribution,
 ) -> ChatStream:
     """Send a streaming chat request; UpstreamError when the upstream refuses it up front."""
     request, prompt = await _prepare(parts, settings, body, own_bases)
@@ -191,7 +196,7 @@ async def open_stream(
         await stack.aclose()
         raise
     parts.events.info("📥 上游对话返回成功")
-    sink = image_sink(parts, base_url=base_url, prompt=prompt)
+    sink = image_sink(parts, base_url=base_url, prompt=prompt, who=who)
     return ChatStream(
         parts=parts,
         response=response,

@@ -135,10 +135,11 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
         parts.events.info(f"🧩 Open WebUI 后台任务 ({task}): 转给任务模型 {settings.task_model}")
         body = {**body, "model": settings.task_model}
     base_url = public_base_url(request, settings, parts.events)
+    who = gateway.who.with_body(body)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))
     if body.get("stream") is True:
         opening = asyncio.ensure_future(
-            chat.open_stream(parts, settings, body, base_url=base_url, own_bases=own_bases)
+            chat.open_stream(parts, settings, body, base_url=base_url, own_bases=own_bases, who=who)
         )
         try:
             await asyncio.wait({opening}, timeout=settings.stream_keepalive_seconds)
@@ -152,6 +153,8 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
             opening, events=parts.events, keepalive=settings.stream_keepalive_seconds
         )
         return EventStreamResponse(pending.events(), on_close=pending.aclose)
-    answer = await chat.complete(parts, settings, body, base_url=base_url, own_bases=own_bases)
+    answer = await chat.complete(
+        parts, settings, body, base_url=base_url, own_bases=own_bases, who=who
+    )
     # an upstream may echo a key in a successful answer too (a relay quoting its request)
     return JSONResponse(parts.events.redactor.value(answer))

@@ -15,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 import pybase64
 
+from picgate.attribution import Attribution
 from picgate.config import Settings
 from picgate.errors import (
     BadRequest,
@@ -304,8 +305,15 @@ async def _store_one(
 
 
 async def generate(
-    parts: GatewayParts, settings: Settings, body: dict[str, Any], *, base_url: str
+    parts: GatewayParts,
+    settings: Settings,
+    body: dict[str, Any],
+    *,
+    base_url: str,
+    who: Attribution,
 ) -> dict[str, Any]:
+    """``POST /v1/images/generations``: ask the upstream, store each image (recording ``who``
+    on it), answer with URLs or base64 as the client asked."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest(
@@ -334,7 +342,7 @@ async def generate(
         images=images,
         response_format=response_format,
         base_url=base_url,
-        origin=ImageOrigin("generations", prompt),
+        origin=who.origin("generations", prompt),
     )
     ids = ", ".join(_ids(reply))
     parts.events.info(f"✅ 文生图完成: {ids or '(inline)'}")
@@ -362,7 +370,9 @@ async def edit(
     mask: EditImage | None,
     image_field: str,
     base_url: str,
+    who: Attribution,
 ) -> dict[str, Any]:
+    """``POST /v1/images/edits``: as ``generate``, with the input images (and mask) sent on."""
     prompt = fields.get("prompt")
     if not prompt or not prompt.strip():
         raise BadRequest(
@@ -395,7 +405,7 @@ async def edit(
         images=result,
         response_format=response_format,
         base_url=base_url,
-        origin=ImageOrigin("edits", prompt),
+        origin=who.origin("edits", prompt),
     )
     parts.events.info(f"✅ 图片编辑完成: {', '.join(_ids(reply)) or '(inline)'}")
     return reply

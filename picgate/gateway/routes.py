@@ -110,7 +110,11 @@ async def images_generations(request: Request, gateway: GatewayDep) -> JSONRespo
     body = await read_json_object(request)
     events.count("requests")
     reply = await images_api.generate(
-        gateway.parts, settings, body, base_url=public_base_url(request, settings, events)
+        gateway.parts,
+        settings,
+        body,
+        base_url=public_base_url(request, settings, events),
+        who=gateway.who.with_body(body),
     )
     return JSONResponse(reply)
 
@@ -163,6 +167,7 @@ async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
             mask=mask,
             image_field=field,
             base_url=base_url,
+            who=gateway.who.with_body(fields),
         )
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
@@ -183,6 +188,7 @@ async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
             mask=mask,
             image_field=field,
             base_url=base_url,
+            who=gateway.who.with_body(body),
         )
     raise UnsupportedMediaType(
         "Send the edit as multipart/form-data (or JSON with base64 images).",

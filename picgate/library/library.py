@@ -26,7 +26,13 @@ from picgate.eventlog import EventLog
 from picgate.library.actions import ConsoleActions
 from picgate.library.eviction import LocalCopies, SizeCap
 from picgate.library.gallery import Page, list_images
-from picgate.library.records import ImageOrigin, StoredImage, new_image_id, utcnow
+from picgate.library.records import (
+    ImageFilter,
+    ImageOrigin,
+    StoredImage,
+    new_image_id,
+    utcnow,
+)
 from picgate.library.retention import MetadataRetention
 from picgate.library.rows import ImageRows
 from picgate.library.serving import ImageServing
@@ -191,10 +197,26 @@ class ImageLibrary:
     def flush_access_times(self) -> int:
         return self.rows.flush_access_times()
 
+    def list_sync(
+        self,
+        *,
+        sort: str = "created",
+        cursor: str | None = None,
+        limit: int = 48,
+        narrow: ImageFilter | None = None,
+    ) -> Page:
+        """One page of the grid (``picgate.library.gallery``), on this thread."""
+        return list_images(self.rows, sort=sort, cursor=cursor, limit=limit, narrow=narrow)
+
     async def list(
-        self, *, sort: str = "created", cursor: str | None = None, limit: int = 48
+        self,
+        *,
+        sort: str = "created",
+        cursor: str | None = None,
+        limit: int = 48,
+        narrow: ImageFilter | None = None,
     ) -> Page:
         """One page of the grid (``picgate.library.gallery``)."""
         return await anyio.to_thread.run_sync(
-            lambda: list_images(self.rows, sort=sort, cursor=cursor, limit=limit)
+            lambda: self.list_sync(sort=sort, cursor=cursor, limit=limit, narrow=narrow)
         )

@@ -94,6 +94,17 @@ def test_metadata_migrations_reach_head_with_every_table(database_url: str) -> N
         db.dispose()
 
 
+# the attribution columns at their caps (128, and 64 for the key name), in several scripts
+ATTRIBUTION = {
+    "user_id": "u" * 128,
+    "user_name": "张三 Zoë " + "x" * 120,
+    "chat_id": "4f3c2b1a-0000-4000-8000-00000000c4a7",
+    "message_id": "m-1",
+    "model": "gpt-image-1",
+    "key_name": "k" * 64,
+}
+
+
 def test_metadata_image_row_round_trips_every_column(db: Database) -> None:
     created = datetime(2031, 5, 6, 7, 8, 9, 123456)  # naive UTC, microseconds kept
     prompt = "一只猫 🐱 " + "x" * 10_000
@@ -112,6 +123,7 @@ def test_metadata_image_row_round_trips_every_column(db: Database) -> None:
         r2_lease_owner="host-1-abc",
         r2_lease_until=created + timedelta(minutes=1),
         size=2**31 - 1,  # the most a 32-bit INTEGER column holds on PostgreSQL
+        **ATTRIBUTION,
     )
     bare = _image("img-bare", created=created - timedelta(days=1))
     db.write(lambda s: s.add_all([full, bare]))
@@ -128,6 +140,8 @@ def test_metadata_image_row_round_trips_every_column(db: Database) -> None:
     assert got_full.local is False and got_full.expired is True
     assert got_bare.local is True and got_bare.expired is False
     assert got_bare.prompt is None and got_bare.r2_next_attempt_at is None
+    assert {name: getattr(got_full, name) for name in ATTRIBUTION} == ATTRIBUTION
+    assert all(getattr(got_bare, name) is None for name in ATTRIBUTION)
 
     def queue(session: Session) -> list[str]:
         return list(

@@ -94,6 +94,7 @@ def test_editable_marks_derived_sets_equal_the_former_lists() -> None:
         "max_local_cache_mb",
         "allow_external_image_fetch",
         "delete_r2_on_metadata_expire",
+        "user_daily_image_limit",
         "max_inline_images_mb",
         "inline_full_images",
         "task_model",

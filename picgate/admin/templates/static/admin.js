@@ -423,7 +423,12 @@
       if (item.r2_state === "pending") badges.appendChild(badge("pending"));
       if (item.r2_state === "failed") badges.appendChild(badge("failed"));
       if (!item.local && !item.r2) badges.appendChild(badge("expired"));
-      meta.append(id, info, prompt, badges);
+      // untrusted text from forwarded headers: textContent only, never markup
+      const who = document.createElement("div");
+      who.className = "muted who";
+      who.textContent = [item.user_name || item.user_id, item.model].filter(Boolean).join(" · ");
+      who.title = [item.user_id, item.chat_id, item.message_id].filter(Boolean).join(" / ");
+      meta.append(id, info, who, prompt, badges);
       el.append(pick, thumb, meta);
       return el;
     }
@@ -431,6 +436,10 @@
     async function load() {
       const params = new URLSearchParams({ sort: $("#img-sort").value, limit: String(PAGE) });
       if (cursors[index]) params.set("cursor", cursors[index]);
+      document.querySelectorAll("[data-filter]").forEach((input) => {
+        const value = input.value.trim();
+        if (value) params.set(input.dataset.filter, value);
+      });
       try {
         const page = await api("GET", "/admin/api/images?" + params.toString());
         items = page.items;
@@ -482,6 +491,9 @@
 
     $("#img-refresh").addEventListener("click", load);
     $("#img-sort").addEventListener("change", restart);
+    document.querySelectorAll("[data-filter]").forEach((input) => {
+      input.addEventListener("change", restart);  // Enter or leaving the field, not every key
+    });
     $("#img-select-all").addEventListener("change", (e) => {
       for (const item of items) { if (e.target.checked) selected.add(item.id); else selected.delete(item.id); }
       grid.replaceChildren(...items.map(tile));

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio.to_thread
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -20,6 +20,7 @@ from starlette.routing import Match
 from picgate import log_redaction
 from picgate.config import Settings
 from picgate.errors import PicGateError, error_body
+from picgate.lazy_router import LazyRouter
 from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from picgate.services import Services
 
@@ -63,7 +64,6 @@ def create_app(
     )
     app.add_middleware(SecurityHeadersMiddleware)
 
-    from picgate.admin.routes import router as admin_router
     from picgate.gateway.chat_routes import router as chat_router
     from picgate.gateway.routes import router as gateway_router
     from picgate.health import router as health_router
@@ -73,10 +73,19 @@ def create_app(
     app.include_router(gateway_router)
     app.include_router(images_router)
     app.include_router(chat_router)
-    app.include_router(admin_router)
+    if services.settings.serverless:  # a cold start seldom serves the console: see lazy_router
+        app.router.routes.append(LazyRouter(app, ADMIN_PREFIX, admin_router))
+    else:
+        app.include_router(admin_router())
     # a person who opens the server's address in a browser wants the console
     app.add_api_route("/", root_redirect, methods=["GET", "HEAD"], include_in_schema=False)
     return app
+
+
+def admin_router() -> APIRouter:
+    from picgate.admin.routes import router
+
+    return router
 
 
 async def root_redirect() -> Response:

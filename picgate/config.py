@@ -20,6 +20,8 @@ from pydantic import Field, GetCoreSchemaHandler, field_validator
 from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from picgate.variant_query import check_variant_text
+
 RuntimeMode = Literal["auto", "server", "serverless"]
 
 # Upper bounds that keep every date computed from a setting representable (``timedelta`` and
@@ -82,6 +84,8 @@ class Settings(BaseSettings):
     gateway_model_name: Annotated[str, Editable()] = "picgate"
     gateway_api_key: Annotated[str | None, Editable(secret=True)] = None
     public_base_url: Annotated[str | None, Editable()] = None
+    # a variant query (``w=1024&format=webp``) added to the image URLs written into chat answers
+    chat_image_variant: Annotated[str, Editable()] = ""
 
     r2_account_id: Annotated[str | None, Editable()] = None
     r2_access_key_id: Annotated[str | None, Editable(secret=True)] = None
@@ -122,7 +126,8 @@ class Settings(BaseSettings):
     # body within this many plus one second per 16 KiB received (picgate.middleware)
     request_header_timeout_seconds: float = Field(30.0, gt=0)
     request_body_timeout_seconds: float = Field(30.0, gt=0)
-    max_image_mb: int = Field(50, ge=1)
+    # ≤ 2047: an image's size is a 32-bit INTEGER column (PostgreSQL refuses larger values)
+    max_image_mb: int = Field(50, ge=1, le=2047)
     # the largest non-stream answer (or error body) read from the upstream; parsing costs
     # several times its size in memory
     max_upstream_response_mb: int = Field(200, ge=1)
@@ -157,6 +162,11 @@ class Settings(BaseSettings):
             value = value.strip()
             return value or None
         return value
+
+    @field_validator("chat_image_variant", mode="after")
+    @classmethod
+    def _variant_query(cls, value: str) -> str:
+        return check_variant_text(value)
 
     # -- derived values -------------------------------------------------------------------
 

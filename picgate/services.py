@@ -3,8 +3,8 @@
 Components (each takes only the others it uses): ``db`` (Database), ``events`` (EventLog),
 ``cache`` (LocalCache), ``config`` (ConfigService, built on first use), ``upstream`` and
 ``http`` (the outbound client), ``archive`` (the R2 store), ``library`` (ImageLibrary: the
-image row's owner, with its upload queue, serving policy, eviction, retention, console actions
-and statistics), ``cleanup`` (the cleanup job) and ``uploader`` (the upload worker).
+image row's owner, with its upload queue, serving policy, variants, eviction, retention,
+console actions and statistics), ``cleanup`` (the cleanup job) and ``uploader`` (the upload worker).
 
 Only the edges import this module: ``picgate.app``, ``handler.py`` and the CLI commands. Routes
 get single components through the ``Annotated`` aliases of ``picgate.deps``; the gateway, admin,

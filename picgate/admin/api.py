@@ -10,22 +10,20 @@ from typing import Any, Literal
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
 
-from picgate.admin import backend, i18n, settings_form, thumbnails
+from picgate.admin import backend, i18n, settings_form
 from picgate.admin.guard import AdminDep, CsrfAdminDep
 from picgate.admin.log_lines import in_language
 from picgate.admin.rendering import AdminRoute
 from picgate.db.engine import Database
-from picgate.db.models import Image, LogEntry
+from picgate.db.models import LogEntry
 from picgate.deps import ConfigDep, DatabaseDep, EventsDep, LibraryDep, UpstreamDep
-from picgate.errors import Gone, NotConfigured, NotFound, Unprocessable, UpstreamError
+from picgate.errors import NotConfigured, NotFound, Unprocessable, UpstreamError
 from picgate.eventlog import EventLog
 from picgate.library import gallery
-from picgate.library.library import ImageLibrary
-from picgate.library.records import ImageFilter, StoredImage
+from picgate.library.records import ImageFilter
 from picgate.settings_store import generate_api_key, mask
 
 router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
@@ -201,44 +199,8 @@ async def delete_images(
     flags = DELETE_MODES[body.mode]
     ids = list(dict.fromkeys(body.ids))
     result = await library.delete(ids, **flags)
-    if flags["local"]:
-        root = thumbnails.thumbs_dir(library.cache.root)
-        for image_id in ids:
-            try:
-                thumbnails.drop_thumbnail(root, image_id)
-            except ValueError:  # not an id at all: nothing was stored under it
-                continue
     await anyio.to_thread.run_sync(library.events.flush)
     return {"ok": True, "mode": body.mode, "result": backend.plain(result)}
-
-
-async def _image_bytes(library: ImageLibrary, row: Image) -> bytes:
-    data = await anyio.to_thread.run_sync(library.cache.read, row.id, row.ext)
-    if data is None:
-        image = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
-        data = await library.serving.fetch_bytes(image)
-    if data is None:
-        raise Gone("This image is no longer stored anywhere.")
-    return data
-
-
-@router.get("/images/{image_id}/thumb")
-async def thumbnail(image_id: str, library: LibraryDep, _admin: AdminDep) -> Response:
-    root = thumbnails.thumbs_dir(library.cache.root)
-    try:
-        cached = await anyio.to_thread.run_sync(thumbnails.cached_thumbnail, root, image_id)
-    except ValueError as exc:
-        raise NotFound("No such image.") from exc
-    if cached is None:
-        row = await library.aget(image_id)
-        if row is None:
-            raise NotFound("No such image.")
-        data = await _image_bytes(library, row)
-        cached = await anyio.to_thread.run_sync(thumbnails.make_thumbnail, data)
-        await anyio.to_thread.run_sync(thumbnails.save_thumbnail, root, image_id, cached)
-    return Response(
-        cached, media_type="image/webp", headers={"Cache-Control": "private, max-age=86400"}
-    )
 
 
 # -- logs ------------------------------------------------------------------------------------

@@ -32,16 +32,25 @@ EXTERNAL_FETCH_TIMEOUT = 30.0
 
 
 def image_sink(
-    parts: GatewayParts, *, base_url: str, prompt: str | None, who: Attribution
+    parts: GatewayParts,
+    *,
+    base_url: str,
+    prompt: str | None,
+    who: Attribution,
+    variant: str = "",
 ) -> ImageSink:
     """Store one image of a chat answer (recording ``who`` on it); its public URL, or None to
     leave the text as it was.
+
+    ``variant`` (``CHAT_IMAGE_VARIANT``, a checked variant query) is added to the URL: chats
+    then load the lighter variant, and the same URL without it is the full image.
 
     None when the payload is not an image (bad base64, not a raster type, too large) or when
     storing fails (disk; serverless: the archive): the client then keeps the original data
     URL instead of losing the image.
     """
     origin = who.origin("chat", prompt)
+    suffix = f"?{variant}" if variant else ""
 
     async def sink(payload: str) -> str | None:
         try:
@@ -53,7 +62,7 @@ def image_sink(
             parts.events.error(f"❌ 对话图片保存失败，已保留原始数据: {exc}")
             return None
         parts.events.info(f"✅ 对话图片已保存: {stored.id[:8]}...")
-        return base_url + stored.path
+        return base_url + stored.path + suffix
 
     return sink
 
@@ -123,7 +132,9 @@ async def complete(
             "the upstream chat answer is not a JSON object", code="bad_upstream_response"
         )
     parts.events.info("📥 上游对话返回成功")
-    sink = image_sink(parts, base_url=base_url, prompt=prompt, who=who)
+    sink = image_sink(
+        parts, base_url=base_url, prompt=prompt, who=who, variant=settings.chat_image_variant
+    )
     return await rewrite_completion(answer, sink)
 
 
@@ -196,7 +207,9 @@ async def open_stream(
         await stack.aclose()
         raise
     parts.events.info("📥 上游对话返回成功")
-    sink = image_sink(parts, base_url=base_url, prompt=prompt, who=who)
+    sink = image_sink(
+        parts, base_url=base_url, prompt=prompt, who=who, variant=settings.chat_image_variant
+    )
     return ChatStream(
         parts=parts,
         response=response,

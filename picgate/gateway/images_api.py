@@ -27,6 +27,7 @@ from picgate.errors import (
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
 from picgate.gateway.parts import GatewayParts
+from picgate.gateway.spliced_json import SplicedJson
 from picgate.gateway.upstream import not_json_answer
 from picgate.library.records import ImageOrigin, StoredImage
 from picgate.storage.codec import sniff
@@ -43,6 +44,11 @@ class UpstreamImage:
     revised_prompt: str | None
     extra: dict[str, Any]
     received: Received | None = None  # already written while the answer arrived
+
+    @property
+    def b64(self) -> bytes | None:
+        """The upstream's base64 text of ``data`` when it can be handed back as it is."""
+        return self.received.b64 if self.received is not None else None
 
 
 def wants_response_format(model: str | None) -> bool:
@@ -97,14 +103,21 @@ def upstream_model(settings: Settings, client_model: Any) -> str | None:
 
 
 async def call_upstream(
-    parts: GatewayParts, settings: Settings, path: str, **request: Any
+    parts: GatewayParts,
+    settings: Settings,
+    path: str,
+    *,
+    keep_base64: bool = False,
+    **request: Any,
 ) -> tuple[Any, list[UpstreamImage]]:
     """POST to the upstream's Images API; its answer and every image in it, decoded or fetched.
 
     Large base64 images are decoded and written while the answer arrives (``image_answer``);
     when that cannot be used, the answer is parsed whole and handled as it always was.
+    ``keep_base64``: keep the upstream's canonical base64 text of those images (a ``b64_json``
+    reply sends it back instead of encoding the bytes again).
     """
-    reader = ImageAnswerReader(parts.library.incoming)
+    reader = ImageAnswerReader(lambda: parts.library.incoming(keep_text=keep_base64))
     try:
         await parts.upstream.post(settings, path, reader.feed, **request)
         try:
@@ -238,8 +251,8 @@ def _decode_upstream(parts: GatewayParts, settings: Settings, text: str) -> byte
         ) from exc
 
 
-def _b64(data: bytes) -> str:
-    return pybase64.b64encode(data).decode("ascii")
+def _b64(data: bytes) -> bytes:
+    return pybase64.b64encode(data)
 
 
 def _too_large(settings: Settings) -> UpstreamError:
@@ -258,27 +271,34 @@ async def store_and_reply(
     response_format: str,
     base_url: str,
     origin: ImageOrigin,
-) -> dict[str, Any]:
-    reply: dict[str, Any] = {k: answer[k] for k in PASSTHROUGH if k in answer}
+) -> SplicedJson:
+    """The client's answer; its base64 images spliced in as bytes (``spliced_json``)."""
+    reply = SplicedJson({k: answer[k] for k in PASSTHROUGH if k in answer})
     data: list[dict[str, Any]] = []
     try:
         for image in images:
             data.append(
                 await _store_one(
-                    parts, image, response_format=response_format, base_url=base_url, origin=origin
+                    parts,
+                    reply,
+                    image,
+                    response_format=response_format,
+                    base_url=base_url,
+                    origin=origin,
                 )
             )
     finally:  # an image not stored (error, cancelled request) leaves no temporary file
         for image in images:
             if image.received is not None:
                 image.received.discard()
-    reply["data"] = data
-    reply.setdefault("created", answer.get("created"))
+    reply.content["data"] = data
+    reply.content.setdefault("created", answer.get("created"))
     return reply
 
 
 async def _store_one(
     parts: GatewayParts,
+    reply: SplicedJson,
     image: UpstreamImage,
     *,
     response_format: str,
@@ -294,10 +314,12 @@ async def _store_one(
         parts.events.error(f"❌ 图片保存失败，已内联返回: {exc}")
     if stored is not None and response_format == "url":
         item["url"] = base_url + stored.path
+    elif image.b64 is not None:  # the upstream's own text, already canonical: no encoding
+        item["b64_json"] = reply.blob(image.b64)
     elif len(image.data) >= ENCODE_OFF_LOOP_BYTES:  # ~2 ms at 8 MB: not on the event loop
-        item["b64_json"] = await anyio.to_thread.run_sync(_b64, image.data)
+        item["b64_json"] = reply.blob(await anyio.to_thread.run_sync(_b64, image.data))
     else:
-        item["b64_json"] = _b64(image.data)
+        item["b64_json"] = reply.blob(_b64(image.data))
     if image.revised_prompt is not None:
         item["revised_prompt"] = image.revised_prompt
     item.update(image.extra)
@@ -311,7 +333,7 @@ async def generate(
     *,
     base_url: str,
     who: Attribution,
-) -> dict[str, Any]:
+) -> SplicedJson:
     """``POST /v1/images/generations``: ask the upstream, store each image (recording ``who``
     on it), answer with URLs or base64 as the client asked."""
     prompt = body.get("prompt")
@@ -334,7 +356,13 @@ async def generate(
     else:
         upstream_body.pop("response_format", None)
     parts.events.info(f"📤 发起文生图请求: prompt={short(prompt)}")
-    answer, images = await call_upstream(parts, settings, "images/generations", json=upstream_body)
+    answer, images = await call_upstream(
+        parts,
+        settings,
+        "images/generations",
+        keep_base64=response_format == "b64_json",
+        json=upstream_body,
+    )
     parts.events.info(f"📥 上游返回成功: 收到 {len(images)} 张图片")
     reply = await store_and_reply(
         parts,
@@ -349,9 +377,9 @@ async def generate(
     return reply
 
 
-def _ids(reply: dict[str, Any]) -> list[str]:
+def _ids(reply: SplicedJson) -> list[str]:
     out = []
-    for item in reply.get("data", []):
+    for item in reply.content.get("data", []):
         url = item.get("url")
         if isinstance(url, str):
             out.append(url.rsplit("/", 1)[-1][:8] + "...")
@@ -371,7 +399,7 @@ async def edit(
     image_field: str,
     base_url: str,
     who: Attribution,
-) -> dict[str, Any]:
+) -> SplicedJson:
     """``POST /v1/images/edits``: as ``generate``, with the input images (and mask) sent on."""
     prompt = fields.get("prompt")
     if not prompt or not prompt.strip():
@@ -397,7 +425,14 @@ async def edit(
     if mask is not None:
         files.append(("mask", mask))
     parts.events.info(f"📤 发起图片编辑请求: prompt={short(prompt)}, {len(images)} 张输入图片")
-    answer, result = await call_upstream(parts, settings, "images/edits", data=data, files=files)
+    answer, result = await call_upstream(
+        parts,
+        settings,
+        "images/edits",
+        keep_base64=response_format == "b64_json",
+        data=data,
+        files=files,
+    )
     parts.events.info(f"📥 上游返回成功: 收到 {len(result)} 张图片")
     reply = await store_and_reply(
         parts,

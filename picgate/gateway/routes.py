@@ -13,6 +13,7 @@ from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
 from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
+from picgate.gateway.spliced_json import SplicedJson, SplicedJsonResponse
 from picgate.storage.codec import sniff
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
@@ -105,7 +106,7 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     openapi_extra={"requestBody": GENERATIONS_BODY},
     response_class=JSONResponse,
 )
-async def images_generations(request: Request, gateway: GatewayDep) -> JSONResponse:
+async def images_generations(request: Request, gateway: GatewayDep) -> SplicedJsonResponse:
     settings, events = gateway.settings, gateway.parts.events
     body = await read_json_object(request)
     events.count("requests")
@@ -116,7 +117,7 @@ async def images_generations(request: Request, gateway: GatewayDep) -> JSONRespo
         base_url=public_base_url(request, settings, events),
         who=gateway.who.with_body(body),
     )
-    return JSONResponse(reply)
+    return SplicedJsonResponse(reply)
 
 
 async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
@@ -133,11 +134,11 @@ async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
 @router.post(
     "/images/edits", openapi_extra={"requestBody": EDITS_BODY}, response_class=JSONResponse
 )
-async def images_edits(request: Request, gateway: GatewayDep) -> JSONResponse:
-    return JSONResponse(await _edit(request, gateway))
+async def images_edits(request: Request, gateway: GatewayDep) -> SplicedJsonResponse:
+    return SplicedJsonResponse(await _edit(request, gateway))
 
 
-async def _edit(request: Request, gateway: Gateway) -> dict[str, Any]:
+async def _edit(request: Request, gateway: Gateway) -> SplicedJson:
     settings, parts = gateway.settings, gateway.parts
     parts.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()

@@ -17,6 +17,9 @@ from picgate.errors import NotFound
 from picgate.images.ranges import OpenedFileResponse, check_ranges
 from picgate.library.records import parse_image_name
 from picgate.library.serving import Located, read_fd
+from picgate.library.variant_cache import VariantCache
+from picgate.storage.codec import BY_EXT
+from picgate.storage.variants import VariantSpec, parse_variant_query
 
 router = APIRouter()
 
@@ -47,10 +50,13 @@ async def get_image(name: str, request: Request, library: LibraryDep) -> Respons
     if parsed is None:
         raise NotFound("No such image.")
     image_id, ext = parsed
+    spec = parse_variant_query(request.query_params.multi_items())
     located = await library.serving.locate(image_id, ext)
     library.touch(image_id)
     fd = located.fd  # open: closed here unless a response takes it over
     try:
+        if spec is not None and not spec.is_identity(BY_EXT[located.image.ext]):
+            return await _variant(request, library.variants, located, spec)
         response = _answer(request, located)
         if isinstance(response, ImageFileResponse):
             fd = None
@@ -94,3 +100,23 @@ def _answer(request: Request, located: Located) -> Response | None:
     return ImageFileResponse(
         located.fd, located.path, media_type=image.mime, headers=headers, stat_result=located.stat
     )
+
+
+async def _variant(
+    request: Request, variants: VariantCache, located: Located, spec: VariantSpec
+) -> Response:
+    """A sized or converted variant: its own strong ETag, the same immutable caching, no
+    ranges (variants are small)."""
+    image = located.image
+    original = BY_EXT[image.ext]
+    out = spec.output_type(original)
+    etag = spec.etag(image.sha256, original)
+    headers = {
+        "ETag": etag,
+        "Cache-Control": CACHE_CONTROL,
+        "Content-Disposition": f'inline; filename="{image.id}.{out.ext}"',
+    }
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    variant = await variants.get(located, spec)
+    return Response(variant.data, media_type=variant.type.mime, headers=headers)

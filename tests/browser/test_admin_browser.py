@@ -225,6 +225,9 @@ def test_admin_console_end_to_end_in_chromium(
         page,
         "document.querySelector('.tile img') && document.querySelector('.tile img').naturalWidth > 0",
     )
+    # thumbnails are the public variants of the images, cached beside them
+    first_src = page.locator(".tile img").first.get_attribute("src") or ""
+    assert first_src.endswith("?w=384&h=384&format=webp")
     page.select_option("#img-sort", "size")
     wait_until(page, "document.querySelector('.tile .prompt').textContent === 'filler'")
     assert "本地" in tiles.first.inner_text()

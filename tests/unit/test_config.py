@@ -83,6 +83,7 @@ def test_editable_marks_derived_sets_equal_the_former_lists() -> None:
         "gateway_model_name",
         "gateway_api_key",
         "public_base_url",
+        "chat_image_variant",
         "r2_account_id",
         "r2_access_key_id",
         "r2_secret_access_key",
@@ -110,7 +111,7 @@ def test_editable_marks_derived_sets_equal_the_former_lists() -> None:
 
 def test_printable_check_editable_text_fields_refuse_control_characters() -> None:
     text_fields = [n for n in EDITABLE if Settings.model_fields[n].annotation in (str, str | None)]
-    assert len(text_fields) == 13
+    assert len(text_fields) == 14
     for name in text_fields:
         with pytest.raises(ValueError, match="control character"):
             Settings.model_validate({name: "https://a.example/x\x07y"})

@@ -168,6 +168,36 @@ async def test_upstream_body_assistant_data_url_not_an_image_stays_in_text() -> 
     assert (await rewrite(body))["messages"] == body["messages"]
 
 
+async def test_upstream_body_variant_urls_inline_the_original() -> None:
+    """A chat written with CHAT_IMAGE_VARIANT holds variant URLs; the upstream gets the
+    original's bytes whole, and no query is left behind the data URL."""
+    variant = f"{BASE}/images/{IMAGE_ID}.png?w=1024&format=webp"
+    loader = Loader()
+    history = HistoryImages(own_bases=(BASE,), load_own=loader, fetch=None)
+    body = {
+        "messages": [
+            {"role": "user", "content": "draw"},
+            {"role": "assistant", "content": f"done ![image]({variant}) ok"},
+        ]
+    }
+    out = await rewrite(body, history)
+    assert out["messages"][1]["content"] == "done [image 1] ok"
+    assert out["messages"][2] == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "[image 1]"},
+            {"type": "image_url", "image_url": {"url": data_url(PNG)}},
+        ],
+    }
+    part = {"type": "image_url", "image_url": {"url": variant}}
+    asked: dict[str, Any] = {"messages": [{"role": "user", "content": [part]}]}
+    out = await rewrite(asked, history)
+    assert out["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": {"url": data_url(PNG)}}
+    ]
+    assert loader.asked == [IMAGE_ID]  # the bare id, loaded once for both
+
+
 async def test_upstream_body_user_image_url_part_own_url_inlined() -> None:
     part = {
         "type": "image_url",

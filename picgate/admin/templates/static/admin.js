@@ -400,7 +400,8 @@
       const img = document.createElement("img");
       img.loading = "lazy";
       img.alt = item.short_id;
-      img.src = "/admin/api/images/" + encodeURIComponent(item.id) + "/thumb";
+      // the public variant of the image: made once, cached beside it, removed with it
+      img.src = item.path + "?w=384&h=384&format=webp";
       img.addEventListener("error", () => { img.remove(); });
       thumb.appendChild(img);
       thumb.addEventListener("click", () => openLightbox(item));

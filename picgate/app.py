@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from picgate import log_redaction
 from picgate.config import Settings
 from picgate.errors import PicGateError, error_body
 from picgate.lazy_router import LazyRouter
@@ -39,12 +40,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(services.prepare)
-        await services.start()
-        try:
-            yield
-        finally:
-            await services.stop()
+        with log_redaction.installed(lambda: services.events.redactor):
+            await anyio.to_thread.run_sync(services.prepare)
+            await services.start()
+            try:
+                yield
+            finally:
+                await services.stop()
 
     app = FastAPI(
         title="PicGate",

@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from picgate.app import create_app
-    from picgate.config import Settings, SettingsError
+    from picgate.config import Settings, SettingsError, trusted_networks
     from picgate.protocol import MAX_HEAD_BYTES, bounded_protocol
 
     try:
@@ -93,11 +93,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"picgate: configuration error: {exc}", file=sys.stderr)
         return 2
+    # X-Forwarded-* only from the configured proxies: trusting them from any loopback peer let
+    # one address pose as many (the per-address login limit) and write what it liked in the log
+    proxies = trusted_networks(settings.trusted_proxies)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        proxy_headers=True,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level=settings.log_level.lower(),
         # h11 rather than httptools: it bounds the size of a request head (httptools takes

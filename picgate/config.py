@@ -8,6 +8,7 @@ names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import unicodedata
 from dataclasses import dataclass
@@ -133,9 +134,15 @@ class Settings(BaseSettings):
     request_body_timeout_seconds: float = Field(30.0, gt=0)
     # ≤ 2047: an image's size is a 32-bit INTEGER column (PostgreSQL refuses larger values)
     max_image_mb: int = Field(50, ge=1, le=2047)
+    # the largest non-stream answer (or error body) read from the upstream; parsing costs
+    # several times its size in memory
+    max_upstream_response_mb: int = Field(200, ge=1)
     stream_keepalive_seconds: float = Field(15.0, gt=0)
     cleanup_interval_minutes: float = Field(60.0, gt=0)
     log_max_entries: int = Field(5000, ge=100)
+    # addresses or CIDRs of the reverse proxies whose X-Forwarded-For / -Proto PicGate believes
+    # (comma-separated); empty: the connection's own address is the client's, whatever it sends
+    trusted_proxies: str = ""
     log_level: str = "INFO"
 
     @field_validator(
@@ -263,6 +270,23 @@ def _check_url(
         )
 
 
+def trusted_networks(value: str) -> list[str]:
+    """``TRUSTED_PROXIES`` as a list of networks (uvicorn's ``forwarded_allow_ips``);
+    SettingsError naming the setting for an entry that is not an address or a CIDR."""
+    networks: list[str] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            raise SettingsError(
+                f"TRUSTED_PROXIES: {entry[:64]!r} is not an IP address or CIDR "
+                "(example: TRUSTED_PROXIES=10.0.0.0/8,127.0.0.1)"
+            ) from None
+    return networks
+
+
 def validate_settings(settings: Settings) -> None:
     """Refuse unsafe or impossible combinations; raise SettingsError naming the variable."""
     for name in ("upstream_api_base", "public_base_url", "r2_endpoint_url", "r2_public_base_url"):
@@ -281,6 +305,7 @@ def validate_settings(settings: Settings) -> None:
             )
         if given and not (settings.r2_account_id or settings.r2_endpoint_url):
             raise SettingsError("R2 is half-configured: set R2_ACCOUNT_ID or R2_ENDPOINT_URL")
+    trusted_networks(settings.trusted_proxies)
     key = settings.gateway_api_key
     if key is not None and (key.lower() in PLACEHOLDER_KEYS or len(key) < 8):
         raise SettingsError("GATEWAY_API_KEY is a placeholder or shorter than 8 characters")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from math import ceil
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -23,7 +24,7 @@ from fastapi import Depends, Request
 from picgate.attribution import ENV_KEY_NAME, Attribution
 from picgate.config import Settings
 from picgate.db.engine import Database
-from picgate.errors import AuthenticationFailed
+from picgate.errors import AuthenticationFailed, KeyGuessingThrottled
 from picgate.eventlog import EventLog
 from picgate.gateway.daily_limit import check_daily_limit
 from picgate.gateway.parts import GatewayParts
@@ -32,6 +33,7 @@ from picgate.keyring import KeyRing
 from picgate.library.library import ImageLibrary
 from picgate.routing.table import ModelRoute, ModelTable, legacy_route
 from picgate.settings_store import ConfigService
+from picgate.throttle import AddressThrottle
 
 
 def _container(request: Request) -> Any:
@@ -96,6 +98,21 @@ def keys_match(given: str, expected: str) -> bool:
     return hmac.compare_digest(a, b)
 
 
+# wrong or missing gateway keys one address may send per window before it is refused (429):
+# a client with a stale key retries a few times; someone guessing tried ~1000 keys a second
+KEY_FAILURES_ALLOWED = 30
+KEY_FAILURE_WINDOW_SECONDS = 60.0
+
+
+def key_throttle(request: Request) -> AddressThrottle:
+    """The app's wrong-key counter (per process; made on first use)."""
+    throttle: AddressThrottle | None = getattr(request.app.state, "key_throttle", None)
+    if throttle is None:
+        throttle = AddressThrottle(limit=KEY_FAILURES_ALLOWED, window=KEY_FAILURE_WINDOW_SECONDS)
+        request.app.state.key_throttle = throttle
+    return throttle
+
+
 @dataclass(frozen=True)
 class Gateway:
     """What an authorized ``/v1`` call works with: the effective settings, the components the
@@ -125,6 +142,14 @@ async def require_gateway_key(request: Request) -> Gateway:
     It also reads the request's attribution (who, which chat, which key) and, on POST, applies
     ``USER_DAILY_IMAGE_LIMIT`` (429).
     """
+    throttle = key_throttle(request)
+    address = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(address)
+    if wait > 0:  # before the comparison: a right guess must not get through either
+        raise KeyGuessingThrottled(
+            f"Too many wrong gateway API keys from this address; try again in {ceil(wait)} s.",
+            headers={"Retry-After": str(ceil(wait))},
+        )
     container = _container(request)
     settings = await container.config.acurrent()
     expected = settings.gateway_api_key
@@ -132,6 +157,7 @@ async def require_gateway_key(request: Request) -> Gateway:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
+        throttle.failed(address)
         if not expected:
             raise _no_key_set()
         raise AuthenticationFailed(
@@ -153,6 +179,7 @@ async def require_gateway_key(request: Request) -> Gateway:
                 code="revoked_api_key",
             )
         if named is None:
+            throttle.failed(address)
             if not expected:
                 raise _no_key_set()
             raise AuthenticationFailed(

@@ -7,8 +7,9 @@
     │   ├── UnsupportedMediaType    415 (not a raster image, wrong content type)
     │   └── Unprocessable           422 (well-formed but invalid fields)
     ├── AuthenticationFailed        401 (missing/wrong gateway key, no key configured)
-    ├── NotFound                    404
     ├── RateLimited                 429 rate_limit_exceeded (USER_DAILY_IMAGE_LIMIT reached)
+    │   └── KeyGuessingThrottled    429 (too many wrong gateway keys from one address)
+    ├── NotFound                    404
     ├── Gone                        410 (image expired with no copy anywhere)
     ├── NotConfigured               503 (upstream settings missing)
     ├── StorageUnavailable          503 (R2 down and no local copy; disk full)
@@ -93,11 +94,16 @@ class AuthenticationFailed(PicGateError):
 
 
 class RateLimited(PicGateError):
-    """A daily image limit is reached; the message says when it resets (``Retry-After`` too)."""
+    """A limit is reached (a daily image limit; wrong gateway keys from one address); the
+    message says when it resets, and so does ``Retry-After``."""
 
     status_code = 429
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class KeyGuessingThrottled(RateLimited):
+    """Too many wrong gateway keys from one address: refused before the key is compared."""
 
 
 class NotFound(PicGateError):

@@ -29,7 +29,6 @@ from picgate.config import EDITABLE, SECRETS, Settings, SettingsError, validate_
 from picgate.db.engine import Database
 from picgate.db.models import Setting
 from picgate.eventlog import EventLog
-from picgate.redaction import Redactor
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -234,7 +233,11 @@ class ConfigService:
 
     def _changed(self, current: Settings) -> None:
         if self.events is not None:
-            self.events.redactor = Redactor.of(self.base, current, extra=self.extra_secrets)
+            # the environment's keys stay secrets, and so do keys rotated away (an upstream or
+            # a log may still echo the old one)
+            self.events.redactor = self.events.redactor.remembering(
+                self.base, current, extra=self.extra_secrets
+            )
 
     def stored_values(self) -> dict[str, Any]:
         return self.db.read(self._read)

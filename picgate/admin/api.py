@@ -97,7 +97,7 @@ async def write_settings(
 
 @router.post("/settings/test-upstream")
 async def test_upstream(
-    config: ConfigDep, upstream: UpstreamDep, _admin: CsrfAdminDep
+    config: ConfigDep, upstream: UpstreamDep, events: EventsDep, _admin: CsrfAdminDep
 ) -> dict[str, Any]:
     settings = await config.acurrent()
     if not settings.upstream_configured:
@@ -110,7 +110,8 @@ async def test_upstream(
             "ok": False,
             "status": exc.status_code,
             "latency_ms": round((time.perf_counter() - started) * 1000),
-            "detail": exc.message,
+            # the upstream may echo the key it was sent; the admin sees it masked only
+            "detail": events.redactor.remembering(settings).text(exc.message),
         }
     latency = round((time.perf_counter() - started) * 1000)
     listed = data.get("data") if isinstance(data, dict) else None

@@ -62,6 +62,10 @@ PHRASES: tuple[tuple[str, str], ...] = (
         "⚠️ 网关密钥错误 ×{} 来自 {} (wrong gateway API key)",
         "⚠️ Wrong gateway API key ×{} from {}",
     ),
+    (
+        "🚫 网关密钥错误过多，已限流 ×{} 来自 {} (wrong gateway keys: throttled)",
+        "🚫 Too many wrong gateway API keys, throttled ×{} from {}",
+    ),
     ("其他地址 (other addresses)", "other addresses"),
     ("❌ 内部错误: {}", "❌ Internal error: {}"),
     # images and R2
@@ -141,6 +145,23 @@ PHRASES: tuple[tuple[str, str], ...] = (
         "🚫 Too many admin logins: locked for a while (IP {})",
     ),
     ("⚠️ 管理员登录失败 (IP {})", "⚠️ Admin login failed (IP {})"),
+    # the same three, and two more, tallied per address and minute
+    (
+        "🚫 首次设置被拒绝：设置令牌错误 ×{} 来自 {} (wrong setup token)",
+        "🚫 First-run setup refused: wrong setup token ×{} from {}",
+    ),
+    (
+        "🚫 管理员登录过于频繁，已暂时锁定 ×{} 来自 {} (admin sign-in locked)",
+        "🚫 Too many admin logins: locked for a while ×{} from {}",
+    ),
+    (
+        "⚠️ 管理员登录失败 ×{} 来自 {} (admin sign-in failed)",
+        "⚠️ Admin login failed ×{} from {}",
+    ),
+    (
+        "🚫 登录校验繁忙，已拒绝 ×{} 来自 {} (sign-in checks busy)",
+        "🚫 Sign-in checks busy: refused ×{} from {}",
+    ),
     ("🔐 管理员已登录: {}", "🔐 Admin signed in: {}"),
     ("🔑 管理员已修改密码: {}", "🔑 Admin changed the password: {}"),
     ("⚙️ 设置已保存: {}", "⚙️ Settings saved: {}"),

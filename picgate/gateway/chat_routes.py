@@ -179,4 +179,5 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
         answer = await chat.complete(
             parts, settings, body, base_url=base_url, own_bases=own_bases, who=who
         )
-    return JSONResponse(answer)
+    # an upstream may echo a key in a successful answer too (a relay quoting its request)
+    return JSONResponse(parts.events.redactor.value(answer))

@@ -70,11 +70,15 @@ def events(
     """The client's stream for a JSON answer read from ``chunks`` (at most ``max_body`` bytes:
     past it the stream ends with ``upstream_response_too_large``)."""
     reader = ChunkReader(chunks)
-    return guarded(_converted(reader, sink, keepalive, max_body), reader, events)
+    return guarded(_converted(reader, sink, keepalive, max_body, events), reader, events)
 
 
 async def _converted(
-    reader: ChunkReader, sink: ImageSink, keepalive: float, max_body: int | None
+    reader: ChunkReader,
+    sink: ImageSink,
+    keepalive: float,
+    max_body: int | None,
+    events: EventLog | None,
 ) -> AsyncGenerator[bytes, None]:
     body = bytearray()
     while True:
@@ -89,6 +93,8 @@ async def _converted(
             raise too_large("an answer", max_body)
     answer = _completion(bytes(body))
     rewritten = await rewrite_completion(answer, sink)
+    if events is not None:  # an upstream may echo a key in a successful answer too
+        rewritten = events.redactor.value(rewritten)
     yield b"".join(encode_event(_dumps(chunk)) for chunk in completion_chunks(rewritten))
     yield DONE
 

@@ -52,8 +52,10 @@ def image_limit(settings: Settings) -> int:
 
 def response_limit(settings: Settings) -> int:
     """The largest non-stream answer read from the upstream: ten images of ``MAX_IMAGE_MB``
-    as base64 plus the JSON around them."""
-    return MAX_IMAGES_PER_ANSWER * base64_chars(image_limit(settings)) + SLACK
+    as base64 plus the JSON around them, and never more than ``MAX_UPSTREAM_RESPONSE_MB``
+    (derived alone, 50 MB images made it ~668 MB: a 600 MB answer peaked at 2.4 GB)."""
+    derived = MAX_IMAGES_PER_ANSWER * base64_chars(image_limit(settings)) + SLACK
+    return min(derived, settings.max_upstream_response_mb * 2**20)
 
 
 def event_limit(settings: Settings) -> int:

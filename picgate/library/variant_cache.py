@@ -19,7 +19,7 @@ import anyio.to_thread
 
 from picgate.errors import Gone
 from picgate.library.rows import ImageRows
-from picgate.library.serving import ImageServing, Located
+from picgate.library.serving import ImageServing, Located, read_fd
 from picgate.storage.codec import BY_EXT, ImageType
 from picgate.storage.local import LocalCache
 from picgate.storage.variants import VariantSpec, render_variant
@@ -60,7 +60,9 @@ class VariantCache:
         data = await anyio.to_thread.run_sync(_read, path)
         if data is None:
             source = None
-            if located.path is not None:
+            if located.fd is not None:  # the file opened at lookup: whole even if evicted since
+                source = await anyio.to_thread.run_sync(read_fd, located.fd, image.size)
+            elif located.path is not None:
                 source = await anyio.to_thread.run_sync(_read, located.path)
             if source is None:  # only in R2, or evicted since it was located
                 fetched = await self._fetch_original(image.id)

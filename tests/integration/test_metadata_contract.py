@@ -2,7 +2,7 @@
 file, a real sqld (libSQL over Hrana) and a real PostgreSQL server, each fresh and empty.
 
 Migrations reach head with every table; the rows PicGate keeps (images, settings, log lines,
-admin sessions, the job lease) go in and come back with their types; several processes'
+admin sessions, login failure counters, the job lease) go in and come back with their types; several processes'
 worth of first starts on one empty database all end at head; one job lease has one holder.
 The sqld and PostgreSQL cases fail (never skip) when their server binaries are missing.
 """
@@ -220,6 +220,27 @@ def test_metadata_admin_session_created_loaded_and_ended(db: Database) -> None:
     assert db.write(lambda s: auth.load_session(s, token + "x")) is None
     db.write(lambda s: auth.end_session(s, token))
     assert db.write(lambda s: auth.load_session(s, token)) is None
+
+
+def test_metadata_login_failures_counted_in_parallel_lock_after_the_allowed_guesses(
+    db: Database,
+) -> None:
+    admitted: list[auth.LoginTicket] = []
+    throttled: list[auth.LoginThrottled] = []
+
+    def attempt() -> None:
+        try:
+            admitted.append(db.write(lambda s: auth.admit(s, username="root", ip="198.51.100.7")))
+        except auth.LoginThrottled as exc:
+            throttled.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(admitted) == auth.MAX_USER_FAILURES
+    assert len(throttled) == 12 - auth.MAX_USER_FAILURES
 
 
 def test_metadata_job_lease_has_one_holder_at_a_time(db: Database) -> None:

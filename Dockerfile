@@ -10,6 +10,7 @@ WORKDIR /src
 # the image gets exactly the versions the tests ran with, checked against their hashes
 COPY pyproject.toml uv.lock README.md ./
 COPY picgate ./picgate
+COPY admin_templates ./admin_templates
 RUN pip install --quiet "uv>=0.13,<0.15" \
  && uv export --quiet --frozen --no-dev --no-emit-project -o /tmp/requirements.txt \
  && python -m venv /opt/venv \

@@ -34,10 +34,12 @@ KEY = "pg-layer-check-key-0123456789"
 
 
 def task_copy(task: Path) -> None:
-    """handler.py and picgate/ as the deployment package holds them (docs/DEPLOY.md)."""
+    """handler.py, picgate/ and admin_templates/ as the deployment package holds them
+    (docs/DEPLOY.md)."""
     shutil.copy(REPO / "handler.py", task / "handler.py")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO / "picgate", task / "picgate", ignore=ignore)
+    shutil.copytree(REPO / "admin_templates", task / "admin_templates", ignore=ignore)
     mode = py_compile.PycInvalidationMode.CHECKED_HASH
     ok = compileall.compile_dir(task, quiet=1, invalidation_mode=mode)
     if not ok:

@@ -56,7 +56,8 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("serverless.yml", "handler.py"):
         shutil.copy(REPO / name, work / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "picgate", work / "picgate", ignore=ignore)
+    for code in ("picgate", "admin_templates"):
+        shutil.copytree(REPO / code, work / code, ignore=ignore)
     for junk in ("tests", "docs", "bench", "data", ".venv"):  # must stay out of the zip
         (work / junk).mkdir()
         (work / junk / "junk.py").write_text("# not for Lambda\n")
@@ -158,6 +159,8 @@ def test_serverless_package_zip_holds_code_only(packaged: Path) -> None:
     with zipfile.ZipFile(packaged / "picgate.zip") as zipped:
         names = zipped.namelist()
     assert "handler.py" in names and "picgate/app.py" in names
+    # the console's templates ride along: the Lambda package is not an installed wheel
+    assert "admin_templates/base.html" in names and "admin_templates/static/admin.js" in names
     assert any(n.startswith("picgate/db/migrations/versions/") for n in names)
     for excluded in ("tests/", "docs/", "bench/", "data/", ".venv/", "node_modules/"):
         assert not [n for n in names if n.startswith(excluded)], excluded
@@ -165,7 +168,9 @@ def test_serverless_package_zip_holds_code_only(packaged: Path) -> None:
     # PicGate's own bytecode for the runtime's Python, hash-checked; nothing else compiled
     pycs = [n for n in names if n.endswith(".pyc")]
     assert all(n.endswith(f".{TAG}.pyc") for n in pycs), pycs
-    assert all(n.startswith(("picgate/", "__pycache__/handler.")) for n in pycs), pycs
+    assert all(
+        n.startswith(("picgate/", "admin_templates/", "__pycache__/handler.")) for n in pycs
+    ), pycs
     if runtime_python() == sys.executable and sys.implementation.cache_tag != TAG:
         pytest.skip(f"no Python {RUNTIME} here to compile the runtime's bytecode with")
     for name in (

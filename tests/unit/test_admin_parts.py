@@ -19,7 +19,7 @@ from picgate.library import gallery
 from picgate.settings_store import mask
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "picgate" / "admin" / "templates"
+TEMPLATES = ROOT / "admin_templates"
 LOCALES = ROOT / "picgate" / "admin" / "locales"
 
 
@@ -123,8 +123,10 @@ def test_packaging_lists_every_package_and_ships_the_templates() -> None:
         ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "picgate").rglob("__init__.py")
     }
     assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
-    shipped = config["package-data"]["picgate.admin"]
-    assert "templates/*.html" in shipped and "templates/static/*.js" in shipped
+    assert config["package-dir"]["picgate.admin_templates"] == "admin_templates"
+    assert "picgate.admin_templates" in listed
+    shipped = config["package-data"]["picgate.admin_templates"]
+    assert "*.html" in shipped and "static/*.js" in shipped and "static/*.css" in shipped
     assert (TEMPLATES / "base.html").is_file() and (TEMPLATES / "static" / "admin.css").is_file()
 
 

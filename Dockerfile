@@ -10,6 +10,7 @@ WORKDIR /src
 # the image gets exactly the versions the tests ran with, checked against their hashes
 COPY pyproject.toml uv.lock README.md ./
 COPY picgate ./picgate
+COPY admin_templates ./admin_templates
 RUN pip install --quiet "uv>=0.13,<0.15" \
  && uv export --quiet --frozen --no-dev --no-emit-project -o /tmp/requirements.txt \
  && python -m venv /opt/venv \
@@ -29,7 +30,8 @@ RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/
  && chown -R picgate:picgate /app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-USER picgate
+# numeric, so the host and Kubernetes runAsNonRoot can tell it is not root
+USER 10001:10001
 VOLUME ["/app/data"]
 EXPOSE 5643
 # python, not curl: the slim image has no curl; urlopen raises on 503 (database down)

@@ -33,6 +33,7 @@ from typing import Any
 
 from mangum import Mangum
 
+from picgate import log_redaction
 from picgate.app import create_app
 from picgate.config import Settings
 from picgate.services import Services
@@ -61,6 +62,8 @@ def build() -> tuple[Services, Any, Mangum]:
     logging.getLogger("picgate").setLevel(settings.log_level.upper())
     services = Services(settings)
     application = create_app(services=services)
+    # no lifespan under Lambda: the log filter the app's lifespan installs is installed here
+    log_redaction.install(lambda: services.events.redactor)
     services.prepare()
     asyncio.set_event_loop(LOOP)  # Mangum picks up the current loop when it is built
     adapter = Mangum(application, lifespan="off")

@@ -9,8 +9,14 @@ the client reads each stream directly from the stub and through PicGate, interle
 2. The same stream unpaced (as fast as the stub can write): the pure relay overhead.
 3. One image of 1, 4 and 16 MB sent as markdown base64 in 1 KB pieces (one SSE event each):
    time from request to ``[DONE]`` through PicGate (decode, sniff, hash, write, row) and direct.
+4. A burst: one 16 MB image as a markdown data URL in a single event, sent at once, then 200
+   text deltas unpaced. Printed: total time direct and through PicGate (goal: ≤ direct + 150 ms),
+   how long the text deltas after the image waited, the image's own decode-hash-write measured
+   in this process on the same bytes, and PicGate's peak RSS growth during the stream against
+   the image's base64 size (goal: ≤ 2×; from ``/proc/PID/status`` VmHWM, reset before each
+   stream through ``/proc/PID/clear_refs``, which needs the same user or root).
 
-    .venv/bin/python -m bench.stream [--rounds 5] [--gap 5]
+    .venv/bin/python -m bench.stream [--rounds 5] [--gap 5] [--only burst]
 """
 
 from __future__ import annotations
@@ -78,10 +84,17 @@ def stub_app() -> Any:
                 batch = []
         yield b"".join(batch) + b"data: [DONE]\n\n"
 
+    async def burst(mb: float, n: int) -> AsyncIterator[bytes]:
+        head = _event(f"Here: ![image](data:image/png;base64,{image(mb)})")
+        tail = b"".join(_event(f"tok{i} ", t=time.monotonic_ns()) for i in range(n))
+        yield head + tail + b"data: [DONE]\n\n"
+
     async def chat(request: Request) -> Response:
         spec = json.loads(await request.body())["bench"]
         if spec["kind"] == "deltas":
             body = deltas(spec["n"], spec["gap"], spec["mb"])
+        elif spec["kind"] == "burst":
+            body = burst(spec["mb"], spec["n"])
         else:
             body = pieces(spec["mb"], spec["chunk"])
         return StreamingResponse(body, media_type="text/event-stream")
@@ -125,11 +138,81 @@ def run_stream(client: httpx.Client, url: str, spec: dict[str, Any]) -> tuple[fl
     return time.perf_counter() - start, delays
 
 
+def own_image_work(mb: float) -> float:
+    """Milliseconds for the image's own work in this process: strict decode, sha256, a new
+    file written with PicGate's own 1 MB writes (no PicGate request code)."""
+    import hashlib
+    import os
+    import tempfile
+
+    import pybase64
+
+    from picgate.storage.local import write_all
+
+    text = _image_b64(mb)
+    with tempfile.TemporaryDirectory() as folder:
+        times = []
+        for i in range(3):
+            t0 = time.perf_counter()
+            data = pybase64.b64decode(text, validate=True)
+            hashlib.sha256(data).hexdigest()
+            fd = os.open(f"{folder}/{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _status_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def burst_case(client: httpx.Client, direct_url: str, gw_url: str, rounds: int) -> None:
+    mb, n = 16, 200
+    spec = {"kind": "burst", "mb": mb, "n": n}
+    b64_mb = len(_image_b64(mb)) / 2**20
+    pid: int = picgate.last_pid  # type: ignore[attr-defined]
+    run_stream(client, gw_url, spec)  # warm
+    d_tot, g_tot, d_del, g_del, growth = [], [], [], [], []
+    for _ in range(rounds):
+        t, d = run_stream(client, direct_url, spec)
+        d_tot.append(t)
+        d_del += d
+        with open(f"/proc/{pid}/clear_refs", "w") as refs:
+            refs.write("5")  # the peak RSS starts again from the current RSS
+        before = _status_kb(pid, "VmRSS")
+        t, d = run_stream(client, gw_url, spec)
+        growth.append((_status_kb(pid, "VmHWM") - before) / 1024)
+        g_tot.append(t)
+        g_del += d
+    own = own_image_work(mb)
+    dm, gm = statistics.median(d_tot) * 1000, statistics.median(g_tot) * 1000
+    grown = statistics.median(growth)
+    print(
+        f"burst: one {mb} MB image ({b64_mb:.1f} MB base64) in one event at once, then {n} text "
+        f"deltas, {rounds} rounds (medians):\n"
+        f"  total: direct {dm:.0f} ms, through {gm:.0f} ms, PicGate adds {gm - dm:.0f} ms "
+        f"(goal ≤ 150), ratio {gm / dm:.2f}\n"
+        f"  text deltas after the image waited: direct {statistics.median(d_del):.0f} ms, "
+        f"through {statistics.median(g_del):.0f} ms | the image's own decode+sha256+write here: "
+        f"{own:.0f} ms\n"
+        f"  PicGate peak RSS growth during the stream: {grown:.0f} MB = "
+        f"{grown / b64_mb:.2f}x the base64 (goal ≤ 2x)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--gap", type=float, default=5.0, help="ms between text deltas")
     parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["burst"], help="run only this case")
     args = parser.parse_args()
     if args.stub:
         import uvicorn
@@ -147,6 +230,9 @@ def main() -> None:
     ):
         client.post(stub + "/warm", json=[1, 4, 16]).raise_for_status()
         direct_url, gw_url = stub + "/v1/chat/completions", gateway + "/v1/chat/completions"
+        if args.only == "burst":
+            burst_case(client, direct_url, gw_url, args.rounds)
+            return
 
         for label, gap in (("paced", args.gap / 1000), ("unpaced", 0.0)):
             spec = {"kind": "deltas", "n": 200, "gap": gap, "mb": 1}
@@ -182,6 +268,7 @@ def main() -> None:
                 f" through {tm * 1000:.0f} ms, PicGate adds {(tm - dm) * 1000:.0f} ms"
                 f" ({(tm - dm) * 1000 / mb:.0f} ms/MB)"
             )
+        burst_case(client, direct_url, gw_url, args.rounds)
 
 
 if __name__ == "__main__":

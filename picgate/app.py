@@ -10,14 +10,18 @@ from typing import Any
 
 import anyio.to_thread
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from picgate import log_redaction
 from picgate.config import Settings
 from picgate.errors import PicGateError, error_body
+from picgate.lazy_router import LazyRouter
+from picgate.metrics import MetricsMiddleware
 from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from picgate.services import Services
 
@@ -36,12 +40,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(services.prepare)
-        await services.start()
-        try:
-            yield
-        finally:
-            await services.stop()
+        with log_redaction.installed(lambda: services.events.redactor):
+            await anyio.to_thread.run_sync(services.prepare)
+            await services.start()
+            try:
+                yield
+            finally:
+                await services.stop()
 
     app = FastAPI(
         title="PicGate",
@@ -59,19 +64,53 @@ def create_app(
         timeout=services.settings.request_body_timeout_seconds,
     )
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
 
-    from picgate.admin.routes import router as admin_router
     from picgate.gateway.chat_routes import router as chat_router
     from picgate.gateway.routes import router as gateway_router
     from picgate.health import router as health_router
     from picgate.images.routes import router as images_router
+    from picgate.metrics import router as metrics_router
 
     app.include_router(health_router)
     app.include_router(gateway_router)
     app.include_router(images_router)
     app.include_router(chat_router)
-    app.include_router(admin_router)
+    app.include_router(metrics_router)
+    if services.settings.serverless:  # a cold start seldom serves the console: see lazy_router
+        app.router.routes.append(LazyRouter(app, ADMIN_PREFIX, admin_router))
+    else:
+        app.include_router(admin_router())
+    # a person who opens the server's address in a browser wants the console
+    app.add_api_route("/", root_redirect, methods=["GET", "HEAD"], include_in_schema=False)
     return app
+
+
+def admin_router() -> APIRouter:
+    from picgate.admin.routes import router
+
+    return router
+
+
+async def root_redirect() -> Response:
+    return RedirectResponse("/admin", status_code=307)
+
+
+def v1_hint(request: Request) -> str:
+    """A hint when the request's method and path exist under ``/v1`` (a client whose base URL
+    lacks ``/v1``); empty otherwise."""
+    method, path = request.method, request.url.path
+    if path.startswith("/v1/"):
+        return ""
+    wanted = "/v1" + path.rstrip("/")
+    scope = {**request.scope, "path": wanted, "method": method}
+    for route in request.app.router.routes:
+        if route.matches(scope)[0] == Match.FULL:
+            return (
+                f" Did you mean {method} {wanted}? PicGate's OpenAI-compatible API is under "
+                "/v1: the client's base URL must end in /v1 (for example http://host:5643/v1)."
+            )
+    return ""
 
 
 ADMIN_PREFIX = "/admin"
@@ -151,6 +190,9 @@ def install_error_handlers(app: FastAPI, services: Services) -> None:
             message = f"Unknown path: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}"
+        hint = v1_hint(request) if exc.status_code in (404, 405) else ""
+        if hint:
+            message += "." + hint
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return _json_error(
             exc.status_code,

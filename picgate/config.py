@@ -8,42 +8,21 @@ names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, GetCoreSchemaHandler, field_validator
+from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from picgate.variant_query import check_variant_text
+
 RuntimeMode = Literal["auto", "server", "serverless"]
-
-# Settings the admin console may change (stored in the database unless fixed by the environment).
-EDITABLE: tuple[str, ...] = (
-    "upstream_api_base",
-    "upstream_api_key",
-    "upstream_model_name",
-    "gateway_model_name",
-    "gateway_api_key",
-    "public_base_url",
-    "r2_account_id",
-    "r2_access_key_id",
-    "r2_secret_access_key",
-    "r2_bucket_name",
-    "r2_endpoint_url",
-    "r2_public_base_url",
-    "local_cache_ttl_hours",
-    "metadata_retention_days",
-    "max_local_cache_mb",
-    "allow_external_image_fetch",
-    "delete_r2_on_metadata_expire",
-)
-
-# Editable settings that are secrets: encrypted at rest, never sent to the browser in full.
-SECRETS: frozenset[str] = frozenset(
-    {"upstream_api_key", "gateway_api_key", "r2_secret_access_key", "r2_access_key_id"}
-)
 
 # Upper bounds that keep every date computed from a setting representable (``timedelta`` and
 # ``datetime`` overflow far below 1e308): ten years of local cache, a century of metadata, 1 EiB.
@@ -53,6 +32,29 @@ MAX_CACHE_MB = 2**40
 MAX_TEXT = 2048
 
 PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "your-key", "sk-xxx", "pg-xxx", "xxx"})
+
+
+@dataclass(frozen=True)
+class Editable:
+    """Marks a setting the admin console may change (stored in the database unless the
+    environment fixes it); ``secret``: encrypted at rest, never sent to the browser in full.
+
+    Its text values must be printable (``check_text``): they are stored, logged and sent.
+    ``EDITABLE`` and ``SECRETS`` are read from these marks, so a setting is declared once.
+    """
+
+    secret: bool = False
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(_printable_text, handler(source))
+
+
+def _printable_text(value: Any) -> Any:
+    if isinstance(value, str):
+        check_text(value)
+    return value
 
 
 class SettingsError(ValueError):
@@ -74,28 +76,40 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     images_dir: Path | None = None
 
-    upstream_api_base: str | None = None
-    upstream_api_key: str | None = None
-    upstream_model_name: str | None = None
+    upstream_api_base: Annotated[str | None, Editable()] = None
+    upstream_api_key: Annotated[str | None, Editable(secret=True)] = None
+    upstream_model_name: Annotated[str | None, Editable()] = None
     upstream_timeout_seconds: float = Field(600.0, gt=0)
+    # a refused connection, 429, 502 or 503 is asked again this many times (picgate.routing)
+    upstream_retries: int = Field(0, ge=0, le=5)
+    # YAML naming upstreams and the models clients see (picgate.routing.models_file)
+    models_file: Path | None = None
+    # GET /metrics answers only a caller sending this as a bearer token (picgate.metrics)
+    metrics_token: str | None = None
 
-    gateway_model_name: str = "picgate"
-    gateway_api_key: str | None = None
-    public_base_url: str | None = None
+    gateway_model_name: Annotated[str, Editable()] = "picgate"
+    gateway_api_key: Annotated[str | None, Editable(secret=True)] = None
+    public_base_url: Annotated[str | None, Editable()] = None
+    # a variant query (``w=1024&format=webp``) added to the image URLs written into chat answers
+    chat_image_variant: Annotated[str, Editable()] = ""
 
-    r2_account_id: str | None = None
-    r2_access_key_id: str | None = None
-    r2_secret_access_key: str | None = None
-    r2_bucket_name: str | None = None
-    r2_endpoint_url: str | None = None
-    r2_public_base_url: str | None = None
+    r2_account_id: Annotated[str | None, Editable()] = None
+    r2_access_key_id: Annotated[str | None, Editable(secret=True)] = None
+    r2_secret_access_key: Annotated[str | None, Editable(secret=True)] = None
+    r2_bucket_name: Annotated[str | None, Editable()] = None
+    r2_endpoint_url: Annotated[str | None, Editable()] = None
+    r2_public_base_url: Annotated[str | None, Editable()] = None
     r2_key_prefix: str = "images/"
 
-    local_cache_ttl_hours: float = Field(72.0, ge=0, le=MAX_TTL_HOURS, allow_inf_nan=False)
-    metadata_retention_days: int = Field(365, ge=0, le=MAX_RETENTION_DAYS)
-    max_local_cache_mb: int = Field(0, ge=0, le=MAX_CACHE_MB)
-    allow_external_image_fetch: bool = False
-    delete_r2_on_metadata_expire: bool = False
+    local_cache_ttl_hours: Annotated[float, Editable()] = Field(
+        72.0, ge=0, le=MAX_TTL_HOURS, allow_inf_nan=False
+    )
+    metadata_retention_days: Annotated[int, Editable()] = Field(365, ge=0, le=MAX_RETENTION_DAYS)
+    max_local_cache_mb: Annotated[int, Editable()] = Field(0, ge=0, le=MAX_CACHE_MB)
+    allow_external_image_fetch: Annotated[bool, Editable()] = False
+    delete_r2_on_metadata_expire: Annotated[bool, Editable()] = False
+    # images per user (Open WebUI's forwarded user id, else per gateway key) per UTC day; 0 = none
+    user_daily_image_limit: Annotated[int, Editable()] = Field(0, ge=0, le=10**9)
 
     secret_key: str | None = None
     runtime_mode: RuntimeMode = "auto"
@@ -104,7 +118,16 @@ class Settings(BaseSettings):
     # bytes of images PicGate inlines into one upstream request from image URLs (history images,
     # edit images by URL), counted for every reference: a small request can name a big image
     # many times (picgate.gateway.inline)
-    max_inline_images_mb: int = Field(50, ge=1)
+    max_inline_images_mb: Annotated[int, Editable()] = Field(50, ge=1, le=MAX_CACHE_MB)
+    # past that cap, the newest this many history images still go at full size; older ones go
+    # downscaled, the oldest as a note (picgate.gateway.trim)
+    inline_full_images: Annotated[int, Editable()] = Field(2, ge=1, le=100)
+    # a text model (routed to the upstream) that answers Open WebUI's background tasks (title,
+    # tags, follow-ups...) sent to the image model; unset: PicGate answers them itself
+    # (picgate.gateway.tasks)
+    task_model: Annotated[str | None, Editable()] = None
+    # image models reject or ignore tools: drop tools/tool_choice before they see them
+    drop_tools_for_image_models: Annotated[bool, Editable()] = True
     # bytes of images every request together may make the server hold at once: inlined images
     # and buffered non-stream upstream answers (picgate.gateway.buffers); over it a request
     # waits briefly, then 503 with Retry-After
@@ -118,10 +141,17 @@ class Settings(BaseSettings):
     # body within this many plus one second per 16 KiB received (picgate.middleware)
     request_header_timeout_seconds: float = Field(30.0, gt=0)
     request_body_timeout_seconds: float = Field(30.0, gt=0)
-    max_image_mb: int = Field(50, ge=1)
+    # ≤ 2047: an image's size is a 32-bit INTEGER column (PostgreSQL refuses larger values)
+    max_image_mb: int = Field(50, ge=1, le=2047)
+    # the largest non-stream answer (or error body) read from the upstream; parsing costs
+    # several times its size in memory
+    max_upstream_response_mb: int = Field(200, ge=1)
     stream_keepalive_seconds: float = Field(15.0, gt=0)
     cleanup_interval_minutes: float = Field(60.0, gt=0)
     log_max_entries: int = Field(5000, ge=100)
+    # addresses or CIDRs of the reverse proxies whose X-Forwarded-For / -Proto PicGate believes
+    # (comma-separated); empty: the connection's own address is the client's, whatever it sends
+    trusted_proxies: str = ""
     log_level: str = "INFO"
 
     @field_validator(
@@ -138,6 +168,9 @@ class Settings(BaseSettings):
         "r2_public_base_url",
         "secret_key",
         "database_auth_token",
+        "metrics_token",
+        "models_file",
+        "task_model",
         mode="before",
     )
     @classmethod
@@ -147,13 +180,10 @@ class Settings(BaseSettings):
             return value or None
         return value
 
-    @field_validator(*EDITABLE, mode="after")
+    @field_validator("chat_image_variant", mode="after")
     @classmethod
-    def _printable_text(cls, value: Any) -> Any:
-        """Every editable text setting: characters that can be stored, logged and sent."""
-        if isinstance(value, str):
-            check_text(value)
-        return value
+    def _variant_query(cls, value: str) -> str:
+        return check_variant_text(value)
 
     # -- derived values -------------------------------------------------------------------
 
@@ -208,6 +238,21 @@ class Settings(BaseSettings):
         return result
 
 
+def _marked(secret: bool) -> tuple[str, ...]:
+    names = []
+    for name, field in Settings.model_fields.items():
+        marks = [m for m in field.metadata if isinstance(m, Editable)]
+        if marks and (marks[0].secret or not secret):
+            names.append(name)
+    return tuple(names)
+
+
+# Settings the admin console may change, in the order they are declared.
+EDITABLE: tuple[str, ...] = _marked(secret=False)
+# Editable settings that are secrets: encrypted at rest, never sent to the browser in full.
+SECRETS: frozenset[str] = frozenset(_marked(secret=True))
+
+
 def check_text(value: str | None) -> None:
     """Refuse text that would break a page, a log line or a header: lone surrogates (they
     cannot be encoded as UTF-8), control characters, and anything over MAX_TEXT characters."""
@@ -234,6 +279,23 @@ def _check_url(
         )
 
 
+def trusted_networks(value: str) -> list[str]:
+    """``TRUSTED_PROXIES`` as a list of networks (uvicorn's ``forwarded_allow_ips``);
+    SettingsError naming the setting for an entry that is not an address or a CIDR."""
+    networks: list[str] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            raise SettingsError(
+                f"TRUSTED_PROXIES: {entry[:64]!r} is not an IP address or CIDR "
+                "(example: TRUSTED_PROXIES=10.0.0.0/8,127.0.0.1)"
+            ) from None
+    return networks
+
+
 def validate_settings(settings: Settings) -> None:
     """Refuse unsafe or impossible combinations; raise SettingsError naming the variable."""
     for name in ("upstream_api_base", "public_base_url", "r2_endpoint_url", "r2_public_base_url"):
@@ -252,6 +314,7 @@ def validate_settings(settings: Settings) -> None:
             )
         if given and not (settings.r2_account_id or settings.r2_endpoint_url):
             raise SettingsError("R2 is half-configured: set R2_ACCOUNT_ID or R2_ENDPOINT_URL")
+    trusted_networks(settings.trusted_proxies)
     key = settings.gateway_api_key
     if key is not None and (key.lower() in PLACEHOLDER_KEYS or len(key) < 8):
         raise SettingsError("GATEWAY_API_KEY is a placeholder or shorter than 8 characters")

@@ -7,6 +7,8 @@
     │   ├── UnsupportedMediaType    415 (not a raster image, wrong content type)
     │   └── Unprocessable           422 (well-formed but invalid fields)
     ├── AuthenticationFailed        401 (missing/wrong gateway key, no key configured)
+    ├── RateLimited                 429 rate_limit_exceeded (USER_DAILY_IMAGE_LIMIT reached)
+    │   └── KeyGuessingThrottled    429 (too many wrong gateway keys from one address)
     ├── NotFound                    404
     ├── OnlyCopy                    409 (deleting the only copy of an image not yet in R2)
     ├── Gone                        410 (image expired with no copy anywhere)
@@ -91,6 +93,19 @@ class AuthenticationFailed(PicGateError):
     status_code = 401
     error_type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class RateLimited(PicGateError):
+    """A limit is reached (a daily image limit; wrong gateway keys from one address); the
+    message says when it resets, and so does ``Retry-After``."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class KeyGuessingThrottled(RateLimited):
+    """Too many wrong gateway keys from one address: refused before the key is compared."""
 
 
 class NotFound(PicGateError):

@@ -9,10 +9,14 @@ or printed. Every flush that adds lines trims the table to ``max_entries``.
 ``api_error`` is the one place a failed API call is recorded: one line and one count on the
 dashboard's error counter, whatever the failure.
 
-Wrong gateway keys are not one line each (a client retrying a bad key, or someone guessing,
-would write a row per call): ``auth_failure`` counts them per source address and minute, and
-each (address, minute) is one line, ``⚠️ 网关密钥错误 ×N 来自 ADDRESS``, whose count is updated
-in place by later flushes.
+Events anyone can trigger without a key or a session (wrong gateway keys, refused or throttled
+admin sign-ins, a wrong setup token) are not one line each: a client retrying, or someone
+guessing, would write a row per call and, 5000 calls later, have pushed every other line out.
+``tally(kind, address)`` counts them per kind, source address and minute; each (minute, kind,
+address) is one line, e.g. ``⚠️ 网关密钥错误 ×N 来自 ADDRESS``, whose count is updated in place
+by later flushes. Those lines are *anonymous*: their ids end in ``ANONYMOUS_MARK`` and trimming
+keeps at most ``ANONYMOUS_SHARE`` of ``max_entries`` of them, apart from the other lines, so
+anonymous traffic can only push out anonymous lines, never the admin's or security entries.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from picgate.db.engine import Database
 from picgate.db.models import DailyStat, LogEntry
-from picgate.errors import AuthenticationFailed, PicGateError, UpstreamError
+from picgate.errors import AuthenticationFailed, KeyGuessingThrottled, PicGateError, UpstreamError
 from picgate.redaction import Redactor
 
 log = logging.getLogger("picgate")
@@ -40,6 +44,21 @@ MAX_MESSAGE = 500
 # that a flood from many addresses stays a bounded number of rows and dict entries
 MAX_AUTH_SOURCES = 100
 OTHER_ADDRESSES = "其他地址 (other addresses)"
+# what each tally's line says (N: the count, ADDRESS: where it came from)
+TALLIES: dict[str, str] = {
+    "gateway_key": "⚠️ 网关密钥错误 ×{count} 来自 {address} (wrong gateway API key)",
+    "gateway_throttled": (
+        "🚫 网关密钥错误过多，已限流 ×{count} 来自 {address} (wrong gateway keys: throttled)"
+    ),
+    "login_failed": "⚠️ 管理员登录失败 ×{count} 来自 {address} (admin sign-in failed)",
+    "login_throttled": (
+        "🚫 管理员登录过于频繁，已暂时锁定 ×{count} 来自 {address} (admin sign-in locked)"
+    ),
+    "login_busy": "🚫 登录校验繁忙，已拒绝 ×{count} 来自 {address} (sign-in checks busy)",
+    "setup_refused": "🚫 首次设置被拒绝：设置令牌错误 ×{count} 来自 {address} (wrong setup token)",
+}
+ANONYMOUS_MARK = "z"  # the last character of an anonymous line's id (others end in a hex digit)
+ANONYMOUS_SHARE = 0.5
 _BASE64_RUN = re.compile(r"(?:data:[\w/.+-]+;base64,)?[A-Za-z0-9+/_-]{120,}={0,2}")
 _KEYLIKE = re.compile(r"\b(sk|pg|rk)-[A-Za-z0-9_-]{8,}")
 
@@ -56,8 +75,12 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def new_log_id(now_ns: int | None = None) -> str:
-    return f"{now_ns or time.time_ns():020d}{secrets.token_hex(4)}"
+def new_log_id(now_ns: int | None = None, *, anonymous: bool = False) -> str:
+    """Time-ordered; an anonymous line's id ends in ``ANONYMOUS_MARK`` (no schema change)."""
+    suffix = secrets.token_hex(4)
+    if anonymous:
+        suffix = suffix[:-1] + ANONYMOUS_MARK
+    return f"{now_ns or time.time_ns():020d}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -76,9 +99,9 @@ class EventLog:
         self._counters: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time: a minute's line is one row
-        # (minute, address) -> failures not yet written; and -> (row id, total) once written
-        self._auth_pending: dict[tuple[str, str], int] = {}
-        self._auth_rows: dict[tuple[str, str], tuple[str, int]] = {}
+        # (minute, kind, address) -> events not yet written; and -> (row id, total) once written
+        self._auth_pending: dict[tuple[str, str, str], int] = {}
+        self._auth_rows: dict[tuple[str, str, str], tuple[str, int]] = {}
         self._warned: set[str] = set()
         self.redactor = Redactor()  # ConfigService replaces it whenever the settings change
 
@@ -122,7 +145,9 @@ class EventLog:
         ``source`` is counted per address and minute instead: one line, not one per call).
         ``in_stream``: the failure ended a stream after its first byte."""
         if isinstance(exc, AuthenticationFailed) and source is not None:
-            self.auth_failure(source)
+            self.tally("gateway_key", source)
+        elif isinstance(exc, KeyGuessingThrottled) and source is not None:
+            self.tally("gateway_throttled", source)
         elif in_stream:
             self.add("ERROR", f"❌ 对话流中断: {exc.message}", counted=False)
         elif isinstance(exc, UpstreamError):
@@ -137,18 +162,28 @@ class EventLog:
 
     def auth_failure(self, address: str) -> None:
         """Count one call refused for a wrong or missing gateway key from ``address``."""
+        self.tally("gateway_key", address)
+
+    def tally(self, kind: str, address: str) -> None:
+        """Count one anonymous event of ``kind`` (a key of ``TALLIES``) from ``address``: one
+        line per kind, address and minute, at most ``MAX_AUTH_SOURCES`` addresses per kind and
+        minute (the rest are counted together)."""
         now = _utcnow()
         minute = now.strftime("%Y-%m-%d %H:%M")
-        address = address[:64]
+        address = self.scrub(address[:64])
         with self._lock:
-            key = (minute, address)
+            key = (minute, kind, address)
             if key not in self._auth_pending and key not in self._auth_rows:
-                sources = {a for m, a in (*self._auth_pending, *self._auth_rows) if m == minute}
+                sources = {
+                    a
+                    for m, k, a in (*self._auth_pending, *self._auth_rows)
+                    if (m, k) == (minute, kind)
+                }
                 if len(sources) >= MAX_AUTH_SOURCES:
-                    key = (minute, OTHER_ADDRESSES)
+                    key = (minute, kind, OTHER_ADDRESSES)
                 else:
-                    # stdout gets the first failure of each address and minute, not all of them
-                    log.warning("wrong gateway API key from %s", address)
+                    # stdout gets the first event of each kind, address and minute, not all
+                    log.warning("%s from %s", kind.replace("_", " "), address)
             self._auth_pending[key] = self._auth_pending.get(key, 0) + 1
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -172,7 +207,7 @@ class EventLog:
             rows = dict(self._auth_rows)
         if not events and not counters and not auth:
             return
-        written: dict[tuple[str, str], tuple[str, int]] = {}
+        written: dict[tuple[str, str, str], tuple[str, int]] = {}
 
         def work(session: Session) -> None:
             written.clear()  # the database layer may run this again after a conflict
@@ -183,7 +218,7 @@ class EventLog:
             for key, amount in auth.items():
                 row_id, total = rows.get(key, ("", 0))
                 total += amount
-                message = auth_failure_message(key[1], total)
+                message = TALLIES[key[1]].format(count=total, address=key[2])
                 if row_id:
                     result = session.execute(
                         update(LogEntry).where(LogEntry.id == row_id).values(message=message)
@@ -191,7 +226,8 @@ class EventLog:
                     if getattr(result, "rowcount", 1):
                         written[key] = (row_id, total)
                         continue
-                row_id = new_log_id()  # first line of this minute, or its row was cleared
+                # first line of this minute, or its row was cleared
+                row_id = new_log_id(anonymous=True)
                 session.add(
                     LogEntry(id=row_id, created_at=_utcnow(), level="WARNING", message=message)
                 )
@@ -229,15 +265,25 @@ class EventLog:
 
 
 def auth_failure_message(address: str, count: int) -> str:
-    return f"⚠️ 网关密钥错误 ×{count} 来自 {address} (wrong gateway API key)"
+    return TALLIES["gateway_key"].format(count=count, address=address)
 
 
 def trim_logs(session: Session, max_entries: int) -> int:
-    """Keep the newest ``max_entries`` lines; returns how many were removed."""
+    """Keep the newest ``max_entries`` lines, of which at most ``ANONYMOUS_SHARE`` anonymous:
+    the anonymous lines are trimmed to their share first, then the other lines to what is
+    left, so a flood of anonymous lines removes only older anonymous lines. Returns how many
+    were removed."""
+    anonymous = LogEntry.id.endswith(ANONYMOUS_MARK)
+    removed = _trim(session, anonymous, int(max_entries * ANONYMOUS_SHARE))
+    left = max_entries - (session.scalar(select(func.count()).where(anonymous)) or 0)
+    return removed + _trim(session, ~anonymous, left)
+
+
+def _trim(session: Session, where: ColumnElement[bool], keep: int) -> int:
     cutoff = session.scalar(
-        select(LogEntry.id).order_by(LogEntry.id.desc()).offset(max_entries).limit(1)
+        select(LogEntry.id).where(where).order_by(LogEntry.id.desc()).offset(keep).limit(1)
     )
     if cutoff is None:
         return 0
-    result = session.execute(delete(LogEntry).where(LogEntry.id <= cutoff))
+    result = session.execute(delete(LogEntry).where(where, LogEntry.id <= cutoff))
     return int(getattr(result, "rowcount", 0) or 0)

@@ -3,8 +3,10 @@
 Components (each takes only the others it uses): ``db`` (Database), ``events`` (EventLog),
 ``cache`` (LocalCache), ``config`` (ConfigService, built on first use), ``upstream`` and
 ``http`` (the outbound client), ``archive`` (the R2 store), ``library`` (ImageLibrary: the
-image row's owner, with its upload queue, serving policy, eviction, retention, console actions
-and statistics), ``cleanup`` (the cleanup job) and ``uploader`` (the upload worker).
+image row's owner, with its upload queue, serving policy, variants, eviction, retention,
+console actions and statistics), ``cleanup`` (the cleanup job), ``uploader`` (the upload
+worker), ``keys`` (KeyRing: the named gateway keys), ``models`` (the MODELS_FILE's ModelTable;
+None without one) and ``metrics`` (the app's Prometheus registry).
 
 Only the edges import this module: ``picgate.app``, ``handler.py`` and the CLI commands. Routes
 get single components through the ``Annotated`` aliases of ``picgate.deps``; the gateway, admin,
@@ -36,8 +38,11 @@ from picgate.gateway.upstream import Upstream
 from picgate.jobs.cleanup import Cleanup
 from picgate.jobs.scheduler import CleanupScheduler
 from picgate.jobs.upload_worker import UploadWorker
+from picgate.keyring import KeyRing
 from picgate.library.library import ImageLibrary
+from picgate.metrics import Metrics
 from picgate.redaction import Redactor
+from picgate.routing.table import ModelTable
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
 from picgate.storage.archive import Archive
 from picgate.storage.local import LocalCache
@@ -63,11 +68,12 @@ class Services:
         self.serverless = settings.serverless
         self.db = Database(settings.database_url, auth_token=settings.database_auth_token)
         self.events = EventLog(self.db, max_entries=settings.log_max_entries)
-        self.events.redactor = Redactor.of(settings)
+        # MODELS_FILE: read once per process; a bad file stops the start with one line
+        self.models = ModelTable.load(settings.models_file) if settings.models_file else None
+        self.events.redactor = Redactor.of(settings, extra=self._model_secrets())
         self.cache = LocalCache(settings.resolved_images_dir)
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
-        self.upstream = Upstream(lambda: self.http)
         # one budget for the whole process: the image bytes requests hold (MAX_BUFFERED_MB)
         self.buffers = BufferBudget.from_mb(settings.max_buffered_mb)
         self._config: ConfigService | None = None
@@ -84,6 +90,10 @@ class Services:
         self.cleanup = Cleanup(
             db=self.db, events=self.events, library=self.library, settings=self._current_settings
         )
+        # the library's gauges are read through its rows at scrape time
+        self.metrics = Metrics(self.library.rows)
+        self.upstream = Upstream(lambda: self.http, observe=self.metrics.observe_upstream)
+        self.keys = KeyRing(self.db)
         self._prepared = False
         self._prepare_lock = threading.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,9 +125,16 @@ class Services:
         if self._config is None:
             secret = load_or_create_secret_key(self.settings)
             self._config = ConfigService(
-                self.settings, self.db, SecretBox(secret), events=self.events
+                self.settings,
+                self.db,
+                SecretBox(secret),
+                events=self.events,
+                extra_secrets=self._model_secrets(),
             )
         return self._config
+
+    def _model_secrets(self) -> list[str]:
+        return self.models.secrets() if self.models is not None else []
 
     def prepare(self) -> None:
         """Folders, schema, first-start key. Idempotent and thread-safe; call before serving."""
@@ -133,7 +150,8 @@ class Services:
                 self.generated_key = key
                 banner = (
                     "\n" + "=" * 64 + "\n"
-                    "PicGate generated a gateway API key (shown once; also in the admin console):\n"
+                    "PicGate generated a gateway API key. It is shown here once and once on the\n"
+                    "admin dashboard, then only masked (generate a new one in the admin settings):\n"
                     f"    {key}\n"
                     "Clients must send:  Authorization: Bearer <key>\n" + "=" * 64
                 )
@@ -157,6 +175,7 @@ class Services:
         if not base:
             host = self.settings.host
             shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+            shown = f"[{shown}]" if ":" in shown else shown  # an IPv6 address in a URL
             base = "<function URL>" if self.serverless else f"http://{shown}:{self.settings.port}"
         banner = (
             "\n" + "=" * 64 + "\n"

@@ -15,6 +15,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,6 @@ from picgate.config import EDITABLE, SECRETS, Settings, SettingsError, validate_
 from picgate.db.engine import Database
 from picgate.db.models import Setting
 from picgate.eventlog import EventLog
-from picgate.redaction import Redactor
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -153,15 +153,24 @@ class ConfigService:
 
     With ``events``, it keeps the event log's redactor in step: a key stored through the console
     is a secret too, scrubbed from log lines from the moment it is loaded or saved.
+    ``extra_secrets`` are scrubbed as well, whatever the settings say (the upstream keys of
+    ``MODELS_FILE``).
     """
 
     def __init__(
-        self, base: Settings, db: Database, box: SecretBox, *, events: EventLog | None = None
+        self,
+        base: Settings,
+        db: Database,
+        box: SecretBox,
+        *,
+        events: EventLog | None = None,
+        extra_secrets: Sequence[str] = (),
     ) -> None:
         self.base = base
         self.db = db
         self.box = box
         self.events = events
+        self.extra_secrets = tuple(extra_secrets)
         self._current = base
         self._loaded_at = 0.0
         self._lock = threading.Lock()
@@ -224,7 +233,11 @@ class ConfigService:
 
     def _changed(self, current: Settings) -> None:
         if self.events is not None:
-            self.events.redactor = Redactor.of(self.base, current)
+            # the environment's keys stay secrets, and so do keys rotated away (an upstream or
+            # a log may still echo the old one)
+            self.events.redactor = self.events.redactor.remembering(
+                self.base, current, extra=self.extra_secrets
+            )
 
     def stored_values(self) -> dict[str, Any]:
         return self.db.read(self._read)

@@ -10,21 +10,20 @@ from typing import Any, Literal
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
 
-from picgate.admin import backend, settings_form, thumbnails
+from picgate.admin import backend, i18n, settings_form
 from picgate.admin.guard import AdminDep, CsrfAdminDep
+from picgate.admin.log_lines import in_language
 from picgate.admin.rendering import AdminRoute
 from picgate.db.engine import Database
-from picgate.db.models import Image, LogEntry
+from picgate.db.models import LogEntry
 from picgate.deps import ConfigDep, DatabaseDep, EventsDep, LibraryDep, UpstreamDep
-from picgate.errors import Gone, NotConfigured, NotFound, Unprocessable, UpstreamError
+from picgate.errors import NotConfigured, NotFound, Unprocessable, UpstreamError
 from picgate.eventlog import EventLog
 from picgate.library import gallery
-from picgate.library.library import ImageLibrary
-from picgate.library.records import StoredImage
+from picgate.library.records import ImageFilter
 from picgate.settings_store import generate_api_key, mask
 
 router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
@@ -71,7 +70,10 @@ async def stats(library: LibraryDep, config: ConfigDep, _admin: AdminDep) -> dic
 async def health(library: LibraryDep, config: ConfigDep, _admin: AdminDep) -> dict[str, Any]:
     settings = await config.acurrent()
     return {
-        "upstream": {"configured": settings.upstream_configured},
+        "upstream": {
+            "configured": settings.upstream_configured,
+            "model_set": bool(settings.upstream_model_name),
+        },
         "r2": await backend.r2_health(library, settings),
     }
 
@@ -97,7 +99,7 @@ async def write_settings(
 
 @router.post("/settings/test-upstream")
 async def test_upstream(
-    config: ConfigDep, upstream: UpstreamDep, _admin: CsrfAdminDep
+    config: ConfigDep, upstream: UpstreamDep, events: EventsDep, _admin: CsrfAdminDep
 ) -> dict[str, Any]:
     settings = await config.acurrent()
     if not settings.upstream_configured:
@@ -110,7 +112,8 @@ async def test_upstream(
             "ok": False,
             "status": exc.status_code,
             "latency_ms": round((time.perf_counter() - started) * 1000),
-            "detail": exc.message,
+            # the upstream may echo the key it was sent; the admin sees it masked only
+            "detail": events.redactor.remembering(settings).text(exc.message),
         }
     latency = round((time.perf_counter() - started) * 1000)
     listed = data.get("data") if isinstance(data, dict) else None
@@ -181,8 +184,13 @@ async def images(
     sort: str = "created",
     cursor: str | None = None,
     limit: int = Query(48, ge=1, le=gallery.MAX_LIMIT),
+    user: str | None = Query(None, max_length=128),
+    chat: str | None = Query(None, max_length=128),
+    model: str | None = Query(None, max_length=128),
+    q: str | None = Query(None, max_length=200),
 ) -> dict[str, Any]:
-    page = await library.list(sort=sort, cursor=cursor, limit=limit)
+    narrow = ImageFilter(user_id=user, chat_id=chat, model=model, text=q)
+    page = await library.list(sort=sort, cursor=cursor, limit=limit, narrow=narrow)
     return {"items": page.items, "next_cursor": page.next_cursor, "total": page.total}
 
 
@@ -193,44 +201,8 @@ async def delete_images(
     flags = DELETE_MODES[body.mode]
     ids = list(dict.fromkeys(body.ids))
     result = await library.delete(ids, **flags, force=body.force)
-    if flags["local"]:
-        root = thumbnails.thumbs_dir(library.cache.root)
-        for image_id in ids:
-            try:
-                thumbnails.drop_thumbnail(root, image_id)
-            except ValueError:  # not an id at all: nothing was stored under it
-                continue
     await anyio.to_thread.run_sync(library.events.flush)
     return {"ok": True, "mode": body.mode, "result": backend.plain(result)}
-
-
-async def _image_bytes(library: ImageLibrary, row: Image) -> bytes:
-    data = await anyio.to_thread.run_sync(library.cache.read, row.id, row.ext)
-    if data is None:
-        image = StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
-        data = await library.serving.fetch_bytes(image)
-    if data is None:
-        raise Gone("This image is no longer stored anywhere.")
-    return data
-
-
-@router.get("/images/{image_id}/thumb")
-async def thumbnail(image_id: str, library: LibraryDep, _admin: AdminDep) -> Response:
-    root = thumbnails.thumbs_dir(library.cache.root)
-    try:
-        cached = await anyio.to_thread.run_sync(thumbnails.cached_thumbnail, root, image_id)
-    except ValueError as exc:
-        raise NotFound("No such image.") from exc
-    if cached is None:
-        row = await library.aget(image_id)
-        if row is None:
-            raise NotFound("No such image.")
-        data = await _image_bytes(library, row)
-        cached = await anyio.to_thread.run_sync(thumbnails.make_thumbnail, data)
-        await anyio.to_thread.run_sync(thumbnails.save_thumbnail, root, image_id, cached)
-    return Response(
-        cached, media_type="image/webp", headers={"Cache-Control": "private, max-age=86400"}
-    )
 
 
 # -- logs ------------------------------------------------------------------------------------
@@ -260,16 +232,21 @@ def _read_logs(
 
 @router.get("/logs")
 async def logs(
+    request: Request,
     events: EventsDep,
     db: DatabaseDep,
     _admin: AdminDep,
     level: str = "",
     limit: int = Query(200, ge=1, le=1000),
 ) -> dict[str, Any]:
+    """The newest log lines, in the console's language (stored in Chinese: ``log_lines``)."""
     level = level.upper()
     if level and level not in LOG_LEVELS:
         raise Unprocessable("level must be INFO, WARNING or ERROR", param="level")
     entries = await anyio.to_thread.run_sync(_read_logs, events, db, level or None, limit)
+    lang = i18n.pick_language(request.cookies.get(i18n.COOKIE))
+    for entry in entries:
+        entry["message"] = in_language(entry["message"], lang)
     return {"entries": entries}
 
 

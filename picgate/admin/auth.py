@@ -21,10 +21,11 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, case, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from picgate.db.models import AdminSession, AdminUser, LoginAttempt
@@ -213,17 +214,6 @@ def _attempt_keys(username: str, ip: str) -> list[tuple[str, int | None]]:
     ]
 
 
-def is_locked(session: Session, *, username: str, ip: str) -> bool:
-    now = utcnow()
-    for key, limit in _attempt_keys(username, ip):
-        if limit is None:
-            continue  # rows written before account locks were dropped may carry a lock
-        row = session.get(LoginAttempt, key)
-        if row is not None and row.locked_until is not None and row.locked_until > now:
-            return True
-    return False
-
-
 def delay_for(failures: int) -> float:
     """Seconds an attempt on an account with ``failures`` recent failures waits first."""
     if failures < ACCOUNT_SLOWDOWN_AFTER:
@@ -251,18 +241,87 @@ def unlock(session: Session, username: str | None = None) -> int:
     return int(getattr(session.execute(query), "rowcount", 0) or 0)
 
 
+def _ensure_counters(session: Session, keys: list[str], now: datetime) -> None:
+    """A row for every key (``ON CONFLICT DO NOTHING``: SQLite, libSQL and PostgreSQL share
+    it). Being a write, the first one also takes SQLite's write lock for the transaction."""
+    # typed like the column: each dialect stores the datetime its own way (SQLite and libSQL
+    # as text; the Hrana driver refuses a bare datetime)
+    statement = text(
+        "INSERT INTO login_attempts (key, failures, window_start, locked_until) "
+        "VALUES (:key, 0, :now, NULL) ON CONFLICT (key) DO NOTHING"
+    ).bindparams(bindparam("now", type_=LoginAttempt.__table__.c.window_start.type))
+    for key in keys:
+        session.execute(statement, {"key": key, "now": now})
+
+
+def _count_failure(session: Session, key: str, limit: int | None, now: datetime) -> None:
+    """``failures + 1`` in one UPDATE (the window restarting in the same statement), and the
+    lock set when the count reaches ``limit``: no count is read and written back."""
+    stale = LoginAttempt.window_start < now - WINDOW
+    failures = case((stale, 1), else_=LoginAttempt.failures + 1)
+    values: dict[str, Any] = {
+        "failures": failures,
+        "window_start": case((stale, now), else_=LoginAttempt.window_start),
+    }
+    if limit is not None:
+        values["locked_until"] = case(
+            (failures >= limit, now + LOCKOUT), else_=LoginAttempt.locked_until
+        )
+    session.execute(update(LoginAttempt).where(LoginAttempt.key == key).values(**values))
+
+
 def record_failure(session: Session, *, username: str, ip: str) -> None:
+    """Count one failure on every counter of this attempt, each in one atomic statement
+    (parallel attempts reading a count and writing it back lost updates: 9-17 guesses got
+    through where 5 were allowed)."""
     now = utcnow()
-    for key, limit in _attempt_keys(username, ip):
-        row = session.get(LoginAttempt, key)
-        if row is None:
-            row = LoginAttempt(key=key, failures=0, window_start=now, locked_until=None)
-            session.add(row)
-        if now - row.window_start > WINDOW:
-            row.failures, row.window_start, row.locked_until = 0, now, None
-        row.failures += 1
-        if limit is not None and row.failures >= limit:
-            row.locked_until = now + LOCKOUT
+    keys = _attempt_keys(username, ip)
+    _ensure_counters(session, [key for key, _ in keys], now)
+    for key, limit in keys:
+        _count_failure(session, key, limit, now)
+
+
+@dataclass(frozen=True)
+class LoginTicket:
+    """An admitted login attempt: the hash to verify the password against (a dummy one when
+    no account has that name, so the work is the same) and the account's id."""
+
+    password_hash: str
+    user_id: str | None
+
+
+def admit(session: Session, *, username: str, ip: str) -> LoginTicket:
+    """Admit one login attempt, counting it as a failure *before* the password is checked.
+
+    LoginThrottled (nothing counted) when a counter of this attempt is locked. The check and
+    the count share one transaction that starts with a write, so attempts are serialized
+    there: each admitted one has taken its slot before the next looks, and at most
+    ``MAX_USER_FAILURES`` passwords per account and address are verified in a window however
+    many arrive at once. (A read first and a write later, as before, also failed with
+    SQLITE_BUSY under parallel attempts: those were the 500s.) ``succeeded`` gives the slot
+    back.
+    """
+    now = utcnow()
+    keys = _attempt_keys(username, ip)
+    _ensure_counters(session, [key for key, _ in keys], now)
+    limited = [key for key, limit in keys if limit is not None]
+    locks = session.scalars(
+        select(LoginAttempt.locked_until).where(LoginAttempt.key.in_(limited)).with_for_update()
+    ).all()
+    if any(lock is not None and lock > now for lock in locks):
+        raise LoginThrottled("Too many failed logins; try again later.")
+    for key, limit in keys:
+        _count_failure(session, key, limit, now)
+    user = session.scalar(select(AdminUser).where(AdminUser.username == username))
+    if user is None:
+        return LoginTicket(_dummy(), None)
+    return LoginTicket(user.password_hash, user.id)
+
+
+def succeeded(session: Session, *, username: str, ip: str, user_id: str) -> str:
+    """The right password: forget the failures of this attempt and start a session."""
+    clear_failures(session, username=username, ip=ip)
+    return create_session(session, user_id)
 
 
 def clear_failures(session: Session, *, username: str, ip: str) -> None:
@@ -274,21 +333,15 @@ def clear_failures(session: Session, *, username: str, ip: str) -> None:
 def authenticate(session: Session, *, username: str, password: str, ip: str) -> AdminUser | None:
     """The admin for these credentials, or None; LoginThrottled while either key is locked.
 
-    The work done does not depend on whether the account exists.
+    One transaction around the password check (the CLI and tests); the console's login uses
+    ``admit``, a check outside any transaction and ``succeeded``. The work done does not depend
+    on whether the account exists.
     """
-    if is_locked(session, username=username, ip=ip):
-        raise LoginThrottled("Too many failed logins; try again later.")
-    user = session.scalar(select(AdminUser).where(AdminUser.username == username))
-    if user is None:
-        verify_password(_dummy(), password)
-        ok = False
-    else:
-        ok = verify_password(user.password_hash, password)
-    if not ok:
-        record_failure(session, username=username, ip=ip)
+    ticket = admit(session, username=username, ip=ip)
+    if not verify_password(ticket.password_hash, password) or ticket.user_id is None:
         return None
     clear_failures(session, username=username, ip=ip)
-    return user
+    return session.get(AdminUser, ticket.user_id)
 
 
 # -- sessions --------------------------------------------------------------------------------

@@ -15,32 +15,44 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from picgate.db.engine import Database
+    from picgate.db.location import Whereabouts
 
 
-def _database() -> Database | None:
-    """The database the settings point at (None, with the reason printed, when they are bad)."""
+def _database() -> tuple[Database, Whereabouts] | None:
+    """The database the settings point at and where it is (None, with the reason printed,
+    when the settings are bad)."""
     from picgate.config import Settings, SettingsError
     from picgate.db.engine import Database
+    from picgate.db.location import Whereabouts
 
     try:
         settings = Settings()
+        # Database checks DATABASE_URL (DatabaseUrlError is a SettingsError): one line, no trace
+        db = Database(settings.database_url, auth_token=settings.database_auth_token)
     except (SettingsError, ValueError) as exc:
         print(f"picgate: configuration error: {exc}", file=sys.stderr)
         return None
-    return Database(settings.database_url, auth_token=settings.database_auth_token)
+    return db, Whereabouts.before_opening(settings.database_url)
+
+
+def _say_where(where: Whereabouts) -> None:
+    for line in where.lines():
+        print(f"picgate: {line}")
 
 
 def cmd_admin_unlock(args: argparse.Namespace) -> int:
     from picgate.admin import auth
 
-    db = _database()
-    if db is None:
+    opened = _database()
+    if opened is None:
         return 2
+    db, where = opened
     try:
         db.migrate()
         removed = db.write(lambda s: auth.unlock(s, args.username))
     finally:
         db.dispose()
+    _say_where(where)
     who = f"account {args.username!r}" if args.username else "every account and address"
     print(f"picgate: cleared {removed} failed-login record(s) for {who}")
     return 0
@@ -59,14 +71,16 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
     if problem is not None:
         print("picgate: the password must be 8-256 characters long", file=sys.stderr)
         return 2
-    db = _database()
-    if db is None:
+    opened = _database()
+    if opened is None:
         return 2
+    db, where = opened
     try:
         db.migrate()
         created = db.write(lambda s: auth.set_admin(s, username=args.username, password=password))
     finally:
         db.dispose()
+    _say_where(where)
     verb = "created" if created else "updated (its sessions were ended)"
     print(f"picgate: admin account {args.username!r} {verb}")
     return 0

@@ -15,6 +15,7 @@ from fastapi import Depends, Request, Response
 
 from picgate.admin import auth
 from picgate.admin.auth import AdminContext, AdminLoginRequired, CsrfFailed
+from picgate.admin.throttle import HashingGate
 from picgate.db.engine import Database
 from picgate.deps import DatabaseDep
 
@@ -30,6 +31,14 @@ def is_https(request: Request) -> bool:
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def hashing_gate(request: Request) -> HashingGate:
+    """The app's one gate for password checks (made on first use, on the serving loop)."""
+    gate: HashingGate | None = getattr(request.app.state, "hashing_gate", None)
+    if gate is None:
+        gate = request.app.state.hashing_gate = HashingGate()
+    return gate
 
 
 async def admin_ready(request: Request, db: Database) -> bool:

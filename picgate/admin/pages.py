@@ -19,12 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from picgate.admin import auth, backend, guard, i18n, settings_form
 from picgate.admin.auth import AdminContext, CsrfFailed, LoginThrottled
 from picgate.admin.rendering import AdminRoute, render, static_file
+from picgate.admin.throttle import HashingBusy
 from picgate.db.engine import Database
 from picgate.deps import ConfigDep, DatabaseDep, EventsDep, LibraryDep
 
 router = APIRouter(prefix="/admin", route_class=AdminRoute)
 
-NAV = ("dashboard", "settings", "cache", "images", "logs")
+NAV = ("dashboard", "settings", "cache", "images", "logs", "keys", "models")
 JS_PREFIXES = ("js.", "badge.", "sort.", "result.", "step.")
 
 
@@ -55,10 +56,14 @@ def context(
     request: Request, page: str, admin: AdminContext | None, **extra: Any
 ) -> dict[str, Any]:
     t = translator(request)
+    other = "en" if t.lang == "zh" else "zh"
+    # the switch link keeps the page's query: the setup link's token must survive a switch
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
     return {
         "t": t,
         "lang": t.lang,
-        "other_lang": "en" if t.lang == "zh" else "zh",
+        "other_lang": other,
+        "lang_href": "?" + urlencode([*kept, ("lang", other)]),
         "page": page,
         "nav": NAV,
         "admin": admin,
@@ -142,6 +147,22 @@ async def logs_page(request: Request, db: DatabaseDep) -> Response:
     return render("logs.html", context(request, "logs", admin))
 
 
+@router.get("/keys")
+async def keys_page(request: Request, db: DatabaseDep) -> Response:
+    admin = await gate(request, db)
+    if isinstance(admin, Response):
+        return admin
+    return render("keys.html", context(request, "keys", admin))
+
+
+@router.get("/models")
+async def models_page(request: Request, db: DatabaseDep) -> Response:
+    admin = await gate(request, db)
+    if isinstance(admin, Response):
+        return admin
+    return render("models.html", context(request, "models", admin))
+
+
 @router.get("/static/{name}")
 async def static(name: str) -> Response:
     return static_file(name)
@@ -205,7 +226,7 @@ async def setup_submit(
     if not guard.form_csrf_ok(request, str(form.get("csrf_token", ""))):
         return auth_page(request, "setup.html", error="auth.error.csrf", status_code=403)
     if not auth.tokens_match(given, auth.setup_token(config.box)):
-        events.warning(f"🚫 首次设置被拒绝：设置令牌错误 (IP {guard.client_ip(request)})")
+        events.tally("setup_refused", guard.client_ip(request))
         return auth_page(
             request,
             "setup.html",
@@ -268,22 +289,33 @@ async def login_submit(request: Request, db: DatabaseDep, events: EventsDep) -> 
     if delay > 0:
         await anyio.sleep(delay)
 
-    def attempt(session: Any) -> str | None:
-        user = auth.authenticate(session, username=username, password=password, ip=ip)
-        return None if user is None else auth.create_session(session, user.id)
-
+    # counted as a failure before the check (auth.admit), and checked outside any transaction
+    # with one of a few hashing slots (throttle.HashingGate): bounded guesses, memory and CPU
     try:
-        token = await db.awrite(attempt)
+        async with guard.hashing_gate(request).slot():
+            ticket = await db.awrite(lambda s: auth.admit(s, username=username, ip=ip))
+            ok = await anyio.to_thread.run_sync(
+                auth.verify_password, ticket.password_hash, password
+            )
     except LoginThrottled:
-        events.warning(f"🚫 管理员登录过于频繁，已暂时锁定 (IP {ip})")
+        events.tally("login_throttled", ip)
         return auth_page(
             request, "login.html", error="auth.error.throttled", username=username, status_code=429
         )
-    if token is None:
-        events.warning(f"⚠️ 管理员登录失败 (IP {ip})")
+    except HashingBusy as busy:
+        events.tally("login_busy", ip)
+        page = auth_page(
+            request, "login.html", error="auth.error.busy", username=username, status_code=503
+        )
+        page.headers.update(busy.headers)
+        return page
+    if not ok or ticket.user_id is None:
+        events.tally("login_failed", ip)
         return auth_page(
             request, "login.html", error="auth.error.invalid", username=username, status_code=401
         )
+    user_id = ticket.user_id
+    token = await db.awrite(lambda s: auth.succeeded(s, username=username, ip=ip, user_id=user_id))
     events.info(f"🔐 管理员已登录: {username}")
     response = redirect("/admin")
     guard.set_session_cookie(response, request, token)

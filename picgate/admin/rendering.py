@@ -1,7 +1,8 @@
 """Templates, static files and the response headers of every admin route.
 
-Templates live in ``picgate/admin/templates/`` (static files in its ``static/``), package data
-of ``picgate.admin``, so a checkout and an installed wheel find them the same way. Pages carry
+Templates live in the top-level ``admin_templates/`` folder (static files in its ``static/``); a
+checkout (and the Lambda package) reads them there, an installed wheel from the package
+``picgate.admin_templates`` it ships them as. Pages carry
 a strict CSP (no inline script or style), so the JS reads its data from JSON blocks and the
 stylesheet is a file.
 """
@@ -40,8 +41,15 @@ _STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\.(css|js|svg|png|ico)$")
 
 @functools.cache
 def templates_root() -> Path:
-    """The folder holding the templates (package data of ``picgate.admin``)."""
-    root = Path(str(resources.files("picgate.admin") / "templates"))
+    """The folder holding the templates: ``admin_templates/`` beside the ``picgate`` package
+    in a checkout, else the installed package ``picgate.admin_templates``."""
+    checkout = Path(__file__).resolve().parents[2] / "admin_templates"
+    if (checkout / "base.html").is_file():
+        return checkout
+    try:
+        root = Path(str(resources.files("picgate.admin_templates")))
+    except ModuleNotFoundError:
+        root = checkout
     if not (root / "base.html").is_file():
         raise RuntimeError(f"admin templates not found (expected {root}/base.html)")
     return root

@@ -39,6 +39,11 @@ GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
             Field("gateway_model_name", "text"),
             Field("gateway_api_key", "secret"),
             Field("public_base_url", "url"),
+            Field("chat_image_variant", "text"),
+            Field("task_model", "text"),
+            Field("drop_tools_for_image_models", "bool"),
+            Field("max_inline_images_mb", "number"),
+            Field("inline_full_images", "number"),
         ),
     ),
     (
@@ -65,6 +70,7 @@ GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
         (
             Field("allow_external_image_fetch", "bool"),
             Field("delete_r2_on_metadata_expire", "bool"),
+            Field("user_daily_image_limit", "number"),
         ),
     ),
 )

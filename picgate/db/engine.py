@@ -44,7 +44,7 @@ from picgate.db.migration_state import begin_ddl, half_applied
 
 T = TypeVar("T")
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0003"
 # how long a process waits for another one migrating the same database at the same time
 MIGRATION_WAIT_SECONDS = 30.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

@@ -39,6 +39,13 @@ class Image(Base):
     r2_next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     r2_lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     r2_lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # attribution (picgate.attribution): untrusted text, cleaned and capped before it is stored
+    user_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    user_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    chat_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    message_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    key_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index("ix_images_created_at", "created_at"),
@@ -46,6 +53,11 @@ class Image(Base):
         Index("ix_images_size", "size"),
         Index("ix_images_local_accessed", "local", "accessed_at"),
         Index("ix_images_r2_queue", "r2_state", "r2_next_attempt_at"),
+        Index("ix_images_user_created", "user_id", "created_at"),
+        Index("ix_images_chat", "chat_id"),
+        Index("ix_images_model_created", "model", "created_at"),
+        Index("ix_images_key_created", "key_name", "created_at"),
+        Index("ix_images_sha256", "sha256"),
     )
 
 
@@ -122,3 +134,23 @@ class DailyStat(Base):
     day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD (UTC)
     name: Mapped[str] = mapped_column(String(32), primary_key=True)  # requests | errors | images
     value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GatewayKey(Base):
+    """A named gateway key (``picgate keys``); only the sha256 of the key is kept."""
+
+    __tablename__ = "gateway_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    daily_images: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: no limit
+    day: Mapped[str | None] = mapped_column(String(10), nullable=True)  # of the *_today counts
+    requests_today: Mapped[int] = mapped_column(Integer, default=0)
+    images_today: Mapped[int] = mapped_column(Integer, default=0)
+    requests_total: Mapped[int] = mapped_column(Integer, default=0)
+    images_total: Mapped[int] = mapped_column(Integer, default=0)

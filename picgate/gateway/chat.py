@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from picgate.attribution import Attribution
 from picgate.config import Settings
 from picgate.errors import BadRequest, Gone, NotFound, StorageUnavailable, UpstreamError
 from picgate.gateway import relay, unstreamed
@@ -26,12 +27,11 @@ from picgate.gateway.history import (
     messages_of,
     upstream_body,
 )
-from picgate.gateway.images_api import upstream_model
 from picgate.gateway.inline import InlineBudget
 from picgate.gateway.parts import GatewayParts
 from picgate.gateway.rewrite import LEFT_OUT, ImageSink, StreamRewriter, rewrite_completion
+from picgate.gateway.tasks import upstream_chat_model
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
-from picgate.library.records import ImageOrigin
 
 __all__ = ["ChatStream", "complete", "history_images", "image_sink", "open_stream"]
 
@@ -39,9 +39,19 @@ EXTERNAL_FETCH_TIMEOUT = 30.0
 
 
 def image_sink(
-    parts: GatewayParts, *, base_url: str, prompt: str | None, max_images: int
+    parts: GatewayParts,
+    *,
+    base_url: str,
+    prompt: str | None,
+    who: Attribution,
+    max_images: int,
+    variant: str = "",
 ) -> ImageSink:
-    """Store one image of a chat answer; its public URL, or None to leave the text as it was.
+    """Store one image of a chat answer (recording ``who`` on it); its public URL, or None to
+    leave the text as it was.
+
+    ``variant`` (``CHAT_IMAGE_VARIANT``, a checked variant query) is added to the URL: chats
+    then load the lighter variant, and the same URL without it is the full image.
 
     None when the payload is not an image (bad base64, not a raster type, too large) or when
     storing fails (disk; serverless: the archive): the client then keeps the original data
@@ -49,7 +59,8 @@ def image_sink(
     (``MAX_IMAGES_PER_ANSWER``; one upstream answer carried 3000) the image is neither decoded
     nor stored and is left out of the answer (``LEFT_OUT``), with one log line per answer.
     """
-    origin = ImageOrigin("chat", prompt)
+    origin = who.origin("chat", prompt)
+    suffix = f"?{variant}" if variant else ""
     seen = 0
 
     async def sink(payload: str) -> str | None:
@@ -58,8 +69,8 @@ def image_sink(
         if seen > max_images:
             if seen == max_images + 1:
                 parts.events.warning(
-                    f"⚠️ 对话应答中的图片超过 MAX_IMAGES_PER_ANSWER={max_images}，其余图片未保存，"
-                    f"已从应答中略去 (images past the first {max_images} were left out)"
+                    f"⚠️ 对话应答中的图片超过 MAX_IMAGES_PER_ANSWER={max_images}，"
+                    "其余图片未保存，已从应答中略去"
                 )
             return LEFT_OUT
         try:
@@ -71,7 +82,8 @@ def image_sink(
             parts.events.error(f"❌ 对话图片保存失败，已保留原始数据: {exc}")
             return None
         parts.events.info(f"✅ 对话图片已保存: {stored.id[:8]}...")
-        return base_url + stored.path
+        await parts.count_images(1)
+        return base_url + stored.path + suffix
 
     return sink
 
@@ -101,6 +113,7 @@ def history_images(
         load_own=load_own,
         fetch=fetch if settings.allow_external_image_fetch else None,
         budget=InlineBudget.from_mb(settings.max_inline_images_mb),
+        keep_full=settings.inline_full_images,
         lookup=parts.library.sizes,
         hold=hold,
     )
@@ -117,14 +130,19 @@ async def _prepare(
     messages = messages_of(body)
     images = history_images(parts, settings, own_bases, hold)
     out = await upstream_body(
-        body, upstream_model=upstream_model(settings, body.get("model")), images=images
+        body, upstream_model=upstream_chat_model(settings, body.get("model")), images=images
     )
     if images.inlined:
         parts.events.info(f"🖼️ 历史图片已内联: {images.inlined} 张")
+    if images.trim.downscaled or images.trim.omitted:
+        parts.events.info(
+            f"🗜️ 历史图片超过 MAX_INLINE_IMAGES_MB: {images.trim.full} 张原图, "
+            f"{images.trim.downscaled} 张缩小, {images.trim.omitted} 张省略"
+        )
     if images.unlooked:
         parts.events.warning(
-            f"⚠️ 请求引用的图片过多，{images.unlooked} 个图片链接未查找、按原文发送 "
-            f"(only the first {MAX_LOOKUPS} image ids of a request are looked up)"
+            f"⚠️ 请求引用的图片过多，只查找前 {MAX_LOOKUPS} 个，"
+            f"{images.unlooked} 个图片链接未查找、按原文发送"
         )
     parts.events.info(f"📤 发起对话请求: {len(messages)} 条消息")
     return out, last_user_text(messages)
@@ -137,6 +155,7 @@ async def complete(
     *,
     base_url: str,
     own_bases: Sequence[str],
+    who: Attribution,
 ) -> dict[str, Any]:
     """A non-streaming chat completion with its images stored and linked; the inlined history
     and the buffered answer are held in the server-wide budget until it is built."""
@@ -150,7 +169,12 @@ async def complete(
             )
         parts.events.info("📥 上游对话返回成功")
         sink = image_sink(
-            parts, base_url=base_url, prompt=prompt, max_images=settings.max_images_per_answer
+            parts,
+            base_url=base_url,
+            prompt=prompt,
+            who=who,
+            max_images=settings.max_images_per_answer,
+            variant=settings.chat_image_variant,
         )
         return await rewrite_completion(answer, sink)
 
@@ -214,6 +238,7 @@ async def open_stream(
     *,
     base_url: str,
     own_bases: Sequence[str],
+    who: Attribution,
 ) -> ChatStream:
     """Send a streaming chat request; UpstreamError when the upstream refuses it up front.
 
@@ -232,7 +257,12 @@ async def open_stream(
         raise
     parts.events.info("📥 上游对话返回成功")
     sink = image_sink(
-        parts, base_url=base_url, prompt=prompt, max_images=settings.max_images_per_answer
+        parts,
+        base_url=base_url,
+        prompt=prompt,
+        who=who,
+        max_images=settings.max_images_per_answer,
+        variant=settings.chat_image_variant,
     )
     return ChatStream(
         parts=parts,

@@ -21,10 +21,13 @@ from starlette.types import Receive, Scope, Send
 from picgate.deps import GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import BadRequest, PicGateError
 from picgate.eventlog import EventLog
-from picgate.gateway import chat, relay
-from picgate.gateway.routes import read_json_object
+from picgate.gateway import chat, image_chat, image_models, relay, tasks
+from picgate.gateway.routes import read_json_object, routed
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
+
+# a chat model's upstream stream, or an image model's drawn answer
+OpenedStream = chat.ChatStream | image_chat.ImageChatStream
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -69,7 +72,7 @@ class PendingStream:
     """
 
     def __init__(
-        self, opening: asyncio.Future[chat.ChatStream], *, events: EventLog, keepalive: float
+        self, opening: asyncio.Future[OpenedStream], *, events: EventLog, keepalive: float
     ) -> None:
         self._opening = opening
         self._events = events
@@ -98,10 +101,10 @@ class PendingStream:
             await self._opening.result().aclose()
 
 
-def drop(opening: asyncio.Future[chat.ChatStream]) -> None:
+def drop(opening: asyncio.Future[OpenedStream]) -> None:
     """Give up on a stream being opened: cancel it, and close it should it open regardless."""
 
-    def close_if_open(future: asyncio.Future[chat.ChatStream]) -> None:
+    def close_if_open(future: asyncio.Future[OpenedStream]) -> None:
         if not future.cancelled() and future.exception() is None:
             closing = asyncio.ensure_future(future.result().aclose())
             _closing.add(closing)
@@ -116,16 +119,45 @@ _closing: set[asyncio.Future[None]] = set()  # keeps those closes alive until th
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
-    settings, parts = gateway.settings, gateway.parts
+    parts = gateway.parts
     body = await read_json_object(request)
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise BadRequest("'stream' must be a boolean", param="stream", code="invalid_type")
+    route = routed(request, gateway, body.get("model"))
+    settings = route.settings
     parts.events.count("requests")
-    base_url = public_base_url(request, settings, parts.events)
+    # Open WebUI's steps key on GATEWAY_MODEL_NAME (image_models.is_image_model); a route's
+    # settings keep it, so without a models file they run exactly as on the single upstream
+    body, dropped = image_models.without_tools(settings, body)
+    if dropped:
+        parts.events.info(f"🧰 已去掉发给图片模型的 {', '.join(dropped)}")
+    task = tasks.recognise(settings, body)
+    if task is not None:
+        parts.events.count("tasks")
+        if not settings.task_model:
+            parts.events.info(f"🧩 Open WebUI 后台任务 ({task}): 本地回答，未调用图片模型")
+            if body.get("stream") is True:
+                return Response(tasks.local_events(task, body), headers=SSE_HEADERS)
+            return JSONResponse(tasks.local_completion(task, body))
+        parts.events.info(f"🧩 Open WebUI 后台任务 ({task}): 转给任务模型 {settings.task_model}")
+        # a text model at the same upstream answers it: a chat call, never a drawing
+        body = {**body, "model": settings.task_model}
+    base_url = public_base_url(request, gateway.settings, parts.events)
+    who = gateway.who.with_body(body)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))
+    # an image-only model: the turn is an Images API call
+    drawn = route.api == "images" and task is None
+    if not drawn and task is None:
+        body = route.with_params(body)
     if body.get("stream") is True:
-        opening = asyncio.ensure_future(
-            chat.open_stream(parts, settings, body, base_url=base_url, own_bases=own_bases)
+        opening: asyncio.Future[OpenedStream] = asyncio.ensure_future(
+            image_chat.open_stream(
+                parts, route, body, base_url=base_url, own_bases=own_bases, who=who
+            )
+            if drawn
+            else chat.open_stream(
+                parts, settings, body, base_url=base_url, own_bases=own_bases, who=who
+            )
         )
         try:
             await asyncio.wait({opening}, timeout=settings.stream_keepalive_seconds)
@@ -139,5 +171,13 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
             opening, events=parts.events, keepalive=settings.stream_keepalive_seconds
         )
         return EventStreamResponse(pending.events(), on_close=pending.aclose)
-    answer = await chat.complete(parts, settings, body, base_url=base_url, own_bases=own_bases)
-    return JSONResponse(answer)
+    if drawn:
+        answer = await image_chat.complete(
+            parts, route, body, base_url=base_url, own_bases=own_bases, who=who
+        )
+    else:
+        answer = await chat.complete(
+            parts, settings, body, base_url=base_url, own_bases=own_bases, who=who
+        )
+    # an upstream may echo a key in a successful answer too (a relay quoting its request)
+    return JSONResponse(parts.events.redactor.value(answer))

@@ -61,6 +61,9 @@ def _mergeable(event: SSEEvent) -> str | None:
     return data if '"content"' in data else None
 
 
+TEMPLATE_MAX = 64 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class _Template:
     """The JSON text of a plain text chunk around its ``content`` string literal.
@@ -82,6 +85,10 @@ class _Template:
     @classmethod
     def build(cls, data: str, plain: _Plain) -> _Template | None:
         chunk, shape, text = plain
+        if len(data) > TEMPLATE_MAX:
+            # a chunk this large is not one of many small deltas worth merging, and scanning
+            # its literal again (an image's megabytes) would cost more than it could save
+            return None
         for match in itertools.islice(_CONTENT_VALUE.finditer(data), 2):
             try:
                 value, end = _scanstring(data, match.end())

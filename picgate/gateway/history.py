@@ -3,11 +3,11 @@
 ``upstream_body`` returns a new body; the client's body is never mutated. What changes:
 
 - ``model`` becomes the upstream model (``UPSTREAM_MODEL_NAME``), or passes through when unset.
-- Images of this gateway (``…/images/{id}`` or ``…/images/{id}.{ext}``) in the history become
-  ``data:`` URLs of the stored bytes, so the upstream can see them (multi-turn editing): in the
-  markdown ``![alt](URL)`` of assistant content (a string, or ``text`` parts), where the URL is
-  replaced in place and the content stays a string; and in ``image_url`` parts of any message
-  (OpenAI only allows them in user messages; other roles are treated the same).
+- Images in assistant text (markdown images of this gateway's ``…/images/{id}[.ext]`` URLs,
+  markdown and bare ``data:`` URLs) and assistant ``image_url`` parts leave the assistant
+  message, which keeps a label (``[image 1]``), and are sent as ``image_url`` parts of the last
+  user message, where every vision API accepts them (``references.py`` says where and why).
+- Gateway images in ``image_url`` parts of other messages become ``data:`` URLs in place.
 - Which URLs are "ours": a URL under one of ``own_bases`` (``PUBLIC_BASE_URL`` and the base URL
   of the request), and also a URL on any other host whose path ends in ``/images/<id>[.<ext>]``
   when that id exists in the store. Ids carry 128 random bits, so a foreign URL cannot match by
@@ -21,37 +21,43 @@
 
 - Each image is read (or fetched) and encoded once per request, however many URLs name it
   (other hosts, extensions, queries, fragments): every reference gets the same data URL string.
-  The bytes every reference adds to the upstream body count against ``budget``
-  (``MAX_INLINE_IMAGES_MB``, see ``inline.py``); past it the request is a 413.
+- The bytes PicGate places in the upstream body count against ``budget``
+  (``MAX_INLINE_IMAGES_MB``): every reference in a user part, and each image moved out of
+  assistant text once. Past it, older images are sent downscaled and the oldest left out with a
+  note; only a newest image over the cap by itself is a 413 (``trim.py``).
 - With a ``lookup``, the ids of every gateway-shaped URL in the messages are looked up in one
   query before anything is read (a request naming 20,000 made-up ids cost 20,000 lookups, 16
   s); only the first ``MAX_LOOKUPS`` distinct ids are looked up, the rest stay text. Unknown
   ids are never read.
 - With a ``hold`` (the request's share of ``MAX_BUFFERED_MB``, ``buffers.py``), an image's
-  bytes and its data URL are taken from the server-wide budget before it is read (its size is
-  known from the lookup), and every reference's copy in the upstream body as it is added.
+  bytes and its data URL are taken from the server-wide budget before it is read (a stored
+  image's size is known from the lookup), a fetched or client-sent image's as it is decoded,
+  and the copies placed in the upstream body once the trim has decided them.
 
-Everything else (other fields, other parts, ``data:`` URLs, tool calls) passes through as is.
+Everything else (other fields, other parts, data URLs of user parts, tool calls) passes as is.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+import anyio.to_thread
 
 from picgate.errors import BadRequest, PicGateError
+from picgate.gateway.downscale import downscaled
+from picgate.gateway.inline import InlineBudget
+from picgate.gateway.references import Inline, Ref, collect, own_image_id, rebuild
+from picgate.gateway.trim import Trim, decide
 from picgate.gateway.upstream import base64_chars
-from picgate.library.records import parse_image_name
-from picgate.storage.codec import data_url, sniff_async
+from picgate.storage.codec import JPEG, data_url, decode_base64, sniff_async
 
 if TYPE_CHECKING:
     from picgate.gateway.buffers import BufferHold
-    from picgate.gateway.inline import InlineBudget
 
 __all__ = [
+    "MAX_LOOKUPS",
     "HistoryImages",
     "OwnImageLoader",
     "UrlFetcher",
@@ -75,33 +81,103 @@ MAX_LOOKUPS = 256
 # ``data:image/xxxx;base64,`` in front of the base64 text
 _DATA_URL_HEAD = 32
 
-_MARKDOWN_IMAGE = re.compile(r"(!\[[^\]\n]{0,200}\]\()(https?://[^\s()<>]+)(\))")
 _URL_SHOWN = 200
+
+Shrink = Callable[[bytes], Awaitable[bytes | None]]
+"""A downscaled copy of an image (``downscale.downscaled``, run off the event loop)."""
+
+
+async def _downscaled_off_loop(data: bytes) -> bytes | None:
+    return await anyio.to_thread.run_sync(downscaled, data)
 
 
 @dataclass
 class HistoryImages:
-    """How to turn image URLs of the history into data URLs (see the module doc)."""
+    """How to turn the image references of a history into data URLs (see the module doc).
+
+    The ``trim.Resolver`` of one request: it reads, fetches, decodes and downscales each image
+    once and hands every reference to it the same string.
+    """
 
     own_bases: Sequence[str]
     load_own: OwnImageLoader
     fetch: UrlFetcher | None = None
     budget: InlineBudget | None = None
+    keep_full: int = 2  # INLINE_FULL_IMAGES
+    shrink: Shrink = _downscaled_off_loop
     lookup: SizeLookup | None = None
     hold: BufferHold | None = None
-    inlined: int = 0  # how many URLs were replaced (for the log)
+    inlined: int = 0  # how many references were replaced (for the log)
     unlooked: int = 0  # distinct ids past MAX_LOOKUPS, left as text (for the log)
     known: dict[str, int] | None = None  # size by id, once looked up (None: no lookup)
+    trim: Trim = field(default_factory=Trim)
+    _taken: set[str] = field(default_factory=set)  # ids and URLs whose copy the hold covers
     _own: dict[str, str | None] = field(default_factory=dict)  # by image id
     _external: dict[str, str] = field(default_factory=dict)  # by URL
+    _written: dict[str, str | None] = field(default_factory=dict)  # by the client's data URL
+    _small: dict[str, str | None] = field(default_factory=dict)  # by key
 
-    async def look_up(self, messages: list[Any]) -> None:
-        """Look up every gateway image id the messages name, in one query (see the module doc)."""
+    async def look_up(self, refs: Sequence[Ref]) -> None:
+        """Look up every gateway image id ``refs`` name, in one query (see the module doc)."""
         if self.lookup is None:
             return
-        ids = list(dict.fromkeys(_own_ids(messages, self.own_bases)))
+        found = (own_image_id(ref.url, self.own_bases) for ref in refs)
+        ids = list(dict.fromkeys(image_id for image_id in found if image_id is not None))
         self.unlooked = max(0, len(ids) - MAX_LOOKUPS)
         self.known = await self.lookup(ids[:MAX_LOOKUPS]) if ids else {}
+
+    async def _take(self, key: str, size: int) -> None:
+        """Cover ``size`` bytes for ``key``'s copy in the hold, once per key: a copy freed by
+        ``forget_full`` and read again takes no more than it did."""
+        if self.hold is not None and key not in self._taken:
+            await self.hold.take(size)
+            self._taken.add(key)
+
+    def key(self, ref: Ref) -> str | None:
+        if ref.url.lower().startswith("data:"):
+            return ref.url
+        found = own_image_id(ref.url, self.own_bases)
+        if found is not None:
+            return "/images/" + found
+        if not ref.moved and self.fetch is not None:
+            return ref.url
+        return None
+
+    def external(self, ref: Ref) -> bool:
+        return (
+            not ref.url.lower().startswith("data:")
+            and own_image_id(ref.url, self.own_bases) is None
+        )
+
+    async def full(self, ref: Ref) -> str | None:
+        if ref.url.lower().startswith("data:"):
+            return await self._data(ref.url)
+        inline = await self.own(ref.url)
+        if inline is None and not ref.moved and self.fetch is not None:
+            inline = await self._fetched(ref.url, ref.param)
+        return inline
+
+    async def small(self, ref: Ref) -> str | None:
+        key = self.key(ref)
+        if key is None:
+            return None
+        if key not in self._small:
+            full = await self.full(ref)
+            if full is None:
+                return None
+            data = decode_base64(full)
+            smaller = await self.shrink(data)
+            if smaller is not None:
+                await self._take("small:" + key, _inline_size(len(smaller)))
+            self._small[key] = None if smaller is None else data_url(smaller, JPEG.mime)
+        return self._small[key]
+
+    def forget_full(self, ref: Ref) -> None:
+        found = own_image_id(ref.url, self.own_bases)
+        if found is not None and self._own.get(found) is not None:
+            del self._own[found]
+        self._external.pop(ref.url, None)
+        self._written.pop(ref.url, None)
 
     async def own(self, url: str) -> str | None:
         """The data URL of a gateway image at ``url``; None when it is not one of ours."""
@@ -112,8 +188,7 @@ class HistoryImages:
             if self.known is not None:
                 if found not in self.known:
                     return None  # made up, or past MAX_LOOKUPS: never read
-                size = self.known[found]
-                await self._take(size + _DATA_URL_HEAD + base64_chars(size))
+                await self._take(found, _inline_size(self.known[found]))
             data = await self.load_own(found)
             if data is None:
                 self._own[found] = None
@@ -121,11 +196,19 @@ class HistoryImages:
                 self._own[found] = data_url(data, (await sniff_async(data)).mime)
         return self._own[found]
 
-    async def _take(self, size: int) -> None:
-        if self.hold is not None:
-            await self.hold.take(size)
+    async def _data(self, url: str) -> str | None:
+        """A data URL of the client's, when it holds an image (else the text stays as it is)."""
+        if url not in self._written:
+            # decoded and encoded again: about 3/4 of its length in bytes, then its length again
+            await self._take(url, len(url) * 7 // 4)
+            try:
+                data = decode_base64(url)
+                self._written[url] = data_url(data, (await sniff_async(data)).mime)
+            except PicGateError:
+                self._written[url] = None
+        return self._written[url]
 
-    async def external(self, url: str, param: str) -> str:
+    async def _fetched(self, url: str, param: str) -> str:
         """The data URL of an external image (only called when ``fetch`` is set)."""
         assert self.fetch is not None
         if url in self._external:
@@ -140,78 +223,14 @@ class HistoryImages:
                 param=param,
                 code=exc.code or "invalid_image_url",
             ) from exc
-        await self._take(len(data) + _DATA_URL_HEAD + base64_chars(len(data)))
+        await self._take(url, _inline_size(len(data)))
         self._external[url] = data_url(data, kind.mime)
         return self._external[url]
 
-    async def use(self, inline: str, param: str) -> str:
-        """``inline`` as one more reference in the upstream body, counted against the budget
-        (413 past it) and taken from the server-wide hold (503 when there is no room)."""
-        if self.budget is not None:
-            self.budget.spend(len(inline), param=param)
-        await self._take(len(inline))
-        self.inlined += 1
-        return inline
 
-
-def _own_ids(messages: list[Any], own_bases: Sequence[str]) -> Iterator[str]:
-    """The id of every gateway-shaped image URL that ``upstream_body`` would consider."""
-    for url in _image_urls(messages):
-        found = own_image_id(url, own_bases)
-        if found is not None:
-            yield found
-
-
-def _image_urls(messages: list[Any]) -> Iterator[str]:
-    """The URLs ``_message`` looks at: assistant markdown images, ``image_url`` parts."""
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        assistant = message.get("role") == "assistant"
-        texts: list[str] = []
-        if isinstance(content, str) and assistant:
-            texts.append(content)
-        elif isinstance(content, list):
-            for part in content:
-                if not isinstance(part, dict):
-                    continue
-                if part.get("type") == "image_url":
-                    image_url = part.get("image_url")
-                    url = image_url.get("url") if isinstance(image_url, dict) else image_url
-                    if isinstance(url, str) and url.startswith(("http://", "https://")):
-                        yield url
-                elif assistant and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-        for text in texts:
-            if "/images/" in text:
-                yield from (match.group(2) for match in _MARKDOWN_IMAGE.finditer(text))
-
-
-def own_image_id(url: str, own_bases: Sequence[str]) -> str | None:
-    """The image id when ``url`` has the shape of a gateway image URL (``…/images/{id}[.ext]``).
-
-    Under one of ``own_bases`` the rest must be exactly ``/images/<name>``; on another host the
-    path must end with it. Query and fragment are ignored. Whether the id exists is for the
-    caller to check.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https"):
-        return None
-    path = parts.path
-    for base in own_bases:
-        prefix = base.rstrip("/") + "/images/"
-        if url.startswith(prefix):
-            path = "/images/" + url[len(prefix) :].split("?", 1)[0].split("#", 1)[0]
-            break
-    _head, sep, name = path.rpartition("/images/")
-    if not sep or "/" in name:
-        return None
-    parsed = parse_image_name(name)
-    return parsed[0] if parsed else None
+def _inline_size(size: int) -> int:
+    """The bytes an image of ``size`` bytes takes while inlined: itself and its data URL."""
+    return size + _DATA_URL_HEAD + base64_chars(size)
 
 
 def messages_of(body: dict[str, Any]) -> list[Any]:
@@ -248,81 +267,22 @@ def last_user_text(messages: list[Any], limit: int = 1000) -> str | None:
     return None
 
 
-async def _markdown(text: str, images: HistoryImages, param: str) -> str:
-    """``text`` with the URLs of gateway images in markdown images replaced by data URLs."""
-    if "/images/" not in text:
-        return text
-    parts: list[str] = []
-    last = 0
-    for match in _MARKDOWN_IMAGE.finditer(text):
-        inline = await images.own(match.group(2))
-        if inline is None:
-            continue
-        parts.append(text[last : match.start(2)])
-        parts.append(await images.use(inline, param))
-        last = match.end(2)
-    if not parts:
-        return text
-    parts.append(text[last:])
-    return "".join(parts)
-
-
-async def _image_part(part: dict[str, Any], images: HistoryImages, param: str) -> dict[str, Any]:
-    image_url = part.get("image_url")
-    nested = isinstance(image_url, dict)
-    url = image_url.get("url") if isinstance(image_url, dict) else image_url
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        return part
-    param += ".image_url.url" if nested else ".image_url"
-    inline = await images.own(url)
-    if inline is None and images.fetch is not None:
-        inline = await images.external(url, param)
-    if inline is None:
-        return part
-    inline = await images.use(inline, param)
-    if isinstance(image_url, dict):
-        return {**part, "image_url": {**image_url, "url": inline}}
-    return {**part, "image_url": inline}
-
-
-async def _message(message: Any, index: int, images: HistoryImages) -> Any:
-    if not isinstance(message, dict):
-        return message
-    content = message.get("content")
-    assistant = message.get("role") == "assistant"
-    if isinstance(content, str):
-        if not assistant:
-            return message
-        new_content: Any = await _markdown(content, images, f"messages[{index}].content")
-    elif isinstance(content, list):
-        new_parts: list[Any] = []
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if isinstance(part, dict) and kind == "image_url":
-                part = await _image_part(part, images, f"messages[{index}].content[{j}]")
-            elif isinstance(part, dict) and assistant and isinstance(part.get("text"), str):
-                param = f"messages[{index}].content[{j}].text"
-                text = await _markdown(part["text"], images, param)
-                part = part if text == part["text"] else {**part, "text": text}
-            new_parts.append(part)
-        changed = any(a is not b for a, b in zip(new_parts, content, strict=True))
-        new_content = new_parts if changed else content
-    else:
-        return message
-    if new_content is content or new_content == content:
-        return message
-    return {**message, "content": new_content}
-
-
 async def upstream_body(
     body: dict[str, Any], *, upstream_model: str | None, images: HistoryImages
 ) -> dict[str, Any]:
-    """The body to send upstream (see the module doc); BadRequest for a bad ``messages``."""
+    """The body to send upstream (see the module doc); BadRequest for a bad ``messages``,
+    PayloadTooLarge when the newest image alone is over the inline cap."""
     messages = messages_of(body)
-    await images.look_up(messages)
-    new_messages = [await _message(m, i, images) for i, m in enumerate(messages)]
+    walk = collect(messages)
+    await images.look_up(walk.refs)
+    budget = images.budget or InlineBudget(limit=2**62)
+    before = budget.used
+    outcomes, images.trim = await decide(walk, images, budget=budget, keep_full=images.keep_full)
+    if images.hold is not None:  # the copies the upstream body carries (each reference's)
+        await images.hold.take(budget.used - before)
+    images.inlined = sum(isinstance(outcome, Inline) for outcome in outcomes)
     out = dict(body)
     if upstream_model:
         out["model"] = upstream_model
-    out["messages"] = new_messages
+    out["messages"] = rebuild(messages, walk, outcomes) if walk.refs else messages
     return out

@@ -1,8 +1,8 @@
 """Images API logic: generations and edits, whatever the upstream answers (b64_json or url).
 
 Every image the upstream returns is stored. The reply honours the client's ``response_format``:
-``url`` (default) gives ``{public base}/images/{id}.{ext}``, ``b64_json`` gives the bytes (still
-stored and listed). If an image cannot be stored, the client gets it inline as ``b64_json``
+``url`` gives ``{public base}/images/{id}.{ext}``, ``b64_json`` gives the bytes (still stored and
+listed); absent, ``b64_json`` for gpt-image model names (as OpenAI answers them), else ``url``. If an image cannot be stored, the client gets it inline as ``b64_json``
 rather than lose it.
 
 At most the requested ``n`` images (1 when absent, never more than 10) are kept from an answer:
@@ -20,6 +20,7 @@ from typing import Any
 import anyio.to_thread
 import pybase64
 
+from picgate.attribution import Attribution
 from picgate.config import Settings
 from picgate.errors import (
     BadRequest,
@@ -32,6 +33,7 @@ from picgate.gateway.buffers import BufferHold
 from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
 from picgate.gateway.parts import GatewayParts
+from picgate.gateway.spliced_json import SplicedJson
 from picgate.gateway.upstream import MAX_IMAGES_PER_ANSWER, not_json_answer
 from picgate.library.records import ImageOrigin, StoredImage
 from picgate.storage.codec import sniff_async
@@ -49,6 +51,11 @@ class UpstreamImage:
     extra: dict[str, Any]
     received: Received | None = None  # already written while the answer arrived
 
+    @property
+    def b64(self) -> bytes | None:
+        """The upstream's base64 text of ``data`` when it can be handed back as it is."""
+        return self.received.b64 if self.received is not None else None
+
 
 def wants_response_format(model: str | None) -> bool:
     """``gpt-image-*`` models reject ``response_format`` (they always answer base64)."""
@@ -61,9 +68,17 @@ def short(prompt: str | None, limit: int = 50) -> str:
 
 
 def client_response_format(body: dict[str, Any]) -> str:
+    """The client's ``response_format``; absent, what OpenAI answers for the model the client
+    named: ``b64_json`` for gpt-image models (Open WebUI then omits the field and reads
+    ``b64_json``), ``url`` otherwise."""
     fmt = body.get("response_format")
     if fmt is None:
-        return "url"
+        model = body.get("model")
+        return (
+            "url"
+            if wants_response_format(model if isinstance(model, str) else None)
+            else "b64_json"
+        )
     if fmt not in RESPONSE_FORMATS:
         raise BadRequest(
             "response_format must be 'url' or 'b64_json'",
@@ -111,8 +126,7 @@ def keep_requested(parts: GatewayParts, answer: Any, keep: int) -> set[str]:
         return set()
     if len(items) > keep:
         parts.events.warning(
-            f"⚠️ 上游返回 {len(items)} 张图片，超过请求的 n={keep}，只保留前 {keep} 张 "
-            f"(the upstream sent {len(items)} images for n={keep}; the rest were dropped)"
+            f"⚠️ 上游返回 {len(items)} 张图片，超过请求的 n={keep}，其余已丢弃"
         )
         del items[keep:]
     texts = (item.get("b64_json") for item in items if isinstance(item, dict))
@@ -126,6 +140,7 @@ async def call_upstream(
     *,
     hold: BufferHold,
     keep: int,
+    keep_base64: bool = False,
     **request: Any,
 ) -> tuple[Any, list[UpstreamImage]]:
     """POST to the upstream's Images API; its answer and its first ``keep`` images, decoded or
@@ -133,11 +148,16 @@ async def call_upstream(
 
     Large base64 images are decoded and written while the answer arrives (``image_answer``);
     when that cannot be used, the answer is parsed whole and handled as it always was. The
-    answer's bytes are taken from ``hold`` as they arrive.
+    answer's bytes are taken from ``hold`` as they arrive. ``keep_base64``: keep the
+    upstream's canonical base64 text of those images (a ``b64_json`` reply sends it back
+    instead of encoding the bytes again).
     """
     # long strings written while the answer arrives: the images kept, and as many again for
     # other long fields (an answer with thousands is parsed whole instead)
-    reader = ImageAnswerReader(parts.library.incoming, max_images=keep + MAX_IMAGES_PER_ANSWER)
+    reader = ImageAnswerReader(
+        lambda: parts.library.incoming(keep_text=keep_base64),
+        max_images=keep + MAX_IMAGES_PER_ANSWER,
+    )
     try:
         await parts.upstream.post(settings, path, reader.feed, hold=hold, **request)
         try:
@@ -274,8 +294,8 @@ def _decode_upstream(parts: GatewayParts, settings: Settings, text: str) -> byte
         ) from exc
 
 
-def _b64(data: bytes) -> str:
-    return pybase64.b64encode(data).decode("ascii")
+def _b64(data: bytes) -> bytes:
+    return pybase64.b64encode(data)
 
 
 def _too_large(settings: Settings) -> UpstreamError:
@@ -294,27 +314,34 @@ async def store_and_reply(
     response_format: str,
     base_url: str,
     origin: ImageOrigin,
-) -> dict[str, Any]:
-    reply: dict[str, Any] = {k: answer[k] for k in PASSTHROUGH if k in answer}
+) -> SplicedJson:
+    """The client's answer; its base64 images spliced in as bytes (``spliced_json``)."""
+    reply = SplicedJson({k: answer[k] for k in PASSTHROUGH if k in answer})
     data: list[dict[str, Any]] = []
     try:
         for image in images:
             data.append(
                 await _store_one(
-                    parts, image, response_format=response_format, base_url=base_url, origin=origin
+                    parts,
+                    reply,
+                    image,
+                    response_format=response_format,
+                    base_url=base_url,
+                    origin=origin,
                 )
             )
     finally:  # an image not stored (error, cancelled request) leaves no temporary file
         for image in images:
             if image.received is not None:
                 image.received.discard()
-    reply["data"] = data
-    reply.setdefault("created", answer.get("created"))
+    reply.content["data"] = data
+    reply.content.setdefault("created", answer.get("created"))
     return reply
 
 
 async def _store_one(
     parts: GatewayParts,
+    reply: SplicedJson,
     image: UpstreamImage,
     *,
     response_format: str,
@@ -328,12 +355,16 @@ async def _store_one(
         stored = await parts.library.save(image.data, origin=origin, received=image.received)
     except (OSError, StorageUnavailable) as exc:
         parts.events.error(f"❌ 图片保存失败，已内联返回: {exc}")
+    if stored is not None:
+        await parts.count_images(1)
     if stored is not None and response_format == "url":
         item["url"] = base_url + stored.path
+    elif image.b64 is not None:  # the upstream's own text, already canonical: no encoding
+        item["b64_json"] = reply.blob(image.b64)
     elif len(image.data) >= ENCODE_OFF_LOOP_BYTES:  # ~2 ms at 8 MB: not on the event loop
-        item["b64_json"] = await anyio.to_thread.run_sync(_b64, image.data)
+        item["b64_json"] = reply.blob(await anyio.to_thread.run_sync(_b64, image.data))
     else:
-        item["b64_json"] = _b64(image.data)
+        item["b64_json"] = reply.blob(_b64(image.data))
     if image.revised_prompt is not None:
         item["revised_prompt"] = image.revised_prompt
     item.update(image.extra)
@@ -341,8 +372,15 @@ async def _store_one(
 
 
 async def generate(
-    parts: GatewayParts, settings: Settings, body: dict[str, Any], *, base_url: str
-) -> dict[str, Any]:
+    parts: GatewayParts,
+    settings: Settings,
+    body: dict[str, Any],
+    *,
+    base_url: str,
+    who: Attribution,
+) -> SplicedJson:
+    """``POST /v1/images/generations``: ask the upstream, store each image (recording ``who``
+    on it), answer with URLs or base64 as the client asked."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest(
@@ -370,6 +408,7 @@ async def generate(
             "images/generations",
             hold=hold,
             keep=requested_n(n),
+            keep_base64=response_format == "b64_json",
             json=upstream_body,
         )
     parts.events.info(f"📥 上游返回成功: 收到 {len(images)} 张图片")
@@ -379,16 +418,16 @@ async def generate(
         images=images,
         response_format=response_format,
         base_url=base_url,
-        origin=ImageOrigin("generations", prompt),
+        origin=who.origin("generations", prompt),
     )
     ids = ", ".join(_ids(reply))
     parts.events.info(f"✅ 文生图完成: {ids or '(inline)'}")
     return reply
 
 
-def _ids(reply: dict[str, Any]) -> list[str]:
+def _ids(reply: SplicedJson) -> list[str]:
     out = []
-    for item in reply.get("data", []):
+    for item in reply.content.get("data", []):
         url = item.get("url")
         if isinstance(url, str):
             out.append(url.rsplit("/", 1)[-1][:8] + "...")
@@ -407,10 +446,12 @@ async def edit(
     mask: EditImage | None,
     image_field: str,
     base_url: str,
+    who: Attribution,
     hold: BufferHold,
-) -> dict[str, Any]:
-    """An edit; ``hold`` is the request's share of the buffer budget (its images by URL may
-    already be in it)."""
+) -> SplicedJson:
+    """``POST /v1/images/edits``: as ``generate``, with the input images (and mask) sent on;
+    ``hold`` is the request's share of the buffer budget (its images by URL may already be in
+    it)."""
     prompt = fields.get("prompt")
     if not prompt or not prompt.strip():
         raise BadRequest(
@@ -441,6 +482,7 @@ async def edit(
         "images/edits",
         hold=hold,
         keep=requested_n(fields.get("n")),
+        keep_base64=response_format == "b64_json",
         data=data,
         files=files,
     )
@@ -451,7 +493,7 @@ async def edit(
         images=result,
         response_format=response_format,
         base_url=base_url,
-        origin=ImageOrigin("edits", prompt),
+        origin=who.origin("edits", prompt),
     )
     parts.events.info(f"✅ 图片编辑完成: {', '.join(_ids(reply)) or '(inline)'}")
     return reply
@@ -493,14 +535,17 @@ async def edit_inputs_from_json(
     for key, value in body.items():
         if key in ("image", "images", "image[]", "mask") or value is None:
             continue
-        fields[key] = value if isinstance(value, str) else _form_value(value)
+        fields[key] = value if isinstance(value, str) else form_value(value)
     field = "image[]" if len(images) > 1 else "image"
     return fields, images, mask, field
 
 
-def _form_value(value: Any) -> str:
+def form_value(value: Any) -> str:
+    """A JSON value as a multipart form field."""
     import json
 
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

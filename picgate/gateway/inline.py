@@ -4,10 +4,12 @@ A request of a few KB can name one stored 4 MB image a hundred times (``image_ur
 markdown in an assistant message, pointing at this gateway's ``/images/...``; or ``image:
 [url, url, ...]`` in a JSON edit). Each image is read and encoded once per request, but the body
 sent upstream holds every reference's copy, so the cap counts every reference: it bounds the
-bytes actually sent (and the memory to encode them), not the distinct images. Over the cap the
-request is refused before anything is sent: 413 ``inline_images_too_large``.
+bytes actually sent (and the memory to encode them), not the distinct images. A JSON edit over the cap is
+refused before anything is sent: 413 ``inline_images_too_large``; a chat history over it is
+trimmed instead (``trim.py``: older images downscaled, the oldest left out).
 
-Only what PicGate adds counts: images already in the client's body (base64, data URLs) are
+What PicGate places counts: images it reads or fetches by URL, and data URLs it moves out of
+assistant text. Data URLs left where the client put them (user parts, base64 edit images) are
 bounded by ``MAX_REQUEST_BODY_MB``.
 
 Chat history images are resolved by ``history.HistoryImages``; the images of a JSON edit by
@@ -23,7 +25,7 @@ import anyio.to_thread
 
 from picgate.errors import BadRequest, Gone, NotFound, PayloadTooLarge
 from picgate.gateway.fetch import fetch_image_bytes
-from picgate.gateway.history import own_image_id
+from picgate.gateway.references import own_image_id
 
 if TYPE_CHECKING:
     import httpx

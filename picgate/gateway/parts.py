@@ -9,6 +9,7 @@ import httpx
 from picgate.eventlog import EventLog
 from picgate.gateway.buffers import BufferBudget
 from picgate.gateway.upstream import Upstream
+from picgate.keyring import KeyRing
 from picgate.library.library import ImageLibrary
 
 
@@ -16,10 +17,19 @@ from picgate.library.library import ImageLibrary
 class GatewayParts:
     """``library`` stores and serves images, ``events`` logs, ``upstream`` calls the upstream
     API, ``http`` is the shared outbound client (URL fetches), ``buffers`` the server-wide
-    budget for the image bytes requests hold (``MAX_BUFFERED_MB``)."""
+    budget for the image bytes requests hold (``MAX_BUFFERED_MB``). ``keys`` and ``key_id`` are
+    the gateway keys and the named key of this call (None: GATEWAY_API_KEY, not counted)."""
 
     library: ImageLibrary
     events: EventLog
     upstream: Upstream
     http: httpx.AsyncClient
     buffers: BufferBudget
+    keys: KeyRing | None = None
+    key_id: str | None = None
+
+    async def count_images(self, stored: int) -> None:
+        """Count ``stored`` images for the call's named key: its usage and daily limit read
+        this count. Every place that saves an image of a ``/v1`` call calls it."""
+        if stored and self.keys is not None and self.key_id is not None:
+            await self.keys.acount_images(self.key_id, stored)

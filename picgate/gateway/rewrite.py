@@ -43,6 +43,7 @@ from picgate.errors import UpstreamError
 __all__ = ["LEFT_OUT", "ImageSink", "StreamRewriter", "rewrite_completion", "rewrite_text"]
 
 ImageSink = Callable[[str], Awaitable[str | None]]
+"""Stores one image given as a data URL or as bare base64; its URL, or None to keep the text."""
 # what a sink returns for an image that is to be left out of the answer (never a URL)
 LEFT_OUT = ""
 
@@ -65,9 +66,18 @@ _META_KEYS = ("id", "object", "created", "model")
 
 @dataclass(frozen=True, slots=True)
 class _Found:
+    """An image found in text: ``head`` (``![alt](data:...;base64,`` or ``data:...;base64,``),
+    its ``base64`` and whether a ``)`` closed it. The text it replaces is built only when it
+    stays (a failed store): megabytes are not copied for the common case."""
+
     alt: str | None
-    data_url: str
-    original: str
+    head: str
+    base64: str
+    closed: bool
+
+    @property
+    def original(self) -> str:
+        return self.head + self.base64 + (")" if self.closed else "")
 
 
 _Segment = str | _Found
@@ -206,13 +216,12 @@ class _Scanner:
         if not base64:
             out.append(head)  # "data:image/png;base64," alone is not an image
             return end
-        data_url = head[data_at:] + base64
         if alt is not None:
             if s.startswith(")", end):
-                out.append(_Found(alt, data_url, head + base64 + ")"))
+                out.append(_Found(alt, head, base64, closed=True))
                 return end + 1
             out.append(head[:data_at])
-        out.append(_Found(None, data_url, data_url))
+        out.append(_Found(None, head[data_at:], base64, closed=False))
         return end
 
 
@@ -231,7 +240,9 @@ async def _resolve(segments: list[_Segment], sink: ImageSink) -> str:
         if isinstance(segment, str):
             parts.append(segment)
             continue
-        url = await sink(segment.data_url)
+        # the base64 alone: the type comes from the bytes, and the decoder's one-pass strict
+        # path takes it without a copy (a data URL would be sliced first)
+        url = await sink(segment.base64)
         if url == LEFT_OUT:
             continue
         parts.append(segment.original if url is None else f"![{segment.alt or 'image'}]({url})")

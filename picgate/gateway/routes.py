@@ -14,6 +14,8 @@ from picgate.gateway import images_api
 from picgate.gateway.buffers import BufferHold
 from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
+from picgate.gateway.spliced_json import SplicedJson, SplicedJsonResponse
+from picgate.routing.table import ModelRoute
 from picgate.storage.codec import sniff_async
 
 router = APIRouter(prefix="/v1", dependencies=[GatewayAuth])
@@ -83,20 +85,35 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return parse_json_object(await request.body())
 
 
+MODELS_CREATED = 1764240000
+
+
 @router.get("/models")
 async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     settings = gateway.settings
+    if gateway.models is not None:
+        return {"object": "list", "data": gateway.models.listing(MODELS_CREATED)}
     return {
         "object": "list",
         "data": [
             {
                 "id": settings.gateway_model_name,
                 "object": "model",
-                "created": 1764240000,
+                "created": MODELS_CREATED,
                 "owned_by": "picgate",
             }
         ],
     }
+
+
+def routed(request: Request, gateway: Gateway, model: Any) -> ModelRoute:
+    """The route of ``model``, remembered on the request for the metrics."""
+    route = gateway.route(model)
+    name = route.name
+    if gateway.models is None and name != gateway.settings.gateway_model_name:
+        name = "other"  # any name passes without a models file: keep the label set small
+    request.state.model = name
+    return route
 
 
 # the answer is built here, not by FastAPI: a response model would validate and copy it
@@ -106,14 +123,19 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     openapi_extra={"requestBody": GENERATIONS_BODY},
     response_class=JSONResponse,
 )
-async def images_generations(request: Request, gateway: GatewayDep) -> JSONResponse:
-    settings, events = gateway.settings, gateway.parts.events
+async def images_generations(request: Request, gateway: GatewayDep) -> SplicedJsonResponse:
+    events = gateway.parts.events
     body = await read_json_object(request)
+    route = routed(request, gateway, body.get("model"))
     events.count("requests")
     reply = await images_api.generate(
-        gateway.parts, settings, body, base_url=public_base_url(request, settings, events)
+        gateway.parts,
+        route.settings,
+        route.with_params(body),
+        base_url=public_base_url(request, gateway.settings, events),
+        who=gateway.who.with_body(body),
     )
-    return JSONResponse(reply)
+    return SplicedJsonResponse(reply)
 
 
 async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
@@ -130,16 +152,16 @@ async def _upload_bytes(upload: UploadFile, param: str) -> images_api.EditImage:
 @router.post(
     "/images/edits", openapi_extra={"requestBody": EDITS_BODY}, response_class=JSONResponse
 )
-async def images_edits(request: Request, gateway: GatewayDep) -> JSONResponse:
+async def images_edits(request: Request, gateway: GatewayDep) -> SplicedJsonResponse:
     async with gateway.parts.buffers.hold() as hold:
-        return JSONResponse(await _edit(request, gateway, hold))
+        return SplicedJsonResponse(await _edit(request, gateway, hold))
 
 
-async def _edit(request: Request, gateway: Gateway, hold: BufferHold) -> dict[str, Any]:
-    settings, parts = gateway.settings, gateway.parts
+async def _edit(request: Request, gateway: Gateway, hold: BufferHold) -> SplicedJson:
+    parts = gateway.parts
     parts.events.count("requests")
     ctype = request.headers.get("content-type", "").lower()
-    base_url = public_base_url(request, settings, parts.events)
+    base_url = public_base_url(request, gateway.settings, parts.events)
     # a url-encoded form cannot carry a file, but it is still an edit with no image: answer so
     if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         images: list[images_api.EditImage] = []
@@ -157,18 +179,23 @@ async def _edit(request: Request, gateway: Gateway, hold: BufferHold) -> dict[st
                     mask = await _upload_bytes(value, "mask")
         if len(images) > 1:
             field = "image[]"
+        route = routed(request, gateway, fields.get("model"))
+        defaults = {k: images_api.form_value(v) for k, v in route.params.items()}
         return await images_api.edit(
             parts,
-            settings,
-            fields=fields,
+            route.settings,
+            fields={**defaults, **fields},
             images=images,
             mask=mask,
             image_field=field,
             base_url=base_url,
+            who=gateway.who.with_body(fields),
             hold=hold,
         )
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
+        route = routed(request, gateway, body.get("model"))
+        body, settings = route.with_params(body), route.settings
         # the model is checked before any image is read or fetched (edit() checks it again)
         images_api.upstream_model(settings, body.get("model"))
         load = EditImageLoader.build(
@@ -187,6 +214,7 @@ async def _edit(request: Request, gateway: Gateway, hold: BufferHold) -> dict[st
             mask=mask,
             image_field=field,
             base_url=base_url,
+            who=gateway.who.with_body(body),
             hold=hold,
         )
     raise UnsupportedMediaType(

@@ -73,7 +73,7 @@ def events(
     past it the stream ends with ``upstream_response_too_large``). The answer's bytes are taken
     from ``hold`` as they arrive (no room: the stream ends with ``server_busy``)."""
     reader = ChunkReader(chunks)
-    return guarded(_converted(reader, sink, keepalive, max_body, hold), reader, events)
+    return guarded(_converted(reader, sink, keepalive, max_body, events, hold), reader, events)
 
 
 async def _converted(
@@ -81,6 +81,7 @@ async def _converted(
     sink: ImageSink,
     keepalive: float,
     max_body: int | None,
+    events: EventLog | None,
     hold: BufferHold | None,
 ) -> AsyncGenerator[bytes, None]:
     body = bytearray()
@@ -98,6 +99,8 @@ async def _converted(
             await hold.cover(len(body))
     answer = _completion(bytes(body))
     rewritten = await rewrite_completion(answer, sink)
+    if events is not None:  # an upstream may echo a key in a successful answer too
+        rewritten = events.redactor.value(rewritten)
     yield b"".join(encode_event(_dumps(chunk)) for chunk in completion_chunks(rewritten))
     yield DONE
 

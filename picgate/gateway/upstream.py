@@ -10,9 +10,11 @@ streams ``event_limit``); a body over its cap is ``502 upstream_response_too_lar
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +35,10 @@ MAX_IMAGES_PER_ANSWER = 10
 SLACK = 2**20  # the JSON around the images: ids, text, usage
 # one SSE event carries at most two images of the largest size (a delta with two data URLs)
 MAX_IMAGES_PER_EVENT = 2
+# answers that come before the upstream does any work: safe to ask again (UPSTREAM_RETRIES)
+RETRIED_STATUS = frozenset({429, 502, 503})
+RETRY_BASE_SECONDS = 0.25
+RETRY_MAX_SECONDS = 4.0
 
 
 def base64_chars(size: int) -> int:
@@ -47,8 +53,10 @@ def image_limit(settings: Settings) -> int:
 
 def response_limit(settings: Settings) -> int:
     """The largest non-stream answer read from the upstream: ten images of ``MAX_IMAGE_MB``
-    as base64 plus the JSON around them."""
-    return MAX_IMAGES_PER_ANSWER * base64_chars(image_limit(settings)) + SLACK
+    as base64 plus the JSON around them, and never more than ``MAX_UPSTREAM_RESPONSE_MB``
+    (derived alone, 50 MB images made it ~668 MB: a 600 MB answer peaked at 2.4 GB)."""
+    derived = MAX_IMAGES_PER_ANSWER * base64_chars(image_limit(settings)) + SLACK
+    return min(derived, settings.max_upstream_response_mb * 2**20)
 
 
 def event_limit(settings: Settings) -> int:
@@ -244,8 +252,16 @@ class Upstream:
     never reach the upstream.
     """
 
-    def __init__(self, client: httpx.AsyncClient | Callable[[], httpx.AsyncClient]) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient | Callable[[], httpx.AsyncClient],
+        *,
+        observe: Callable[[Settings, float], None] | None = None,
+    ) -> None:
+        """``observe(settings, seconds)`` is told how long each upstream took to answer
+        (its status line), for the metrics."""
         self._client = client
+        self._observe = observe
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -342,6 +358,28 @@ class Upstream:
         except ValueError as exc:
             raise not_json_answer() from exc
 
+    async def _send(self, settings: Settings, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; a refused connection, 429, 502 or 503 is tried again up to
+        ``UPSTREAM_RETRIES`` times (nothing was drawn yet: those answers come before the work)."""
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                resp = await self.client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if attempt >= settings.upstream_retries:
+                    raise map_transport_error(exc) from exc
+            except httpx.HTTPError as exc:
+                raise map_transport_error(exc) from exc
+            else:
+                if self._observe is not None:
+                    self._observe(settings, time.perf_counter() - started)
+                if resp.status_code not in RETRIED_STATUS or attempt >= settings.upstream_retries:
+                    return resp
+                await resp.aclose()
+            await asyncio.sleep(min(RETRY_BASE_SECONDS * 2**attempt, RETRY_MAX_SECONDS))
+            attempt += 1
+
     @asynccontextmanager
     async def stream(
         self,
@@ -367,10 +405,7 @@ class Upstream:
             headers=headers,
             timeout=self._timeout(settings),
         )
-        try:
-            resp = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc) from exc
+        resp = await self._send(settings, request)
         try:
             if resp.status_code >= 300:
                 if declared_over(resp, ERROR_BODY_LIMIT):

@@ -12,9 +12,15 @@ OpenAI's shape, not Starlette's plain-text 416.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
+import anyio
 from starlette.responses import FileResponse
+from starlette.types import Receive, Scope, Send
 
 from picgate.errors import PicGateError
 
@@ -109,3 +115,35 @@ class RangedFileResponse(FileResponse):
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> ByteRanges:
         return parse_ranges(http_range, file_size) or []
+
+
+class OpenedFileResponse(RangedFileResponse):
+    """A ranged file response sent from a file descriptor opened before the answer began.
+
+    The size cap may delete the file at any moment; a file unlinked after it was opened still
+    reads whole on POSIX systems, so the download is never cut short. The response owns ``fd``
+    and closes it when it has been sent (or failed); every read (a multipart answer reads once
+    per range) gets its own duplicate, so positions never interfere.
+    """
+
+    def __init__(self, fd: int, path: str | os.PathLike[str], **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.fd = fd
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") == "http":  # pathsend would reopen the path: not this file
+            scope = {**scope, "extensions": {**scope.get("extensions", {})}}
+            scope["extensions"].pop("http.response.pathsend", None)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        file = anyio.wrap_file(os.fdopen(os.dup(self.fd), "rb"))
+        try:
+            yield file
+        finally:
+            with anyio.CancelScope(shield=True):
+                await file.aclose()

@@ -6,7 +6,7 @@ unsatisfiable one is a 416 in OpenAI's error shape with ``Content-Range: bytes *
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
@@ -14,8 +14,12 @@ from fastapi.responses import RedirectResponse, Response
 
 from picgate.deps import LibraryDep
 from picgate.errors import NotFound
-from picgate.images.ranges import RangedFileResponse, check_ranges
+from picgate.images.ranges import OpenedFileResponse, check_ranges
 from picgate.library.records import parse_image_name
+from picgate.library.serving import Located, read_fd
+from picgate.library.variant_cache import VariantCache
+from picgate.storage.codec import BY_EXT
+from picgate.storage.variants import VariantSpec, parse_variant_query
 
 router = APIRouter()
 
@@ -23,16 +27,7 @@ CACHE_CONTROL = "public, max-age=31536000, immutable"
 WHOLE_READ_MAX = 2 * 1024 * 1024
 
 
-def _read_if_size(path: Path, size: int) -> bytes | None:
-    """The file's bytes, or None when it changed or vanished since it was located."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    return data if len(data) == size else None
-
-
-class ImageFileResponse(RangedFileResponse):
+class ImageFileResponse(OpenedFileResponse):
     # most images fit in one read: fewer thread hops per request than the 64 KB default
     chunk_size = 1024 * 1024
 
@@ -55,39 +50,73 @@ async def get_image(name: str, request: Request, library: LibraryDep) -> Respons
     if parsed is None:
         raise NotFound("No such image.")
     image_id, ext = parsed
+    spec = parse_variant_query(request.query_params.multi_items())
     located = await library.serving.locate(image_id, ext)
-    image = located.image
     library.touch(image_id)
-    headers = {
+    fd = located.fd  # open: closed here unless a response takes it over
+    try:
+        if spec is not None and not spec.is_identity(BY_EXT[located.image.ext]):
+            return await _variant(request, library.variants, located, spec)
+        response = _answer(request, located)
+        if isinstance(response, ImageFileResponse):
+            fd = None
+        elif response is None:
+            assert fd is not None and located.stat is not None
+            size = located.stat.st_size
+            # one thread hop for the whole body instead of FileResponse's open/read/close hops
+            data = await anyio.to_thread.run_sync(read_fd, fd, size)
+            response = Response(data, media_type=located.image.mime, headers=_headers(located))
+            response.headers["Accept-Ranges"] = "bytes"
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return response
+
+
+def _headers(located: Located) -> dict[str, str]:
+    image = located.image
+    return {
         "ETag": image.etag,
         "Cache-Control": CACHE_CONTROL,
         "Content-Disposition": f'inline; filename="{image.id}.{image.ext}"',
     }
+
+
+def _answer(request: Request, located: Located) -> Response | None:
+    """The answer for ``located``; None: read the whole (small) file into the body."""
+    image = located.image
+    headers = _headers(located)
     if located.redirect is not None:
         return RedirectResponse(
             located.redirect, status_code=302, headers={"Cache-Control": "no-store"}
         )
     if etag_matches(request.headers.get("if-none-match"), image.etag):
         return Response(status_code=304, headers=headers)
-    assert located.path is not None
-    size = located.stat.st_size if located.stat is not None else None
-    check_ranges(
-        request.headers.get("range"),
-        request.headers.get("if-range"),
-        image.etag,
-        image.size if size is None else size,
-    )
-    if (
-        request.method == "GET"
-        and "range" not in request.headers
-        and size is not None
-        and size <= WHOLE_READ_MAX
-    ):
-        # one thread hop for the whole body instead of FileResponse's open/read/close hops
-        data = await anyio.to_thread.run_sync(_read_if_size, located.path, size)
-        if data is not None:
-            headers["Accept-Ranges"] = "bytes"
-            return Response(data, media_type=image.mime, headers=headers)
+    assert located.path is not None and located.fd is not None and located.stat is not None
+    size = located.stat.st_size
+    check_ranges(request.headers.get("range"), request.headers.get("if-range"), image.etag, size)
+    if request.method == "GET" and "range" not in request.headers and size <= WHOLE_READ_MAX:
+        return None
     return ImageFileResponse(
-        located.path, media_type=image.mime, headers=headers, stat_result=located.stat
+        located.fd, located.path, media_type=image.mime, headers=headers, stat_result=located.stat
     )
+
+
+async def _variant(
+    request: Request, variants: VariantCache, located: Located, spec: VariantSpec
+) -> Response:
+    """A sized or converted variant: its own strong ETag, the same immutable caching, no
+    ranges (variants are small)."""
+    image = located.image
+    original = BY_EXT[image.ext]
+    out = spec.output_type(original)
+    etag = spec.etag(image.sha256, original)
+    headers = {
+        "ETag": etag,
+        "Cache-Control": CACHE_CONTROL,
+        "Content-Disposition": f'inline; filename="{image.id}.{out.ext}"',
+    }
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    variant = await variants.get(located, spec)
+    return Response(variant.data, media_type=variant.type.mime, headers=headers)

@@ -54,14 +54,17 @@ def register(subparsers: Any) -> None:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from picgate.config import Settings, SettingsError
+    from picgate.db.location import Whereabouts
     from picgate.jobs.scheduler import run_scheduled
     from picgate.services import Services
 
     try:
-        services = Services(Settings())
+        settings = Settings()
+        services = Services(settings)
     except (SettingsError, ValueError) as exc:
         print(f"picgate: configuration error: {exc}", file=sys.stderr)
         return 2
+    where = Whereabouts.before_opening(settings.database_url)
     try:
         try:
             services.prepare()
@@ -77,6 +80,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             time.sleep(POLL_SECONDS)
     finally:
         asyncio.run(services.stop())
+    # stderr: with --json, stdout is the report alone
+    for line in where.lines():
+        print(f"picgate cleanup: {line}", file=sys.stderr)
     if not result["ran"]:
         print(f"picgate cleanup: not run: {result['reason']}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from picgate.db.models import R2_UPLOADED, Image
 from picgate.errors import BadRequest
+from picgate.library.records import ImageFilter
 from picgate.library.rows import SORT_COLUMNS, ImageRows
 
 SortKey = Literal["created", "accessed", "size"]
@@ -76,20 +77,32 @@ def describe(row: Image) -> dict[str, Any]:
         "r2_state": row.r2_state,
         "expired": bool(row.expired),
         "path": f"/images/{row.id}.{row.ext}",
+        "user_id": row.user_id,
+        "user_name": row.user_name,
+        "chat_id": row.chat_id,
+        "message_id": row.message_id,
+        "model": row.model,
+        "key_name": row.key_name,
     }
 
 
 def list_images(
-    rows: ImageRows, *, sort: str = "created", cursor: str | None = None, limit: int = 48
+    rows: ImageRows,
+    *,
+    sort: str = "created",
+    cursor: str | None = None,
+    limit: int = 48,
+    narrow: ImageFilter | None = None,
 ) -> Page:
-    """One page of images ordered by ``sort`` (newest/largest first); synchronous."""
+    """One page of images ordered by ``sort`` (newest/largest first), narrowed by ``narrow``;
+    ``total`` counts every image it lets through. Synchronous."""
     if sort not in SORT_COLUMNS:
         raise BadRequest(
             "sort must be one of: created, accessed, size", code="invalid_value", param="sort"
         )
     limit = max(1, min(limit, MAX_LIMIT))
     after = decode_cursor(cursor, sort) if cursor else None
-    found, total = rows.page(sort, after=after, limit=limit + 1)
+    found, total = rows.page(sort, after=after, limit=limit + 1, narrow=narrow)
     more = len(found) > limit
     found = found[:limit]
     next_cursor = None

@@ -8,8 +8,9 @@ serverless mode uploads before returning and raises ``StorageUnavailable`` when 
 image stays stored and queued; the caller answers with the image inline).
 
 Parts: ``rows`` (every statement on ``images``), ``uploads`` (the R2 queue), ``serving`` (where
-bytes come from, the redirect rule), ``copies`` (TTL, cap, clear local), ``retention``,
-``actions`` (the console's buttons), ``stats``.
+bytes come from, the redirect rule), ``variants`` (resized or converted copies, made once and
+kept beside the original), ``copies`` (TTL, cap, clear local), ``retention``, ``actions`` (the
+console's buttons), ``stats``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,19 @@ from picgate.eventlog import EventLog
 from picgate.library.actions import ConsoleActions
 from picgate.library.eviction import LocalCopies, SizeCap
 from picgate.library.gallery import Page, list_images
-from picgate.library.records import ImageOrigin, StoredImage, new_image_id, utcnow
+from picgate.library.records import (
+    ImageFilter,
+    ImageOrigin,
+    StoredImage,
+    new_image_id,
+    utcnow,
+)
 from picgate.library.retention import MetadataRetention
 from picgate.library.rows import ImageRows
 from picgate.library.serving import ImageServing
 from picgate.library.stats import LibraryStats
 from picgate.library.uploads import UploadQueue
+from picgate.library.variant_cache import VariantCache
 from picgate.storage.archive import Archive
 from picgate.storage.codec import decode_base64, image_size, sniff
 from picgate.storage.incoming import IncomingImage, Received
@@ -64,6 +72,7 @@ class ImageLibrary:
         self.serving = ImageServing(
             rows=rows, cache=cache, archive=archive, events=events, serverless=serverless
         )
+        self.variants = VariantCache(rows=rows, serving=self.serving, cache=cache)
         self.copies = LocalCopies(rows=rows, cache=cache, archive=archive, events=events)
         self.size_cap = SizeCap(self.copies, settings)
         self.retention = MetadataRetention(rows=rows, cache=cache, archive=archive, events=events)
@@ -87,9 +96,12 @@ class ImageLibrary:
             raise PayloadTooLarge(f"image is larger than {self.max_image_bytes // 2**20} MB")
         return decode_base64(payload)
 
-    def incoming(self) -> IncomingImage:
-        """A new image to be written while its base64 arrives (see ``storage.incoming``)."""
-        return IncomingImage(self.cache, new_image_id(), max_bytes=self.max_image_bytes)
+    def incoming(self, *, keep_text: bool = False) -> IncomingImage:
+        """A new image to be written while its base64 arrives (see ``storage.incoming``);
+        ``keep_text``: keep its base64 text when canonical (``Received.b64``)."""
+        return IncomingImage(
+            self.cache, new_image_id(), max_bytes=self.max_image_bytes, keep_text=keep_text
+        )
 
     def save_sync(
         self, data: bytes, *, origin: ImageOrigin, received: Received | None = None
@@ -197,10 +209,26 @@ class ImageLibrary:
     def flush_access_times(self) -> int:
         return self.rows.flush_access_times()
 
+    def list_sync(
+        self,
+        *,
+        sort: str = "created",
+        cursor: str | None = None,
+        limit: int = 48,
+        narrow: ImageFilter | None = None,
+    ) -> Page:
+        """One page of the grid (``picgate.library.gallery``), on this thread."""
+        return list_images(self.rows, sort=sort, cursor=cursor, limit=limit, narrow=narrow)
+
     async def list(
-        self, *, sort: str = "created", cursor: str | None = None, limit: int = 48
+        self,
+        *,
+        sort: str = "created",
+        cursor: str | None = None,
+        limit: int = 48,
+        narrow: ImageFilter | None = None,
     ) -> Page:
         """One page of the grid (``picgate.library.gallery``)."""
         return await anyio.to_thread.run_sync(
-            lambda: list_images(self.rows, sort=sort, cursor=cursor, limit=limit)
+            lambda: self.list_sync(sort=sort, cursor=cursor, limit=limit, narrow=narrow)
         )

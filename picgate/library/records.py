@@ -39,18 +39,46 @@ def naive_utc(when: datetime | None) -> datetime:
 class ImageOrigin:
     """Where a new image came from, recorded on its row.
 
-    ``source`` is the endpoint that produced it (``generations``, ``edits``, ``chat``...);
-    ``prompt`` the text that asked for it, if known (cut to PROMPT_MAX characters). Per-request
-    attribution (the user, chat and message ids Open WebUI forwards, the model, the gateway
-    key's name) belongs here too, as optional fields defaulting to None, each one a column.
+    ``source`` is the endpoint that produced it (``generations``, ``edits``, ``chat``,
+    ``openwebui``...); ``prompt`` the text that asked for it, if known (cut to PROMPT_MAX
+    characters). The attribution fields (``picgate.attribution`` builds them from a request)
+    are who asked and where the image went: the user id and name, the chat and message ids
+    Open WebUI forwards, the model asked for, the gateway key's name. They are untrusted text,
+    cleaned and capped before they get here; None when unknown.
     """
 
     source: str
     prompt: str | None = None
+    user_id: str | None = None
+    user_name: str | None = None
+    chat_id: str | None = None
+    message_id: str | None = None
+    model: str | None = None
+    key_name: str | None = None
 
     def columns(self) -> dict[str, str | None]:
         """The row's columns this origin fills."""
-        return {"source": self.source, "prompt": (self.prompt or None) and self.prompt[:PROMPT_MAX]}
+        return {
+            "source": self.source,
+            "prompt": (self.prompt or None) and self.prompt[:PROMPT_MAX],
+            "user_id": self.user_id,
+            "user_name": self.user_name,
+            "chat_id": self.chat_id,
+            "message_id": self.message_id,
+            "model": self.model,
+            "key_name": self.key_name,
+        }
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """Narrows a listing of images: exact user, chat and model; ``text`` anywhere in the prompt
+    (a literal: ``%`` and ``_`` match only themselves). Empty fields narrow nothing."""
+
+    user_id: str | None = None
+    chat_id: str | None = None
+    model: str | None = None
+    text: str | None = None
 
 
 @dataclass(frozen=True)

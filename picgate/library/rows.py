@@ -1,9 +1,10 @@
 """Every statement on the ``images`` table, and the process's memory of its rows.
 
 ``ImageRows(db)`` is the one place that reads or writes an image row: storing, serving, the R2
-upload queue, eviction, retention, repair, the console's actions, the statistics and the grid
-all call it. Each method is one transaction through ``Database.read`` or ``Database.write``, so
-which statements write (and take the single-writer lock) is decided here and nowhere else.
+upload queue, eviction, retention, repair, the console's actions, the statistics, the grid and
+its filters, the daily image limit and the Open WebUI migration all call it. Each method is one
+transaction through ``Database.read`` or ``Database.write``, so which statements write (and
+take the single-writer lock) is decided here and nowhere else.
 
 It also remembers recent rows (a small LRU of ``StoredImage``, so serving a hot image is no
 database read) and buffers access times, written in batches (so serving is not a write).
@@ -37,7 +38,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from picgate.db.engine import Database
 from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image
-from picgate.library.records import StoredImage, utcnow
+from picgate.library.records import ImageFilter, StoredImage, utcnow
 
 IMAGES: Table = Image.__table__  # type: ignore[assignment]
 RECORDS_KEPT = 4096
@@ -84,6 +85,23 @@ def safe_to_remove(r2_on: bool) -> ColumnElement[bool]:
     if r2_on:
         return Image.r2_state == R2_UPLOADED
     return Image.r2_state.in_((R2_UPLOADED, R2_NONE))
+
+
+def filtered(query: Any, narrow: ImageFilter | None) -> Any:
+    """``query`` with ``narrow``'s conditions on ``images`` added."""
+    if narrow is None:
+        return query
+    if narrow.user_id:
+        query = query.where(Image.user_id == narrow.user_id)
+    if narrow.chat_id:
+        query = query.where(Image.chat_id == narrow.chat_id)
+    if narrow.model:
+        query = query.where(Image.model == narrow.model)
+    if narrow.text:
+        # the user's text is a literal: % and _ match only themselves
+        escaped = narrow.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Image.prompt.like(f"%{escaped}%", escape="\\"))
+    return query
 
 
 def _count(result: Any) -> int:
@@ -494,6 +512,25 @@ class ImageRows:
 
         return tuple(int(value) for value in self.db.read(work))  # type: ignore[return-value]
 
+    def gauges(self) -> tuple[int, int, int, int, int]:
+        """Of the rows not expired: count, bytes, uploads pending, uploads failed, bytes with a
+        local copy (the metrics' scrape: one query)."""
+
+        def work(session: Session) -> Any:
+            return session.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(Image.size), 0),
+                    _flag(Image.r2_state == R2_PENDING),
+                    _flag(Image.r2_state == R2_FAILED),
+                    func.coalesce(func.sum(case((Image.local.is_(True), Image.size), else_=0)), 0),
+                )
+                .select_from(Image)
+                .where(Image.expired.is_(False))
+            ).one()
+
+        return tuple(int(value or 0) for value in self.db.read(work))  # type: ignore[return-value]
+
     def created_between(self, start: datetime, end: datetime) -> int:
         return self.db.read(
             lambda s: int(
@@ -507,18 +544,82 @@ class ImageRows:
         )
 
     def page(
-        self, sort: str, *, after: tuple[Any, str] | None, limit: int
+        self,
+        sort: str,
+        *,
+        after: tuple[Any, str] | None,
+        limit: int,
+        narrow: ImageFilter | None = None,
     ) -> tuple[list[Image], int]:
         """Up to ``limit`` rows ordered by ``sort`` (a SORT_COLUMNS key) descending, after the
-        (value, id) keyset position; and the total row count."""
+        (value, id) keyset position, narrowed by ``narrow``; and how many rows it lets through."""
         column = SORT_COLUMNS[sort]
-        query = select(Image).order_by(column.desc(), Image.id.desc()).limit(limit)
+        query = filtered(
+            select(Image).order_by(column.desc(), Image.id.desc()).limit(limit), narrow
+        )
         if after is not None:
             query = query.where(tuple_(column, Image.id) < tuple_(*after))
+        counting = filtered(select(func.count()).select_from(Image), narrow)
 
         def work(session: Session) -> tuple[list[Image], int]:
             rows = list(session.scalars(query))
-            total = int(session.scalar(select(func.count()).select_from(Image)) or 0)
+            total = int(session.scalar(counting) or 0)
             return rows, total
 
         return self.db.read(work)
+
+    def per_user(self, day_start: datetime, *, limit: int) -> list[dict[str, Any]]:
+        """Images per user id, today (from ``day_start``) and in total, most first: user_id,
+        user_name, today, total; one grouped pass over the rows."""
+        total = func.count()
+        query = (
+            select(
+                Image.user_id,
+                func.max(Image.user_name),
+                _flag(Image.created_at >= day_start),
+                total,
+            )
+            .where(Image.user_id.is_not(None))
+            .group_by(Image.user_id)
+            .order_by(total.desc(), Image.user_id)
+            .limit(limit)
+        )
+        found = self.db.read(lambda s: list(s.execute(query).all()))
+        return [
+            {"user_id": r[0], "user_name": r[1], "today": int(r[2] or 0), "total": int(r[3])}
+            for r in found
+        ]
+
+    # -- attribution: the daily limit, a chat's images, the same bytes again ---------------
+
+    def count_since(
+        self, since: datetime, *, user_id: str | None = None, key_name: str | None = None
+    ) -> int:
+        """Images stored since ``since`` for one user id, or (``user_id`` None) through one
+        gateway key: what ``USER_DAILY_IMAGE_LIMIT`` counts."""
+        query = select(func.count()).select_from(Image).where(Image.created_at >= since)
+        if user_id is not None:
+            query = query.where(Image.user_id == user_id)
+        else:
+            query = query.where(Image.key_name == key_name)
+        return self.db.read(lambda s: int(s.execute(query).scalar_one()))
+
+    def ids_of_chat(self, chat_id: str) -> list[str]:
+        """The ids of every image recorded with this chat id."""
+        return self.db.read(
+            lambda s: list(s.scalars(select(Image.id).where(Image.chat_id == chat_id)))
+        )
+
+    def find_by_sha256(self, digest: str) -> StoredImage | None:
+        """An unexpired image with these bytes, the oldest first (None when there is none)."""
+        row = self.db.read(
+            lambda s: s.scalars(
+                select(Image)
+                .where(Image.sha256 == digest, Image.expired.is_(False))
+                .order_by(Image.created_at)
+                .limit(1)
+            ).first()
+        )
+        if row is None:
+            return None
+        return StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)

@@ -72,20 +72,57 @@ def checksum_mismatch() -> PicGateError:
 
 @dataclass(frozen=True)
 class Located:
+    """``fd``: the local file, already open (the caller closes it, or hands it to a response
+    that does): the size cap may unlink the path at any moment, and an open file still reads
+    whole. ``stat`` is the open file's."""
+
     image: StoredImage
     path: Path | None = None  # a local file to send
     redirect: str | None = None  # or a URL to send the client to
-    stat: os.stat_result | None = None  # of ``path``, so the response need not stat again
+    stat: os.stat_result | None = None  # of ``fd``, so the response need not stat again
+    fd: int | None = None
 
 
-def _stat_file(path: Path, size: int) -> os.stat_result | None:
-    """The file's stat, or None when it is missing or not the size of its row (a power loss
-    can leave a file cut short: it is treated as no copy, never served as if whole)."""
+Opened = tuple[int, os.stat_result]
+
+
+def _open_file(path: Path, size: int) -> Opened | None:
+    """The file opened, with its stat; None when it is missing (deleted by the size cap or the
+    TTL between lookup and open: no local copy) or not the size of its row (a power loss can
+    leave a file cut short: it is treated as no copy, never served as if whole)."""
     try:
-        st = path.stat()
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
-    return st if stat.S_ISREG(st.st_mode) and st.st_size == size else None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(st.st_mode) and st.st_size == size:
+        return fd, st
+    os.close(fd)
+    return None
+
+
+def read_fd(fd: int, size: int) -> bytes:
+    """``size`` bytes from the start of ``fd`` (its position untouched)."""
+    chunks: list[bytes] = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_and_close(fd: int, size: int) -> bytes:
+    try:
+        return read_fd(fd, size)
+    finally:
+        os.close(fd)
 
 
 def _record(row: Image) -> StoredImage:
@@ -143,20 +180,17 @@ class ImageServing:
         record = self.rows.cached_record(image_id)
         if record is not None and (ext is None or ext == record.ext) and not self.oversize(record):
             path = self.cache.path(image_id, record.ext)
-            st = await anyio.to_thread.run_sync(_stat_file, path, record.size)
-            if st is not None:
-                return Located(record, path=path, stat=st)
+            opened = await anyio.to_thread.run_sync(_open_file, path, record.size)
+            if opened is not None:
+                return Located(record, path=path, stat=opened[1], fd=opened[0])
         row = await anyio.to_thread.run_sync(self.rows.load, image_id)
         if row is None or (ext is not None and ext != row.ext):
             raise NotFound("No such image.")
         record = _record(row)
         path = self.cache.path(image_id, row.ext)
-        st = await anyio.to_thread.run_sync(_stat_file, path, row.size)
-        if st is not None:
-            target = await self.redirect(record, row.r2_state, local=True)
-            if target is not None:
-                return Located(record, redirect=target)
-            return Located(record, path=path, stat=st)
+        opened = await anyio.to_thread.run_sync(_open_file, path, row.size)
+        if opened is not None:
+            return await self._local(record, row.r2_state, path, opened)
         remote = await self.locate_remote(row)
         if remote is not None:
             return remote
@@ -165,8 +199,8 @@ class ImageServing:
     async def read_bytes(self, image_id: str) -> bytes:
         """The bytes of a stored image (for inlining into upstream requests)."""
         located = await self.locate(image_id, None)
-        if located.path is not None:
-            return await anyio.to_thread.run_sync(located.path.read_bytes)
+        if located.fd is not None:
+            return await anyio.to_thread.run_sync(_read_and_close, located.fd, located.image.size)
         data = await self.fetch_bytes(located.image)
         if data is None:
             raise Gone("This image has expired and is no longer stored anywhere.")
@@ -179,6 +213,22 @@ class ImageServing:
             raise checksum_mismatch()
         return data
 
+    async def _local(
+        self, record: StoredImage, r2_state: str, path: Path, opened: Opened
+    ) -> Located:
+        """The opened local copy, unless the redirect rule sends the client elsewhere (then the
+        file is closed again, as it is when the rule fails)."""
+        fd, st = opened
+        try:
+            target = await self.redirect(record, r2_state, local=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        if target is not None:
+            os.close(fd)
+            return Located(record, redirect=target)
+        return Located(record, path=path, stat=st, fd=fd)
+
     async def locate_remote(self, row: Image) -> Located | None:
         """Serve an image with no local copy from the archive (None: not there)."""
         if row.r2_state == R2_NONE:
@@ -188,9 +238,12 @@ class ImageServing:
         if target is not None:
             return Located(image, redirect=target)
         path = await anyio.to_thread.run_sync(self.fetch_to_cache, row)
-        if path is None:
-            return None
-        return Located(image, path=path)
+        opened = (
+            None if path is None else await anyio.to_thread.run_sync(_open_file, path, row.size)
+        )
+        if path is None or opened is None:
+            return None  # not in R2, or evicted again before it could be opened
+        return Located(image, path=path, stat=opened[1], fd=opened[0])
 
     def fetch_to_cache(self, row: Image) -> Path | None:
         """Fetch ``row``'s object into the local cache; the file path, or None if not in R2.

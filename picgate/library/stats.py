@@ -21,6 +21,8 @@ from picgate.library.rows import ImageRows
 from picgate.storage.archive import Archive
 from picgate.storage.local import LocalCache
 
+PER_USER_ROWS = 20  # the dashboard's images-per-user table: the users with the most images
+
 
 class LibraryStats:
     def __init__(
@@ -56,7 +58,8 @@ class LibraryStats:
     def dashboard_stats(self, settings: Settings, *, now: datetime | None = None) -> dict[str, Any]:
         """``cache_stats`` plus requests_today, errors_today (counters in daily_stats),
         images_today (image rows created today: ``created_at`` from 00:00 UTC, the same UTC day
-        as the counters, whatever the server's time zone) and last_cleanup: None, or
+        as the counters, whatever the server's time zone), per_user (the PER_USER_ROWS users
+        with the most images: user_id, user_name, today, total) and last_cleanup: None, or
         {last_run_at (ISO), running, report (dict)}.
         """
         stats = self.cache_stats(settings)
@@ -78,6 +81,7 @@ class LibraryStats:
         stats["requests_today"] = counters.get("requests", 0)
         stats["errors_today"] = counters.get("errors", 0)
         stats["images_today"] = self.rows.created_between(day_start, day_start + timedelta(days=1))
+        stats["per_user"] = self.rows.per_user(day_start, limit=PER_USER_ROWS)
         stats["last_cleanup"] = None
         if lease is not None and lease.last_run_at is not None:
             report: dict[str, Any] | None = None

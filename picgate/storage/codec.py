@@ -59,6 +59,16 @@ def decode_base64(text: str | bytes) -> bytes:
         return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         pass
+    if text[:5].lower() in ("data:", b"data:"):
+        # a data URL (every image of a chat answer): its head off, the same one-pass decode.
+        # The slice is the one copy; the lenient path below makes several of the whole text
+        head = text[:256]
+        match = _DATA_URL.match(head.encode("ascii", "replace") if isinstance(head, str) else head)
+        if match is not None:
+            try:
+                return pybase64.b64decode(text[match.end() :], validate=True)
+            except (binascii.Error, ValueError):
+                pass
     raw = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
     raw = raw.strip(_WHITESPACE)
     if raw[:5].lower() == b"data:":

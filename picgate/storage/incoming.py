@@ -35,6 +35,9 @@ class Received:
     temp: Path
     data: bytes
     sha256: str
+    # the upstream's own base64 text when it is exactly what encoding ``data`` gives (kept only
+    # when asked: a ``b64_json`` reply hands it back instead of encoding the bytes again)
+    b64: bytes | None = None
 
     def discard(self) -> None:
         """Remove the temporary file (nothing once it has been committed)."""
@@ -42,8 +45,12 @@ class Received:
 
 
 class IncomingImage:
-    def __init__(self, cache: LocalCache, image_id: str, *, max_bytes: int) -> None:
+    def __init__(
+        self, cache: LocalCache, image_id: str, *, max_bytes: int, keep_text: bool = False
+    ) -> None:
+        """``keep_text``: keep the base64 text in ``Received.b64`` when it is canonical."""
         self.image_id = image_id
+        self._keep_text = keep_text
         self._cache = cache
         self._max_text = max_bytes * 4 // 3 + 4
         self._text: list[bytes] = []
@@ -81,8 +88,10 @@ class IncomingImage:
         return None if self._aborted else received
 
     def _write(self, text: list[bytes]) -> Received | None:
+        joined = b"".join(text)
+        del text[:]  # the pieces are not needed twice
         try:
-            data = pybase64.b64decode(b"".join(text), validate=True)
+            data = pybase64.b64decode(joined, validate=True)
         except (binascii.Error, ValueError):
             return None  # not plain padded base64: the ordinary path decides
         if not data:
@@ -91,7 +100,18 @@ class IncomingImage:
             temp, digest = self._cache.write_temp(self.image_id, data)
         except OSError:  # disk trouble: the ordinary path tries again and reports it
             return None
-        return Received(self.image_id, temp, data, digest)
+        kept = joined if self._keep_text and canonical_base64(joined, data) else None
+        return Received(self.image_id, temp, data, digest, kept)
+
+
+def canonical_base64(text: bytes, data: bytes) -> bool:
+    """Whether ``text`` is exactly ``b64encode(data)``, given that it decoded strictly to
+    ``data``: the right length (so the right padding) and zero bits after the last byte, checked
+    on the last group alone rather than by encoding megabytes again."""
+    if len(text) != 4 * ((len(data) + 2) // 3):
+        return False
+    tail = len(data) % 3 or 3
+    return pybase64.b64encode(data[-tail:]) == text[-4:]
 
 
 def _discard_result(future: Future[Received | None]) -> None:

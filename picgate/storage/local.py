@@ -1,6 +1,8 @@
 """The local image folder: sharded paths, atomic writes, and a running total of bytes used.
 
-Files live at ``{root}/{id[:2]}/{id}.{ext}``. A write goes to a temporary file in the same folder
+Files live at ``{root}/{id[:2]}/{id}.{ext}``; the variants of an image (``picgate.storage.
+variants``) at ``{root}/variants/{id[:2]}/{id}/{name}``, counted in the bytes used and removed
+with their original (``delete``), whoever removes it. A write goes to a temporary file in the same folder
 and is renamed into place, so a crash never leaves a half file under a served name. Temporary
 files start with ``.tmp-`` and are never served.
 
@@ -15,6 +17,7 @@ when configured, holds the copy that outlives the machine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+VARIANT_NAME = re.compile(r"^w[0-9]+h[0-9]+(q[0-9]+)?\.[a-z]{3,4}$")
+VARIANTS = "variants"
 TMP_PREFIX = ".tmp-"
 WRITE_CHUNK = 2**20
 # from this size the sha256 runs in a pool thread while the caller's thread writes the file
@@ -130,15 +135,96 @@ class LocalCache:
         return self.path(image_id, ext).is_file()
 
     def delete(self, image_id: str, ext: str) -> int:
-        """Remove the file; returns the bytes freed (0 when it was not there)."""
+        """Remove the file and its variants; returns the bytes freed (0 when none was there)."""
         path = self.path(image_id, ext)
+        freed = self.drop_variants(image_id)
         try:
             size = path.stat().st_size
             path.unlink()
         except FileNotFoundError:
-            return 0
+            return freed
         self._add_usage(-size)
-        return size
+        return size + freed
+
+    # -- variants ------------------------------------------------------------------------
+
+    def variant_dir(self, image_id: str) -> Path:
+        if not ID_PATTERN.match(image_id):
+            raise ValueError("invalid image id")
+        return self.root / VARIANTS / image_id[:2] / image_id
+
+    def variant_path(self, image_id: str, name: str) -> Path:
+        if not VARIANT_NAME.match(name):
+            raise ValueError("invalid variant name")
+        return self.variant_dir(image_id) / name
+
+    def write_variant(self, image_id: str, name: str, data: bytes) -> Path:
+        """Write a variant atomically (temp + rename) and count its bytes."""
+        final = self.variant_path(image_id, name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+            try:
+                replaced = final.stat().st_size
+            except FileNotFoundError:
+                replaced = 0
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._add_usage(len(data) - replaced)
+        return final
+
+    def drop_variants(self, image_id: str) -> int:
+        """Remove every variant of ``image_id``; returns the bytes freed."""
+        folder = self.variant_dir(image_id)
+        freed = 0
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                size = entry.stat(follow_symlinks=False).st_size
+                os.unlink(entry.path)
+            except FileNotFoundError:  # another remover was first
+                continue
+            if not entry.name.startswith(TMP_PREFIX):
+                freed += size
+        # OSError: a variant written meanwhile; it goes with the next removal
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        self._add_usage(-freed)
+        return freed
+
+    def variant_bytes(self) -> int:
+        """Bytes of every variant file (temporary files not counted)."""
+        total = 0
+        for folder in self._variant_folders():
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if not entry.name.startswith(TMP_PREFIX) and entry.is_file(
+                            follow_symlinks=False
+                        ):
+                            total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:  # removed with its original during the walk
+                continue
+        return total
+
+    def _variant_folders(self) -> Iterator[Path]:
+        base = self.root / VARIANTS
+        if not base.is_dir():
+            return
+        for shard in base.iterdir():
+            if shard.is_dir():
+                yield from (p for p in shard.iterdir() if p.is_dir())
 
     def scan(self) -> Iterator[LocalFile]:
         """Every stored image file (temporary files and strangers are skipped)."""
@@ -165,12 +251,15 @@ class LocalCache:
         for shard in self.root.iterdir():
             if shard.is_dir():
                 yield from shard.glob(f"{TMP_PREFIX}*")
+        for folder in self._variant_folders():
+            yield from folder.glob(f"{TMP_PREFIX}*")
 
     def usage(self) -> int:
-        """Bytes used by image files: walked once, then kept as a running total."""
+        """Bytes used by image files and their variants: walked once, then kept as a running
+        total."""
         with self._lock:
             if self._usage is None:
-                self._usage = sum(f.size for f in self.scan())
+                self._usage = sum(f.size for f in self.scan()) + self.variant_bytes()
             return self._usage
 
     def reset_usage(self) -> None:

@@ -225,10 +225,21 @@ def test_admin_console_end_to_end_in_chromium(
         page,
         "document.querySelector('.tile img') && document.querySelector('.tile img').naturalWidth > 0",
     )
+    # thumbnails are the public variants of the images, cached beside them
+    first_src = page.locator(".tile img").first.get_attribute("src") or ""
+    assert first_src.endswith("?w=384&h=384&format=webp")
     page.select_option("#img-sort", "size")
     wait_until(page, "document.querySelector('.tile .prompt').textContent === 'filler'")
     assert "本地" in tiles.first.inner_text()
     shot(page, "images")
+    # the prompt filter narrows the grid (Enter applies it); emptied, the grid is whole again
+    page.fill("#img-filter-q", "猫 #1")
+    page.press("#img-filter-q", "Enter")
+    wait_until(page, "document.querySelectorAll('.tile').length === 1")
+    assert "猫 #1" in tiles.first.inner_text()
+    page.fill("#img-filter-q", "")
+    page.press("#img-filter-q", "Enter")
+    wait_until(page, f"document.querySelectorAll('.tile').length === {total}")
 
     target = tiles.nth(1).get_attribute("data-id")
     tiles.nth(1).locator(".pick").check()

@@ -525,22 +525,6 @@ def test_admin_images_delete_local_then_everything(
     assert empty.status_code == 422
 
 
-def test_admin_thumbnail_is_small_webp_cached_on_disk(
-    shared: Gateway, admin: tuple[httpx.Client, str]
-) -> None:
-    client, _ = admin
-    image = shared.services.library.save_sync(
-        make_image("JPEG", 200_000, seed=9), origin=ImageOrigin("test")
-    )
-    answer = client.get(f"/admin/api/images/{image.id}/thumb")
-    assert answer.status_code == 200 and answer.headers["content-type"] == "image/webp"
-    assert len(answer.content) < image.size
-    thumbs = shared.services.cache.root.parent / "thumbs"
-    assert (thumbs / image.id[:2] / f"{image.id}.webp").is_file()
-    assert client.get("/admin/api/images/" + "z" * 22 + "/thumb").status_code == 404
-    assert client.get("/admin/api/images/..%2F..%2Fsecret/thumb").status_code == 404
-
-
 def test_admin_logs_newest_first_filtered_and_cleared(
     shared: Gateway, admin: tuple[httpx.Client, str]
 ) -> None:

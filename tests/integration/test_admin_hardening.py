@@ -5,7 +5,9 @@ Everything over real HTTP on loopback."""
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from functools import partial
@@ -83,6 +85,22 @@ def test_admin_setup_link_carries_the_token_hidden_across_a_language_switch(
     assert f'type="hidden" name="setup_token" value="{token}"' in page.text
     for name in ("username", "password"):
         assert f'name="{name}"' in page.text
+
+
+def test_admin_setup_language_links_keep_the_token_both_ways(client: httpx.Client) -> None:
+    """The switch link as the page renders it (English, then back to Chinese) keeps the token."""
+    token = setup_token()
+    page = client.get(f"/admin/setup?token={token}")
+    for expected_lang in ("en", "zh"):
+        href = re.search(r'class="lang-switch" href="([^"]+)"', page.text)
+        assert href is not None
+        link = html.unescape(href.group(1))
+        assert f"token={token}" in link and f"lang={expected_lang}" in link
+        switched = client.get("/admin/setup" + link)
+        assert switched.headers["location"] == f"/admin/setup?token={token}"
+        page = client.get(switched.headers["location"])
+        assert f'<html lang="{"en" if expected_lang == "en" else "zh-CN"}">' in page.text
+        assert f'type="hidden" name="setup_token" value="{token}"' in page.text
 
 
 def test_services_prepare_prints_setup_link_only_while_no_admin(

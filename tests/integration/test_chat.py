@@ -465,13 +465,18 @@ def test_chat_history_own_images_inlined_for_upstream(
     sdk(gateway).chat.completions.create(model="picgate", messages=messages)  # type: ignore[arg-type]
     sent = upstream.last(CHAT).json["messages"]
     inline = f"data:image/png;base64,{ONE_PIXEL_PNG_B64}"
+    # the assistant's image leaves its text for an image part of the last user message
     assert sent[1] == {
         "role": "assistant",
-        "content": reply.replace(url, inline),
+        "content": reply.replace(f"![image]({url})", "[image 1]"),
     }
-    assert sent[2]["content"][1]["image_url"]["url"] == inline
+    assert sent[2]["content"][:2] == [
+        {"type": "text", "text": "[image 1]"},
+        {"type": "image_url", "image_url": {"url": inline}},
+    ]
+    assert sent[2]["content"][3]["image_url"]["url"] == inline
     # external URLs pass through while ALLOW_EXTERNAL_IMAGE_FETCH is off
-    assert sent[2]["content"][2] == messages[2]["content"][2]  # type: ignore[index]
+    assert sent[2]["content"][4] == messages[2]["content"][2]  # type: ignore[index]
     assert "🖼️ 历史图片已内联: 2 张" in log_lines(gateway, "🖼️")
 
 
@@ -686,3 +691,65 @@ def test_chat_stream_client_gone_while_upstream_slow_closes_upstream(
             break  # the client leaves while the upstream is still silent
     assert started.wait(5)
     assert ended.wait(10), "the upstream request stayed open after the client left"
+
+
+VARIANT_LINK = re.compile(
+    r"!\[image\]\((http://127\.0\.0\.1:\d+/images/[A-Za-z0-9_-]+\.png)\?([^)]*)\)"
+)
+
+
+def test_chat_image_variant_added_to_links_and_history_sends_original(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream
+) -> None:
+    picture = make_image("PNG", 60_000, seed=12)
+    answer = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "up",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": f"![image]({data_url(picture)})"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    serve(upstream, lambda: JSONResponse(answer))
+    gateway = start_gateway(chat_image_variant="w=128&format=webp")
+    reply = sdk(gateway).chat.completions.create(model="picgate", messages=MESSAGES)
+    content = reply.choices[0].message.content or ""
+    match = VARIANT_LINK.search(content)
+    assert match is not None, content
+    original, query = match.groups()
+    assert query == "w=128&format=webp"
+    light = httpx.get(f"{original}?{query}")
+    assert light.headers["content-type"] == "image/webp" and len(light.content) < len(picture)
+    assert served(original) == picture  # the same URL without the query: the full image
+
+    history = [*MESSAGES, {"role": "assistant", "content": content}]
+    sdk(gateway).chat.completions.create(model="picgate", messages=history)  # type: ignore[arg-type]
+    sent = upstream.last(CHAT).json["messages"]
+    assert sent[1]["content"] == "[image 1]"
+    # the original, whole, in the user part the image moved to; no query left
+    assert sent[2]["content"] == [
+        {"type": "text", "text": "[image 1]"},
+        {"type": "image_url", "image_url": {"url": data_url(picture)}},
+    ]
+
+
+def test_chat_image_variant_in_streams(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream
+) -> None:
+    gateway = start_gateway(chat_image_variant="w=512")
+    [url] = re.findall(r"\((http://[^)]+)\)", stream_text(gateway))
+    assert url.endswith(".png?w=512")
+
+
+def test_chat_image_variant_setting_refuses_other_text(
+    make_settings: Callable[..., Any],
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="chat_image_variant"):
+        make_settings(chat_image_variant="w=1024&size=big")

@@ -53,8 +53,8 @@ def record_incoming(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[I
     made: list[IncomingImage] = []
     real = gateway.services.library.incoming
 
-    def incoming() -> IncomingImage:
-        image = real()
+    def incoming(*, keep_text: bool = False) -> IncomingImage:
+        image = real(keep_text=keep_text)
         made.append(image)
         return image
 
@@ -175,6 +175,66 @@ def test_streaming_large_b64_json_reply_returns_same_bytes_and_stores(
     stored = row(gateway, image.image_id)
     assert stored is not None and stored.sha256 == hashlib.sha256(BIG).hexdigest()
     assert temp_files(gateway) == []
+
+
+def count_encodings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes of the images the Images API base64-encodes for a reply."""
+    from picgate.gateway import images_api
+
+    sizes: list[int] = []
+    real = images_api._b64
+
+    def counted(data: bytes) -> bytes:
+        sizes.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(images_api, "_b64", counted)
+    return sizes
+
+
+def test_streaming_b64_json_reply_hands_back_the_upstreams_own_text(
+    gateway: Gateway,
+    upstream: StubUpstream,
+    started: list[IncomingImage],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    encoded = count_encodings(monkeypatch)
+    text = b64(BIG_2)
+    body = {"created": 7, "data": [{"b64_json": text, "revised_prompt": "r"}], "usage": {"n": 1}}
+    answer_with(upstream, json.dumps(body).encode())
+    resp = generate(gateway, response_format="b64_json")
+    assert resp.status_code == 200, resp.text
+    # byte for byte what a JSON encoder gives for the same answer
+    expected = {
+        "created": 7,
+        "usage": {"n": 1},
+        "data": [{"b64_json": text, "revised_prompt": "r"}],
+    }
+    assert resp.content == json.dumps(expected, separators=(",", ":")).encode()
+    assert resp.headers["content-length"] == str(len(resp.content))
+    assert encoded == []  # the upstream's text went back; nothing was encoded again
+    [image] = started
+    assert row(gateway, image.image_id) is not None
+
+
+def test_streaming_b64_json_non_canonical_upstream_text_is_reencoded(
+    gateway: Gateway, upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded = count_encodings(monkeypatch)
+    data = BIG_2
+    assert len(data) % 3, "the image needs padding for a stray bit to fit"
+    text = b64(data)
+    # a stray bit after the last byte: the same bytes, spelled in a way clients may refuse
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    body_text = text.rstrip("=")
+    odd = body_text[:-1] + last[last.index(body_text[-1]) + 1]
+    odd += "=" * (len(text) - len(body_text))
+    assert base64.b64decode(odd) == data and odd != text
+    answer_with(upstream, json.dumps({"created": 1, "data": [{"b64_json": odd}]}).encode())
+    resp = generate(gateway, response_format="b64_json")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["data"][0]["b64_json"] == text
+    assert encoded == [len(data)]
 
 
 def test_streaming_two_large_images_both_streamed_in_order(

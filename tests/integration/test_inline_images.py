@@ -63,20 +63,51 @@ def assert_inline_413(resp: httpx.Response) -> dict[str, Any]:
     return error
 
 
-def test_inline_chat_image_parts_over_cap_413_image_read_once(
+def test_inline_chat_newest_image_alone_over_cap_413_nothing_sent(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream
+) -> None:
+    gateway = start_gateway(max_inline_images_mb=1)
+    upstream.image = make_image("PNG", 900_000, seed=12)  # ~1.2 MB as a data URL
+    made = httpx.post(
+        gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "p"}
+    )
+    url = made.json()["data"][0]["url"]
+    upstream.requests.clear()
+    messages = [
+        {"role": "user", "content": "draw"},
+        {"role": "assistant", "content": f"![image]({url})"},
+        {"role": "user", "content": "again"},
+    ]
+    error = assert_inline_413(chat(gateway, messages))
+    assert error["param"] == "messages[1].content"
+    assert "newest image" in error["message"]
+    assert not upstream.requests
+
+
+def test_inline_chat_image_parts_over_cap_trimmed_newest_full_image_read_once(
     start_gateway: Callable[..., Gateway], upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gateway = start_gateway(max_inline_images_mb=1)
     url = stored_image(gateway, upstream)
     reads = count_reads(gateway, monkeypatch)
     content = [{"type": "text", "text": "again"}, *image_parts(url, REFERENCES)]
-    error = assert_inline_413(chat(gateway, [{"role": "user", "content": content}]))
-    assert error["param"] == "messages[0].content[4].image_url.url"  # the 4th copy passes 1 MB
-    assert len(reads) == 1
-    assert not upstream.requests
+    resp = chat(gateway, [{"role": "user", "content": content}])
+    assert resp.status_code == 200, resp.text[:300]
+    sent = upstream.last(CHAT).json["messages"][0]["content"]
+    assert len(sent) == 1 + REFERENCES  # every part is still there, as an image or a note
+    full = "data:image/png;base64," + base64.b64encode(IMAGE).decode()
+    urls = [p["image_url"]["url"] for p in sent if p["type"] == "image_url"]
+    notes = [p["text"] for p in sent[1:] if p["type"] == "text"]
+    assert [p["image_url"]["url"] for p in sent[-2:]] == [full, full]  # the newest two
+    assert all(u.startswith("data:image/jpeg;base64,") for u in urls[:-2])
+    assert len(urls) > 2 and notes  # some downscaled, the oldest left out
+    assert all(note.startswith("[image omitted: ") for note in notes)
+    assert sent.index({"type": "text", "text": notes[0]}) < len(sent) - len(urls)  # oldest first
+    assert sum(len(u) for u in urls) <= 2**20
+    assert reads == [reads[0]]
 
 
-def test_inline_chat_assistant_markdown_over_cap_413(
+def test_inline_chat_assistant_markdown_repeated_image_sent_once(
     start_gateway: Callable[..., Gateway], upstream: StubUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gateway = start_gateway(max_inline_images_mb=1)
@@ -88,9 +119,11 @@ def test_inline_chat_assistant_markdown_over_cap_413(
         {"role": "assistant", "content": markdown},
         {"role": "user", "content": "again"},
     ]
-    assert assert_inline_413(chat(gateway, messages))["param"] == "messages[1].content"
+    assert chat(gateway, messages).status_code == 200
+    sent = upstream.last(CHAT).json["messages"]
+    assert sent[1]["content"] == "\n".join(["[image 1]"] * REFERENCES)
+    assert [p["type"] for p in sent[2]["content"]] == ["text", "image_url", "text"]
     assert len(reads) == 1
-    assert not upstream.requests
 
 
 def test_inline_chat_under_cap_every_reference_sent_image_read_once(

@@ -2,7 +2,7 @@
 file, a real sqld (libSQL over Hrana) and a real PostgreSQL server, each fresh and empty.
 
 Migrations reach head with every table; the rows PicGate keeps (images, settings, log lines,
-admin sessions, the job lease) go in and come back with their types; several processes'
+admin sessions, login failure counters, the job lease) go in and come back with their types; several processes'
 worth of first starts on one empty database all end at head; one job lease has one holder.
 The sqld and PostgreSQL cases fail (never skip) when their server binaries are missing.
 """
@@ -94,6 +94,17 @@ def test_metadata_migrations_reach_head_with_every_table(database_url: str) -> N
         db.dispose()
 
 
+# the attribution columns at their caps (128, and 64 for the key name), in several scripts
+ATTRIBUTION = {
+    "user_id": "u" * 128,
+    "user_name": "张三 Zoë " + "x" * 120,
+    "chat_id": "4f3c2b1a-0000-4000-8000-00000000c4a7",
+    "message_id": "m-1",
+    "model": "gpt-image-1",
+    "key_name": "k" * 64,
+}
+
+
 def test_metadata_image_row_round_trips_every_column(db: Database) -> None:
     created = datetime(2031, 5, 6, 7, 8, 9, 123456)  # naive UTC, microseconds kept
     prompt = "一只猫 🐱 " + "x" * 10_000
@@ -112,6 +123,7 @@ def test_metadata_image_row_round_trips_every_column(db: Database) -> None:
         r2_lease_owner="host-1-abc",
         r2_lease_until=created + timedelta(minutes=1),
         size=2**31 - 1,  # the most a 32-bit INTEGER column holds on PostgreSQL
+        **ATTRIBUTION,
     )
     bare = _image("img-bare", created=created - timedelta(days=1))
     db.write(lambda s: s.add_all([full, bare]))
@@ -128,6 +140,8 @@ def test_metadata_image_row_round_trips_every_column(db: Database) -> None:
     assert got_full.local is False and got_full.expired is True
     assert got_bare.local is True and got_bare.expired is False
     assert got_bare.prompt is None and got_bare.r2_next_attempt_at is None
+    assert {name: getattr(got_full, name) for name in ATTRIBUTION} == ATTRIBUTION
+    assert all(getattr(got_bare, name) is None for name in ATTRIBUTION)
 
     def queue(session: Session) -> list[str]:
         return list(
@@ -206,6 +220,27 @@ def test_metadata_admin_session_created_loaded_and_ended(db: Database) -> None:
     assert db.write(lambda s: auth.load_session(s, token + "x")) is None
     db.write(lambda s: auth.end_session(s, token))
     assert db.write(lambda s: auth.load_session(s, token)) is None
+
+
+def test_metadata_login_failures_counted_in_parallel_lock_after_the_allowed_guesses(
+    db: Database,
+) -> None:
+    admitted: list[auth.LoginTicket] = []
+    throttled: list[auth.LoginThrottled] = []
+
+    def attempt() -> None:
+        try:
+            admitted.append(db.write(lambda s: auth.admit(s, username="root", ip="198.51.100.7")))
+        except auth.LoginThrottled as exc:
+            throttled.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(admitted) == auth.MAX_USER_FAILURES
+    assert len(throttled) == 12 - auth.MAX_USER_FAILURES
 
 
 def test_metadata_job_lease_has_one_holder_at_a_time(db: Database) -> None:

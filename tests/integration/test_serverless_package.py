@@ -22,6 +22,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LAYER_ARN = "arn:aws:lambda:us-east-1:123456789012:layer:picgate-test-deps:7"
+RUNTIME = "3.13"  # serverless.yml's provider.runtime
+TAG = "cpython-313"  # its bytecode's name
 pytestmark = pytest.mark.skipif(
     shutil.which("npx") is None, reason="npx (Node.js) is not installed"
 )
@@ -36,6 +38,16 @@ def ssm_names() -> list[str]:
 CODE = ("picgate", "handler.py", "tests")
 
 
+def runtime_python() -> str:
+    """An interpreter of Lambda's Python version if uv finds one (the package's bytecode must be
+    its own), else this one: its bytecode is then another runtime's and must stay out."""
+    uv = Path(sys.executable).parent / "uv"
+    found = subprocess.run(
+        [str(uv), "python", "find", "--no-project", RUNTIME], capture_output=True, text=True
+    )
+    return found.stdout.strip() if found.returncode == 0 else sys.executable
+
+
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (REPO / "node_modules" / "serverless").is_dir():
@@ -44,17 +56,19 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("serverless.yml", "handler.py"):
         shutil.copy(REPO / name, work / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "picgate", work / "picgate", ignore=ignore)
+    for code in ("picgate", "admin_templates"):
+        shutil.copytree(REPO / code, work / code, ignore=ignore)
     for junk in ("tests", "docs", "bench", "data", ".venv"):  # must stay out of the zip
         (work / junk).mkdir()
         (work / junk / "junk.py").write_text("# not for Lambda\n")
     # the deploy steps (docs/DEPLOY.md): PicGate's bytecode, validated by the source's hash
     subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", *CODE],
+        [runtime_python(), "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", *CODE],
         cwd=work,
         check=True,
     )
     (work / "picgate" / "__pycache__" / "app.cpython-312.pyc").write_bytes(b"other runtime")
+    (work / "picgate" / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"the old runtime")
     (work / "node_modules").symlink_to(REPO / "node_modules")
     env = {
         "PATH": os.environ["PATH"],
@@ -111,7 +125,7 @@ def test_serverless_package_functions_runtime_arch_and_handlers(packaged: Path) 
     assert handlers == {"handler.handler", "handler.cleanup"}
     for function in functions.values():
         props = function["Properties"]
-        assert props["Runtime"] == "python3.11"
+        assert props["Runtime"] == f"python{RUNTIME}"
         assert props["Architectures"] == ["x86_64"]
         assert props["Layers"] == [LAYER_ARN]
         assert props["Environment"]["Variables"]["RUNTIME_MODE"] == "serverless"
@@ -145,22 +159,26 @@ def test_serverless_package_zip_holds_code_only(packaged: Path) -> None:
     with zipfile.ZipFile(packaged / "picgate.zip") as zipped:
         names = zipped.namelist()
     assert "handler.py" in names and "picgate/app.py" in names
+    # the console's templates ride along: the Lambda package is not an installed wheel
+    assert "admin_templates/base.html" in names and "admin_templates/static/admin.js" in names
     assert any(n.startswith("picgate/db/migrations/versions/") for n in names)
     for excluded in ("tests/", "docs/", "bench/", "data/", ".venv/", "node_modules/"):
         assert not [n for n in names if n.startswith(excluded)], excluded
     assert "serverless.yml" not in names
-    # PicGate's own bytecode for the runtime's Python (3.11), hash-checked; nothing else compiled
+    # PicGate's own bytecode for the runtime's Python, hash-checked; nothing else compiled
     pycs = [n for n in names if n.endswith(".pyc")]
-    assert all(n.endswith(".cpython-311.pyc") for n in pycs), pycs
-    assert all(n.startswith(("picgate/", "__pycache__/handler.")) for n in pycs), pycs
-    if sys.implementation.cache_tag != "cpython-311":
-        return  # compiled here for another Python: the runtime's would be missing, rightly
+    assert all(n.endswith(f".{TAG}.pyc") for n in pycs), pycs
+    assert all(
+        n.startswith(("picgate/", "admin_templates/", "__pycache__/handler.")) for n in pycs
+    ), pycs
+    if runtime_python() == sys.executable and sys.implementation.cache_tag != TAG:
+        pytest.skip(f"no Python {RUNTIME} here to compile the runtime's bytecode with")
     for name in (
-        "__pycache__/handler.cpython-311.pyc",
-        "picgate/__pycache__/app.cpython-311.pyc",
-        "picgate/db/migrations/versions/__pycache__/0001_initial.cpython-311.pyc",
+        f"__pycache__/handler.{TAG}.pyc",
+        f"picgate/__pycache__/app.{TAG}.pyc",
+        f"picgate/db/migrations/versions/__pycache__/0001_initial.{TAG}.pyc",
     ):
         assert name in pycs
     with zipfile.ZipFile(packaged / "picgate.zip") as zipped:
-        header = zipped.read("picgate/__pycache__/app.cpython-311.pyc")[:8]
+        header = zipped.read(f"picgate/__pycache__/app.{TAG}.pyc")[:8]
     assert int.from_bytes(header[4:8], "little") == 0b11  # PEP 552: checked hash-based

@@ -339,3 +339,24 @@ def test_upstream_unreachable_still_says_unreachable(start_gateway: Callable[...
     answer = chat(gateway, stream=False)
     assert answer.status_code == 502
     assert answer.json()["error"]["code"] == "upstream_unreachable"
+
+
+def test_upstream_json_answer_over_max_upstream_response_mb_is_502(
+    start_gateway: Callable[..., Gateway], upstream: StubUpstream
+) -> None:
+    """MAX_UPSTREAM_RESPONSE_MB caps the answer below what MAX_IMAGE_MB alone allows (50 MB
+    images: ~668 MB)."""
+    gateway = start_gateway(max_upstream_response_mb=1)
+
+    async def two_mb() -> AsyncIterator[bytes]:
+        yield b'{"choices": [{"message": {"content": "'
+        for _ in range(32):  # 2 MB, chunked
+            yield b"x" * 65_536
+        yield b'"}}]}'
+
+    upstream.handlers[CHAT] = lambda request: _async(
+        StreamingResponse(two_mb(), media_type="application/json")
+    )
+    answer = chat(gateway, stream=False)
+    assert answer.status_code == 502
+    assert answer.json()["error"]["code"] == "upstream_response_too_large"

@@ -1,9 +1,8 @@
-"""The admin console's pure parts: catalogues, thumbnails, cursors, the settings form, hashing,
+"""The admin console's pure parts: catalogues, cursors, the settings form, hashing,
 and the packaging that ships the templates."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tomllib
@@ -11,18 +10,16 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from PIL import Image as PILImage
 
-from picgate.admin import auth, i18n, settings_form, thumbnails
+from picgate.admin import auth, i18n, settings_form
 from picgate.admin.pages import NAV
 from picgate.config import EDITABLE, Settings
-from picgate.errors import BadRequest, UnsupportedMediaType
+from picgate.errors import BadRequest
 from picgate.library import gallery
 from picgate.settings_store import mask
-from tests.support.images import make_image
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "picgate" / "admin" / "templates"
+TEMPLATES = ROOT / "admin_templates"
 LOCALES = ROOT / "picgate" / "admin" / "locales"
 
 
@@ -80,39 +77,6 @@ def test_translator_falls_back_to_chinese_then_key_and_fills_params() -> None:
     }
 
 
-def png(width: int, height: int) -> bytes:
-    out = io.BytesIO()
-    PILImage.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG")
-    return out.getvalue()
-
-
-def test_thumbnail_is_webp_within_bounds_keeping_aspect() -> None:
-    thumb = thumbnails.make_thumbnail(png(1600, 800))
-    with PILImage.open(io.BytesIO(thumb)) as img:
-        assert img.format == "WEBP" and img.size == (thumbnails.SIZE, thumbnails.SIZE // 2)
-    with PILImage.open(io.BytesIO(thumbnails.make_thumbnail(make_image("GIF", 4000)))) as img:
-        assert img.format == "WEBP"
-
-
-def test_thumbnail_refuses_decompression_bombs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(thumbnails, "MAX_PIXELS", 10_000)
-    for side in (120, 300):  # 1.4x the limit only warns in Pillow, 9x raises: both refused
-        with pytest.raises(UnsupportedMediaType):
-            thumbnails.make_thumbnail(png(side, side))
-    monkeypatch.undo()
-    PILImage.MAX_IMAGE_PIXELS = thumbnails.MAX_PIXELS
-
-
-def test_thumbnail_refuses_bytes_that_are_not_an_image() -> None:
-    with pytest.raises(UnsupportedMediaType):
-        thumbnails.make_thumbnail(b"<svg xmlns='http://www.w3.org/2000/svg'/>")
-
-
-def test_thumbnail_path_refuses_traversal(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        thumbnails.thumb_path(tmp_path, "../../etc/passwd")
-
-
 def test_gallery_cursor_round_trips_and_refuses_garbage() -> None:
     when = datetime(2025, 5, 6, 7, 8, 9, 123456)
     assert gallery.decode_cursor(gallery.encode_cursor(when, "abc"), "created") == (when, "abc")
@@ -159,8 +123,10 @@ def test_packaging_lists_every_package_and_ships_the_templates() -> None:
         ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "picgate").rglob("__init__.py")
     }
     assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
-    shipped = config["package-data"]["picgate.admin"]
-    assert "templates/*.html" in shipped and "templates/static/*.js" in shipped
+    assert config["package-dir"]["picgate.admin_templates"] == "admin_templates"
+    assert "picgate.admin_templates" in listed
+    shipped = config["package-data"]["picgate.admin_templates"]
+    assert "*.html" in shipped and "static/*.js" in shipped and "static/*.css" in shipped
     assert (TEMPLATES / "base.html").is_file() and (TEMPLATES / "static" / "admin.css").is_file()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from picgate.config import EDITABLE, Settings, SettingsError, validate_settings
+from picgate.config import EDITABLE, SECRETS, Settings, SettingsError, validate_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,3 +72,46 @@ def test_settings_are_documented_in_readme() -> None:
 
 def test_editable_settings_exist() -> None:
     assert set(EDITABLE) <= set(Settings.model_fields)
+
+
+def test_editable_marks_derived_sets_equal_the_former_lists() -> None:
+    """The names read from the fields' marks are the lists kept by hand before the marks."""
+    assert EDITABLE == (
+        "upstream_api_base",
+        "upstream_api_key",
+        "upstream_model_name",
+        "gateway_model_name",
+        "gateway_api_key",
+        "public_base_url",
+        "chat_image_variant",
+        "r2_account_id",
+        "r2_access_key_id",
+        "r2_secret_access_key",
+        "r2_bucket_name",
+        "r2_endpoint_url",
+        "r2_public_base_url",
+        "local_cache_ttl_hours",
+        "metadata_retention_days",
+        "max_local_cache_mb",
+        "allow_external_image_fetch",
+        "delete_r2_on_metadata_expire",
+        "user_daily_image_limit",
+        "max_inline_images_mb",
+        "inline_full_images",
+        "task_model",
+        "drop_tools_for_image_models",
+    )
+    assert SECRETS == {
+        "upstream_api_key",
+        "gateway_api_key",
+        "r2_secret_access_key",
+        "r2_access_key_id",
+    }
+
+
+def test_printable_check_editable_text_fields_refuse_control_characters() -> None:
+    text_fields = [n for n in EDITABLE if Settings.model_fields[n].annotation in (str, str | None)]
+    assert len(text_fields) == 14
+    for name in text_fields:
+        with pytest.raises(ValueError, match="control character"):
+            Settings.model_validate({name: "https://a.example/x\x07y"})

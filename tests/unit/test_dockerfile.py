@@ -83,11 +83,13 @@ def test_compose_agrees_with_dockerfile_and_settings() -> None:
     compose = yaml.safe_load((REPO / "infra" / "docker-compose.yml").read_text())
     service = compose["services"]["picgate"]
     port = Settings.model_fields["port"].default
-    assert f"{port}:{port}" in service["ports"]
+    # the mapping, the container's PORT and the health check follow PORT, defaulting alike
+    assert f"${{PORT:-{port}}}:${{PORT:-{port}}}" in service["ports"]
+    assert service["environment"]["PORT"] == f"${{PORT:-{port}}}"
     assert "picgate-data:/app/data" in service["volumes"]
     assert "picgate-data" in compose["volumes"]
     test = service["healthcheck"]["test"]
-    assert test[:2] == ["CMD", "python"] and f":{port}/health" in test[-1]
+    assert test[:2] == ["CMD", "python"] and "os.environ['PORT']" in test[-1]
     assert service["build"]["context"] == ".." and service["build"]["dockerfile"] == "Dockerfile"
 
 
@@ -95,3 +97,21 @@ def test_readme_docker_commands_match_compose() -> None:
     readme = (REPO / "README.md").read_text()
     assert "-v picgate-data:/app/data" in readme
     assert "infra/docker-compose.yml" in readme
+
+
+def test_openwebui_compose_wires_open_webui_to_picgate() -> None:
+    compose = yaml.safe_load((REPO / "infra" / "docker-compose.openwebui.yml").read_text())
+    picgate = compose["services"]["picgate"]["environment"]
+    webui = compose["services"]["open-webui"]["environment"]
+    inside = "http://picgate:5643/v1"
+    assert webui["OPENAI_API_BASE_URLS"] == inside
+    assert webui["IMAGES_OPENAI_API_BASE_URL"] == webui["IMAGES_EDIT_OPENAI_API_BASE_URL"] == inside
+    keys = ("OPENAI_API_KEYS", "IMAGES_OPENAI_API_KEY", "IMAGES_EDIT_OPENAI_API_KEY")
+    assert {webui[k] for k in keys} == {"${GATEWAY_API_KEY}"}
+    assert webui["IMAGE_GENERATION_ENGINE"] == webui["IMAGE_EDIT_ENGINE"] == "openai"
+    assert webui["ENABLE_FORWARD_USER_INFO_HEADERS"] == "true"
+    # image links must be loadable by the browser, not only inside the compose network
+    assert "picgate:5643" not in picgate["PUBLIC_BASE_URL"]
+    assert picgate["GATEWAY_API_KEY"].startswith("${GATEWAY_API_KEY")
+    assert "infra/docker-compose.openwebui.yml" in (REPO / "README.md").read_text()
+    assert "infra/docker-compose.openwebui.yml" in (REPO / "README.en.md").read_text()

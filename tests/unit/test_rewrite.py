@@ -96,8 +96,9 @@ class RecordingSink:
         self.stored = 0
 
     async def __call__(self, image: str) -> str | None:
-        self.calls.append(image)
+        # a data URL or bare base64, as the sink's contract allows: recorded as its base64
         encoded = image.split(",", 1)[1] if image.startswith("data:") else image
+        self.calls.append(encoded)
         try:
             raw = base64.b64decode(encoded, validate=True)
         except binascii.Error:
@@ -178,7 +179,7 @@ def test_rewrite_completion_openrouter_images_appended_and_field_removed() -> No
     )
     assert "images" not in message
     assert list(message) == ["role", "content", "refusal", "reasoning"]
-    assert sink.calls == [ONE_PIXEL_URL]
+    assert sink.calls == [ONE_PIXEL]
     assert result["usage"] == body["usage"]
     assert list(result) == list(body)
 
@@ -242,7 +243,7 @@ def test_rewrite_completion_image_shapes_all_become_markdown() -> None:
         "x": 1,
     }
     assert list(message) == ["role", "content", "x"]
-    assert sink.calls == [ONE_PIXEL_URL, ONE_PIXEL_URL, ONE_PIXEL]
+    assert sink.calls == [ONE_PIXEL, ONE_PIXEL, ONE_PIXEL]
 
 
 def test_rewrite_completion_unknown_image_item_kept_in_images() -> None:
@@ -449,7 +450,7 @@ def test_stream_rewriter_openrouter_fixture_images_delta_becomes_markdown() -> N
     }
     assert out[0] == payloads[0]
     assert out[2:] == payloads[2:]
-    assert sink.calls == [ONE_PIXEL_URL]
+    assert sink.calls == [ONE_PIXEL]
 
 
 def test_stream_rewriter_openrouter_images_failing_sink_keeps_data_url() -> None:
@@ -473,7 +474,7 @@ def test_stream_rewriter_data_url_split_every_char_yields_one_image_delta() -> N
     sent = deltas(out)
     assert "".join(sent) == "Look: ![art](http://gw/images/1.png) nice"
     assert [d for d in sent if "![" in d or "(" in d] == ["![art](http://gw/images/1.png)"]
-    assert sink.calls == [BIG_URL]
+    assert sink.calls == [BIG_B64]
     assert out[-1] == "[DONE]"
 
 
@@ -528,7 +529,7 @@ def test_stream_rewriter_two_images_in_one_delta() -> None:
     out = run(run_stream([chunk(text)], sink))
 
     assert deltas(out) == ["a ![one](http://gw/images/1.png) b ![image](http://gw/images/2.png) c"]
-    assert sink.calls == [ONE_PIXEL_URL, BIG_URL]
+    assert sink.calls == [ONE_PIXEL, BIG_B64]
 
 
 def test_stream_rewriter_image_in_reasoning_content_replaced_there() -> None:
@@ -555,10 +556,10 @@ def test_stream_rewriter_several_choices_keep_state_per_index() -> None:
 
     out = run(run_stream(payloads, sink))
 
-    assert sorted(sink.calls) == sorted([BIG_URL, ONE_PIXEL_URL])
+    assert sorted(sink.calls) == sorted([BIG_B64, ONE_PIXEL])
     url = {call: f"http://gw/images/{n}.png" for n, call in enumerate(sink.calls, 1)}
-    assert client_text(out, index=0) == f"zero ![image]({url[BIG_URL]}) end"
-    assert client_text(out, index=1) == f"one ![b]({url[ONE_PIXEL_URL]})!"
+    assert client_text(out, index=0) == f"zero ![image]({url[BIG_B64]}) end"
+    assert client_text(out, index=1) == f"one ![b]({url[ONE_PIXEL]})!"
 
 
 def test_stream_rewriter_error_chunk_mid_stream_flushes_held_text_first() -> None:
@@ -742,7 +743,7 @@ def test_stream_rewriter_image_at_max_image_is_stored() -> None:
     for piece in pieces:
         out += run(rewriter.feed(chunk(piece)))
     out += run(rewriter.finish())
-    assert sink.calls == [BIG_URL]
+    assert sink.calls == [BIG_B64]
     assert LINK.search("".join(deltas(out)))
 
 

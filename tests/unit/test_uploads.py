@@ -288,11 +288,13 @@ def test_delete_images_local_only_of_unarchived_image_marks_expired(
 ) -> None:
     services = make_services(objects=MemoryObjectStore())
     (image,) = store_images(services, 1)
+    # its local copy is its only one: refused unless forced (test_delete_only_copy.py)
     services.library.actions.delete_images(
         [image.id],
         local=True,
         remote=False,
         forget=False,
+        force=True,
     )
     current = row(services, image.id)
     assert (current.local, current.expired) == (False, True)

@@ -136,7 +136,7 @@
           const input = $("#f-" + f.name);
           if (!input || dirty.has(f.name)) continue;
           input.value = "";
-          input.placeholder = f.is_set ? t("js.secret_set", { masked: f.value }) : t("js.secret_unset");
+          input.placeholder = f.is_set ? t(f.fixed ? "js.secret_fixed" : "js.secret_set", { masked: f.value }) : t("js.secret_unset");
         }
       }
     }
@@ -401,7 +401,8 @@
       const img = document.createElement("img");
       img.loading = "lazy";
       img.alt = item.short_id;
-      img.src = "/admin/api/images/" + encodeURIComponent(item.id) + "/thumb";
+      // the public variant of the image: made once, cached beside it, removed with it
+      img.src = item.path + "?w=384&h=384&format=webp";
       img.addEventListener("error", () => { img.remove(); });
       thumb.appendChild(img);
       thumb.addEventListener("click", () => openLightbox(item));
@@ -424,7 +425,12 @@
       if (item.r2_state === "pending") badges.appendChild(badge("pending"));
       if (item.r2_state === "failed") badges.appendChild(badge("failed"));
       if (!item.local && !item.r2) badges.appendChild(badge("expired"));
-      meta.append(id, info, prompt, badges);
+      // untrusted text from forwarded headers: textContent only, never markup
+      const who = document.createElement("div");
+      who.className = "muted who";
+      who.textContent = [item.user_name || item.user_id, item.model].filter(Boolean).join(" · ");
+      who.title = [item.user_id, item.chat_id, item.message_id].filter(Boolean).join(" / ");
+      meta.append(id, info, who, prompt, badges);
       el.append(pick, thumb, meta);
       return el;
     }
@@ -432,6 +438,10 @@
     async function load() {
       const params = new URLSearchParams({ sort: $("#img-sort").value, limit: String(PAGE) });
       if (cursors[index]) params.set("cursor", cursors[index]);
+      document.querySelectorAll("[data-filter]").forEach((input) => {
+        const value = input.value.trim();
+        if (value) params.set(input.dataset.filter, value);
+      });
       try {
         const page = await api("GET", "/admin/api/images?" + params.toString());
         items = page.items;
@@ -491,6 +501,9 @@
 
     $("#img-refresh").addEventListener("click", load);
     $("#img-sort").addEventListener("change", restart);
+    document.querySelectorAll("[data-filter]").forEach((input) => {
+      input.addEventListener("change", restart);  // Enter or leaving the field, not every key
+    });
     $("#img-select-all").addEventListener("change", (e) => {
       for (const item of items) { if (e.target.checked) selected.add(item.id); else selected.delete(item.id); }
       grid.replaceChildren(...items.map(tile));
@@ -568,7 +581,125 @@
     load();
   }
 
-  const PAGES = { dashboard: initDashboard, settings: initSettings, cache: initCache, images: initImages, logs: initLogs };
+  // -- gateway keys --------------------------------------------------------------------------
+
+  function cell(text) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    return td;
+  }
+
+  function initKeys() {
+    async function load() {
+      try {
+        const r = await api("GET", "/admin/api/keys");
+        $("#keys-body").replaceChildren(...r.keys.map((k) => {
+          const tr = document.createElement("tr");
+          tr.className = "gwkey-row";
+          tr.dataset.name = k.name;
+          const limit = k.daily_images ? "/" + k.daily_images : "";
+          const name = cell(k.name + (k.revoked ? " (" + t("js.keys_revoked") + ")" : ""));
+          const actions = document.createElement("td");
+          if (!k.revoked) {
+            const btn = document.createElement("button");
+            btn.type = "button";
+            btn.className = "danger key-revoke";
+            btn.textContent = t("js.keys_revoke");
+            btn.addEventListener("click", async () => {
+              if (!window.confirm(t("js.keys_confirm_revoke", { name: k.name }))) return;
+              try {
+                await api("POST", "/admin/api/keys/" + encodeURIComponent(k.name) + "/revoke");
+                await load();
+              } catch (e) {
+                toast(t("js.request_failed", { message: e.message }), true);
+              }
+            });
+            actions.appendChild(btn);
+          }
+          tr.append(
+            name,
+            cell(k.prefix + "..."),
+            cell(fmtTime(k.created_at)),
+            cell(k.last_used_at ? fmtTime(k.last_used_at) : "-"),
+            cell(k.requests_today + " / " + k.images_today + limit),
+            cell(k.requests_total + " / " + k.images_total),
+            actions,
+          );
+          return tr;
+        }));
+        $("#keys-empty").hidden = r.keys.length > 0;
+      } catch (e) {
+        toast(t("js.request_failed", { message: e.message }), true);
+      }
+    }
+
+    $("#key-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const limit = $("#key-limit").value;
+      const body = { name: $("#key-name").value };
+      if (limit) body.daily_images = Number(limit);
+      try {
+        const r = await api("POST", "/admin/api/keys", body);
+        $("#key-value").value = r.key;
+        $("#key-new").hidden = false;
+        $("#key-name").value = "";
+        $("#key-limit").value = "";
+        await load();
+      } catch (err) {
+        toast(t("js.request_failed", { message: err.message }), true);
+      }
+    });
+    load();
+  }
+
+  // -- models --------------------------------------------------------------------------------
+
+  function initModels() {
+    async function load() {
+      const r = await api("GET", "/admin/api/models");
+      $("#models-source").textContent = r.source
+        ? t("js.models_source", { path: r.source })
+        : t("js.models_none", { name: r.gateway_model || "" });
+      $("#upstreams-body").replaceChildren(...r.upstreams.map((u) => {
+        const tr = document.createElement("tr");
+        tr.className = "upstream-row";
+        tr.dataset.name = u.name;
+        const result = cell("");
+        result.className = "upstream-result";
+        const actions = document.createElement("td");
+        const btn = document.createElement("button");
+        btn.type = "button";
+        btn.className = "upstream-test";
+        btn.textContent = t("js.models_test");
+        btn.addEventListener("click", async () => {
+          btn.disabled = true;
+          result.textContent = "…";
+          try {
+            const res = await api("POST", "/admin/api/upstreams/" + encodeURIComponent(u.name) + "/test");
+            result.textContent = res.ok
+              ? t("js.models_test_ok", { ms: res.latency_ms, count: res.models })
+              : t("js.models_test_failed", { status: res.status, detail: res.detail });
+          } catch (e) {
+            result.textContent = e.message;
+          } finally {
+            btn.disabled = false;
+          }
+        });
+        actions.appendChild(btn);
+        tr.append(cell(u.name), cell(u.base_url), cell(u.has_key ? "✓" : "-"), actions, result);
+        return tr;
+      }));
+      $("#models-body").replaceChildren(...r.models.map((m) => {
+        const tr = document.createElement("tr");
+        tr.className = "model-row";
+        tr.append(cell(m.name), cell(m.upstream), cell(m.upstream_model), cell(m.api), cell(JSON.stringify(m.params)));
+        return tr;
+      }));
+    }
+    load().catch((e) => toast(t("js.request_failed", { message: e.message }), true));
+  }
+
+  const PAGES = { dashboard: initDashboard, settings: initSettings, cache: initCache, images: initImages, logs: initLogs, keys: initKeys, models: initModels };
   document.addEventListener("DOMContentLoaded", () => {
     bindCommon();
     const init = PAGES[document.body.dataset.page];

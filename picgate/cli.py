@@ -86,14 +86,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings = settings.model_copy(update={"host": args.host})
         _configure_logging(settings.log_level)
         app = create_app(settings)
-        # the schema before the server starts: a half-applied migration is one line here,
-        # where inside uvicorn's startup it would be a traceback
-        app.state.services.db.migrate()
         sock = bind(settings.host, settings.port)
     except ListenError as exc:
         print(f"picgate: {exc}", file=sys.stderr)
         return 2
     except (SettingsError, ValueError) as exc:
+        print(f"picgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # the schema before the server starts (after the port is held: a busy port creates
+        # nothing): a half-applied migration is one line here, inside uvicorn's startup it
+        # would be a traceback
+        app.state.services.db.migrate()
+    except (SettingsError, ValueError) as exc:
+        sock.close()
         print(f"picgate: configuration error: {exc}", file=sys.stderr)
         return 2
     max_connections, warning = fit_open_files(settings.max_connections)

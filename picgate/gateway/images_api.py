@@ -125,9 +125,7 @@ def keep_requested(parts: GatewayParts, answer: Any, keep: int) -> set[str]:
     if not isinstance(items, list):
         return set()
     if len(items) > keep:
-        parts.events.warning(
-            f"⚠️ 上游返回 {len(items)} 张图片，超过请求的 n={keep}，其余已丢弃"
-        )
+        parts.events.warning(f"⚠️ 上游返回 {len(items)} 张图片，超过请求的 n={keep}，其余已丢弃")
         del items[keep:]
     texts = (item.get("b64_json") for item in items if isinstance(item, dict))
     return {text for text in texts if isinstance(text, str)}

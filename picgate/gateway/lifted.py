@@ -12,8 +12,9 @@ or the run was not where images are looked for) is put back as the run's base64.
 A run is lifted only when that cannot change what the rewriter sees:
 
 - it needs no JSON unescaping except ``\\/`` (``/`` written escaped), and it ends where the
-  scanner's run ends: at ``)``, at the string's closing quote, or at an escape other than
-  ``\\/`` and ``\\u`` (which could spell a base64 character);
+  scanner's run ends: at ``)``, at a space, at the string's closing quote, or at an escape
+  other than ``\\/`` and ``\\u`` (which could spell a base64 character); a run ending at any
+  other character fails the strict decode below and stays in the text (the slower path);
 - it is strict, padded, canonical base64 (the decoder checks the characters; the last group is
   encoded again to check the padding bits), so the base64 put back is the very text that came;
 - it is at least ``MIN_RUN`` characters and at most ``max_run`` (a longer one stays in the text,
@@ -101,9 +102,10 @@ class ImageLifter:
         """(where the run from ``start`` ends, its image or None when it is not lifted)."""
         quote = buf.find(b'"', start, hi)
         end = hi if quote < 0 else quote
-        paren = buf.find(b")", start, end)
-        if paren >= 0:
-            end = paren
+        for stop in (b")", b" "):  # a markdown image's end; text after a bare data URL
+            found = buf.find(stop, start, end)
+            if found >= 0:
+                end = found
         escaped = False
         backslash = buf.find(b"\\", start, end)
         while backslash >= 0:

@@ -118,7 +118,7 @@ def test_lifter_each_padding_lifted_and_exact(cut: int) -> None:
     stream = line(f"a data:image/png;base64,{encoded} b")
     out, events, store = same_either_way(stream, fail=True)
     assert contents(out) == f"a data:image/png;base64,{encoded} b"
-    assert store.decoded == [raw]
+    assert events[0].lifted and store.decoded == [raw]
 
 
 def test_lifter_non_image_data_url_left_in_text() -> None:

@@ -2,6 +2,11 @@
 
 Ranges follow ``picgate.images.ranges``: a malformed header is ignored (200, whole image), an
 unsatisfiable one is a 416 in OpenAI's error shape with ``Content-Range: bytes */size``.
+
+With ``SENDFILE_HEADER`` set (``picgate.library.sendfile``), a local file (original or variant)
+is answered with the same status and headers but an empty body and the header naming the file:
+the proxy in front sends the bytes and answers ranges itself. Redirects, 304, 404 and 410 are
+unchanged; an image only in R2 is fetched into the local cache first, then handed off.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from picgate.deps import LibraryDep
 from picgate.errors import NotFound
 from picgate.images.ranges import RangedFileResponse, check_ranges
 from picgate.library.records import parse_image_name
+from picgate.library.sendfile import Sendfile
 from picgate.library.serving import Located
 from picgate.library.variant_cache import VariantCache
 from picgate.storage.codec import BY_EXT
@@ -64,7 +70,7 @@ async def get_image(name: str, request: Request, library: LibraryDep) -> Respons
     image = located.image
     library.touch(image_id)
     if spec is not None and not spec.is_identity(BY_EXT[image.ext]):
-        return await _variant(request, library.variants, located, spec)
+        return await _variant(request, library.variants, located, spec, library.serving.sendfile)
     headers = {
         "ETag": image.etag,
         "Cache-Control": CACHE_CONTROL,
@@ -77,6 +83,9 @@ async def get_image(name: str, request: Request, library: LibraryDep) -> Respons
     if etag_matches(request.headers.get("if-none-match"), image.etag):
         return Response(status_code=304, headers=headers)
     assert located.path is not None
+    sendfile = library.serving.sendfile
+    if sendfile is not None:
+        return _handoff(sendfile, located.path, image.mime, headers)
     size = located.stat.st_size if located.stat is not None else None
     check_ranges(
         request.headers.get("range"),
@@ -100,8 +109,17 @@ async def get_image(name: str, request: Request, library: LibraryDep) -> Respons
     )
 
 
+def _handoff(sendfile: Sendfile, path: Path, mime: str, headers: dict[str, str]) -> Response:
+    """An empty 200 naming ``path`` to the proxy, which sends the bytes (and any range)."""
+    return Response(media_type=mime, headers=headers | sendfile.headers(path))
+
+
 async def _variant(
-    request: Request, variants: VariantCache, located: Located, spec: VariantSpec
+    request: Request,
+    variants: VariantCache,
+    located: Located,
+    spec: VariantSpec,
+    sendfile: Sendfile | None,
 ) -> Response:
     """A sized or converted variant: its own strong ETag, the same immutable caching, no
     ranges (variants are small)."""
@@ -116,5 +134,8 @@ async def _variant(
     }
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
+    if sendfile is not None:
+        path = await variants.file(located, spec)
+        return _handoff(sendfile, path, out.mime, headers)
     variant = await variants.get(located, spec)
     return Response(variant.data, media_type=variant.type.mime, headers=headers)

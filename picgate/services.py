@@ -40,6 +40,7 @@ from picgate.jobs.scheduler import CleanupScheduler
 from picgate.jobs.upload_worker import UploadWorker
 from picgate.keyring import KeyRing
 from picgate.library.library import ImageLibrary
+from picgate.library.sendfile import Sendfile
 from picgate.metrics import Metrics
 from picgate.redaction import Redactor
 from picgate.routing.table import ModelTable
@@ -86,6 +87,7 @@ class Services:
             settings=self._current_settings,
             max_image_bytes=settings.max_image_mb * 2**20,
             serverless=self.serverless,
+            sendfile=Sendfile.from_settings(settings),
         )
         self.cleanup = Cleanup(
             db=self.db, events=self.events, library=self.library, settings=self._current_settings

@@ -8,7 +8,7 @@ and then iterate ``ChatStream.events()``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -29,13 +29,80 @@ from picgate.gateway.history import (
 )
 from picgate.gateway.inline import InlineBudget
 from picgate.gateway.parts import GatewayParts
-from picgate.gateway.rewrite import LEFT_OUT, ImageSink, StreamRewriter, rewrite_completion
+from picgate.gateway.rewrite import LEFT_OUT, StreamRewriter, rewrite_completion
 from picgate.gateway.tasks import upstream_chat_model
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
+from picgate.library.records import ImageOrigin, StoredImage
 
-__all__ = ["ChatStream", "complete", "history_images", "image_sink", "open_stream"]
+__all__ = ["ChatImages", "ChatStream", "complete", "history_images", "image_sink", "open_stream"]
 
 EXTERNAL_FETCH_TIMEOUT = 30.0
+
+
+class ChatImages:
+    """Stores the images of one chat answer (recording who asked); ``__call__`` is the
+    ``ImageSink`` for base64 text, ``decoded`` the ``DecodedSink`` for bytes already decoded.
+
+    Both return the image's public URL, or None to leave the text as it was: when the payload
+    is not an image (bad base64, not a raster type, too large) or storing fails (disk;
+    serverless: the archive), the client keeps the original data URL instead of losing it.
+    ``variant`` (``CHAT_IMAGE_VARIANT``, a checked variant query) is added to the URL: chats
+    then load the lighter variant, and the same URL without it is the full image.
+
+    Past ``max_images`` images in this answer (``MAX_IMAGES_PER_ANSWER``; one upstream answer
+    carried 3000) an image is neither decoded nor stored and is left out of the answer
+    (``LEFT_OUT``), with one log line per answer.
+    """
+
+    def __init__(
+        self,
+        parts: GatewayParts,
+        *,
+        base_url: str,
+        origin: ImageOrigin,
+        variant: str,
+        max_images: int,
+    ) -> None:
+        self._parts = parts
+        self._base_url = base_url
+        self._origin = origin
+        self._suffix = f"?{variant}" if variant else ""
+        self._max_images = max_images
+        self._seen = 0
+
+    async def __call__(self, payload: str) -> str | None:
+        if self._past_cap():
+            return LEFT_OUT
+        return await self._stored(self._parts.library.save_encoded(payload, origin=self._origin))
+
+    async def decoded(self, data: bytes) -> str | None:
+        if self._past_cap():
+            return LEFT_OUT
+        return await self._stored(self._parts.library.save(data, origin=self._origin))
+
+    def _past_cap(self) -> bool:
+        """Count one more image; True once there are more than ``max_images`` (logged once)."""
+        self._seen += 1
+        if self._seen == self._max_images + 1:
+            self._parts.events.warning(
+                f"⚠️ 对话应答中的图片超过 MAX_IMAGES_PER_ANSWER={self._max_images}，"
+                "其余图片未保存，已从应答中略去"
+            )
+        return self._seen > self._max_images
+
+    async def _stored(self, saving: Awaitable[StoredImage]) -> str | None:
+        events = self._parts.events
+        try:
+            stored = await saving
+        except BadRequest as exc:  # also UnsupportedMediaType and PayloadTooLarge
+            events.warning(f"⚠️ 对话中的图片数据无效，保留原文: {exc.message}")
+            return None
+        except (StorageUnavailable, OSError) as exc:
+            events.error(f"❌ 对话图片保存失败，已保留原始数据: {exc}")
+            return None
+        events.info(f"✅ 对话图片已保存: {stored.id[:8]}...")
+        await self._parts.count_images(1)
+        return self._base_url + stored.path + self._suffix
 
 
 def image_sink(
@@ -46,46 +113,12 @@ def image_sink(
     who: Attribution,
     max_images: int,
     variant: str = "",
-) -> ImageSink:
-    """Store one image of a chat answer (recording ``who`` on it); its public URL, or None to
-    leave the text as it was.
-
-    ``variant`` (``CHAT_IMAGE_VARIANT``, a checked variant query) is added to the URL: chats
-    then load the lighter variant, and the same URL without it is the full image.
-
-    None when the payload is not an image (bad base64, not a raster type, too large) or when
-    storing fails (disk; serverless: the archive): the client then keeps the original data
-    URL instead of losing the image. Past ``max_images`` images in this answer
-    (``MAX_IMAGES_PER_ANSWER``; one upstream answer carried 3000) the image is neither decoded
-    nor stored and is left out of the answer (``LEFT_OUT``), with one log line per answer.
-    """
+) -> ChatImages:
+    """The store for the images of a chat answer (see ``ChatImages``)."""
     origin = who.origin("chat", prompt)
-    suffix = f"?{variant}" if variant else ""
-    seen = 0
-
-    async def sink(payload: str) -> str | None:
-        nonlocal seen
-        seen += 1
-        if seen > max_images:
-            if seen == max_images + 1:
-                parts.events.warning(
-                    f"⚠️ 对话应答中的图片超过 MAX_IMAGES_PER_ANSWER={max_images}，"
-                    "其余图片未保存，已从应答中略去"
-                )
-            return LEFT_OUT
-        try:
-            stored = await parts.library.save_encoded(payload, origin=origin)
-        except BadRequest as exc:  # also UnsupportedMediaType and PayloadTooLarge
-            parts.events.warning(f"⚠️ 对话中的图片数据无效，保留原文: {exc.message}")
-            return None
-        except (StorageUnavailable, OSError) as exc:
-            parts.events.error(f"❌ 对话图片保存失败，已保留原始数据: {exc}")
-            return None
-        parts.events.info(f"✅ 对话图片已保存: {stored.id[:8]}...")
-        await parts.count_images(1)
-        return base_url + stored.path + suffix
-
-    return sink
+    return ChatImages(
+        parts, base_url=base_url, origin=origin, variant=variant, max_images=max_images
+    )
 
 
 def history_images(
@@ -187,7 +220,7 @@ class ChatStream:
         *,
         parts: GatewayParts,
         response: httpx.Response,
-        sink: ImageSink,
+        sink: ChatImages,
         keepalive: float,
         stack: AsyncExitStack,
         settings: Settings,
@@ -218,7 +251,7 @@ class ChatStream:
             max_image = base64_chars(image_limit(self.settings))
             source = relay.relay(
                 chunks,
-                StreamRewriter(self.sink, max_image=max_image),
+                StreamRewriter(self.sink, max_image=max_image, decoded=self.sink.decoded),
                 keepalive=self.keepalive,
                 events=self.parts.events,
                 max_event=event_limit(self.settings),

@@ -15,7 +15,7 @@ import pytest
 
 from picgate.errors import UpstreamError
 from picgate.gateway.lifted import LIFT_LINE, ImageLifter
-from picgate.gateway.rewrite import StreamRewriter
+from picgate.gateway.rewrite import LEFT_OUT, StreamRewriter
 from picgate.gateway.sse import SSEEvent, SSEParser
 from tests.support.images import make_image
 
@@ -24,14 +24,23 @@ META = {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m
 
 
 class Store:
-    """Stores what is a whole PNG, given as text or decoded; records how each came."""
+    """Stores what is a whole PNG, given as text or decoded; records how each came. Past
+    ``keep`` images, each is left out (``LEFT_OUT``, as MAX_IMAGES_PER_ANSWER does)."""
 
-    def __init__(self, *, fail: bool = False) -> None:
+    def __init__(self, *, fail: bool = False, keep: int | None = None) -> None:
         self.fail = fail
+        self.keep = keep
+        self.seen = 0
         self.texts: list[str] = []
         self.decoded: list[bytes] = []
 
+    def _left_out(self) -> bool:
+        self.seen += 1
+        return self.keep is not None and self.seen > self.keep
+
     async def __call__(self, image: str) -> str | None:
+        if self._left_out():
+            return LEFT_OUT
         encoded = image.split(",", 1)[1] if image.startswith("data:") else image
         self.texts.append(encoded)
         try:
@@ -40,6 +49,8 @@ class Store:
             return None
 
     async def bytes_in(self, data: bytes) -> str | None:
+        if self._left_out():
+            return LEFT_OUT
         self.decoded.append(data)
         return self._url(data)
 
@@ -87,9 +98,9 @@ def contents(payloads: list[Any]) -> str:
 
 
 def same_either_way(stream: bytes, **kw: Any) -> tuple[list[Any], list[SSEEvent], Store]:
-    store = Store(fail=kw.pop("fail", False))
+    store = Store(fail=kw.pop("fail", False), keep=kw.pop("keep", None))
     lifted_out, events = relayed(stream, lift=True, store=store, **kw)
-    plain_out, _ = relayed(stream, lift=False, store=Store(fail=store.fail), **kw)
+    plain_out, _ = relayed(stream, lift=False, store=Store(fail=store.fail, keep=store.keep), **kw)
     assert lifted_out == plain_out
     return lifted_out, events, store
 
@@ -152,6 +163,14 @@ def test_lifter_two_images_in_one_event_both_stored() -> None:
     out, events, store = same_either_way(stream)
     assert contents(out) == "![a](http://gw/images/1.png) and ![b](http://gw/images/2.png)"
     assert len(events[0].lifted) == 2 and len(store.decoded) == 2
+
+
+def test_lifter_image_past_the_answer_cap_left_out_with_no_token_or_base64() -> None:
+    other = base64.b64encode(make_image("PNG", 90_000, seed=4)).decode()
+    stream = line(f"![a](data:image/png;base64,{PNG}) and ![b](data:image/png;base64,{other})")
+    out, events, store = same_either_way(stream, keep=1)
+    assert len(events[0].lifted) == 2 and len(store.decoded) == 1
+    assert contents(out) == "![a](http://gw/images/1.png) and "
 
 
 def test_lifter_failing_store_sends_the_original_text() -> None:

@@ -6,8 +6,9 @@ high-entropy secret), its first characters (``prefix``, to tell keys apart in a 
 usage: requests and images today and in total, and when it was last used. "Today" is the UTC
 day; the ``*_today`` counts restart when a call or an image arrives on a new day.
 
-A key with a daily image limit (``daily_images``) that has stored that many images today is
-refused with 429 ``rate_limit_exceeded`` until 00:00 UTC. A revoked key is refused with 401.
+A key with a daily image limit (``daily_images``) that has stored that many images today has
+its image calls refused with 429 ``rate_limit_exceeded`` until 00:00 UTC (``check_daily_images``,
+called where an image call is decided; the refused call still counts as a request). A revoked key is refused with 401.
 The environment's (or console's) ``GATEWAY_API_KEY`` is not kept here: it stays valid, and its
 images record the key name ``env`` (``picgate.attribution.ENV_KEY_NAME``).
 """

@@ -140,8 +140,12 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
                 return Response(tasks.local_events(task, body), headers=SSE_HEADERS)
             return JSONResponse(tasks.local_completion(task, body))
         parts.events.info(f"🧩 Open WebUI 后台任务 ({task}): 转给任务模型 {settings.task_model}")
-        # a text model at the same upstream answers it: a chat call, never a drawing
+        # a text model answers it: a chat call, never a drawing; at the same upstream, or, when
+        # the models file lists TASK_MODEL, at that model's own upstream as its upstream model
         body = {**body, "model": settings.task_model}
+        if gateway.models is not None and gateway.models.entry(settings.task_model) is not None:
+            route = routed(request, gateway, settings.task_model)
+            settings = route.settings.model_copy(update={"task_model": None})
     if task is None and (gateway.models is None or route.api == "images"):
         # an image call: the single upstream is an image upstream, or the model draws; a task
         # or an `api: chat` model of a models file is not held to the daily image limits

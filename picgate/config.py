@@ -305,6 +305,12 @@ def validate_settings(settings: Settings) -> None:
     """Refuse unsafe or impossible combinations; raise SettingsError naming the variable."""
     for name in ("upstream_api_base", "public_base_url", "r2_endpoint_url", "r2_public_base_url"):
         _check_url(name, getattr(settings, name))
+    if settings.max_inline_images_mb > settings.max_buffered_mb:
+        # a request inlining that much could never get its share of the server-wide budget
+        raise SettingsError(
+            f"MAX_INLINE_IMAGES_MB ({settings.max_inline_images_mb}) must not exceed "
+            f"MAX_BUFFERED_MB ({settings.max_buffered_mb}): lower it or raise MAX_BUFFERED_MB"
+        )
     r2_parts = {
         "R2_ACCESS_KEY_ID": settings.r2_access_key_id,
         "R2_SECRET_ACCESS_KEY": settings.r2_secret_access_key,

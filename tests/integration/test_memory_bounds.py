@@ -80,7 +80,7 @@ def test_buffer_budget_16_parallel_inlining_chats_stay_under_max_buffered_mb(
     start_gateway: Callable[..., Gateway], upstream: StubUpstream
 ) -> None:
     budget_mb = 4
-    gateway = start_gateway(max_buffered_mb=budget_mb)
+    gateway = start_gateway(max_buffered_mb=budget_mb, max_inline_images_mb=budget_mb)
     upstream.image = IMAGE
     made = httpx.post(gateway.url + GENERATIONS, headers=gateway.headers, json={"prompt": "p"})
     url = made.json()["data"][0]["url"]
@@ -115,7 +115,7 @@ def test_buffer_budget_16_parallel_inlining_chats_stay_under_max_buffered_mb(
 def test_buffer_budget_non_stream_answer_over_budget_is_503_server_busy(
     start_gateway: Callable[..., Gateway], upstream: StubUpstream
 ) -> None:
-    gateway = start_gateway(max_buffered_mb=1)
+    gateway = start_gateway(max_buffered_mb=1, max_inline_images_mb=1)
     big = {"data": [{"b64_json": b64(make_image("PNG", 1_500_000, seed=2))}]}
 
     async def answer(request: Request) -> Response:

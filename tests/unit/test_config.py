@@ -115,3 +115,9 @@ def test_printable_check_editable_text_fields_refuse_control_characters() -> Non
     for name in text_fields:
         with pytest.raises(ValueError, match="control character"):
             Settings.model_validate({name: "https://a.example/x\x07y"})
+
+
+def test_validate_inline_cap_over_buffer_budget_refused_naming_both() -> None:
+    validate_settings(Settings(max_inline_images_mb=512, max_buffered_mb=512))
+    with pytest.raises(SettingsError, match=r"MAX_INLINE_IMAGES_MB.*MAX_BUFFERED_MB"):
+        validate_settings(Settings(max_inline_images_mb=600, max_buffered_mb=512))

@@ -157,8 +157,9 @@ _LABELS = (
     ("images_skipped", "images left in place (not PNG/JPEG/WebP/GIF, or too big)"),
     ("bytes_before", "chat JSON bytes before"),
     ("bytes_after", "chat JSON bytes after"),
-    ("file_bytes_before", "database file bytes before"),
-    ("file_bytes_after", "database file bytes after"),
+    # SQLite: the file; PostgreSQL: the chat tables with their TOAST and indexes
+    ("file_bytes_before", "database bytes on disk before"),
+    ("file_bytes_after", "database bytes on disk after"),
 )
 
 

@@ -33,7 +33,8 @@ def register(subparsers: Any) -> None:
     migrate.add_argument(
         "--database-url",
         required=True,
-        help="Open WebUI's database: sqlite:///path/to/webui.db or a file path",
+        help="Open WebUI's database: sqlite:///path/to/webui.db (or a file path), or "
+        "postgresql://user:password@host:5432/database",
     )
     migrate.add_argument(
         "--base-url",
@@ -42,7 +43,9 @@ def register(subparsers: Any) -> None:
     )
     migrate.add_argument("--dry-run", action="store_true", help="change nothing; report only")
     migrate.add_argument(
-        "--vacuum", action="store_true", help="SQLite: give the freed space back afterwards"
+        "--vacuum",
+        action="store_true",
+        help="afterwards give the freed space back (SQLite VACUUM; PostgreSQL plain VACUUM)",
     )
     migrate.add_argument("--json", action="store_true", help="print the report as JSON")
     migrate.set_defaults(func=cmd_migrate)
@@ -154,8 +157,9 @@ _LABELS = (
     ("images_skipped", "images left in place (not PNG/JPEG/WebP/GIF, or too big)"),
     ("bytes_before", "chat JSON bytes before"),
     ("bytes_after", "chat JSON bytes after"),
-    ("file_bytes_before", "database file bytes before"),
-    ("file_bytes_after", "database file bytes after"),
+    # SQLite: the file; PostgreSQL: the chat tables with their TOAST and indexes
+    ("file_bytes_before", "database bytes on disk before"),
+    ("file_bytes_after", "database bytes on disk after"),
 )
 
 

@@ -6,10 +6,12 @@ list), each message again in ``chat_message`` (``content``, ``output`` — the a
 repeated in output items —, ``files``, ``embeds``) and share snapshots in ``shared_chat.chat``.
 Tables and columns an older release lacks are skipped.
 
-Writes are short: one transaction per chat that re-reads the chat's rows, applies the caller's
-rewrite to what is there *now* (Open WebUI may have changed the chat meanwhile) and commits.
-SQLite's "database is locked" is retried with backoff, so a migration can run next to a live
-Open WebUI.
+Writes are short: one transaction per chat that re-reads the chat's rows (locking them where
+the database can: ``SELECT ... FOR UPDATE`` on PostgreSQL), applies the caller's rewrite to what
+is there *now* (Open WebUI may have changed the chat meanwhile) and commits. A locked database
+(SQLite's "database is locked"; PostgreSQL's lock timeout, deadlock or serialization failure) is
+retried with backoff, so a migration can run next to a live Open WebUI. The SQLite backend is
+here; PostgreSQL's is in ``postgres.py``.
 
 Table and column names in the statements come from ``TABLES`` only (never from input); every
 value is a bound parameter.
@@ -90,7 +92,7 @@ class OpenWebUIDatabase:
     def _text(self, column: str) -> str:
         return column
 
-    def _param(self, column: str) -> str:
+    def _param(self, table: str, column: str) -> str:
         return self.placeholder
 
     def size(self) -> int | None:
@@ -98,7 +100,7 @@ class OpenWebUIDatabase:
         return None
 
     def vacuum(self) -> None:
-        raise OpenWebUIError("--vacuum works on SQLite databases only")
+        raise NotImplementedError
 
     def close(self) -> None:
         self._connection().close()
@@ -192,8 +194,9 @@ class OpenWebUIDatabase:
                     if change.column not in self.columns.get(change.table, ()):
                         raise OpenWebUIError(f"{change.table}.{change.column} is not migrated")
                     key = TABLES[change.table][0]
+                    value = self._param(change.table, change.column)
                     cursor.execute(
-                        f"UPDATE {change.table} SET {change.column} = {self._param(change.column)}"  # noqa: S608
+                        f"UPDATE {change.table} SET {change.column} = {value}"  # noqa: S608
                         f" WHERE {key} = {self.placeholder}",
                         (change.text, change.row_id),
                     )
@@ -269,10 +272,9 @@ class SQLiteDatabase(OpenWebUIDatabase):
 
 
 def open_database(url: str) -> OpenWebUIDatabase:
-    """``sqlite:///path/webui.db`` (Open WebUI's own ``DATABASE_URL`` form) or a plain file path.
-
-    The statements are written for PostgreSQL too (``placeholder``, ``lock_suffix``), but no
-    backend for it exists yet: a ``postgresql://`` URL is refused with one line."""
+    """Open WebUI's own ``DATABASE_URL`` forms: ``sqlite:///path/webui.db`` (or a plain file
+    path), and ``postgresql://user:password@host/db`` (``postgres://``, ``postgresql+psycopg://``
+    and ``postgresql+psycopg2://`` too) for PostgreSQL."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if not scheme:
         database: OpenWebUIDatabase = SQLiteDatabase(Path(url))
@@ -280,14 +282,18 @@ def open_database(url: str) -> OpenWebUIDatabase:
         path = unquote(urlsplit(url).path)
         # sqlite:///relative.db → "/relative.db"; sqlite:////abs.db → "//abs.db"
         database = SQLiteDatabase(Path(path[1:] if path.startswith("/") else path))
-    elif scheme.startswith("postgres"):
-        raise OpenWebUIError(
-            "PostgreSQL Open WebUI databases are not supported yet; only SQLite (webui.db)"
-        )
+    elif scheme.split("+", 1)[0] in ("postgres", "postgresql"):
+        from picgate.openwebui.postgres import PostgresDatabase
+
+        database = PostgresDatabase(url)
     else:
         raise OpenWebUIError(
-            f"unsupported --database-url scheme {scheme!r}: use sqlite:///path/to/webui.db, "
-            "or a file path"
+            f"unsupported --database-url scheme {scheme!r}: use sqlite:///path/to/webui.db "
+            "(or a file path) or postgresql://user:password@host:5432/database"
         )
-    database.inspect()
+    try:
+        database.inspect()
+    except BaseException:
+        database.close()
+        raise
     return database

@@ -12,7 +12,7 @@ COPY pyproject.toml uv.lock README.md ./
 COPY picgate ./picgate
 COPY admin_templates ./admin_templates
 RUN pip install --quiet "uv>=0.13,<0.15" \
- && uv export --quiet --frozen --no-dev --no-emit-project -o /tmp/requirements.txt \
+ && uv export --quiet --frozen --no-dev --no-emit-project --extra postgres -o /tmp/requirements.txt \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install -r /tmp/requirements.txt \
  && /opt/venv/bin/pip install --no-deps .

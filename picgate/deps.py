@@ -202,7 +202,7 @@ async def require_gateway_key(request: Request) -> Gateway:
         library=library,
         events=container.events,
         upstream=container.upstream,
-        http=container.http,
+        client=lambda: container.http,
         keys=keys,
         key_id=key_id,
     )

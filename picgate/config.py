@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,10 @@ class Settings(BaseSettings):
     # (comma-separated); empty: the connection's own address is the client's, whatever it sends
     trusted_proxies: str = ""
     log_level: str = "INFO"
+    # behind nginx or Caddy: answer /images with this header naming the file and let the proxy
+    # send the bytes (picgate.library.sendfile); checked in validate_settings
+    sendfile_header: str = ""
+    sendfile_prefix: str = ""
 
     @field_validator(
         "upstream_api_base",
@@ -321,3 +326,41 @@ def validate_settings(settings: Settings) -> None:
         )
     if not settings.r2_key_prefix or settings.r2_key_prefix.startswith("/"):
         raise SettingsError("R2_KEY_PREFIX must be a relative prefix such as 'images/'")
+    check_sendfile(settings)
+
+
+SENDFILE_HEADERS = ("X-Accel-Redirect", "X-Sendfile")
+# what an nginx location may be named here: no spaces, quotes, "?", "#" or percent escapes
+_URI_PREFIX = re.compile(r"^/(?:[A-Za-z0-9._~-]+/)*$")
+
+
+def check_sendfile(settings: Settings) -> None:
+    """``SENDFILE_HEADER`` / ``SENDFILE_PREFIX``: a known header, a prefix that fits it."""
+    header = settings.sendfile_header.strip()
+    prefix = settings.sendfile_prefix.strip()
+    if not header:
+        if prefix:
+            raise SettingsError(
+                "SENDFILE_PREFIX is set but SENDFILE_HEADER is empty: set SENDFILE_HEADER to "
+                "X-Accel-Redirect or X-Sendfile, or unset SENDFILE_PREFIX"
+            )
+        return
+    if header.lower() not in (h.lower() for h in SENDFILE_HEADERS):
+        raise SettingsError(
+            f"SENDFILE_HEADER must be empty, X-Accel-Redirect or X-Sendfile, got {header!r}"
+        )
+    if settings.serverless:
+        raise SettingsError(
+            "SENDFILE_HEADER cannot be used in serverless mode (no proxy sends the files): unset it"
+        )
+    if header.lower() == "x-accel-redirect":
+        if not _URI_PREFIX.match(prefix) or "/../" in prefix or "/./" in prefix:
+            raise SettingsError(
+                "SENDFILE_PREFIX must name the proxy's internal location for X-Accel-Redirect, "
+                f"a path such as '/_picgate_files/' (starting and ending with '/'), got {prefix!r}"
+            )
+    elif prefix and (not os.path.isabs(prefix) or ".." in Path(prefix).parts):
+        raise SettingsError(
+            "SENDFILE_PREFIX must be an absolute folder (where the proxy sees IMAGES_DIR) for "
+            f"X-Sendfile, or empty to send IMAGES_DIR's own absolute path, got {prefix!r}"
+        )

@@ -29,7 +29,7 @@ from picgate.eventlog import EventLog
 from picgate.gateway.daily_limit import check_daily_limit
 from picgate.gateway.parts import GatewayParts
 from picgate.gateway.upstream import Upstream
-from picgate.keyring import KeyRing
+from picgate.keyring import KeyRing, KeyUsage
 from picgate.library.library import ImageLibrary
 from picgate.routing.table import ModelRoute, ModelTable, legacy_route
 from picgate.settings_store import ConfigService
@@ -125,6 +125,22 @@ class Gateway:
     parts: GatewayParts
     who: Attribution
     models: ModelTable | None = None
+    key: KeyUsage | None = None  # the named key's usage when it was admitted (None: env key)
+
+    async def check_image_limits(self) -> None:
+        """429 ``rate_limit_exceeded`` when this call may not make images today: the named
+        key is at its daily image limit, or the user (or key) at ``USER_DAILY_IMAGE_LIMIT``.
+
+        Called where an image call is decided (the Images API routes, a chat that can draw),
+        never for a call that makes none (``/v1/models``, Open WebUI's task prompts answered
+        locally or by ``TASK_MODEL``, a chat to an ``api: chat`` model of a models file).
+        """
+        if self.key is not None:
+            KeyRing.check_daily_images(self.key)
+        limit = self.settings.user_daily_image_limit
+        if limit:
+            rows, who = self.parts.library.rows, self.who
+            await anyio.to_thread.run_sync(lambda: check_daily_limit(rows, limit=limit, who=who))
 
     def route(self, model: Any) -> ModelRoute:
         """Where a request naming ``model`` goes (404 ``model_not_found`` with a models file
@@ -135,12 +151,11 @@ class Gateway:
 
 
 async def require_gateway_key(request: Request) -> Gateway:
-    """The components and effective settings of an authorized ``/v1`` call (401 otherwise;
-    429 for a named key over its daily image limit).
+    """The components and effective settings of an authorized ``/v1`` call (401 otherwise).
 
     One dependency that does it all: FastAPI solves every dependency of a chain on every request.
-    It also reads the request's attribution (who, which chat, which key) and, on POST, applies
-    ``USER_DAILY_IMAGE_LIMIT`` (429).
+    It also reads the request's attribution (who, which chat, which key). Daily image limits
+    are not applied here but by ``Gateway.check_image_limits``, where an image call is decided.
     """
     throttle = key_throttle(request)
     address = request.client.host if request.client else "unknown"
@@ -168,9 +183,10 @@ async def require_gateway_key(request: Request) -> Gateway:
         )
     keys: KeyRing = container.keys
     key_id: str | None = None
+    named: KeyUsage | None = None
     key_name = ENV_KEY_NAME  # what the one key of GATEWAY_API_KEY is recorded as
     if not (expected and keys_match(token, expected)):
-        # a named key (picgate keys create): looked up by its hash, counted, limited
+        # a named key (picgate keys create): looked up by its hash and counted
         named = await keys.aadmit(token)
         if named is not None and named.revoked:
             raise AuthenticationFailed(
@@ -193,11 +209,6 @@ async def require_gateway_key(request: Request) -> Gateway:
         key_id, key_name = named.id, named.name
     who = Attribution.from_headers(request.headers, key_name=key_name)
     library: ImageLibrary = container.library
-    if request.method == "POST" and settings.user_daily_image_limit:
-        limit = settings.user_daily_image_limit
-        await anyio.to_thread.run_sync(
-            lambda: check_daily_limit(library.rows, limit=limit, who=who)
-        )
     parts = GatewayParts(
         library=library,
         events=container.events,
@@ -206,7 +217,7 @@ async def require_gateway_key(request: Request) -> Gateway:
         keys=keys,
         key_id=key_id,
     )
-    return Gateway(settings, parts, who, models=container.models)
+    return Gateway(settings, parts, who, models=container.models, key=named)
 
 
 def _no_key_set() -> AuthenticationFailed:

@@ -6,8 +6,9 @@ high-entropy secret), its first characters (``prefix``, to tell keys apart in a 
 usage: requests and images today and in total, and when it was last used. "Today" is the UTC
 day; the ``*_today`` counts restart when a call or an image arrives on a new day.
 
-A key with a daily image limit (``daily_images``) that has stored that many images today is
-refused with 429 ``rate_limit_exceeded`` until 00:00 UTC. A revoked key is refused with 401.
+A key with a daily image limit (``daily_images``) that has stored that many images today has
+its image calls refused with 429 ``rate_limit_exceeded`` until 00:00 UTC (``check_daily_images``,
+called where an image call is decided; the refused call still counts as a request). A revoked key is refused with 401.
 The environment's (or console's) ``GATEWAY_API_KEY`` is not kept here: it stays valid, and its
 images record the key name ``env`` (``picgate.attribution.ENV_KEY_NAME``).
 """
@@ -196,16 +197,22 @@ class KeyRing:
         """The live key's usage after counting this request; None: unknown key.
 
         Revoked: ``AuthenticationFailed`` is the caller's to raise (``revoked`` is set, nothing
-        counted). Over its daily image limit: RateLimited (429), nothing counted.
+        counted). The daily image limit is not applied here: a request that makes no image
+        (``/v1/models``, a task answered without an image) passes; ``check_daily_images`` is
+        called where an image call is decided.
         """
         found = self.find(key)
         if found is None or found.revoked:
             return found
-        now = utcnow()
-        if found.daily_images is not None and found.images_today >= found.daily_images:
-            raise over_limit(found, now)
-        self._count(found.id, now, requests=1)
+        self._count(found.id, utcnow(), requests=1)
         return found
+
+    @staticmethod
+    def check_daily_images(usage: KeyUsage, now: datetime | None = None) -> None:
+        """RateLimited (429) when the key had stored its ``daily_images`` today when ``usage``
+        was read (``images_today`` is already 0 on a new UTC day)."""
+        if usage.daily_images is not None and usage.images_today >= usage.daily_images:
+            raise over_limit(usage, now or utcnow())
 
     async def aadmit(self, key: str) -> KeyUsage | None:
         """``admit`` in a worker thread."""

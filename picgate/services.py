@@ -39,6 +39,7 @@ from picgate.jobs.scheduler import CleanupScheduler
 from picgate.jobs.upload_worker import UploadWorker
 from picgate.keyring import KeyRing
 from picgate.library.library import ImageLibrary
+from picgate.library.sendfile import Sendfile
 from picgate.redaction import Redactor
 from picgate.routing.table import ModelTable
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
@@ -85,6 +86,7 @@ class Services:
             settings=self._current_settings,
             max_image_bytes=settings.max_image_mb * 2**20,
             serverless=self.serverless,
+            sendfile=Sendfile.from_settings(settings),
         )
         self.cleanup = Cleanup(
             db=self.db, events=self.events, library=self.library, settings=self._current_settings

@@ -8,7 +8,7 @@ and then iterate ``ChatStream.events()``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -22,13 +22,54 @@ from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.history import HistoryImages, last_user_text, messages_of, upstream_body
 from picgate.gateway.inline import InlineBudget
 from picgate.gateway.parts import GatewayParts
-from picgate.gateway.rewrite import ImageSink, StreamRewriter, rewrite_completion
+from picgate.gateway.rewrite import StreamRewriter, rewrite_completion
 from picgate.gateway.tasks import upstream_chat_model
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
+from picgate.library.records import ImageOrigin, StoredImage
 
-__all__ = ["ChatStream", "complete", "history_images", "image_sink", "open_stream"]
+__all__ = ["ChatImages", "ChatStream", "complete", "history_images", "image_sink", "open_stream"]
 
 EXTERNAL_FETCH_TIMEOUT = 30.0
+
+
+class ChatImages:
+    """Stores the images of one chat answer (recording who asked); ``__call__`` is the
+    ``ImageSink`` for base64 text, ``decoded`` the ``DecodedSink`` for bytes already decoded.
+
+    Both return the image's public URL, or None to leave the text as it was: when the payload
+    is not an image (bad base64, not a raster type, too large) or storing fails (disk;
+    serverless: the archive), the client keeps the original data URL instead of losing it.
+    ``variant`` (``CHAT_IMAGE_VARIANT``, a checked variant query) is added to the URL: chats
+    then load the lighter variant, and the same URL without it is the full image.
+    """
+
+    def __init__(
+        self, parts: GatewayParts, *, base_url: str, origin: ImageOrigin, variant: str
+    ) -> None:
+        self._parts = parts
+        self._base_url = base_url
+        self._origin = origin
+        self._suffix = f"?{variant}" if variant else ""
+
+    async def __call__(self, payload: str) -> str | None:
+        return await self._stored(self._parts.library.save_encoded(payload, origin=self._origin))
+
+    async def decoded(self, data: bytes) -> str | None:
+        return await self._stored(self._parts.library.save(data, origin=self._origin))
+
+    async def _stored(self, saving: Awaitable[StoredImage]) -> str | None:
+        events = self._parts.events
+        try:
+            stored = await saving
+        except BadRequest as exc:  # also UnsupportedMediaType and PayloadTooLarge
+            events.warning(f"⚠️ 对话中的图片数据无效，保留原文: {exc.message}")
+            return None
+        except (StorageUnavailable, OSError) as exc:
+            events.error(f"❌ 对话图片保存失败，已保留原始数据: {exc}")
+            return None
+        events.info(f"✅ 对话图片已保存: {stored.id[:8]}...")
+        await self._parts.count_images(1)
+        return self._base_url + stored.path + self._suffix
 
 
 def image_sink(
@@ -38,34 +79,10 @@ def image_sink(
     prompt: str | None,
     who: Attribution,
     variant: str = "",
-) -> ImageSink:
-    """Store one image of a chat answer (recording ``who`` on it); its public URL, or None to
-    leave the text as it was.
-
-    ``variant`` (``CHAT_IMAGE_VARIANT``, a checked variant query) is added to the URL: chats
-    then load the lighter variant, and the same URL without it is the full image.
-
-    None when the payload is not an image (bad base64, not a raster type, too large) or when
-    storing fails (disk; serverless: the archive): the client then keeps the original data
-    URL instead of losing the image.
-    """
+) -> ChatImages:
+    """The store for the images of a chat answer (see ``ChatImages``)."""
     origin = who.origin("chat", prompt)
-    suffix = f"?{variant}" if variant else ""
-
-    async def sink(payload: str) -> str | None:
-        try:
-            stored = await parts.library.save_encoded(payload, origin=origin)
-        except BadRequest as exc:  # also UnsupportedMediaType and PayloadTooLarge
-            parts.events.warning(f"⚠️ 对话中的图片数据无效，保留原文: {exc.message}")
-            return None
-        except (StorageUnavailable, OSError) as exc:
-            parts.events.error(f"❌ 对话图片保存失败，已保留原始数据: {exc}")
-            return None
-        parts.events.info(f"✅ 对话图片已保存: {stored.id[:8]}...")
-        await parts.count_images(1)
-        return base_url + stored.path + suffix
-
-    return sink
+    return ChatImages(parts, base_url=base_url, origin=origin, variant=variant)
 
 
 def history_images(
@@ -147,7 +164,7 @@ class ChatStream:
         *,
         parts: GatewayParts,
         response: httpx.Response,
-        sink: ImageSink,
+        sink: ChatImages,
         keepalive: float,
         stack: AsyncExitStack,
         settings: Settings,
@@ -175,7 +192,7 @@ class ChatStream:
             max_image = base64_chars(image_limit(self.settings))
             source = relay.relay(
                 chunks,
-                StreamRewriter(self.sink, max_image=max_image),
+                StreamRewriter(self.sink, max_image=max_image, decoded=self.sink.decoded),
                 keepalive=self.keepalive,
                 events=self.parts.events,
                 max_event=event_limit(self.settings),

@@ -126,12 +126,12 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     route = routed(request, gateway, body.get("model"))
     settings = route.settings
     parts.events.count("requests")
-    # Open WebUI's steps key on GATEWAY_MODEL_NAME (image_models.is_image_model); a route's
-    # settings keep it, so without a models file they run exactly as on the single upstream
-    body, dropped = image_models.without_tools(settings, body)
+    # Open WebUI's steps apply to image models (image_models.is_image_model): GATEWAY_MODEL_NAME,
+    # or the models file's `api: images` entries; route.name is the file's default model too
+    body, dropped = image_models.without_tools(settings, body, gateway.models, model=route.name)
     if dropped:
         parts.events.info(f"🧰 已去掉发给图片模型的 {', '.join(dropped)}")
-    task = tasks.recognise(settings, body)
+    task = tasks.recognise(settings, body, gateway.models, model=route.name)
     if task is not None:
         parts.events.count("tasks")
         if not settings.task_model:
@@ -140,8 +140,16 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
                 return Response(tasks.local_events(task, body), headers=SSE_HEADERS)
             return JSONResponse(tasks.local_completion(task, body))
         parts.events.info(f"🧩 Open WebUI 后台任务 ({task}): 转给任务模型 {settings.task_model}")
-        # a text model at the same upstream answers it: a chat call, never a drawing
+        # a text model answers it: a chat call, never a drawing; at the same upstream, or, when
+        # the models file lists TASK_MODEL, at that model's own upstream as its upstream model
         body = {**body, "model": settings.task_model}
+        if gateway.models is not None and gateway.models.entry(settings.task_model) is not None:
+            route = routed(request, gateway, settings.task_model)
+            settings = route.settings.model_copy(update={"task_model": None})
+    if task is None and (gateway.models is None or route.api == "images"):
+        # an image call: the single upstream is an image upstream, or the model draws; a task
+        # or an `api: chat` model of a models file is not held to the daily image limits
+        await gateway.check_image_limits()
     base_url = public_base_url(request, gateway.settings, parts.events)
     who = gateway.who.with_body(body)
     own_bases = list(dict.fromkeys([base_url, str(request.base_url).rstrip("/")]))

@@ -56,7 +56,13 @@ def _plain_chunk(chunk: Any) -> _Plain | None:
 def _mergeable(event: SSEEvent) -> str | None:
     """The JSON payload of an event that may be a plain text chunk (no event/id/comments)."""
     data = event.data
-    if data is None or event.comments or event.event is not None or event.id is not None:
+    if (
+        data is None
+        or event.comments
+        or event.event is not None
+        or event.id is not None
+        or event.lifted  # its tokens must reach the rewriter with it
+    ):
         return None
     return data if '"content"' in data else None
 

@@ -2,7 +2,7 @@
 guard that turns a failure after the first byte into the stream's error event.
 
 Stream contract (``relay``): comment lines are forwarded at once; every ``data`` payload goes
-through ``StreamRewriter`` and out as soon as it comes back (nothing waits for more upstream
+through ``StreamRewriter`` (with the images the parser lifted out of a long line) and out as soon as it comes back (nothing waits for more upstream
 data); ``[DONE]`` ends the relay. Plain text chunks that arrived in the same network read are
 merged first (``coalesce``): same text, fewer chunks. While the upstream is silent for
 ``keepalive`` seconds a ``: keep-alive`` comment goes out. A failure after the first byte (the
@@ -26,6 +26,7 @@ import httpx
 from picgate.errors import PicGateError
 from picgate.eventlog import EventLog
 from picgate.gateway.coalesce import coalesce
+from picgate.gateway.lifted import ImageLifter
 from picgate.gateway.rewrite import StreamRewriter
 from picgate.gateway.sse import EventTooLarge, SSEEvent, SSEParser, encode_comment, encode_event
 from picgate.gateway.upstream import interrupted, map_transport_error, too_large
@@ -91,7 +92,7 @@ async def _forward(event: SSEEvent, rewriter: StreamRewriter, redactor: Redactor
         out += encode_comment("\n".join(event.comments))
     if event.data is None:
         return bytes(out)
-    payloads = await rewriter.feed(event.data)
+    payloads = await rewriter.feed(event.data, event.lifted)
     for i, payload in enumerate(payloads):
         if i == len(payloads) - 1:
             # the event name and id belong to the upstream's own payload, the last one
@@ -119,7 +120,9 @@ def relay(
     """
     reader = ChunkReader(chunks)
     redactor = events.redactor if events is not None else None
-    source = _relayed(reader, rewriter, keepalive, SSEParser(max_event=max_event), redactor)
+    # a long data line's images skip the text path (see picgate.gateway.lifted)
+    parser = SSEParser(max_event=max_event, lifter=ImageLifter(max_run=rewriter.max_image))
+    source = _relayed(reader, rewriter, keepalive, parser, redactor)
     return guarded(source, reader, events)
 
 

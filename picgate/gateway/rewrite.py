@@ -37,11 +37,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from picgate.errors import UpstreamError
+from picgate.gateway.lifted import LiftedImage
 
-__all__ = ["ImageSink", "StreamRewriter", "rewrite_completion", "rewrite_text"]
+__all__ = ["DecodedSink", "ImageSink", "StreamRewriter", "rewrite_completion", "rewrite_text"]
 
 ImageSink = Callable[[str], Awaitable[str | None]]
 """Stores one image given as a data URL or as bare base64; its URL, or None to keep the text."""
+
+DecodedSink = Callable[[bytes], Awaitable[str | None]]
+"""``ImageSink`` for an image already decoded (one lifted out of a long SSE line)."""
 
 _DATA = "data:image/"
 _BASE64_TAG = ";base64,"
@@ -437,25 +441,84 @@ class StreamRewriter:
     sees, joined, is the upstream text as ``rewrite_text`` would rewrite it, for any chunking.
     Images in ``images[]``/``image`` end the held text of ``content`` first (they follow it).
     A chunk with nothing to change is returned as the very same string.
+
+    Images lifted out of a payload (``feed``'s ``lifted``) are found by their tokens as any
+    other image and stored decoded (``decoded``; without it, as base64 through ``sink``); a
+    token in a payload to send is replaced by its base64 first, so the client never sees one.
     """
 
-    def __init__(self, sink: ImageSink, *, max_image: int | None = None) -> None:
+    def __init__(
+        self,
+        sink: ImageSink,
+        *,
+        max_image: int | None = None,
+        decoded: DecodedSink | None = None,
+    ) -> None:
         """``max_image``: the largest image in base64 characters; a longer one (however many
         chunks it comes in) raises UpstreamError ``upstream_image_too_large`` from ``feed``."""
-        self._sink = sink
+        self._store = sink
+        self._decoded = decoded
         self._max_image = max_image
         self._choices: dict[int, _ChoiceState] = {}
         self._meta: dict[str, Any] = {"object": "chat.completion.chunk"}
+        self._lifted: dict[str, LiftedImage] = {}  # tokens not yet stored nor sent back
+        self._token_size = 0
 
-    async def feed(self, data: str) -> list[str]:
-        """One SSE data payload (JSON text or ``[DONE]``) -> the payloads to send now, in order."""
+    @property
+    def max_image(self) -> int | None:
+        return self._max_image
+
+    async def feed(self, data: str, lifted: dict[str, LiftedImage] | None = None) -> list[str]:
+        """One SSE data payload (JSON text or ``[DONE]``) -> the payloads to send now, in order.
+
+        ``lifted``: the images taken out of ``data``, by the token standing for each in it.
+        """
+        if lifted:
+            self._lifted.update(lifted)
+            self._token_size = len(next(iter(lifted)))
+        out = await self._feed(data)
+        return self._put_back(out) if self._lifted else out
+
+    async def _sink(self, payload: str) -> str | None:
+        """The sink, for text or for a payload naming a lifted image by its token."""
+        if not self._lifted:
+            return await self._store(payload)
+        size = self._token_size
+        token, rest = payload[:size], payload[size:]
+        if payload.startswith("data:") and payload.endswith(_BASE64_TAG + payload[-size:]):
+            token, rest = payload[-size:], ""
+        image = self._lifted.get(token)
+        if image is None:
+            return await self._store(payload)
+        if rest or self._decoded is None:
+            # the run went on after the lifted line (or no decoded store): the text it stands for
+            text = image.base64() + rest
+            if self._max_image is not None and len(text) > self._max_image:
+                raise image_too_large(self._max_image)
+            url = await self._store(text)
+        else:
+            url = await self._decoded(image.data)
+        if url is not None:
+            del self._lifted[token]
+        return url
+
+    def _put_back(self, payloads: list[str]) -> list[str]:
+        """``payloads`` with the base64 of every lifted image whose token they hold."""
+        out: list[str] = []
+        for payload in payloads:
+            for token in [t for t in self._lifted if t in payload]:
+                payload = payload.replace(token, self._lifted.pop(token).base64())
+            out.append(payload)
+        return out
+
+    async def _feed(self, data: str) -> list[str]:
         try:
             obj = json.loads(data)
         except ValueError:
             obj = None
         choices = obj.get("choices") if isinstance(obj, dict) else None
         if not isinstance(obj, dict) or not isinstance(choices, list) or not choices:
-            return [*await self.finish(), data]
+            return [*await self._finish(), data]
         self._meta = {key: obj[key] for key in _META_KEYS if key in obj}
         before: list[dict[str, Any]] = []
         new_choices: list[Any] = []
@@ -479,6 +542,10 @@ class StreamRewriter:
 
     async def finish(self) -> list[str]:
         """End of stream: payloads for anything still held back (nothing when nothing is)."""
+        out = await self._finish()
+        return self._put_back(out) if self._lifted else out
+
+    async def _finish(self) -> list[str]:
         entries: list[dict[str, Any]] = []
         for index in sorted(self._choices):
             state = self._choices[index]

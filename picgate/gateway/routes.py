@@ -127,10 +127,11 @@ async def images_generations(request: Request, gateway: GatewayDep) -> SplicedJs
     body = await read_json_object(request)
     route = routed(request, gateway, body.get("model"))
     events.count("requests")
+    await gateway.check_image_limits()
     reply = await images_api.generate(
         gateway.parts,
         route.settings,
-        route.with_params(body),
+        route.with_image_params(body),
         base_url=public_base_url(request, gateway.settings, events),
         who=gateway.who.with_body(body),
     )
@@ -178,7 +179,8 @@ async def _edit(request: Request, gateway: Gateway) -> SplicedJson:
         if len(images) > 1:
             field = "image[]"
         route = routed(request, gateway, fields.get("model"))
-        defaults = {k: images_api.form_value(v) for k, v in route.params.items()}
+        await gateway.check_image_limits()
+        defaults = {k: images_api.form_value(v) for k, v in route.image_defaults().items()}
         return await images_api.edit(
             parts,
             route.settings,
@@ -192,7 +194,8 @@ async def _edit(request: Request, gateway: Gateway) -> SplicedJson:
     if ctype.startswith("application/json") or not ctype:
         body = await read_json_object(request)
         route = routed(request, gateway, body.get("model"))
-        body, settings = route.with_params(body), route.settings
+        await gateway.check_image_limits()
+        body, settings = route.with_image_params(body), route.settings
         # the model is checked before any image is read or fetched (edit() checks it again)
         images_api.upstream_model(settings, body.get("model"))
         load = EditImageLoader.build(

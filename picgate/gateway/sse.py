@@ -23,12 +23,18 @@ flushes the last block even when the stream ended without a blank line.
 ``max_event`` bounds memory: an unfinished line, or the ``data`` of one event, longer than that
 many bytes raises ``EventTooLarge`` (a stream that never sends a newline cannot grow the buffer
 without end).
+
+With a ``lifter``, a ``data`` line longer than ``LIFT_LINE`` bytes (LF-ended) is not decoded
+whole: its images are lifted out of the raw bytes (``picgate.gateway.lifted``) and the event
+carries them in ``lifted``, its ``data`` holding their tokens.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from picgate.gateway.lifted import LIFT_LINE, ImageLifter, LiftedImage
 
 __all__ = ["EventTooLarge", "SSEEvent", "SSEParser", "encode_comment", "encode_event"]
 
@@ -52,6 +58,8 @@ class SSEEvent:
     id: str | None = None
     comments: list[str] = field(default_factory=list)
     retry: int | None = None
+    lifted: dict[str, LiftedImage] = field(default_factory=dict)
+    """Images lifted out of ``data``, by the token that stands for each there."""
 
     @property
     def is_done(self) -> bool:
@@ -62,8 +70,10 @@ class SSEEvent:
 class SSEParser:
     """Turns the bytes of an event stream, in chunks of any size, into ``SSEEvent``s."""
 
-    def __init__(self, *, max_event: int | None = None) -> None:
+    def __init__(self, *, max_event: int | None = None, lifter: ImageLifter | None = None) -> None:
         self.max_event = max_event
+        self._lifter = lifter
+        self._lifted: dict[str, LiftedImage] = {}
         self._size = 0  # characters of the current event's data lines
         self._buf = bytearray()
         self._searched = 0  # bytes of _buf known to hold no line end
@@ -118,6 +128,7 @@ class SSEParser:
         if self.max_event is not None and size > self.max_event:
             self._buf.clear()  # the memory goes now, not when the caller drops the parser
             self._data = []
+            self._lifted = {}
             raise EventTooLarge(f"an event stream line or event over {self.max_event} bytes")
 
     def _feed_lf_lines(self, events: list[SSEEvent]) -> bool:
@@ -133,6 +144,9 @@ class SSEParser:
         if last < 0:
             self._searched = len(buf)
             self._check(len(buf))
+            return True
+        if self._lifter is not None and last > LIFT_LINE:
+            self._lift_lines(self._lifter, last, events)
             return True
         try:
             text = buf[:last].decode("utf-8")
@@ -153,6 +167,30 @@ class SSEParser:
             elif self._seen:  # otherwise the block is already empty: nothing to dispatch
                 self._dispatch(events)
         return True
+
+    def _lift_lines(self, lifter: ImageLifter, last: int, events: list[SSEEvent]) -> None:
+        """The complete LF-ended lines of a buffer that may hold a long one, line by line; a
+        long ``data`` line has its images lifted instead of being decoded whole."""
+        buf = self._buf
+        pos = 0
+        while pos <= last:
+            end = buf.find(b"\n", pos, last + 1)
+            if end - pos > LIFT_LINE and buf.startswith(b"data:", pos):
+                self._check(end - pos)
+                lo = pos + 6 if buf.startswith(b" ", pos + 5) else pos + 5
+                value, lifted = lifter.lift(buf, lo, end)
+                self._data.append(value)
+                self._lifted.update(lifted)
+                self._size += len(value)
+                self._check(self._size)
+                self._seen = True
+            else:
+                self._line(buf[pos:end].decode("utf-8", "replace"), events)
+            pos = end + 1
+        # a new buffer for the unfinished line: the long one's memory goes now
+        self._buf = bytearray(buf[last + 1 :])
+        self._searched = len(self._buf)
+        self._check(len(self._buf))
 
     def close(self) -> list[SSEEvent]:
         """End of stream: return the last event even without its closing blank line."""
@@ -202,8 +240,10 @@ class SSEParser:
                     id=self._id,
                     comments=self._comments,
                     retry=self._retry,
+                    lifted=self._lifted,
                 )
             )
+            self._lifted = {}
         self._data = []
         self._size = 0
         self._event = None

@@ -26,6 +26,7 @@ from typing import Any
 from picgate.config import Settings
 from picgate.gateway.image_models import is_image_model
 from picgate.gateway.images_api import upstream_model
+from picgate.routing.table import ModelTable
 
 __all__ = [
     "TASK_KEYS",
@@ -67,10 +68,17 @@ def _prompt_text(body: dict[str, Any]) -> str | None:
     return content if isinstance(content, str) else None
 
 
-def recognise(settings: Settings, body: dict[str, Any]) -> str | None:
+def recognise(
+    settings: Settings,
+    body: dict[str, Any],
+    models: ModelTable | None = None,
+    *,
+    model: Any = None,
+) -> str | None:
     """The task (``TASK_KEYS`` value) when ``body`` is an Open WebUI task prompt to an image
-    model; None for anything else."""
-    if not is_image_model(settings, body.get("model")):
+    model (``model``, default: the body's; ``is_image_model`` with ``models``); None for
+    anything else."""
+    if not is_image_model(settings, body.get("model") if model is None else model, models):
         return None
     text = _prompt_text(body)
     if text is None or not _HEADER.match(text):

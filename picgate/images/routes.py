@@ -7,6 +7,7 @@ unsatisfiable one is a 416 in OpenAI's error shape with ``Content-Range: bytes *
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
@@ -16,6 +17,7 @@ from picgate.deps import LibraryDep
 from picgate.errors import NotFound
 from picgate.images.ranges import OpenedFileResponse, check_ranges
 from picgate.library.records import parse_image_name
+from picgate.library.sendfile import Sendfile
 from picgate.library.serving import Located, read_fd
 from picgate.library.variant_cache import VariantCache
 from picgate.storage.codec import BY_EXT
@@ -56,8 +58,10 @@ async def get_image(name: str, request: Request, library: LibraryDep) -> Respons
     fd = located.fd  # open: closed here unless a response takes it over
     try:
         if spec is not None and not spec.is_identity(BY_EXT[located.image.ext]):
-            return await _variant(request, library.variants, located, spec)
-        response = _answer(request, located)
+            return await _variant(
+                request, library.variants, located, spec, library.serving.sendfile
+            )
+        response = _answer(request, located, library.serving.sendfile)
         if isinstance(response, ImageFileResponse):
             fd = None
         elif response is None:
@@ -82,8 +86,9 @@ def _headers(located: Located) -> dict[str, str]:
     }
 
 
-def _answer(request: Request, located: Located) -> Response | None:
-    """The answer for ``located``; None: read the whole (small) file into the body."""
+def _answer(request: Request, located: Located, sendfile: Sendfile | None) -> Response | None:
+    """The answer for ``located``; None: read the whole (small) file into the body. With
+    ``SENDFILE_HEADER`` the proxy sends the bytes (and any range) of the file named."""
     image = located.image
     headers = _headers(located)
     if located.redirect is not None:
@@ -93,6 +98,8 @@ def _answer(request: Request, located: Located) -> Response | None:
     if etag_matches(request.headers.get("if-none-match"), image.etag):
         return Response(status_code=304, headers=headers)
     assert located.path is not None and located.fd is not None and located.stat is not None
+    if sendfile is not None:
+        return _handoff(sendfile, located.path, image.mime, headers)
     size = located.stat.st_size
     check_ranges(request.headers.get("range"), request.headers.get("if-range"), image.etag, size)
     if request.method == "GET" and "range" not in request.headers and size <= WHOLE_READ_MAX:
@@ -102,8 +109,17 @@ def _answer(request: Request, located: Located) -> Response | None:
     )
 
 
+def _handoff(sendfile: Sendfile, path: Path, mime: str, headers: dict[str, str]) -> Response:
+    """An empty 200 naming ``path`` to the proxy, which sends the bytes (and any range)."""
+    return Response(media_type=mime, headers=headers | sendfile.headers(path))
+
+
 async def _variant(
-    request: Request, variants: VariantCache, located: Located, spec: VariantSpec
+    request: Request,
+    variants: VariantCache,
+    located: Located,
+    spec: VariantSpec,
+    sendfile: Sendfile | None,
 ) -> Response:
     """A sized or converted variant: its own strong ETag, the same immutable caching, no
     ranges (variants are small)."""
@@ -118,5 +134,8 @@ async def _variant(
     }
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
+    if sendfile is not None:
+        path = await variants.file(located, spec)
+        return _handoff(sendfile, path, out.mime, headers)
     variant = await variants.get(located, spec)
     return Response(variant.data, media_type=variant.type.mime, headers=headers)

@@ -36,6 +36,7 @@ from picgate.library.records import (
 )
 from picgate.library.retention import MetadataRetention
 from picgate.library.rows import ImageRows
+from picgate.library.sendfile import Sendfile
 from picgate.library.serving import ImageServing
 from picgate.library.stats import LibraryStats
 from picgate.library.uploads import UploadQueue
@@ -60,6 +61,7 @@ class ImageLibrary:
         settings: Callable[[], Settings],
         max_image_bytes: int,
         serverless: bool,
+        sendfile: Sendfile | None = None,
     ) -> None:
         self.cache = cache
         self.archive = archive
@@ -70,7 +72,12 @@ class ImageLibrary:
         self.rows = rows = ImageRows(db)
         self.uploads = UploadQueue(rows=rows, cache=cache, archive=archive, events=events)
         self.serving = ImageServing(
-            rows=rows, cache=cache, archive=archive, events=events, serverless=serverless
+            rows=rows,
+            cache=cache,
+            archive=archive,
+            events=events,
+            serverless=serverless,
+            sendfile=sendfile,
         )
         self.variants = VariantCache(rows=rows, serving=self.serving, cache=cache)
         self.copies = LocalCopies(rows=rows, cache=cache, archive=archive, events=events)

@@ -38,6 +38,7 @@ from picgate.errors import Gone, NotFound, PicGateError, StorageUnavailable
 from picgate.eventlog import EventLog
 from picgate.library.records import StoredImage
 from picgate.library.rows import ImageRows
+from picgate.library.sendfile import Sendfile
 from picgate.storage.archive import Archive
 from picgate.storage.local import LocalCache
 
@@ -140,8 +141,11 @@ class ImageServing:
         archive: Archive,
         events: EventLog,
         serverless: bool,
+        sendfile: Sendfile | None = None,
     ) -> None:
         self.rows = rows
+        # SENDFILE_HEADER: local files leave through the proxy in front (picgate.library.sendfile)
+        self.sendfile = sendfile
         self.cache = cache
         self.archive = archive
         self.events = events

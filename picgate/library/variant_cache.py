@@ -72,6 +72,15 @@ class VariantCache:
             data = await anyio.to_thread.run_sync(self._make, path, source, image.id, spec)
         return Variant(data, out, spec.etag(image.sha256, original))
 
+    async def file(self, located: Located, spec: VariantSpec) -> Path:
+        """The cached file of the variant ``spec``, made first when missing (for a proxy to send,
+        ``picgate.library.sendfile``); the errors of ``get``."""
+        image = located.image
+        path = self.cache.variant_path(image.id, spec.file_name(BY_EXT[image.ext]))
+        if not await anyio.to_thread.run_sync(path.is_file):
+            await self.get(located, spec)
+        return path
+
     async def _fetch_original(self, image_id: str) -> Path:
         """The original in the local cache, fetched back from R2 (once per id) when missing."""
         row = await anyio.to_thread.run_sync(self.rows.load, image_id)

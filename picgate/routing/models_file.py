@@ -14,6 +14,8 @@
         upstream_model: gpt-image-1
         api: images               # images | chat
         params: {size: 1024x1024} # defaults added to every request of this model
+        response_format: b64_json # optional: the Images API answer when a client names none
+        drop_tools: true          # optional: drop tools/tool_choice (default: on for images)
 
 ``${NAME}`` in any string is replaced by the environment variable ``NAME``; an unset one is an
 error. ``load_models_file`` returns the validated file or raises ``SettingsError`` with one line
@@ -76,6 +78,10 @@ class ModelEntry(BaseModel):
     upstream_model: str | None = None  # None: the same name as clients use
     api: Literal["images", "chat"] = "chat"
     params: dict[str, Any] = Field(default_factory=dict)
+    # the Images API answer when a client sends no response_format; None: the gpt-image rule
+    response_format: Literal["b64_json", "url"] | None = None
+    # drop tools/tool_choice before the model sees them; None: on for api images, off for chat
+    drop_tools: bool | None = None
 
     @property
     def target(self) -> str:

@@ -37,12 +37,27 @@ class ModelRoute:
     settings: Settings
     upstream: str = "default"
     params: Mapping[str, Any] = field(default_factory=dict)
+    # the model entry's Images API answer when the client names none (None: the name rule)
+    response_format: str | None = None
 
     def with_params(self, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` with the model's ``params`` filled in where the client sent nothing."""
         if not self.params:
             return body
         return {**self.params, **body}
+
+    def image_defaults(self) -> dict[str, Any]:
+        """What an Images API request of this model gets where the client sent nothing: the
+        ``params`` and the entry's ``response_format`` (kept out of chat requests, where the
+        same field asks for JSON mode)."""
+        if self.response_format is None:
+            return dict(self.params)
+        return {**self.params, "response_format": self.response_format}
+
+    def with_image_params(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with ``image_defaults`` filled in where the client sent nothing."""
+        defaults = self.image_defaults()
+        return {**defaults, **body} if defaults else body
 
 
 def legacy_route(settings: Settings, model: Any) -> ModelRoute:
@@ -121,11 +136,22 @@ class ModelTable:
         routed = self.upstream_settings(settings, entry.upstream).model_copy(
             update={"upstream_model_name": entry.target}
         )
-        found = ModelRoute(entry.name, entry.api, routed, entry.upstream, dict(entry.params))
+        found = ModelRoute(
+            entry.name,
+            entry.api,
+            routed,
+            entry.upstream,
+            dict(entry.params),
+            response_format=entry.response_format,
+        )
         with self._lock:
             if self._base is settings:
                 self._routes[model] = found
         return found
+
+    def entry(self, model: Any) -> ModelEntry | None:
+        """The file's entry of ``model`` (None for an unknown name or a non-string)."""
+        return self.models.get(model) if isinstance(model, str) else None
 
     def listing(self, created: int) -> list[dict[str, Any]]:
         """``/v1/models`` entries, in the file's order."""

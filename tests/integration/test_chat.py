@@ -327,6 +327,20 @@ def test_chat_stream_two_images_in_one_delta_both_linked(
     assert second.endswith(".jpg")
 
 
+def test_chat_stream_burst_image_in_one_long_line_then_text_stored_in_order(
+    gateway: Gateway, upstream: StubUpstream
+) -> None:
+    # one event far over the parser's lifting threshold, sent at once with the text after it
+    png = make_image("PNG", 600_000, seed=21)
+    head = event({"content": f"Here: ![cat]({data_url(png)}) and "})
+    tail = [event({"content": f"tok{i} "}) for i in range(20)]
+    serve(upstream, lambda: sse([head, *tail, DONE]))
+    text = stream_text(gateway)
+    [url] = links(text)
+    assert text == f"Here: ![cat]({url}) and " + "".join(f"tok{i} " for i in range(20))
+    assert served(url) == png
+
+
 def test_chat_stream_upstream_error_chunk_passes_through(
     gateway: Gateway, upstream: StubUpstream
 ) -> None:

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from tests.conftest import Gateway
 from tests.support.images import make_image
-from tests.support.models_file import KEY_A, models_file, second_upstream_server, upstream_b
+from tests.support.models_file import KEY_A, KEY_B, models_file, second_upstream_server, upstream_b
 from tests.support.upstream import StubUpstream
 
 __all__ = ["models_file", "second_upstream_server", "upstream_b"]  # fixtures used here
@@ -232,3 +232,43 @@ def test_image_chat_openwebui_task_to_an_image_model_is_never_drawn(
     assert "size" not in sent.json
     assert sent.headers["authorization"] == f"Bearer {KEY_A}"
     assert upstream_b.requests == []
+
+
+def test_image_chat_task_model_listed_in_models_file_goes_to_its_own_upstream(
+    start_gateway: Callable[..., Gateway],
+    models_file: Path,
+    upstream: StubUpstream,
+    upstream_b: StubUpstream,
+) -> None:
+    async def text_answer(request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        message = {"role": "assistant", "content": '{"title": "Cats"}'}
+        return JSONResponse(
+            {
+                "id": "chatcmpl-2",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "gemini-image",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            }
+        )
+
+    upstream_b.handlers["/v1/chat/completions"] = text_answer
+    # TASK_MODEL names the file's chat model on the other upstream: routed like any request
+    gateway = start_gateway(
+        models_file=models_file, gateway_model_name="painter", task_model="talker"
+    )
+    resp = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers=gateway.headers,
+        json={**TASK_PROMPTS["title"], "model": "painter"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text[:300]
+    assert json.loads(resp.json()["choices"][0]["message"]["content"]) == {"title": "Cats"}
+    [sent] = upstream_b.requests
+    assert sent.path == "/v1/chat/completions"
+    assert sent.json["model"] == "gemini-image"  # the entry's upstream model
+    assert sent.headers["authorization"] == f"Bearer {KEY_B}"
+    assert upstream.requests == []  # the image model's upstream never hears of it

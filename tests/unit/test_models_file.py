@@ -10,6 +10,7 @@ import pytest
 from picgate.cli import main
 from picgate.config import Settings, SettingsError
 from picgate.errors import NotFound
+from picgate.gateway.image_models import drops_tools, is_image_model
 from picgate.routing.models_file import load_models_file
 from picgate.routing.table import ModelTable
 
@@ -106,6 +107,18 @@ def test_models_table_route_follows_a_new_settings_object(tmp_path: Path) -> Non
             GOOD.replace("timeout_seconds: 120", "timeout_secs: 120"),
             "upstreams[0] ('openai') timeout_secs: Extra inputs are not permitted",
         ),
+        (
+            GOOD.replace(
+                "api: images\n    params", "api: images\n    response_format: png\n    params"
+            ),
+            "models[0] ('gpt-image') response_format: Input should be 'b64_json' or 'url'",
+        ),
+        (
+            GOOD.replace(
+                "upstream: local\n    api: images", "upstream: local\n    drop_tools: maybe"
+            ),
+            "models[1] ('flux') drop_tools: Input should be a valid boolean",
+        ),
     ],
 )
 def test_models_file_bad_file_is_one_line_naming_the_entry(
@@ -137,3 +150,31 @@ def test_serve_with_bad_models_file_prints_one_line_and_exits_2(
     assert err.count("\n") == 0
     assert "MODELS_FILE" in err and "OPENAI_KEY is not set" in err
     assert "Traceback" not in err
+
+
+def test_models_file_image_settings_reach_the_route_and_the_predicates(tmp_path: Path) -> None:
+    text = (
+        GOOD.replace("api: images\n    params", "api: images\n    response_format: url\n    params")
+        + "  - name: talker\n    upstream: local\n    api: chat\n    drop_tools: true\n"
+    )
+    table = ModelTable.load(_write(tmp_path, text), {"OPENAI_KEY": "k"})
+    settings = _settings()
+    painter = table.route(settings, "gpt-image")
+    assert painter.with_image_params({"prompt": "x"}) == {
+        "size": "1024x1024",
+        "response_format": "url",
+        "prompt": "x",
+    }
+    assert painter.with_params({}) == {"size": "1024x1024"}  # never into a chat request
+    assert table.route(settings, "flux").with_image_params({"prompt": "x"}) == {"prompt": "x"}
+    assert [is_image_model(settings, m, table) for m in ("gpt-image", "talker", "nope")] == [
+        True,
+        False,
+        False,
+    ]
+    # the gateway's own name is nothing special once a models file is set
+    assert not is_image_model(settings, settings.gateway_model_name, table)
+    assert drops_tools(settings, "gpt-image", table) and drops_tools(settings, "talker", table)
+    off = _settings(drop_tools_for_image_models=False)
+    assert not drops_tools(off, "gpt-image", table)
+    assert drops_tools(off, "talker", table)  # the entry's own choice wins

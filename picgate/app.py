@@ -21,7 +21,6 @@ from picgate import log_redaction
 from picgate.config import Settings
 from picgate.errors import PicGateError, error_body
 from picgate.lazy_router import LazyRouter
-from picgate.metrics import MetricsMiddleware
 from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from picgate.services import Services
 
@@ -64,19 +63,24 @@ def create_app(
         timeout=services.settings.request_body_timeout_seconds,
     )
     app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    if services.metrics is not None:
+        from picgate.metrics import MetricsMiddleware
+
+        app.add_middleware(MetricsMiddleware, metrics=services.metrics)
 
     from picgate.gateway.chat_routes import router as chat_router
     from picgate.gateway.routes import router as gateway_router
     from picgate.health import router as health_router
     from picgate.images.routes import router as images_router
-    from picgate.metrics import router as metrics_router
 
     app.include_router(health_router)
     app.include_router(gateway_router)
     app.include_router(images_router)
     app.include_router(chat_router)
-    app.include_router(metrics_router)
+    if services.metrics is not None:  # without METRICS_TOKEN, /metrics is an unknown path
+        from picgate.metrics import router as metrics_router
+
+        app.include_router(metrics_router)
     if services.settings.serverless:  # a cold start seldom serves the console: see lazy_router
         app.router.routes.append(LazyRouter(app, ADMIN_PREFIX, admin_router))
     else:

@@ -213,7 +213,7 @@ async def require_gateway_key(request: Request) -> Gateway:
         library=library,
         events=container.events,
         upstream=container.upstream,
-        http=container.http,
+        client=lambda: container.http,
         buffers=container.buffers,
         keys=keys,
         key_id=key_id,

@@ -1,7 +1,9 @@
 """``GET /metrics``: Prometheus' text format through ``prometheus_client``.
 
 Off unless ``METRICS_TOKEN`` is set; then only a caller sending it as a bearer token gets an
-answer (compared in constant time); everyone else gets the 404 of an unknown path.
+answer (compared in constant time); everyone else gets the 404 of an unknown path. Without
+it the app neither imports this module (nor prometheus_client) nor counts, and ``/metrics``
+is an unknown path.
 
 Each app has its own ``CollectorRegistry`` (no process-global state: test apps, or two apps in
 one process, never share counts). Replicas each expose their own counts; the gauges read from

@@ -6,7 +6,8 @@ Components (each takes only the others it uses): ``db`` (Database), ``events`` (
 image row's owner, with its upload queue, serving policy, variants, eviction, retention,
 console actions and statistics), ``cleanup`` (the cleanup job), ``uploader`` (the upload
 worker), ``keys`` (KeyRing: the named gateway keys), ``models`` (the MODELS_FILE's ModelTable;
-None without one) and ``metrics`` (the app's Prometheus registry).
+None without one) and ``metrics`` (the app's Prometheus registry; None unless ``METRICS_TOKEN``
+is set, since nobody could read it, and prometheus_client stays out of the cold start).
 
 Only the edges import this module: ``picgate.app``, ``handler.py`` and the CLI commands. Routes
 get single components through the ``Annotated`` aliases of ``picgate.deps``; the gateway, admin,
@@ -26,7 +27,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -41,13 +42,15 @@ from picgate.jobs.upload_worker import UploadWorker
 from picgate.keyring import KeyRing
 from picgate.library.library import ImageLibrary
 from picgate.library.sendfile import Sendfile
-from picgate.metrics import Metrics
 from picgate.redaction import Redactor
 from picgate.routing.table import ModelTable
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
 from picgate.storage.archive import Archive
 from picgate.storage.local import LocalCache
 from picgate.storage.object_store import ObjectStore
+
+if TYPE_CHECKING:
+    from picgate.metrics import Metrics
 
 log = logging.getLogger("picgate")
 
@@ -92,9 +95,14 @@ class Services:
         self.cleanup = Cleanup(
             db=self.db, events=self.events, library=self.library, settings=self._current_settings
         )
-        # the library's gauges are read through its rows at scrape time
-        self.metrics = Metrics(self.library.rows)
-        self.upstream = Upstream(lambda: self.http, observe=self.metrics.observe_upstream)
+        self.metrics: Metrics | None = None
+        if settings.metrics_token:  # an environment setting only: it cannot appear later
+            from picgate.metrics import Metrics
+
+            # the library's gauges are read through its rows at scrape time
+            self.metrics = Metrics(self.library.rows)
+        observe = self.metrics.observe_upstream if self.metrics else None
+        self.upstream = Upstream(lambda: self.http, observe=observe)
         self.keys = KeyRing(self.db)
         self._prepared = False
         self._prepare_lock = threading.Lock()

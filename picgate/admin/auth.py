@@ -21,16 +21,18 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import bindparam, case, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from picgate.db.models import AdminSession, AdminUser, LoginAttempt
 from picgate.errors import PicGateError
 from picgate.settings_store import SecretBox
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 ADMIN_ID = "admin"  # one admin account: a fixed key makes concurrent first-run setups safe
 IDLE = timedelta(hours=12)
@@ -55,7 +57,6 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 PASSWORD_MIN = 8
 PASSWORD_MAX = 256
 
-_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 _dummy_hash: str | None = None
 
 
@@ -104,13 +105,24 @@ def tokens_match(given: str | None, expected: str) -> bool:
 # -- passwords -------------------------------------------------------------------------------
 
 
+@cache
+def _hasher() -> PasswordHasher:
+    # argon2 is imported on the first password check, not when a cold start asks whether an
+    # admin exists
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+
+
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher().hash(password)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
+    from argon2.exceptions import InvalidHashError, VerificationError
+
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher().verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -118,7 +130,7 @@ def verify_password(password_hash: str, password: str) -> bool:
 def _dummy() -> str:
     global _dummy_hash
     if _dummy_hash is None:
-        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+        _dummy_hash = _hasher().hash(secrets.token_urlsafe(16))
     return _dummy_hash
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -16,17 +17,25 @@ from picgate.library.library import ImageLibrary
 @dataclass(frozen=True)
 class GatewayParts:
     """``library`` stores and serves images, ``events`` logs, ``upstream`` calls the upstream
-    API, ``http`` is the shared outbound client (URL fetches), ``buffers`` the server-wide
-    budget for the image bytes requests hold (``MAX_BUFFERED_MB``). ``keys`` and ``key_id`` are
-    the gateway keys and the named key of this call (None: GATEWAY_API_KEY, not counted)."""
+    API, ``client`` returns the shared outbound client (URL fetches; see ``http``), ``buffers``
+    the server-wide budget for the image bytes requests hold (``MAX_BUFFERED_MB``). ``keys`` and
+    ``key_id`` are the gateway keys and the named key of this call (None: GATEWAY_API_KEY, which
+    is not counted)."""
 
     library: ImageLibrary
     events: EventLog
     upstream: Upstream
-    http: httpx.AsyncClient
+    client: Callable[[], httpx.AsyncClient]
     buffers: BufferBudget
     keys: KeyRing | None = None
     key_id: str | None = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The shared outbound client, asked for only when a call uses it: building it
+        (httpcore, the CA bundle) is part of a cold start's first request otherwise, and
+        ``GET /v1/models`` or a refused key never needs it."""
+        return self.client()
 
     async def count_images(self, stored: int) -> None:
         """Count ``stored`` images for the call's named key: its usage and daily limit read

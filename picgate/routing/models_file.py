@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from picgate.config import SettingsError
@@ -135,6 +134,8 @@ def load_models_file(path: Path, environ: Mapping[str, str] | None = None) -> Mo
         raise SettingsError(f"{prefix}: no such file; fix the path or unset MODELS_FILE") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{prefix}: cannot be read ({exc}); fix the file") from None
+    import yaml  # only with a MODELS_FILE: PyYAML stays out of every other start
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

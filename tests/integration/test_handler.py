@@ -354,3 +354,42 @@ def test_handler_import_without_r2_fails_naming_the_variables(tmp_path: Path) ->
     assert "SettingsError" in last and "serverless mode" in last
     for name in ("R2_BUCKET_NAME", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_ACCOUNT_ID"):
         assert name in last
+
+
+def test_handler_cold_models_call_without_metrics_or_models_file_leaves_optional_parts_unloaded(
+    tmp_path: Path,
+) -> None:
+    """A cold start that answers ``GET /v1/models`` never loads what only other paths need:
+    prometheus_client (METRICS_TOKEN), PyYAML (MODELS_FILE), argon2 (a password check) or the
+    outbound HTTP client (a call to the upstream or a URL fetch)."""
+    env = {k: v for k, v in os.environ.items() if k not in APP_ENV}
+    env.update(
+        RUNTIME_MODE="serverless",
+        DATABASE_URL=f"sqlite:///{tmp_path}/db/picgate.db",
+        IMAGES_DIR=str(tmp_path / "images"),
+        SECRET_KEY="lambda-test-secret-0123456789",
+        GATEWAY_API_KEY=GATEWAY_KEY,
+        UPSTREAM_API_BASE="http://127.0.0.1:9/v1",  # never contacted
+        R2_ENDPOINT_URL="http://127.0.0.1:9",
+        R2_ACCESS_KEY_ID=ACCESS_KEY_ID,
+        R2_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
+        R2_BUCKET_NAME=BUCKET,
+    )
+    code = (
+        "import json, sys, handler\n"
+        "from tests.lambda_support import http_event\n"
+        f"event = http_event('function_url_get.json', path='/v1/models', headers={AUTH!r})\n"
+        "status = handler.handler(event, None)['statusCode']\n"
+        "loaded = [m for m in ('prometheus_client', 'yaml', 'argon2') if m in sys.modules]\n"
+        "print(json.dumps([status, loaded, handler.services._http is not None]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [200, [], False]

@@ -188,6 +188,7 @@ class ModelCatalog:
         def change(doc: ConsoleModels) -> ConsoleModels:
             old = next((u for u in doc.upstreams if u.name == name), None)
             fields = {k: v for k, v in values.items() if k != "api_key" or v is not None}
+            fields["name"] = name
             if "api_key" not in fields and old is not None and old.api_key:
                 if _host(old.base_url) != _host(str(values.get("base_url", ""))):
                     raise BadRequest(
@@ -197,7 +198,7 @@ class ModelCatalog:
                         code="invalid_value",
                     )
                 fields["api_key"] = old.api_key
-            entry = _validated(UpstreamEntry, {"name": name, **fields})
+            entry = _validated(UpstreamEntry, fields)
             made.append(entry)
             others = [u for u in doc.upstreams if u.name != name]
             return ConsoleModels(upstreams=[*others, entry], models=doc.models)
@@ -234,7 +235,7 @@ class ModelCatalog:
         made: list[ModelEntry] = []
 
         def change(doc: ConsoleModels) -> ConsoleModels:
-            entry = _validated(ModelEntry, {"name": name, **values})
+            entry = _validated(ModelEntry, {**values, "name": name})
             known = {u.name for u in doc.upstreams}
             if self.file is not None:
                 known |= {u.name for u in self.file.upstreams}

@@ -11,11 +11,10 @@ Every route needs a session; every state change the ``X-CSRF-Token`` header.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Body
 
 from picgate.admin.guard import AdminDep, CsrfAdminDep
 from picgate.admin.rendering import AdminRoute
@@ -26,27 +25,9 @@ from picgate.settings_store import mask
 
 router = APIRouter(prefix="/admin/api", route_class=AdminRoute)
 
-
-class UpstreamForm(BaseModel):
-    """An upstream as the console sends it; ``api_key`` None keeps the stored key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str
-    api_key: str | None = None
-    timeout_seconds: float | None = None
-    retries: int | None = None
-
-
-class ModelForm(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    upstream: str
-    upstream_model: str | None = None
-    api: Literal["images", "chat"] = "chat"
-    params: dict[str, Any] = {}
-    response_format: Literal["b64_json", "url"] | None = None
-    drop_tools: bool | None = None
+# the fields of an UpstreamEntry / ModelEntry but its name (the path's): validated by the entry
+# itself in ModelCatalog, so a refused value is a 400 naming the field, as the file's are
+EntryBody = Annotated[dict[str, Any], Body()]
 
 
 def _upstream_json(u: UpstreamEntry, origin: str, shadowed: bool) -> dict[str, Any]:
@@ -98,10 +79,9 @@ async def list_models(catalog: CatalogDep, config: ConfigDep, _admin: AdminDep) 
 
 @router.put("/upstreams/{name}")
 async def save_upstream(
-    name: str, body: UpstreamForm, catalog: CatalogDep, events: EventsDep, _admin: CsrfAdminDep
+    name: str, body: EntryBody, catalog: CatalogDep, events: EventsDep, _admin: CsrfAdminDep
 ) -> dict[str, Any]:
-    values = body.model_dump(exclude_unset=True)
-    entry = await anyio.to_thread.run_sync(lambda: catalog.save_upstream(name, values))
+    entry = await anyio.to_thread.run_sync(lambda: catalog.save_upstream(name, body))
     events.info(f"🔌 已保存上游: {entry.name}")
     return {"ok": True, "upstream": _upstream_json(entry, "console", False)}
 
@@ -117,10 +97,9 @@ async def delete_upstream(
 
 @router.put("/models/{name}")
 async def save_model(
-    name: str, body: ModelForm, catalog: CatalogDep, events: EventsDep, _admin: CsrfAdminDep
+    name: str, body: EntryBody, catalog: CatalogDep, events: EventsDep, _admin: CsrfAdminDep
 ) -> dict[str, Any]:
-    values = body.model_dump(exclude_unset=True)
-    entry = await anyio.to_thread.run_sync(lambda: catalog.save_model(name, values))
+    entry = await anyio.to_thread.run_sync(lambda: catalog.save_model(name, body))
     events.info(f"🧩 已保存模型: {entry.name}")
     return {"ok": True, "model": _model_json(entry, "console", False)}
 

@@ -31,6 +31,7 @@ from picgate.gateway.parts import GatewayParts
 from picgate.gateway.upstream import Upstream
 from picgate.keyring import KeyRing, KeyUsage
 from picgate.library.library import ImageLibrary
+from picgate.model_catalog import ModelCatalog
 from picgate.routing.table import ModelRoute, ModelTable, legacy_route
 from picgate.settings_store import ConfigService
 from picgate.throttle import AddressThrottle
@@ -76,8 +77,13 @@ async def get_keys(request: Request) -> KeyRing:
 
 
 async def get_models(request: Request) -> ModelTable | None:
-    models: ModelTable | None = _container(request).models
-    return models
+    catalog: ModelCatalog = _container(request).catalog
+    return await catalog.acurrent()
+
+
+async def get_catalog(request: Request) -> ModelCatalog:
+    catalog: ModelCatalog = _container(request).catalog
+    return catalog
 
 
 LibraryDep = Annotated[ImageLibrary, Depends(get_library)]
@@ -87,8 +93,9 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 UpstreamDep = Annotated[Upstream, Depends(get_upstream)]
 HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
 KeyRingDep = Annotated[KeyRing, Depends(get_keys)]
-# the MODELS_FILE's table; None without a models file
+# the models of MODELS_FILE and the console; None when neither defines one
 ModelsDep = Annotated[ModelTable | None, Depends(get_models)]
+CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
 
 
 def keys_match(given: str, expected: str) -> bool:
@@ -119,7 +126,7 @@ class Gateway:
     gateway's functions take, who is asking (from the headers and the key: ``who.key_name`` is
     the named key's name, ``"env"`` for GATEWAY_API_KEY; the route adds the body's
     ``model``/``user`` and passes it on, so every image it saves records it), and the models
-    file's table (None without one)."""
+    models of MODELS_FILE and the console (None when neither defines one)."""
 
     settings: Settings
     parts: GatewayParts
@@ -218,7 +225,8 @@ async def require_gateway_key(request: Request) -> Gateway:
         keys=keys,
         key_id=key_id,
     )
-    return Gateway(settings, parts, who, models=container.models, key=named)
+    catalog: ModelCatalog = container.catalog
+    return Gateway(settings, parts, who, models=await catalog.acurrent(), key=named)
 
 
 def _no_key_set() -> AuthenticationFailed:

@@ -5,9 +5,10 @@ Components (each takes only the others it uses): ``db`` (Database), ``events`` (
 ``http`` (the outbound client), ``archive`` (the R2 store), ``library`` (ImageLibrary: the
 image row's owner, with its upload queue, serving policy, variants, eviction, retention,
 console actions and statistics), ``cleanup`` (the cleanup job), ``uploader`` (the upload
-worker), ``keys`` (KeyRing: the named gateway keys), ``models`` (the MODELS_FILE's ModelTable;
-None without one) and ``metrics`` (the app's Prometheus registry; None unless ``METRICS_TOKEN``
-is set, since nobody could read it, and prometheus_client stays out of the cold start).
+worker), ``keys`` (KeyRing: the named gateway keys), ``catalog`` (ModelCatalog: the models of
+MODELS_FILE and of the console, merged) and ``metrics`` (the app's Prometheus registry; None
+unless ``METRICS_TOKEN`` is set, since nobody could read it, and prometheus_client stays out of
+the cold start).
 
 Only the edges import this module: ``picgate.app``, ``handler.py`` and the CLI commands. Routes
 get single components through the ``Annotated`` aliases of ``picgate.deps``; the gateway, admin,
@@ -26,7 +27,7 @@ import contextlib
 import logging
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -42,8 +43,9 @@ from picgate.jobs.upload_worker import UploadWorker
 from picgate.keyring import KeyRing
 from picgate.library.library import ImageLibrary
 from picgate.library.sendfile import Sendfile
+from picgate.model_catalog import ModelCatalog
 from picgate.redaction import Redactor
-from picgate.routing.table import ModelTable
+from picgate.routing.models_file import load_models_file
 from picgate.settings_store import ConfigService, SecretBox, load_or_create_secret_key
 from picgate.storage.archive import Archive
 from picgate.storage.local import LocalCache
@@ -73,8 +75,15 @@ class Services:
         self.db = Database(settings.database_url, auth_token=settings.database_auth_token)
         self.events = EventLog(self.db, max_entries=settings.log_max_entries)
         # MODELS_FILE: read once per process; a bad file stops the start with one line
-        self.models = ModelTable.load(settings.models_file) if settings.models_file else None
-        self.events.redactor = Redactor.of(settings, extra=self._model_secrets())
+        models_file = load_models_file(settings.models_file) if settings.models_file else None
+        self.catalog = ModelCatalog(
+            self.db,
+            lambda: self.config.box,
+            file=models_file,
+            source=settings.models_file,
+            on_secrets=self._learn_model_secrets,
+        )
+        self.events.redactor = Redactor.of(settings, extra=self.catalog.secrets())
         self.cache = LocalCache(settings.resolved_images_dir)
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
@@ -139,12 +148,16 @@ class Services:
                 self.db,
                 SecretBox(secret),
                 events=self.events,
-                extra_secrets=self._model_secrets(),
+                extra_secrets=self.catalog.secrets(),
             )
         return self._config
 
-    def _model_secrets(self) -> list[str]:
-        return self.models.secrets() if self.models is not None else []
+    def _learn_model_secrets(self, keys: Sequence[str]) -> None:
+        """Every upstream key (file and console) is scrubbed from now on, and stays scrubbed
+        when the settings change (the config service rebuilds the redactor then)."""
+        if self._config is not None:
+            self._config.extra_secrets = tuple(keys)
+        self.events.redactor = self.events.redactor.remembering(extra=keys)
 
     def prepare(self) -> None:
         """Folders, schema, first-start key. Idempotent and thread-safe; call before serving."""

@@ -655,24 +655,51 @@
   // -- models --------------------------------------------------------------------------------
 
   function initModels() {
+    function origin(entry) {
+      if (entry.shadowed) return t("js.models_shadowed");
+      return entry.origin === "file" ? t("js.models_from_file") : t("js.models_from_console");
+    }
+
+    function button(label, cls, onClick) {
+      const btn = document.createElement("button");
+      btn.type = "button";
+      btn.className = cls;
+      btn.textContent = label;
+      btn.addEventListener("click", onClick);
+      return btn;
+    }
+
+    async function remove(kind, name) {
+      if (!window.confirm(t("js.models_confirm_delete", { name }))) return;
+      try {
+        await api("DELETE", "/admin/api/" + kind + "/" + encodeURIComponent(name));
+        await load();
+      } catch (e) {
+        toast(t("js.request_failed", { message: e.message }), true);
+      }
+    }
+
     async function load() {
       const r = await api("GET", "/admin/api/models");
       $("#models-source").textContent = r.source
         ? t("js.models_source", { path: r.source })
-        : t("js.models_none", { name: r.gateway_model || "" });
+        : t(r.models.length ? "js.models_console_only" : "js.models_none", { name: r.gateway_model || "" });
+      $("#model-upstream").replaceChildren(...r.upstreams.filter((u) => !u.shadowed).map((u) => {
+        const opt = document.createElement("option");
+        opt.value = u.name;
+        opt.textContent = u.name;
+        return opt;
+      }));
       $("#upstreams-body").replaceChildren(...r.upstreams.map((u) => {
         const tr = document.createElement("tr");
         tr.className = "upstream-row";
         tr.dataset.name = u.name;
+        tr.dataset.origin = u.origin;
         const result = cell("");
         result.className = "upstream-result";
         const actions = document.createElement("td");
-        const btn = document.createElement("button");
-        btn.type = "button";
-        btn.className = "upstream-test";
-        btn.textContent = t("js.models_test");
-        btn.addEventListener("click", async () => {
-          btn.disabled = true;
+        const test = button(t("js.models_test"), "upstream-test", async () => {
+          test.disabled = true;
           result.textContent = "…";
           try {
             const res = await api("POST", "/admin/api/upstreams/" + encodeURIComponent(u.name) + "/test");
@@ -682,20 +709,82 @@
           } catch (e) {
             result.textContent = e.message;
           } finally {
-            btn.disabled = false;
+            test.disabled = false;
           }
         });
-        actions.appendChild(btn);
-        tr.append(cell(u.name), cell(u.base_url), cell(u.has_key ? "✓" : "-"), actions, result);
+        actions.appendChild(test);
+        if (u.origin === "console") {
+          actions.appendChild(button(t("js.models_edit"), "upstream-edit", () => {
+            $("#upstream-name").value = u.name;
+            $("#upstream-base").value = u.base_url;
+            $("#upstream-key").value = "";
+          }));
+          actions.appendChild(button(t("js.models_delete"), "danger upstream-delete", () => remove("upstreams", u.name)));
+        }
+        tr.append(cell(u.name), cell(u.base_url), cell(u.has_key ? u.key : "-"), cell(origin(u)), actions, result);
         return tr;
       }));
       $("#models-body").replaceChildren(...r.models.map((m) => {
         const tr = document.createElement("tr");
         tr.className = "model-row";
-        tr.append(cell(m.name), cell(m.upstream), cell(m.upstream_model), cell(m.api), cell(JSON.stringify(m.params)));
+        tr.dataset.name = m.name;
+        tr.dataset.origin = m.origin;
+        const actions = document.createElement("td");
+        if (m.origin === "console") {
+          actions.appendChild(button(t("js.models_edit"), "model-edit", () => {
+            $("#model-name").value = m.name;
+            $("#model-upstream").value = m.upstream;
+            $("#model-target").value = m.upstream_model === m.name ? "" : m.upstream_model;
+            $("#model-api").value = m.api;
+            $("#model-params").value = Object.keys(m.params).length ? JSON.stringify(m.params) : "";
+          }));
+          actions.appendChild(button(t("js.models_delete"), "danger model-delete", () => remove("models", m.name)));
+        }
+        tr.append(cell(m.name), cell(m.upstream), cell(m.upstream_model), cell(m.api), cell(JSON.stringify(m.params)), cell(origin(m)), actions);
         return tr;
       }));
     }
+
+    $("#upstream-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const name = $("#upstream-name").value.trim();
+      const body = { base_url: $("#upstream-base").value.trim() };
+      const key = $("#upstream-key").value;
+      if (key) body.api_key = key;  // empty: the stored key stays (never sent to the page)
+      try {
+        await api("PUT", "/admin/api/upstreams/" + encodeURIComponent(name), body);
+        toast(t("js.models_saved", { name }));
+        $("#upstream-form").reset();
+        await load();
+      } catch (err) {
+        toast(t("js.request_failed", { message: err.message }), true);
+      }
+    });
+
+    $("#model-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const name = $("#model-name").value.trim();
+      const body = { upstream: $("#model-upstream").value, api: $("#model-api").value };
+      const target = $("#model-target").value.trim();
+      if (target) body.upstream_model = target;
+      const params = $("#model-params").value.trim();
+      if (params) {
+        try {
+          body.params = JSON.parse(params);
+        } catch (err) {
+          toast(t("js.models_bad_params"), true);
+          return;
+        }
+      }
+      try {
+        await api("PUT", "/admin/api/models/" + encodeURIComponent(name), body);
+        toast(t("js.models_saved", { name }));
+        $("#model-form").reset();
+        await load();
+      } catch (err) {
+        toast(t("js.request_failed", { message: err.message }), true);
+      }
+    });
     load().catch((e) => toast(t("js.request_failed", { message: e.message }), true));
   }
 

@@ -182,6 +182,10 @@ PHRASES: tuple[tuple[str, str], ...] = (
     ("🔑 已生成新的网关 API 密钥", "🔑 A new gateway API key was generated"),
     ("🔑 已创建网关密钥: {}", "🔑 Gateway key created: {}"),
     ("🔑 已吊销网关密钥: {}", "🔑 Gateway key revoked: {}"),
+    ("🔌 已保存上游: {}", "🔌 Upstream saved: {}"),
+    ("🔌 已删除上游: {}", "🔌 Upstream deleted: {}"),
+    ("🧩 已保存模型: {}", "🧩 Model saved: {}"),
+    ("🧩 已删除模型: {}", "🧩 Model deleted: {}"),
 )
 
 # full-width punctuation left between translated parts of a composed line

@@ -175,7 +175,9 @@ class ModelCatalog:
     def save_upstream(self, name: str, values: dict[str, Any]) -> UpstreamEntry:
         """Create or replace the console upstream ``name`` (BadRequest naming the field for a
         refused value). ``api_key`` absent keeps the stored key, but only while ``base_url``
-        keeps its host: a stored key is never sent to a new host without being entered again."""
+        keeps its host: a stored key is never sent to a new host without being entered again.
+        ``timeout_seconds`` and ``retries`` absent keep their stored values (the console's form
+        does not show them); an explicit null clears them."""
         if self.file_upstream(name):
             raise BadRequest(
                 f"the upstream {name!r} is defined in MODELS_FILE and is read-only here; "
@@ -198,6 +200,9 @@ class ModelCatalog:
                         code="invalid_value",
                     )
                 fields["api_key"] = old.api_key
+            if old is not None:
+                for kept in ("timeout_seconds", "retries"):
+                    fields.setdefault(kept, getattr(old, kept))
             entry = _validated(UpstreamEntry, fields)
             made.append(entry)
             others = [u for u in doc.upstreams if u.name != name]

@@ -130,6 +130,10 @@ def test_console_upstream_edit_without_key_keeps_it_unless_the_host_moves(
     assert upstream.last("/v1/images/generations").headers["authorization"] == (
         f"Bearer {CONSOLE_KEY}"
     )
+    # the console's form sends only base_url and the key: what it does not show is kept
+    again = console.send("PUT", "/upstreams/local", {"base_url": upstream.base_url})
+    assert again.status_code == 200, again.text
+    assert again.json()["upstream"]["retries"] == 2
     moved = console.send("PUT", "/upstreams/local", {"base_url": upstream_b.base_url})
     assert moved.status_code == 400
     assert moved.json()["error"]["param"] == "api_key"

@@ -3,8 +3,9 @@
 ``EventLog`` scrubs the lines it writes itself, but other lines reach stdout (``docker logs``,
 CloudWatch) through ``logging`` too: an unhandled error's traceback, whose frames and exception
 text may quote a URL with a key, a library's warning, uvicorn's own lines. ``SecretFilter``
-renders each record's message with its arguments, the traceback and the stack, runs them
-through the current ``Redactor`` and leaves the record holding only the scrubbed text.
+runs the message, each of its arguments, the traceback and the stack through the current
+``Redactor``. Arguments keep their shape (a tuple stays a tuple, numbers stay numbers):
+formatters such as uvicorn's access log unpack them.
 
 ``install(current)`` puts one filter on the loggers PicGate and its server write to and on
 every handler of the root logger (a handler filter sees records propagated from any logger),
@@ -14,8 +15,9 @@ and returns what takes it off again; ``installed`` does so on exit, so apps buil
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from picgate.redaction import Redactor
 
@@ -37,12 +39,14 @@ class SecretFilter(logging.Filter):
         redactor = self._current()
         if not redactor:
             return True
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):  # a bad format string: logging reports it itself
-            return True
-        record.msg = redactor.text(message)
-        record.args = None
+        if isinstance(record.args, tuple):
+            record.msg = redactor.text(str(record.msg))
+            record.args = tuple(_scrubbed(redactor, a) for a in record.args)
+        elif isinstance(record.args, Mapping):
+            record.msg = redactor.text(str(record.msg))
+            record.args = {k: _scrubbed(redactor, v) for k, v in record.args.items()}
+        else:
+            record.msg = redactor.text(str(record.msg))
         if record.exc_info and not record.exc_text:
             record.exc_text = _FORMATTER.formatException(record.exc_info)
         if record.exc_text:
@@ -50,6 +54,19 @@ class SecretFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redactor.text(record.stack_info)
         return True
+
+
+def _scrubbed(redactor: Redactor, value: Any) -> Any:
+    """``value`` as it may be logged: text scrubbed, numbers as they are, any other object
+    replaced by its scrubbed text only when its text carries a secret."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redactor.text(value)
+    for shown in (str(value), repr(value)):
+        if redactor.text(shown) != shown:
+            return redactor.text(shown)
+    return value
 
 
 def install(current: Callable[[], Redactor]) -> Callable[[], None]:

@@ -18,7 +18,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from picgate.log_redaction import installed
+from picgate.log_redaction import SecretFilter, installed
 from picgate.redaction import Redactor
 from tests.conftest import GATEWAY_KEY, Gateway
 from tests.support.admin import signed_in
@@ -186,3 +186,23 @@ def test_secret_in_traceback_and_log_arguments_masked_by_filter(
     assert "upstream call with *** failed" in rendered
     assert leaked(rendered) == [] and GATEWAY_KEY not in rendered
     assert log.filters == before  # taken off again on exit
+
+
+def test_secret_filter_keeps_access_log_arguments_for_uvicorns_formatter() -> None:
+    from uvicorn.logging import AccessFormatter
+
+    redactor = Redactor([KEY])
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", f"/v1/models?key={KEY}", "1.1", 200),
+        None,
+    )
+    SecretFilter(lambda: redactor).filter(record)
+    # uvicorn unpacks the five arguments: they must stay a tuple, the status a number
+    line = AccessFormatter("%(client_addr)s - %(request_line)s %(status_code)s").format(record)
+    assert line == "127.0.0.1:5000 - GET /v1/models?key=*** HTTP/1.1 200 OK"
+    assert KEY not in line

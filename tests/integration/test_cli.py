@@ -77,6 +77,9 @@ def test_serve_port_flag_banner_names_bound_port(tmp_path: Path) -> None:
     assert ":5999" not in output and ":5643" not in output
     # nothing of Alembic's narration buries the banner
     assert "alembic" not in output
+    # the access line of the /health call is printed, not a logging error's traceback
+    assert '"GET /health HTTP/1.1" 200' in output
+    assert "Logging error" not in output and "Traceback" not in output
 
 
 def test_serve_port_environment_banner_names_it(tmp_path: Path) -> None:

@@ -39,13 +39,10 @@ from picgate.eventlog import EventLog
 from picgate.library.records import StoredImage
 from picgate.library.rows import ImageRows
 from picgate.library.sendfile import Sendfile
-from picgate.storage.archive import Archive
+from picgate.storage.archive import SERVERLESS_MAX_BODY, Archive
 from picgate.storage.local import LocalCache
 
 log = logging.getLogger("picgate")
-
-# Lambda returns at most 6 MB of payload, and binary bodies travel as base64 (4/3).
-SERVERLESS_MAX_BODY = 4_500_000
 
 
 def digest_matches(data: bytes, sha256: str, image_id: str) -> bool:

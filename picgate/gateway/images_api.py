@@ -34,7 +34,7 @@ from picgate.gateway.fetch import fetch_image_bytes
 from picgate.gateway.image_answer import ImageAnswerReader, placeholders_in
 from picgate.gateway.parts import GatewayParts
 from picgate.gateway.spliced_json import SplicedJson
-from picgate.gateway.upstream import MAX_IMAGES_PER_ANSWER, not_json_answer
+from picgate.gateway.upstream import MAX_IMAGES_N, not_json_answer
 from picgate.library.records import ImageOrigin, StoredImage
 from picgate.storage.codec import sniff_async
 from picgate.storage.incoming import Received
@@ -110,12 +110,12 @@ def upstream_model(settings: Settings, client_model: Any) -> str | None:
 
 def requested_n(value: Any) -> int:
     """The images a client asked for (``n``, a number or a form field's text): 1 when absent,
-    at most ``MAX_IMAGES_PER_ANSWER``; what the answer may keep."""
+    at most ``MAX_IMAGES_N``; what the answer may keep."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return 1
-    return min(int(value), MAX_IMAGES_PER_ANSWER)
+    return min(int(value), MAX_IMAGES_N)
 
 
 def keep_requested(parts: GatewayParts, answer: Any, keep: int) -> set[str]:
@@ -154,7 +154,7 @@ async def call_upstream(
     # other long fields (an answer with thousands is parsed whole instead)
     reader = ImageAnswerReader(
         lambda: parts.library.incoming(keep_text=keep_base64),
-        max_images=keep + MAX_IMAGES_PER_ANSWER,
+        max_images=keep + MAX_IMAGES_N,
     )
     try:
         await parts.upstream.post(settings, path, reader.feed, hold=hold, **request)

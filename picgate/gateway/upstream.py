@@ -31,7 +31,7 @@ LONG_STRING = 64 * 1024
 # an error body is read for its message: a megabyte is plenty
 ERROR_BODY_LIMIT = 2**20
 # an Images API answer carries at most ``n`` = 10 images
-MAX_IMAGES_PER_ANSWER = 10
+MAX_IMAGES_N = 10
 SLACK = 2**20  # the JSON around the images: ids, text, usage
 # one SSE event carries at most two images of the largest size (a delta with two data URLs)
 MAX_IMAGES_PER_EVENT = 2
@@ -55,7 +55,7 @@ def response_limit(settings: Settings) -> int:
     """The largest non-stream answer read from the upstream: ten images of ``MAX_IMAGE_MB``
     as base64 plus the JSON around them, and never more than ``MAX_UPSTREAM_RESPONSE_MB``
     (derived alone, 50 MB images made it ~668 MB: a 600 MB answer peaked at 2.4 GB)."""
-    derived = MAX_IMAGES_PER_ANSWER * base64_chars(image_limit(settings)) + SLACK
+    derived = MAX_IMAGES_N * base64_chars(image_limit(settings)) + SLACK
     return min(derived, settings.max_upstream_response_mb * 2**20)
 
 

@@ -26,7 +26,9 @@ without end).
 
 With a ``lifter``, a ``data`` line longer than ``LIFT_LINE`` bytes (LF-ended) is not decoded
 whole: its images are lifted out of the raw bytes (``picgate.gateway.lifted``) and the event
-carries them in ``lifted``, its ``data`` holding their tokens.
+carries them in ``lifted``, its ``data`` holding their tokens. An image whose base64 is still
+arriving when its unfinished line passes ``LIFT_LINE`` is decoded as it comes
+(``StreamedRun``), whatever the line ends with: the buffer holds a few bytes of it, not the line.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from picgate.gateway.lifted import LIFT_LINE, ImageLifter, LiftedImage
+from picgate.gateway.lifted import LIFT_LINE, ImageLifter, LiftedImage, StreamedRun, find_run
 
 __all__ = ["EventTooLarge", "SSEEvent", "SSEParser", "encode_comment", "encode_event"]
 
@@ -85,6 +87,13 @@ class SSEParser:
         self._retry: int | None = None
         self._comments: list[str] = []
         self._seen = False
+        # an unfinished data line whose images are decoded as they arrive (see _stream)
+        self._run: StreamedRun | None = None  # the image arriving now
+        self._head: list[str] | None = None  # the line's value before the buffer, tokens in it
+        self._head_lifted: dict[str, LiftedImage] = {}
+        self._consumed = 0  # bytes of the line taken out of the buffer
+        self._scan = 0  # bytes of the buffer already looked at for an image's start
+        self._whole = False  # a run failed: the rest of the line takes the whole-line path
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Parse one chunk; return the events it completed, in order."""
@@ -103,14 +112,25 @@ class SSEParser:
                 del buf[: len(_BOM)]
             self._bom_checked = True
         events: list[SSEEvent] = []
-        if b"\r" not in chunk and self._feed_lf_lines(events):
-            return events
+        if self._run is not None:
+            self._advance(self._run)
+            if self._run is not None:  # the buffer holds no more than a partial group of it
+                self._check(self._consumed + len(buf))
+                return events
+        if b"\r" in chunk or not self._feed_lf_lines(events):
+            self._feed_lines(events)
+        self._stream()
+        return events
+
+    def _feed_lines(self, events: list[SSEEvent]) -> None:
+        """The general path: any line ends, each line found and decoded on its own."""
+        buf = self._buf
         start = 0
         end_of_buf = len(buf)
         match = _LINE_END.search(buf, self._searched)
         while match is not None:
             end = match.start()
-            self._line(buf[start:end].decode("utf-8", "replace"), events)
+            self._complete(start, end, events)
             start = end + 1
             if buf[end] == _CR:
                 if start == end_of_buf:
@@ -119,16 +139,20 @@ class SSEParser:
                     start += 1
             match = _LINE_END.search(buf, start)
         # what is left is one unfinished line, all of it already searched
-        del buf[:start]
+        if start:
+            del buf[:start]
+            self._scan = 0
         self._searched = len(buf)
-        self._check(len(buf))
-        return events
+        self._check(self._consumed + len(buf))
 
     def _check(self, size: int) -> None:
         if self.max_event is not None and size > self.max_event:
             self._buf.clear()  # the memory goes now, not when the caller drops the parser
             self._data = []
             self._lifted = {}
+            self._run = self._head = None
+            self._head_lifted = {}
+            self._consumed = 0
             raise EventTooLarge(f"an event stream line or event over {self.max_event} bytes")
 
     def _feed_lf_lines(self, events: list[SSEEvent]) -> bool:
@@ -143,16 +167,17 @@ class SSEParser:
         last = buf.rfind(b"\n", self._searched)
         if last < 0:
             self._searched = len(buf)
-            self._check(len(buf))
+            self._check(self._consumed + len(buf))
             return True
-        if self._lifter is not None and last > LIFT_LINE:
-            self._lift_lines(self._lifter, last, events)
+        if self._lifter is not None and (last > LIFT_LINE or self._head is not None):
+            self._lift_lines(last, events)
             return True
         try:
             text = buf[:last].decode("utf-8")
         except UnicodeDecodeError:
             return False
         del buf[: last + 1]
+        self._scan = 0
         self._searched = len(buf)
         self._check(len(buf))
         for line in text.split("\n"):
@@ -168,35 +193,104 @@ class SSEParser:
                 self._dispatch(events)
         return True
 
-    def _lift_lines(self, lifter: ImageLifter, last: int, events: list[SSEEvent]) -> None:
-        """The complete LF-ended lines of a buffer that may hold a long one, line by line; a
-        long ``data`` line has its images lifted instead of being decoded whole."""
+    def _lift_lines(self, last: int, events: list[SSEEvent]) -> None:
+        """The complete LF-ended lines of a buffer that may hold a long one, line by line."""
         buf = self._buf
         pos = 0
         while pos <= last:
             end = buf.find(b"\n", pos, last + 1)
-            if end - pos > LIFT_LINE and buf.startswith(b"data:", pos):
-                self._check(end - pos)
-                lo = pos + 6 if buf.startswith(b" ", pos + 5) else pos + 5
-                value, lifted = lifter.lift(buf, lo, end)
-                self._data.append(value)
-                self._lifted.update(lifted)
-                self._size += len(value)
-                self._check(self._size)
-                self._seen = True
-            else:
-                self._line(buf[pos:end].decode("utf-8", "replace"), events)
+            self._complete(pos, end, events)
             pos = end + 1
         # a new buffer for the unfinished line: the long one's memory goes now
         self._buf = bytearray(buf[last + 1 :])
+        self._scan = 0
         self._searched = len(self._buf)
         self._check(len(self._buf))
+
+    def _stream(self) -> None:
+        """Decode the images of an unfinished data line as they arrive, once it is past
+        ``LIFT_LINE``: a run reaching the end of the buffer becomes the parser's ``StreamedRun``
+        and the line's bytes before it leave the buffer (into ``_head``)."""
+        lifter = self._lifter
+        while lifter is not None and self._run is None and not self._whole:
+            buf = self._buf
+            lo = 0
+            if self._head is None:
+                if len(buf) <= LIFT_LINE or not buf.startswith(b"data:"):
+                    return
+                lo = 6 if buf.startswith(b" ", 5) else 5
+            start, self._scan = find_run(buf, lo, self._scan)
+            if start < 0:
+                return
+            if self._head is None:
+                self._head = []
+            self._run = StreamedRun(bytes(buf[lo:start]), max_run=lifter.max_run)
+            del buf[:start]
+            self._consumed += start
+            self._scan = self._searched = 0
+            self._advance(self._run)
+
+    def _advance(self, run: StreamedRun) -> None:
+        """Feed the buffer to the image arriving now; when it ends, its token joins ``_head``;
+        when it cannot be lifted, its text goes back into the buffer."""
+        assert self._lifter is not None and self._head is not None
+        size = len(self._buf)
+        done = run.feed(self._buf)
+        self._consumed += size - len(self._buf)
+        if done is None:
+            return
+        self._run = None
+        self._scan = self._searched = 0
+        if done:
+            value, lifted = self._lifter.lift(run.head, 0, len(run.head))
+            token = self._lifter.token()
+            self._head += (value, token)
+            self._head_lifted.update(lifted)
+            self._head_lifted[token] = run.image
+        else:
+            self._give_back(run)
+
+    def _give_back(self, run: StreamedRun) -> None:
+        """The run's text back into the buffer, for the whole-line path to take."""
+        text = run.restore()
+        self._buf[:0] = text
+        self._consumed -= len(text)
+        self._run = None
+        self._whole = True
+
+    def _complete(self, pos: int, end: int, events: list[SSEEvent]) -> None:
+        """The line ``_buf[pos:end]``: a long ``data`` line (or the rest of one whose images
+        were decoded as they came) has its images lifted instead of being decoded whole."""
+        buf, lifter = self._buf, self._lifter
+        if lifter is None or (
+            self._head is None and not (end - pos > LIFT_LINE and buf.startswith(b"data:", pos))
+        ):
+            self._line(buf[pos:end].decode("utf-8", "replace"), events)
+            return
+        self._check(self._consumed + end - pos)
+        if self._head is None:
+            pos += 6 if buf.startswith(b" ", pos + 5) else 5
+        value, lifted = lifter.lift(buf, pos, end)
+        if self._head is not None:
+            value = "".join(self._head) + value
+            self._lifted.update(self._head_lifted)
+            self._head = None
+            self._head_lifted = {}
+            self._consumed = 0
+            self._whole = False
+        self._lifted.update(lifted)
+        self._data.append(value)
+        self._size += len(value)
+        self._check(self._size)
+        self._seen = True
 
     def close(self) -> list[SSEEvent]:
         """End of stream: return the last event even without its closing blank line."""
         events: list[SSEEvent] = []
-        if self._buf:
-            self._line(self._buf.decode("utf-8", "replace"), events)
+        if self._run is not None:  # the stream ended inside an image
+            self._give_back(self._run)
+        if self._buf or self._head is not None:
+            self._complete(0, len(self._buf), events)
             self._buf.clear()
         self._searched = 0
         self._skip_lf = False

@@ -53,6 +53,13 @@ if [ ! -x "$SQLD_DIR/sqld" ]; then
 fi
 export PICGATE_SQLD="$PWD/$SQLD_DIR/sqld"
 
+# Lambda's Python (3.13) compiles the serverless package's bytecode in its test
+# (tests/integration/test_serverless_package.py, through `uv python find`); a pyenv-installed one
+# is not on PATH by itself (its shim runs the global version), so its folder is added.
+for bin in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin; do
+  if [ -x "$bin/python3.13" ]; then PATH="$PATH:$bin"; fi
+done
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -22,10 +22,13 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # Debian's Chromium drives the admin console tests (Playwright never downloads a browser here);
 # the CJK and emoji fonts make the console's screenshots readable. Debian's postgresql gives the
 # metadata contract suite a real server (tests/postgres.py runs initdb + postgres itself; the
-# PostgreSQL tests fail, never skip, without it).
-APT_PACKAGES="chromium fonts-wqy-microhei fonts-noto-color-emoji postgresql"
+# PostgreSQL tests fail, never skip, without it). Debian's nginx and caddy run the DEPLOY docs'
+# X-Accel-Redirect snippets in front of PicGate (tests/proxies.py; they fail, never skip, without
+# them).
+APT_PACKAGES="chromium fonts-wqy-microhei fonts-noto-color-emoji postgresql nginx caddy"
 if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/fonts/truetype/wqy ] \
-  || ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
+  || ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null \
+  || [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/bin/caddy ]; then
   SUDO=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
   $SUDO apt-get update -qq

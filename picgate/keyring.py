@@ -159,7 +159,7 @@ class KeyRing:
                     param="name",
                     code="key_name_taken",
                 )
-            conn.execute(insert(GATEWAY_KEYS).values(**row.as_dict()))
+            conn.execute(insert(GATEWAY_KEYS).values(**row._asdict()))
             return KeyUsage.of(row, row.day or "")
 
         return self.db.write(work), key
@@ -169,7 +169,7 @@ class KeyRing:
         rows = self.db.read(
             lambda c: c.execute(select(GATEWAY_KEYS).order_by(GATEWAY_KEYS.c.created_at)).all()
         )
-        return [KeyUsage.of(GatewayKeyRow.of(row), today) for row in rows]
+        return [KeyUsage.of(GatewayKeyRow._make(row), today) for row in rows]
 
     def revoke(self, name: str) -> bool:
         """Whether a live key of that name was revoked."""
@@ -194,7 +194,7 @@ class KeyRing:
         # the lookup is by hash; compare again in constant time all the same
         if found is None or not hmac.compare_digest(found.key_hash, digest):
             return None
-        return KeyUsage.of(GatewayKeyRow.of(found), _today(utcnow()))
+        return KeyUsage.of(GatewayKeyRow._make(found), _today(utcnow()))
 
     def admit(self, key: str) -> KeyUsage | None:
         """The live key's usage after counting this request; None: unknown key.

@@ -375,7 +375,7 @@ def authenticate(conn: Connection, *, username: str, password: str, ip: str) -> 
 
 def _admin_user(conn: Connection, user_id: str) -> AdminUserRow | None:
     found = conn.execute(select(ADMIN_USERS).where(ADMIN_USERS.c.id == user_id)).first()
-    return None if found is None else AdminUserRow.of(found)
+    return None if found is None else AdminUserRow._make(found)
 
 
 # -- sessions --------------------------------------------------------------------------------
@@ -409,7 +409,7 @@ def load_session(conn: Connection, token: str | None) -> AdminContext | None:
     found = conn.execute(select(ADMIN_SESSIONS).where(this_session)).first()
     if found is None:
         return None
-    row = AdminSessionRow.of(found)
+    row = AdminSessionRow._make(found)
     if row.expires_at <= now or now - row.last_seen_at > IDLE:
         conn.execute(delete(ADMIN_SESSIONS).where(this_session))
         return None

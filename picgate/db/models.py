@@ -4,16 +4,18 @@ from them. Primary keys are made by the app (no reliance on ``lastrowid``).
 Core, not the ORM: importing ``sqlalchemy.orm`` and mapping these tables as classes cost a
 Lambda cold start 120-170 ms of CPU (docs/PERFORMANCE.md, "Core tables instead of the ORM"),
 and PicGate used none of the ORM's features (no relationships, no unit of work it needed).
-Statements are built on ``TABLE.c.<column>``; a row read whole becomes one of the frozen
-dataclasses below (``ImageRow.of(row)``), so the types still hold across modules. The
-migrations (``picgate.db.migrations``) create exactly these tables.
+Statements are built on ``TABLE.c.<column>``; a row read whole (``select(TABLE)``) becomes
+one of the typed rows below with ``ImageRow._make(row)``: a NamedTuple whose fields are the
+table's columns in order (``tests/unit/test_tables.py`` holds them to it), so the types still
+hold across modules. NamedTuples rather than dataclasses: making a dataclass costs ~1 ms at
+import, a NamedTuple a quarter of that. The migrations (``picgate.db.migrations``) create
+exactly these tables.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, NamedTuple
 
 from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text
 
@@ -166,24 +168,7 @@ GATEWAY_KEYS = Table(
 )
 
 
-class _Row:
-    """A row read whole, typed: ``of(row)`` takes a Core ``Row`` (or any mapping) of its
-    table's columns."""
-
-    __slots__ = ()
-
-    @classmethod
-    def of(cls, row: Any) -> Self:
-        mapping = row._mapping if hasattr(row, "_mapping") else row
-        return cls(**{f.name: mapping[f.name] for f in fields(cls)})  # type: ignore[arg-type]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The columns and their values, for an ``insert(TABLE).values(**row.as_dict())``."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRow(_Row):
+class ImageRow(NamedTuple):
     id: str
     ext: str
     mime: str
@@ -211,8 +196,7 @@ class ImageRow(_Row):
     key_name: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class AdminUserRow(_Row):
+class AdminUserRow(NamedTuple):
     id: str
     username: str
     password_hash: str
@@ -220,8 +204,7 @@ class AdminUserRow(_Row):
     updated_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class AdminSessionRow(_Row):
+class AdminSessionRow(NamedTuple):
     id: str
     user_id: str
     csrf_token: str
@@ -230,8 +213,7 @@ class AdminSessionRow(_Row):
     expires_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class JobLeaseRow(_Row):
+class JobLeaseRow(NamedTuple):
     name: str
     owner: str | None
     lease_until: datetime | None
@@ -239,8 +221,7 @@ class JobLeaseRow(_Row):
     last_report: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class GatewayKeyRow(_Row):
+class GatewayKeyRow(NamedTuple):
     id: str
     name: str
     prefix: str

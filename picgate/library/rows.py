@@ -132,7 +132,7 @@ class ImageRows:
         found = self.db.read(lambda c: c.execute(select(IMAGES).where(col.id == image_id)).first())
         if found is None:
             return None
-        row = ImageRow.of(found)
+        row = ImageRow._make(found)
         self.remember(StoredImage(row.id, row.ext, row.mime, row.size, row.sha256))
         return row
 
@@ -548,7 +548,7 @@ class ImageRows:
         counting = filtered(select(func.count()).select_from(IMAGES), narrow)
 
         def work(conn: Connection) -> tuple[list[ImageRow], int]:
-            rows = [ImageRow.of(row) for row in conn.execute(query)]
+            rows = [ImageRow._make(row) for row in conn.execute(query)]
             total = int(conn.scalar(counting) or 0)
             return rows, total
 

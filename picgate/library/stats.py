@@ -76,7 +76,7 @@ class LibraryStats:
             found = conn.execute(
                 select(JOB_LEASES).where(JOB_LEASES.c.name == CLEANUP_LEASE)
             ).first()
-            return counters, None if found is None else JobLeaseRow.of(found)
+            return counters, None if found is None else JobLeaseRow._make(found)
 
         counters, lease = self.rows.db.read(work)
         stats["requests_today"] = counters.get("requests", 0)

@@ -124,7 +124,6 @@ class ImageRows:
     # -- one image -------------------------------------------------------------------------
 
     def insert(self, row: dict[str, Any], image: StoredImage) -> None:
-        # a Core insert: the ORM's unit of work costs twice the CPU for one new row
         self.db.write(lambda c: c.execute(IMAGES.insert(), row))
         self.remember(image)
 

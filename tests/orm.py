@@ -1,11 +1,11 @@
 """ORM classes over PicGate's Core tables, for tests that look at or seed rows directly.
 
 PicGate itself uses SQLAlchemy Core only (``picgate.db.models``: importing and mapping the ORM
-cost every Lambda cold start 120-170 ms). Tests may still read a row as an object, change one
+cost every Lambda cold start ~125 ms of CPU). Tests may still read a row as an object, change one
 column, or add a row: ``orm.read(db, lambda s: s.get(Image, image_id))`` runs ``fn(session)``
 with a ``Session`` bound to the connection of one ``db.read`` (``orm.write``: ``db.write``, the
-session flushed before the transaction commits). Each class maps the table of the same name
-in ``picgate.db.models`` (``__table__``); its annotations only type the columns.
+session flushed before the transaction commits). Each class maps one table of
+``picgate.db.models`` (``__table__``); its annotations only type the columns.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 from them. Primary keys are made by the app (no reliance on ``lastrowid``).
 
 Core, not the ORM: importing ``sqlalchemy.orm`` and mapping these tables as classes cost a
-Lambda cold start 120-170 ms of CPU (docs/PERFORMANCE.md, "Core tables instead of the ORM"),
+Lambda cold start ~125 ms of CPU (docs/PERFORMANCE.md, "Core tables instead of the ORM"),
 and PicGate used none of the ORM's features (no relationships, no unit of work it needed).
 Statements are built on ``TABLE.c.<column>``; a row read whole (``select(TABLE)``) becomes
 one of the typed rows below with ``ImageRow._make(row)``: a NamedTuple whose fields are the

@@ -21,9 +21,10 @@ from typing import Any
 from sqlalchemy import Select, insert, select, text, tuple_
 
 from picgate.db.engine import Database
-from picgate.db.models import Image
 from picgate.library import gallery
 from picgate.library.rows import SORT_COLUMNS, ImageRows
+from tests import orm
+from tests.orm import Image
 
 
 def fill(db: Database, rows: int) -> None:
@@ -56,12 +57,12 @@ def fill(db: Database, rows: int) -> None:
 
 
 def first_row(db: Database, query: Select[Any]) -> tuple[Any, Any]:
-    row = db.read(lambda s: s.execute(query).one())
+    row = orm.read(db, lambda s: s.execute(query).one())
     return row[0], row[1]
 
 
 def insert_rows(db: Database, rows: list[dict[str, Any]]) -> None:
-    db.write(lambda s: s.execute(insert(Image), rows))
+    orm.write(db, lambda s: s.execute(insert(Image), rows))
 
 
 def timed(db: Database, *, sort: str, cursor: str | None, limit: int) -> float:

@@ -50,17 +50,13 @@ def settings_for(data: Path) -> Any:
 
 
 def build(data: Path, rows: int, files: int) -> None:
-    from picgate.db.models import (
-        R2_PENDING,
-        R2_UPLOADED,
-        AdminSession,
-        Image,
-        LogEntry,
-    )
+    from picgate.db.models import R2_PENDING, R2_UPLOADED
     from picgate.eventlog import new_log_id
     from picgate.library.records import utcnow
     from picgate.services import Services
     from picgate.storage.memory_store import MemoryObjectStore
+    from tests import orm
+    from tests.orm import AdminSession, Image, LogEntry
 
     services = Services(settings_for(data), objects=MemoryObjectStore())
     services.prepare()
@@ -70,7 +66,7 @@ def build(data: Path, rows: int, files: int) -> None:
 
     def flush() -> None:
         if batch:
-            services.db.write(lambda s: s.execute(insert(Image), batch))
+            orm.write(services.db, lambda s: s.execute(insert(Image), batch))
             batch.clear()
 
     for i in range(rows):
@@ -135,7 +131,7 @@ def build(data: Path, rows: int, files: int) -> None:
         session.execute(insert(LogEntry), logs)
         session.execute(insert(AdminSession), sessions)
 
-    services.db.write(extras)
+    orm.write(services.db, extras)
     services.db.dispose()
 
 

@@ -16,6 +16,10 @@ PicGate and for a bare FastAPI app behind Mangum: work moved out of the init pha
 first request shows there, not in the import ratio.
 ``--importtime`` also prints the 25 slowest imports of ``import handler`` (``-X importtime``).
 
+``--compare DIR`` (repeatable) also runs the cold invocation of the PicGate in DIR (another
+checkout, e.g. ``git archive main | tar -x -C /tmp/before``) in the same turns, against the same
+database and layer: a before/after in one run, on a machine whose speed drifts between runs.
+
 ``--python`` and ``--layer`` time what Lambda runs instead of this virtualenv: every child is
 that interpreter (Lambda's version, e.g. a python3.13) started with ``-S``, so only the standard
 library, PicGate's code and the layer built by ``infra/build-lambda-layer.sh`` can be imported,
@@ -65,7 +69,7 @@ def _label(code: str) -> str:
     return names.get(code, "python -c " + repr(code)[:24])
 
 
-def lambda_env(tmp: Path, layer: Path | None = None) -> dict[str, str]:
+def lambda_env(tmp: Path, layer: Path | None = None, repo: Path = REPO) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "DATABASE_"))}
     env.update(
         {
@@ -79,16 +83,18 @@ def lambda_env(tmp: Path, layer: Path | None = None) -> dict[str, str]:
             "R2_ACCESS_KEY_ID": "coldstart",
             "R2_SECRET_ACCESS_KEY": "coldstart",
             "R2_BUCKET_NAME": "coldstart",
-            "PYTHONPATH": os.pathsep.join([str(REPO), *([str(layer)] if layer else [])]),
+            "PYTHONPATH": os.pathsep.join([str(repo), *([str(layer)] if layer else [])]),
         }
     )
     return env
 
 
-def run_once(code: str, env: dict[str, str], python: list[str]) -> tuple[float, float]:
+def run_once(
+    code: str, env: dict[str, str], python: list[str], repo: Path = REPO
+) -> tuple[float, float]:
     """Wall time and CPU time (user + system) of one fresh interpreter running ``code``."""
     start = time.perf_counter()
-    child = subprocess.Popen([*python, "-c", code], env=env, cwd=REPO)
+    child = subprocess.Popen([*python, "-c", code], env=env, cwd=repo)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -98,14 +104,22 @@ def run_once(code: str, env: dict[str, str], python: list[str]) -> tuple[float, 
 
 
 def interleaved(
-    codes: list[str], env: dict[str, str], runs: int, python: list[str]
-) -> dict[str, list[tuple[float, float]]]:
-    """Each code ``runs`` times, taking turns, so a busy machine slows them all alike."""
+    codes: list[str],
+    env: dict[str, str],
+    runs: int,
+    python: list[str],
+    others: dict[Path, dict[str, str]] | None = None,
+) -> tuple[dict[str, list[tuple[float, float]]], dict[Path, list[tuple[float, float]]]]:
+    """Each code ``runs`` times, taking turns, so a busy machine slows them all alike; in the
+    same turns, the cold invocation of each other checkout (``others``: its environment)."""
     results: dict[str, list[tuple[float, float]]] = {code: [] for code in codes}
+    compared: dict[Path, list[tuple[float, float]]] = {repo: [] for repo in others or {}}
     for _ in range(runs):
         for code in codes:
             results[code].append(run_once(code, env, python))
-    return results
+        for repo, other_env in (others or {}).items():
+            compared[repo].append(run_once(FIRST_CALL, other_env, python, repo))
+    return results, compared
 
 
 def slowest_imports(
@@ -133,28 +147,39 @@ def main() -> int:
     parser.add_argument("--importtime", action="store_true")
     parser.add_argument("--python", default=sys.executable, help="the interpreter to time")
     parser.add_argument("--layer", type=Path, help="run from this Lambda layer alone (-S)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        help="another PicGate checkout whose cold invocation runs in the same turns",
+    )
     args = parser.parse_args()
+    compare = [repo.resolve() for repo in args.compare]
     python = [args.python, *(["-S"] if args.layer else [])]
     if args.layer and not (args.layer / "fastapi").is_dir():
         raise SystemExit(f"--layer {args.layer}: no layer there (infra/build-lambda-layer.sh)")
     # as in the Lambda package (docs/DEPLOY.md): PicGate's bytecode compiled, hash-checked
-    subprocess.run(
-        [
-            args.python,
-            "-m",
-            "compileall",
-            "-q",
-            "--invalidation-mode",
-            "checked-hash",
-            "picgate",
-            "handler.py",
-        ],
-        cwd=REPO,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    for repo in (REPO, *compare):
+        subprocess.run(
+            [
+                args.python,
+                "-m",
+                "compileall",
+                "-q",
+                "--invalidation-mode",
+                "checked-hash",
+                "picgate",
+                "handler.py",
+            ],
+            cwd=repo,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     with tempfile.TemporaryDirectory(prefix="picgate-coldstart-") as tmp:
-        env = lambda_env(Path(tmp), args.layer.resolve() if args.layer else None)
+        layer = args.layer.resolve() if args.layer else None
+        env = lambda_env(Path(tmp), layer)
+        others = {repo: lambda_env(Path(tmp), layer, repo) for repo in compare}
         first = run_once("import handler", env, python)[0]  # creates and migrates the database
         codes = [
             "pass",
@@ -164,7 +189,7 @@ def main() -> int:
             BARE_FIRST_CALL,
             FIRST_CALL,
         ]
-        results = interleaved(codes, env, args.runs, python)
+        results, compared = interleaved(codes, env, args.runs, python, others)
         version = subprocess.run(
             [*python, "-c", "import sys; print(sys.version.split()[0])"],
             capture_output=True,
@@ -195,6 +220,15 @@ def main() -> int:
             print(
                 f"  cold invocation, handler / bare FastAPI app ({label}) = {ratio:.2f}x"
                 f" ({verdict} the {INVOCATION_GOAL}x goal)"
+            )
+        for repo, times in compared.items():
+            wall = statistics.median(w for w, _ in times)
+            cpu = statistics.median(c for _, c in times)
+            print(
+                f"  cold invocation, handler in {repo}: wall {wall * 1000:.0f} ms, cpu"
+                f" {cpu * 1000:.0f} ms; / bare FastAPI app: wall"
+                f" {wall / medians[BARE_FIRST_CALL][0]:.2f}x, cpu"
+                f" {cpu / medians[BARE_FIRST_CALL][1]:.2f}x"
             )
         if args.importtime:
             print("slowest imports under `import handler`, layer-like (cumulative µs):")

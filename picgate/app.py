@@ -6,10 +6,9 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -23,6 +22,9 @@ from picgate.errors import PicGateError, error_body
 from picgate.lazy_router import LazyRouter
 from picgate.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from picgate.services import Services
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("picgate")
 

@@ -18,7 +18,6 @@ from math import ceil
 from typing import Annotated, Any
 
 import anyio.to_thread
-import httpx
 from fastapi import Depends, Request
 
 from picgate.attribution import ENV_KEY_NAME, Attribution
@@ -66,11 +65,6 @@ async def get_upstream(request: Request) -> Upstream:
     return upstream
 
 
-async def get_http(request: Request) -> httpx.AsyncClient:
-    http: httpx.AsyncClient = _container(request).http
-    return http
-
-
 async def get_keys(request: Request) -> KeyRing:
     keys: KeyRing = _container(request).keys
     return keys
@@ -91,7 +85,6 @@ EventsDep = Annotated[EventLog, Depends(get_events)]
 ConfigDep = Annotated[ConfigService, Depends(get_config)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 UpstreamDep = Annotated[Upstream, Depends(get_upstream)]
-HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
 KeyRingDep = Annotated[KeyRing, Depends(get_keys)]
 # the models of MODELS_FILE and the console; None when neither defines one
 ModelsDep = Annotated[ModelTable | None, Depends(get_models)]

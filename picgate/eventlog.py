@@ -29,11 +29,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
 
 from picgate.db.engine import Database
-from picgate.db.models import DailyStat, LogEntry
+from picgate.db.models import DAILY_STATS, LOG_ENTRIES
 from picgate.errors import AuthenticationFailed, KeyGuessingThrottled, PicGateError, UpstreamError
 from picgate.redaction import Redactor
 
@@ -209,41 +208,53 @@ class EventLog:
             return
         written: dict[tuple[str, str, str], tuple[str, int]] = {}
 
-        def work(session: Session) -> None:
+        def work(conn: Connection) -> None:
             written.clear()  # the database layer may run this again after a conflict
-            for e in events:
-                session.add(
-                    LogEntry(id=e.id, created_at=e.created_at, level=e.level, message=e.message)
+            if events:
+                conn.execute(
+                    insert(LOG_ENTRIES),
+                    [
+                        {
+                            "id": e.id,
+                            "created_at": e.created_at,
+                            "level": e.level,
+                            "message": e.message,
+                        }
+                        for e in events
+                    ],
                 )
             for key, amount in auth.items():
                 row_id, total = rows.get(key, ("", 0))
                 total += amount
                 message = TALLIES[key[1]].format(count=total, address=key[2])
                 if row_id:
-                    result = session.execute(
-                        update(LogEntry).where(LogEntry.id == row_id).values(message=message)
+                    result = conn.execute(
+                        update(LOG_ENTRIES)
+                        .where(LOG_ENTRIES.c.id == row_id)
+                        .values(message=message)
                     )
                     if getattr(result, "rowcount", 1):
                         written[key] = (row_id, total)
                         continue
                 # first line of this minute, or its row was cleared
                 row_id = new_log_id(anonymous=True)
-                session.add(
-                    LogEntry(id=row_id, created_at=_utcnow(), level="WARNING", message=message)
+                conn.execute(
+                    insert(LOG_ENTRIES).values(
+                        id=row_id, created_at=_utcnow(), level="WARNING", message=message
+                    )
                 )
                 written[key] = (row_id, total)
             for (day, name), amount in counters.items():
-                row = session.get(DailyStat, (day, name))
-                if row is None:
-                    session.add(DailyStat(day=day, name=name, value=amount))
-                else:
-                    session.execute(
-                        update(DailyStat)
-                        .where(DailyStat.day == day, DailyStat.name == name)
-                        .values(value=DailyStat.value + amount)
-                    )
+                stat = DAILY_STATS.c
+                added = conn.execute(
+                    update(DAILY_STATS)
+                    .where(stat.day == day, stat.name == name)
+                    .values(value=stat.value + amount)
+                )
+                if not added.rowcount:
+                    conn.execute(insert(DAILY_STATS).values(day=day, name=name, value=amount))
             if events or auth:
-                trim_logs(session, self.max_entries)
+                trim_logs(conn, self.max_entries)
 
         try:
             self.db.write(work)
@@ -268,22 +279,23 @@ def auth_failure_message(address: str, count: int) -> str:
     return TALLIES["gateway_key"].format(count=count, address=address)
 
 
-def trim_logs(session: Session, max_entries: int) -> int:
+def trim_logs(conn: Connection, max_entries: int) -> int:
     """Keep the newest ``max_entries`` lines, of which at most ``ANONYMOUS_SHARE`` anonymous:
     the anonymous lines are trimmed to their share first, then the other lines to what is
     left, so a flood of anonymous lines removes only older anonymous lines. Returns how many
     were removed."""
-    anonymous = LogEntry.id.endswith(ANONYMOUS_MARK)
-    removed = _trim(session, anonymous, int(max_entries * ANONYMOUS_SHARE))
-    left = max_entries - (session.scalar(select(func.count()).where(anonymous)) or 0)
-    return removed + _trim(session, ~anonymous, left)
+    anonymous = LOG_ENTRIES.c.id.endswith(ANONYMOUS_MARK)
+    removed = _trim(conn, anonymous, int(max_entries * ANONYMOUS_SHARE))
+    left = max_entries - (conn.scalar(select(func.count()).where(anonymous)) or 0)
+    return removed + _trim(conn, ~anonymous, left)
 
 
-def _trim(session: Session, where: ColumnElement[bool], keep: int) -> int:
-    cutoff = session.scalar(
-        select(LogEntry.id).where(where).order_by(LogEntry.id.desc()).offset(keep).limit(1)
+def _trim(conn: Connection, where: ColumnElement[bool], keep: int) -> int:
+    entry_id = LOG_ENTRIES.c.id
+    cutoff = conn.scalar(
+        select(entry_id).where(where).order_by(entry_id.desc()).offset(keep).limit(1)
     )
     if cutoff is None:
         return 0
-    result = session.execute(delete(LogEntry).where(where, LogEntry.id <= cutoff))
+    result = conn.execute(delete(LOG_ENTRIES).where(where, entry_id <= cutoff))
     return int(getattr(result, "rowcount", 0) or 0)

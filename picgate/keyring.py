@@ -21,13 +21,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, case, insert, select, update
 
 from picgate.db.engine import Database
-from picgate.db.models import GatewayKey
+from picgate.db.models import GATEWAY_KEYS, GatewayKeyRow
 from picgate.errors import BadRequest, RateLimited
 
 __all__ = ["KeyRing", "KeyUsage", "RateLimited", "hash_key"]
@@ -68,7 +68,7 @@ class KeyUsage:
     images_total: int
 
     @classmethod
-    def of(cls, row: GatewayKey, today: str) -> KeyUsage:
+    def of(cls, row: GatewayKeyRow, today: str) -> KeyUsage:
         fresh = row.day == today
         return cls(
             id=row.id,
@@ -134,12 +134,14 @@ class KeyRing:
             )
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
-        row = GatewayKey(
+        row = GatewayKeyRow(
             id=secrets.token_hex(16),
             name=name,
             prefix=key[:PREFIX_SHOWN],
             key_hash=hash_key(key),
             created_at=now,
+            last_used_at=None,
+            revoked_at=None,
             daily_images=daily_images,
             day=_today(now),
             requests_today=0,
@@ -148,8 +150,8 @@ class KeyRing:
             images_total=0,
         )
 
-        def insert(session: Session) -> KeyUsage:
-            taken = session.scalar(select(GatewayKey.id).where(GatewayKey.name == name))
+        def work(conn: Connection) -> KeyUsage:
+            taken = conn.scalar(select(GATEWAY_KEYS.c.id).where(GATEWAY_KEYS.c.name == name))
             if taken is not None:
                 raise BadRequest(
                     f"A key named {name!r} exists already; revoke it or choose another name.",
@@ -157,26 +159,25 @@ class KeyRing:
                     param="name",
                     code="key_name_taken",
                 )
-            session.add(row)
-            session.flush()
+            conn.execute(insert(GATEWAY_KEYS).values(**row._asdict()))
             return KeyUsage.of(row, row.day or "")
 
-        return self.db.write(insert), key
+        return self.db.write(work), key
 
     def listing(self) -> list[KeyUsage]:
         today = _today(utcnow())
         rows = self.db.read(
-            lambda s: s.scalars(select(GatewayKey).order_by(GatewayKey.created_at)).all()
+            lambda c: c.execute(select(GATEWAY_KEYS).order_by(GATEWAY_KEYS.c.created_at)).all()
         )
-        return [KeyUsage.of(row, today) for row in rows]
+        return [KeyUsage.of(GatewayKeyRow._make(row), today) for row in rows]
 
     def revoke(self, name: str) -> bool:
         """Whether a live key of that name was revoked."""
         now = utcnow()
         result = self.db.write(
             lambda s: s.execute(
-                update(GatewayKey)
-                .where(GatewayKey.name == name, GatewayKey.revoked_at.is_(None))
+                update(GATEWAY_KEYS)
+                .where(GATEWAY_KEYS.c.name == name, GATEWAY_KEYS.c.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
         )
@@ -185,13 +186,15 @@ class KeyRing:
     def find(self, key: str) -> KeyUsage | None:
         """The key's row (revoked or not), or None for a key this table does not hold."""
         digest = hash_key(key)
-        row = self.db.read(
-            lambda s: s.scalars(select(GatewayKey).where(GatewayKey.key_hash == digest)).first()
+        found = self.db.read(
+            lambda c: c.execute(
+                select(GATEWAY_KEYS).where(GATEWAY_KEYS.c.key_hash == digest)
+            ).first()
         )
         # the lookup is by hash; compare again in constant time all the same
-        if row is None or not hmac.compare_digest(row.key_hash, digest):
+        if found is None or not hmac.compare_digest(found.key_hash, digest):
             return None
-        return KeyUsage.of(row, _today(utcnow()))
+        return KeyUsage.of(GatewayKeyRow._make(found), _today(utcnow()))
 
     def admit(self, key: str) -> KeyUsage | None:
         """The live key's usage after counting this request; None: unknown key.
@@ -229,20 +232,21 @@ class KeyRing:
     def _count(self, key_id: str, now: datetime, *, requests: int = 0, images: int = 0) -> None:
         today = _today(now)
 
-        def work(session: Session) -> None:
-            row = session.get(GatewayKey, key_id)
-            if row is None:
-                return
-            if row.day != today:
-                row.day, row.requests_today, row.images_today = today, 0, 0
-            row.requests_today += requests
-            row.images_today += images
-            row.requests_total += requests
-            row.images_total += images
-            if requests:
-                row.last_used_at = now
-
-        self.db.write(work)
+        col = GATEWAY_KEYS.c
+        fresh = col.day == today  # the *_today counts start again on a new day
+        values: dict[str, Any] = {
+            "day": today,
+            "requests_today": case((fresh, col.requests_today), else_=0) + requests,
+            "images_today": case((fresh, col.images_today), else_=0) + images,
+            "requests_total": col.requests_total + requests,
+            "images_total": col.images_total + images,
+        }
+        if requests:
+            values["last_used_at"] = now
+        # one statement: two processes counting the same key at once add up
+        self.db.write(
+            lambda c: c.execute(update(GATEWAY_KEYS).where(col.id == key_id).values(**values))
+        )
 
 
 def over_limit(usage: KeyUsage, now: datetime) -> RateLimited:

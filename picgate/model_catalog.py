@@ -26,14 +26,14 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select
 
 from picgate.db.engine import Database
-from picgate.db.models import Setting
+from picgate.db.models import SETTINGS
 from picgate.errors import BadRequest, NotFound
 from picgate.routing.models_file import ModelEntry, ModelsFile, UpstreamEntry
 from picgate.routing.table import ModelTable
-from picgate.settings_store import REFRESH_SECONDS, SecretBox
+from picgate.settings_store import REFRESH_SECONDS, SecretBox, save_setting
 
 __all__ = ["ROW_KEY", "ConsoleModels", "ModelCatalog"]
 
@@ -88,11 +88,11 @@ class ModelCatalog:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _read(self, session: Session) -> ConsoleModels:
-        row = session.get(Setting, ROW_KEY)
-        if row is None:
+    def _read(self, conn: Connection) -> ConsoleModels:
+        value = conn.scalar(select(SETTINGS.c.value).where(SETTINGS.c.key == ROW_KEY))
+        if value is None:
             return ConsoleModels()
-        raw = self._box().open(row.value)
+        raw = self._box().open(value)
         if raw is None:
             log.warning("stored console models cannot be decrypted (SECRET_KEY changed?)")
             return ConsoleModels()
@@ -157,15 +157,11 @@ class ModelCatalog:
     # -- writing ---------------------------------------------------------------------------
 
     def _write(self, change: Callable[[ConsoleModels], ConsoleModels]) -> ConsoleModels:
-        def work(session: Session) -> ConsoleModels:
-            updated = change(self._read(session))
+        def work(conn: Connection) -> ConsoleModels:
+            updated = change(self._read(conn))
             sealed = self._box().seal(updated.model_dump_json())
             now = datetime.now(UTC).replace(tzinfo=None)
-            row = session.get(Setting, ROW_KEY)
-            if row is None:
-                session.add(Setting(key=ROW_KEY, value=sealed, secret=True, updated_at=now))
-            else:
-                row.value, row.secret, row.updated_at = sealed, True, now
+            save_setting(conn, ROW_KEY, sealed, secret=True, now=now)
             return updated
 
         updated = self.db.write(work)

@@ -30,8 +30,6 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from picgate.config import Settings, validate_settings
 from picgate.db.engine import Database
 from picgate.eventlog import EventLog
@@ -52,6 +50,8 @@ from picgate.storage.local import LocalCache
 from picgate.storage.object_store import ObjectStore
 
 if TYPE_CHECKING:
+    import httpx
+
     from picgate.metrics import Metrics
 
 log = logging.getLogger("picgate")

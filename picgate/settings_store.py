@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, insert, select, update
 
 from picgate.config import EDITABLE, SECRETS, Settings, SettingsError, validate_settings
 from picgate.db.engine import Database
-from picgate.db.models import Setting
+from picgate.db.models import SETTINGS
 from picgate.eventlog import EventLog
 
 if TYPE_CHECKING:
@@ -58,6 +57,18 @@ def load_or_create_secret_key(settings: Settings) -> str:
 
 def generate_api_key() -> str:
     return "pg-" + secrets.token_urlsafe(32)
+
+
+def save_setting(conn: Connection, key: str, value: str, *, secret: bool, now: datetime) -> None:
+    """Write the ``settings`` row ``key`` (an update, or an insert when it is not there yet),
+    inside the caller's write transaction."""
+    changed = conn.execute(
+        update(SETTINGS)
+        .where(SETTINGS.c.key == key)
+        .values(value=value, secret=secret, updated_at=now)
+    )
+    if not changed.rowcount:
+        conn.execute(insert(SETTINGS).values(key=key, value=value, secret=secret, updated_at=now))
 
 
 class SecretBox:
@@ -179,9 +190,9 @@ class ConfigService:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _read(self, session: Session) -> dict[str, Any]:
+    def _read(self, conn: Connection) -> dict[str, Any]:
         stored: dict[str, Any] = {}
-        for row in session.scalars(select(Setting)):
+        for row in conn.execute(select(SETTINGS.c.key, SETTINGS.c.value, SETTINGS.c.secret)):
             if row.key not in EDITABLE:
                 continue
             raw = self.box.open(row.value) if row.secret else row.value
@@ -258,8 +269,8 @@ class ConfigService:
         if pinned:
             raise ValueError(f"set by the environment, read-only here: {', '.join(sorted(pinned))}")
 
-        def work(session: Session) -> Settings:
-            stored = self._read(session)
+        def work(conn: Connection) -> Settings:
+            stored = self._read(conn)
             before = self._apply(stored)
             # every new value is validated on its own first: a refused one is never stored
             self.base.with_stored(values)
@@ -272,12 +283,8 @@ class ConfigService:
                 normalized = getattr(candidate, key)
                 text = json.dumps(normalized)
                 secret = key in SECRETS
-                row = session.get(Setting, key)
                 sealed = self.box.seal(text) if secret else text
-                if row is None:
-                    session.add(Setting(key=key, value=sealed, secret=secret, updated_at=now))
-                else:
-                    row.value, row.secret, row.updated_at = sealed, secret, now
+                save_setting(conn, key, sealed, secret=secret, now=now)
             return candidate
 
         result = self.db.write(work)

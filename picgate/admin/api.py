@@ -11,14 +11,14 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 
 from picgate.admin import backend, i18n, settings_form
 from picgate.admin.guard import AdminDep, CsrfAdminDep
 from picgate.admin.log_lines import in_language
 from picgate.admin.rendering import AdminRoute
 from picgate.db.engine import Database
-from picgate.db.models import LogEntry
+from picgate.db.models import LOG_ENTRIES
 from picgate.deps import ConfigDep, DatabaseDep, EventsDep, LibraryDep, UpstreamDep
 from picgate.errors import NotConfigured, NotFound, Unprocessable, UpstreamError
 from picgate.eventlog import EventLog
@@ -213,10 +213,10 @@ def _read_logs(
 ) -> list[dict[str, Any]]:
     events.flush()
 
-    def work(session: Any) -> list[dict[str, Any]]:
-        query = select(LogEntry).order_by(LogEntry.id.desc()).limit(limit)
+    def work(conn: Connection) -> list[dict[str, Any]]:
+        query = select(LOG_ENTRIES).order_by(LOG_ENTRIES.c.id.desc()).limit(limit)
         if level:
-            query = query.where(LogEntry.level == level)
+            query = query.where(LOG_ENTRIES.c.level == level)
         return [
             {
                 "id": e.id,
@@ -224,7 +224,7 @@ def _read_logs(
                 "level": e.level,
                 "message": e.message,
             }
-            for e in session.scalars(query)
+            for e in conn.execute(query)
         ]
 
     return db.read(work)
@@ -253,5 +253,5 @@ async def logs(
 @router.post("/logs/clear")
 async def clear_logs(events: EventsDep, db: DatabaseDep, _admin: CsrfAdminDep) -> dict[str, Any]:
     await anyio.to_thread.run_sync(events.flush)
-    removed = await db.awrite(lambda s: s.execute(delete(LogEntry)).rowcount)  # type: ignore[attr-defined]
+    removed = await db.awrite(lambda c: c.execute(delete(LOG_ENTRIES)).rowcount)
     return {"ok": True, "removed": int(removed or 0)}

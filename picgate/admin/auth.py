@@ -24,10 +24,15 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, case, delete, func, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, case, delete, func, insert, select, text, update
 
-from picgate.db.models import AdminSession, AdminUser, LoginAttempt
+from picgate.db.models import (
+    ADMIN_SESSIONS,
+    ADMIN_USERS,
+    LOGIN_ATTEMPTS,
+    AdminSessionRow,
+    AdminUserRow,
+)
 from picgate.errors import PicGateError
 from picgate.settings_store import SecretBox
 
@@ -155,17 +160,18 @@ def setup_token(box: SecretBox) -> str:
     return box.derive(SETUP_PURPOSE)
 
 
-def admin_exists(session: Session) -> bool:
-    return bool(session.scalar(select(func.count()).select_from(AdminUser)))
+def admin_exists(conn: Connection) -> bool:
+    return bool(conn.scalar(select(func.count()).select_from(ADMIN_USERS)))
 
 
-def create_first_admin(session: Session, *, username: str, password: str) -> bool:
+def create_first_admin(conn: Connection, *, username: str, password: str) -> bool:
     """Create the admin if there is none; False when one exists already."""
-    if admin_exists(session):
+    if admin_exists(conn):
         return False
     now = utcnow()
-    session.add(
-        AdminUser(
+    # a concurrent setup fails here on the primary key
+    conn.execute(
+        insert(ADMIN_USERS).values(
             id=ADMIN_ID,
             username=username,
             password_hash=hash_password(password),
@@ -173,33 +179,32 @@ def create_first_admin(session: Session, *, username: str, password: str) -> boo
             updated_at=now,
         )
     )
-    session.flush()  # a concurrent setup fails here on the primary key
     return True
 
 
-def set_admin(session: Session, *, username: str, password: str) -> bool:
+def set_admin(conn: Connection, *, username: str, password: str) -> bool:
     """Create the admin or reset its name and password (CLI); ends its sessions. True: created."""
     now = utcnow()
-    row = session.get(AdminUser, ADMIN_ID)
-    created = row is None
-    if row is None:
-        row = AdminUser(id=ADMIN_ID, created_at=now)
-        session.add(row)
-    row.username = username
-    row.password_hash = hash_password(password)
-    row.updated_at = now
-    session.execute(delete(AdminSession).where(AdminSession.user_id == ADMIN_ID))
+    values = {"username": username, "password_hash": hash_password(password), "updated_at": now}
+    changed = conn.execute(update(ADMIN_USERS).where(ADMIN_USERS.c.id == ADMIN_ID).values(values))
+    created = not changed.rowcount
+    if created:
+        conn.execute(insert(ADMIN_USERS).values(id=ADMIN_ID, created_at=now, **values))
+    conn.execute(delete(ADMIN_SESSIONS).where(ADMIN_SESSIONS.c.user_id == ADMIN_ID))
     return created
 
 
-def change_password(session: Session, user_id: str, *, current: str, new: str) -> bool:
+def change_password(conn: Connection, user_id: str, *, current: str, new: str) -> bool:
     """Set a new password after checking the current one; ends every session of the user."""
-    row = session.get(AdminUser, user_id)
-    if row is None or not verify_password(row.password_hash, current):
+    stored = conn.scalar(select(ADMIN_USERS.c.password_hash).where(ADMIN_USERS.c.id == user_id))
+    if stored is None or not verify_password(stored, current):
         return False
-    row.password_hash = hash_password(new)
-    row.updated_at = utcnow()
-    session.execute(delete(AdminSession).where(AdminSession.user_id == user_id))
+    conn.execute(
+        update(ADMIN_USERS)
+        .where(ADMIN_USERS.c.id == user_id)
+        .values(password_hash=hash_password(new), updated_at=utcnow())
+    )
+    conn.execute(delete(ADMIN_SESSIONS).where(ADMIN_SESSIONS.c.user_id == user_id))
     return True
 
 
@@ -234,26 +239,30 @@ def delay_for(failures: int) -> float:
     return float(min(ACCOUNT_DELAY_MAX, ACCOUNT_DELAY_BASE * 2**steps))
 
 
-def account_delay(session: Session, *, username: str) -> float:
+def account_delay(conn: Connection, *, username: str) -> float:
     """The wait before checking a password for ``username`` (0 unless it is being guessed)."""
-    row = session.get(LoginAttempt, _account_key(username))
+    row = conn.execute(
+        select(LOGIN_ATTEMPTS.c.window_start, LOGIN_ATTEMPTS.c.failures).where(
+            LOGIN_ATTEMPTS.c.key == _account_key(username)
+        )
+    ).first()
     if row is None or utcnow() - row.window_start > WINDOW:
         return 0.0
     return delay_for(row.failures)
 
 
-def unlock(session: Session, username: str | None = None) -> int:
+def unlock(conn: Connection, username: str | None = None) -> int:
     """Forget failed logins (all, or those of one account); returns the records removed."""
-    query = delete(LoginAttempt)
+    query = delete(LOGIN_ATTEMPTS)
     if username is not None:
         account = _account_key(username)
         query = query.where(
-            (LoginAttempt.key == account) | LoginAttempt.key.startswith(account + "|ip:")
+            (LOGIN_ATTEMPTS.c.key == account) | LOGIN_ATTEMPTS.c.key.startswith(account + "|ip:")
         )
-    return int(getattr(session.execute(query), "rowcount", 0) or 0)
+    return int(getattr(conn.execute(query), "rowcount", 0) or 0)
 
 
-def _ensure_counters(session: Session, keys: list[str], now: datetime) -> None:
+def _ensure_counters(conn: Connection, keys: list[str], now: datetime) -> None:
     """A row for every key (``ON CONFLICT DO NOTHING``: SQLite, libSQL and PostgreSQL share
     it). Being a write, the first one also takes SQLite's write lock for the transaction."""
     # typed like the column: each dialect stores the datetime its own way (SQLite and libSQL
@@ -261,36 +270,36 @@ def _ensure_counters(session: Session, keys: list[str], now: datetime) -> None:
     statement = text(
         "INSERT INTO login_attempts (key, failures, window_start, locked_until) "
         "VALUES (:key, 0, :now, NULL) ON CONFLICT (key) DO NOTHING"
-    ).bindparams(bindparam("now", type_=LoginAttempt.__table__.c.window_start.type))
+    ).bindparams(bindparam("now", type_=LOGIN_ATTEMPTS.c.window_start.type))
     for key in keys:
-        session.execute(statement, {"key": key, "now": now})
+        conn.execute(statement, {"key": key, "now": now})
 
 
-def _count_failure(session: Session, key: str, limit: int | None, now: datetime) -> None:
+def _count_failure(conn: Connection, key: str, limit: int | None, now: datetime) -> None:
     """``failures + 1`` in one UPDATE (the window restarting in the same statement), and the
     lock set when the count reaches ``limit``: no count is read and written back."""
-    stale = LoginAttempt.window_start < now - WINDOW
-    failures = case((stale, 1), else_=LoginAttempt.failures + 1)
+    stale = LOGIN_ATTEMPTS.c.window_start < now - WINDOW
+    failures = case((stale, 1), else_=LOGIN_ATTEMPTS.c.failures + 1)
     values: dict[str, Any] = {
         "failures": failures,
-        "window_start": case((stale, now), else_=LoginAttempt.window_start),
+        "window_start": case((stale, now), else_=LOGIN_ATTEMPTS.c.window_start),
     }
     if limit is not None:
         values["locked_until"] = case(
-            (failures >= limit, now + LOCKOUT), else_=LoginAttempt.locked_until
+            (failures >= limit, now + LOCKOUT), else_=LOGIN_ATTEMPTS.c.locked_until
         )
-    session.execute(update(LoginAttempt).where(LoginAttempt.key == key).values(**values))
+    conn.execute(update(LOGIN_ATTEMPTS).where(LOGIN_ATTEMPTS.c.key == key).values(**values))
 
 
-def record_failure(session: Session, *, username: str, ip: str) -> None:
+def record_failure(conn: Connection, *, username: str, ip: str) -> None:
     """Count one failure on every counter of this attempt, each in one atomic statement
     (parallel attempts reading a count and writing it back lost updates: 9-17 guesses got
     through where 5 were allowed)."""
     now = utcnow()
     keys = _attempt_keys(username, ip)
-    _ensure_counters(session, [key for key, _ in keys], now)
+    _ensure_counters(conn, [key for key, _ in keys], now)
     for key, limit in keys:
-        _count_failure(session, key, limit, now)
+        _count_failure(conn, key, limit, now)
 
 
 @dataclass(frozen=True)
@@ -302,7 +311,7 @@ class LoginTicket:
     user_id: str | None
 
 
-def admit(session: Session, *, username: str, ip: str) -> LoginTicket:
+def admit(conn: Connection, *, username: str, ip: str) -> LoginTicket:
     """Admit one login attempt, counting it as a failure *before* the password is checked.
 
     LoginThrottled (nothing counted) when a counter of this attempt is locked. The check and
@@ -315,57 +324,70 @@ def admit(session: Session, *, username: str, ip: str) -> LoginTicket:
     """
     now = utcnow()
     keys = _attempt_keys(username, ip)
-    _ensure_counters(session, [key for key, _ in keys], now)
+    _ensure_counters(conn, [key for key, _ in keys], now)
     limited = [key for key, limit in keys if limit is not None]
-    locks = session.scalars(
-        select(LoginAttempt.locked_until).where(LoginAttempt.key.in_(limited)).with_for_update()
-    ).all()
+    locks: list[datetime | None] = list(
+        conn.scalars(
+            select(LOGIN_ATTEMPTS.c.locked_until)
+            .where(LOGIN_ATTEMPTS.c.key.in_(limited))
+            .with_for_update()
+        )
+    )
     if any(lock is not None and lock > now for lock in locks):
         raise LoginThrottled("Too many failed logins; try again later.")
     for key, limit in keys:
-        _count_failure(session, key, limit, now)
-    user = session.scalar(select(AdminUser).where(AdminUser.username == username))
+        _count_failure(conn, key, limit, now)
+    user = conn.execute(
+        select(ADMIN_USERS.c.password_hash, ADMIN_USERS.c.id).where(
+            ADMIN_USERS.c.username == username
+        )
+    ).first()
     if user is None:
         return LoginTicket(_dummy(), None)
     return LoginTicket(user.password_hash, user.id)
 
 
-def succeeded(session: Session, *, username: str, ip: str, user_id: str) -> str:
+def succeeded(conn: Connection, *, username: str, ip: str, user_id: str) -> str:
     """The right password: forget the failures of this attempt and start a session."""
-    clear_failures(session, username=username, ip=ip)
-    return create_session(session, user_id)
+    clear_failures(conn, username=username, ip=ip)
+    return create_session(conn, user_id)
 
 
-def clear_failures(session: Session, *, username: str, ip: str) -> None:
+def clear_failures(conn: Connection, *, username: str, ip: str) -> None:
     # the account's counter goes too: the admin got in, whoever else was guessing starts over
     keys = [key for key, _ in _attempt_keys(username, ip)]
-    session.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(keys)))
+    conn.execute(delete(LOGIN_ATTEMPTS).where(LOGIN_ATTEMPTS.c.key.in_(keys)))
 
 
-def authenticate(session: Session, *, username: str, password: str, ip: str) -> AdminUser | None:
+def authenticate(conn: Connection, *, username: str, password: str, ip: str) -> AdminUserRow | None:
     """The admin for these credentials, or None; LoginThrottled while either key is locked.
 
     One transaction around the password check (the CLI and tests); the console's login uses
     ``admit``, a check outside any transaction and ``succeeded``. The work done does not depend
     on whether the account exists.
     """
-    ticket = admit(session, username=username, ip=ip)
+    ticket = admit(conn, username=username, ip=ip)
     if not verify_password(ticket.password_hash, password) or ticket.user_id is None:
         return None
-    clear_failures(session, username=username, ip=ip)
-    return session.get(AdminUser, ticket.user_id)
+    clear_failures(conn, username=username, ip=ip)
+    return _admin_user(conn, ticket.user_id)
+
+
+def _admin_user(conn: Connection, user_id: str) -> AdminUserRow | None:
+    found = conn.execute(select(ADMIN_USERS).where(ADMIN_USERS.c.id == user_id)).first()
+    return None if found is None else AdminUserRow._make(found)
 
 
 # -- sessions --------------------------------------------------------------------------------
 
 
-def create_session(session: Session, user_id: str) -> str:
+def create_session(conn: Connection, user_id: str) -> str:
     """Start a session; returns the cookie token (only its digest is stored)."""
     now = utcnow()
-    session.execute(delete(AdminSession).where(AdminSession.expires_at <= now))
+    conn.execute(delete(ADMIN_SESSIONS).where(ADMIN_SESSIONS.c.expires_at <= now))
     token = secrets.token_urlsafe(32)
-    session.add(
-        AdminSession(
+    conn.execute(
+        insert(ADMIN_SESSIONS).values(
             id=token_digest(token),
             user_id=user_id,
             csrf_token=secrets.token_urlsafe(32),
@@ -377,26 +399,29 @@ def create_session(session: Session, user_id: str) -> str:
     return token
 
 
-def load_session(session: Session, token: str | None) -> AdminContext | None:
+def load_session(conn: Connection, token: str | None) -> AdminContext | None:
     """The live session for a cookie token, refreshing its idle clock; None when absent/expired."""
     if not token or len(token) > 128:
         return None
     now = utcnow()
-    row = session.get(AdminSession, token_digest(token))
-    if row is None:
+    digest = token_digest(token)
+    this_session = ADMIN_SESSIONS.c.id == digest
+    found = conn.execute(select(ADMIN_SESSIONS).where(this_session)).first()
+    if found is None:
         return None
+    row = AdminSessionRow._make(found)
     if row.expires_at <= now or now - row.last_seen_at > IDLE:
-        session.delete(row)
+        conn.execute(delete(ADMIN_SESSIONS).where(this_session))
         return None
-    user = session.get(AdminUser, row.user_id)
+    user = _admin_user(conn, row.user_id)
     if user is None:
-        session.delete(row)
+        conn.execute(delete(ADMIN_SESSIONS).where(this_session))
         return None
     if now - row.last_seen_at > TOUCH_EVERY:
-        row.last_seen_at = now
+        conn.execute(update(ADMIN_SESSIONS).where(this_session).values(last_seen_at=now))
     return AdminContext(row.id, user.id, user.username, row.csrf_token)
 
 
-def end_session(session: Session, token: str | None) -> None:
+def end_session(conn: Connection, token: str | None) -> None:
     if token:
-        session.execute(delete(AdminSession).where(AdminSession.id == token_digest(token)))
+        conn.execute(delete(ADMIN_SESSIONS).where(ADMIN_SESSIONS.c.id == token_digest(token)))

@@ -1,4 +1,4 @@
-"""The database: URL normalisation, SQLite pragmas, migrations, and sessions run off the loop.
+"""The database: URL normalisation, SQLite pragmas, migrations, and transactions run off the loop.
 
 One synchronous code path serves a SQLite file, libSQL/Turso and PostgreSQL. A remote libSQL
 URL (``sqlite+libsql://host``, ``libsql://host``, ``https://host``) goes to SQLAlchemy's SQLite
@@ -6,7 +6,8 @@ dialect over PicGate's Hrana-over-HTTP driver (``picgate.db.hrana``); ``sqlite+l
 is an ordinary SQLite file (libSQL's format is SQLite's) opened with the stdlib driver.
 
 Work on the database is ``db.read(fn)`` or ``db.write(fn)`` (``aread``/``awrite`` run it in a
-worker thread): ``fn(session)`` runs inside a transaction that commits when it returns. The
+worker thread): ``fn(conn)`` runs on a Core ``Connection`` inside a transaction that commits
+when it returns (statements are built on the tables of ``picgate.db.models``). The
 single-writer rule lives here, for every backend (datasette's ``execute_write_fn``): writes take
 turns per process and database, behind one lock, so only one transaction of this process ever
 waits for the database's own write lock (a SQLite file's, or sqld's, which stalls when several
@@ -34,10 +35,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from picgate.config import SettingsError
 from picgate.db.migration_state import begin_ddl, half_applied
@@ -215,7 +215,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Database:
-    """The engine, a session factory, and the read and write paths (see the module docstring)."""
+    """The engine and the read and write paths (see the module docstring)."""
 
     def __init__(
         self,
@@ -230,7 +230,6 @@ class Database:
         self._write_timeout = write_timeout
         self._auth_token = auth_token
         self._engine: Engine | None = None
-        self._sessions: sessionmaker[Session] | None = None
         self._lock = threading.RLock()
         self._migrated = False
 
@@ -243,33 +242,27 @@ class Database:
                     if file is not None:
                         private_file(file)
                     self._engine = build_engine(self.raw_url, auth_token=self._auth_token)
-                    self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         return self._engine
 
-    def session(self) -> Session:
-        self.engine  # noqa: B018  (builds the factory on first use)
-        assert self._sessions is not None
-        return self._sessions()
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(conn)`` in a transaction on this thread; ``fn`` must not write."""
+        with self.engine.begin() as conn:
+            return fn(conn)
 
-    def read(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn(session)`` in a transaction on this thread; ``fn`` must not write."""
-        with self.session() as session, session.begin():
-            return fn(session)
-
-    def write(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn(session)`` in a transaction on this thread, holding the write lock.
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(conn)`` in a transaction on this thread, holding the write lock.
 
         OperationalError ("database is locked") when another write of this process holds the
         lock longer than the write timeout.
         """
-        with self._writing(), self.session() as session, session.begin():
-            return fn(session)
+        with self._writing(), self.engine.begin() as conn:
+            return fn(conn)
 
-    async def aread(self, fn: Callable[[Session], T]) -> T:
+    async def aread(self, fn: Callable[[Connection], T]) -> T:
         """``read`` in a worker thread."""
         return await anyio.to_thread.run_sync(self.read, fn)
 
-    async def awrite(self, fn: Callable[[Session], T]) -> T:
+    async def awrite(self, fn: Callable[[Connection], T]) -> T:
         """``write`` in a worker thread."""
         return await anyio.to_thread.run_sync(self.write, fn)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine, inspect
 
 from picgate.config import SettingsError
-from picgate.db.models import Base
+from picgate.db.models import METADATA
 
 __all__ = ["HalfMigrated", "begin_ddl", "half_applied"]
 
@@ -39,7 +39,7 @@ def half_applied(engine: Engine, revision: str | None, *, shown: str) -> HalfMig
     schema's tables exist; None for an empty database or a complete one."""
     with engine.connect() as conn:
         present = set(inspect(conn).get_table_names())
-    expected = set(Base.metadata.tables)
+    expected = set(METADATA.tables)
     have = sorted(present & expected)
     missing = sorted(expected - present)
     if not have or not missing:

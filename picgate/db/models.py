@@ -1,156 +1,237 @@
-"""Tables. Primary keys are made by the app (no reliance on ``lastrowid``)."""
+"""Tables, as SQLAlchemy Core ``Table`` objects in one ``METADATA``, and the typed rows read
+from them. Primary keys are made by the app (no reliance on ``lastrowid``).
+
+Core, not the ORM: importing ``sqlalchemy.orm`` and mapping these tables as classes cost a
+Lambda cold start ~125 ms of CPU (docs/PERFORMANCE.md, "Core tables instead of the ORM"),
+and PicGate used none of the ORM's features (no relationships, no unit of work it needed).
+Statements are built on ``TABLE.c.<column>``; a row read whole (``select(TABLE)``) becomes
+one of the typed rows below with ``ImageRow._make(row)``: a NamedTuple whose fields are the
+table's columns in order (``tests/unit/test_tables.py`` holds them to it), so the types still
+hold across modules. NamedTuples rather than dataclasses: making a dataclass costs ~1 ms at
+import, a NamedTuple a quarter of that. The migrations (``picgate.db.migrations``) create
+exactly these tables.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import Boolean, DateTime, Index, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text
 
 R2_NONE = "none"
 R2_PENDING = "pending"
 R2_UPLOADED = "uploaded"
 R2_FAILED = "failed"
 
-
-class Base(DeclarativeBase):
-    pass
+METADATA = MetaData()
 
 
-class Image(Base):
-    __tablename__ = "images"
+def _required(name: str, kind: Any, **kwargs: Any) -> Column[Any]:
+    return Column(name, kind, nullable=False, **kwargs)
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    ext: Mapped[str] = mapped_column(String(8))
-    mime: Mapped[str] = mapped_column(String(32))
-    size: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64))
-    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    accessed_at: Mapped[datetime] = mapped_column(DateTime)
-    source: Mapped[str] = mapped_column(String(32))
-    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
-    local: Mapped[bool] = mapped_column(Boolean, default=True)
-    expired: Mapped[bool] = mapped_column(Boolean, default=False)
-    r2_state: Mapped[str] = mapped_column(String(16), default=R2_NONE)
-    r2_attempts: Mapped[int] = mapped_column(Integer, default=0)
-    r2_last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    r2_next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    r2_lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    r2_lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+def _optional(name: str, kind: Any) -> Column[Any]:
+    return Column(name, kind, nullable=True)
+
+
+IMAGES = Table(
+    "images",
+    METADATA,
+    Column("id", String(64), primary_key=True),
+    _required("ext", String(8)),
+    _required("mime", String(32)),
+    _required("size", Integer),
+    _required("sha256", String(64)),
+    _optional("width", Integer),
+    _optional("height", Integer),
+    _required("created_at", DateTime),
+    _required("accessed_at", DateTime),
+    _required("source", String(32)),
+    _optional("prompt", Text),
+    _required("local", Boolean, default=True),
+    _required("expired", Boolean, default=False),
+    _required("r2_state", String(16), default=R2_NONE),
+    _required("r2_attempts", Integer, default=0),
+    _optional("r2_last_error", Text),
+    _optional("r2_next_attempt_at", DateTime),
+    _optional("r2_lease_owner", String(64)),
+    _optional("r2_lease_until", DateTime),
     # attribution (picgate.attribution): untrusted text, cleaned and capped before it is stored
-    user_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    user_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    chat_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    message_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    key_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    _optional("user_id", String(128)),
+    _optional("user_name", String(128)),
+    _optional("chat_id", String(128)),
+    _optional("message_id", String(128)),
+    _optional("model", String(128)),
+    _optional("key_name", String(64)),
+    Index("ix_images_created_at", "created_at"),
+    Index("ix_images_accessed_at", "accessed_at"),
+    Index("ix_images_size", "size"),
+    Index("ix_images_local_accessed", "local", "accessed_at"),
+    Index("ix_images_r2_queue", "r2_state", "r2_next_attempt_at"),
+    Index("ix_images_user_created", "user_id", "created_at"),
+    Index("ix_images_chat", "chat_id"),
+    Index("ix_images_model_created", "model", "created_at"),
+    Index("ix_images_key_created", "key_name", "created_at"),
+    Index("ix_images_sha256", "sha256"),
+)
 
-    __table_args__ = (
-        Index("ix_images_created_at", "created_at"),
-        Index("ix_images_accessed_at", "accessed_at"),
-        Index("ix_images_size", "size"),
-        Index("ix_images_local_accessed", "local", "accessed_at"),
-        Index("ix_images_r2_queue", "r2_state", "r2_next_attempt_at"),
-        Index("ix_images_user_created", "user_id", "created_at"),
-        Index("ix_images_chat", "chat_id"),
-        Index("ix_images_model_created", "model", "created_at"),
-        Index("ix_images_key_created", "key_name", "created_at"),
-        Index("ix_images_sha256", "sha256"),
-    )
+SETTINGS = Table(
+    "settings",
+    METADATA,
+    Column("key", String(64), primary_key=True),
+    _required("value", Text),
+    _required("secret", Boolean, default=False),
+    _required("updated_at", DateTime),
+)
 
-
-class Setting(Base):
-    __tablename__ = "settings"
-
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-    secret: Mapped[bool] = mapped_column(Boolean, default=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime)
-
-
-class LogEntry(Base):
-    __tablename__ = "log_entries"
-
+LOG_ENTRIES = Table(
+    "log_entries",
+    METADATA,
     # sortable: 20-digit nanosecond timestamp + random suffix
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    level: Mapped[str] = mapped_column(String(10))
-    message: Mapped[str] = mapped_column(Text)
+    Column("id", String(40), primary_key=True),
+    _required("created_at", DateTime),
+    _required("level", String(10)),
+    _required("message", Text),
+    Index("ix_log_entries_level_id", "level", "id"),
+)
 
-    __table_args__ = (Index("ix_log_entries_level_id", "level", "id"),)
+ADMIN_USERS = Table(
+    "admin_users",
+    METADATA,
+    Column("id", String(32), primary_key=True),
+    _required("username", String(64), unique=True),
+    _required("password_hash", String(255)),
+    _required("created_at", DateTime),
+    _required("updated_at", DateTime),
+)
 
-
-class AdminUser(Base):
-    __tablename__ = "admin_users"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    updated_at: Mapped[datetime] = mapped_column(DateTime)
-
-
-class AdminSession(Base):
-    __tablename__ = "admin_sessions"
-
+ADMIN_SESSIONS = Table(
+    "admin_sessions",
+    METADATA,
     # sha256 of the cookie token: a leaked database does not hand out live sessions
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(32))
-    csrf_token: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime)
-    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    Column("id", String(64), primary_key=True),
+    _required("user_id", String(32)),
+    _required("csrf_token", String(64)),
+    _required("created_at", DateTime),
+    _required("last_seen_at", DateTime),
+    _required("expires_at", DateTime),
+    Index("ix_admin_sessions_expires_at", "expires_at"),
+)
 
-    __table_args__ = (Index("ix_admin_sessions_expires_at", "expires_at"),)
-
-
-class LoginAttempt(Base):
-    __tablename__ = "login_attempts"
-
-    key: Mapped[str] = mapped_column(String(128), primary_key=True)  # "ip:..." or "user:..."
-    failures: Mapped[int] = mapped_column(Integer, default=0)
-    window_start: Mapped[datetime] = mapped_column(DateTime)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-
+LOGIN_ATTEMPTS = Table(
+    "login_attempts",
+    METADATA,
+    Column("key", String(128), primary_key=True),  # "ip:..." or "user:..."
+    _required("failures", Integer, default=0),
+    _required("window_start", DateTime),
+    _optional("locked_until", DateTime),
+)
 
 CLEANUP_LEASE = "cleanup"  # the job_leases row of the cleanup job
 
+JOB_LEASES = Table(
+    "job_leases",
+    METADATA,
+    Column("name", String(64), primary_key=True),
+    _optional("owner", String(64)),
+    _optional("lease_until", DateTime),
+    _optional("last_run_at", DateTime),
+    _optional("last_report", Text),
+)
 
-class JobLease(Base):
-    __tablename__ = "job_leases"
+DAILY_STATS = Table(
+    "daily_stats",
+    METADATA,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD (UTC)
+    Column("name", String(32), primary_key=True),  # requests | errors | images
+    _required("value", Integer, default=0),
+)
 
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    last_run_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    last_report: Mapped[str | None] = mapped_column(Text, nullable=True)
+# a named gateway key (``picgate keys``); only the sha256 of the key is kept
+GATEWAY_KEYS = Table(
+    "gateway_keys",
+    METADATA,
+    Column("id", String(32), primary_key=True),
+    _required("name", String(64), unique=True),
+    _required("prefix", String(16)),
+    _required("key_hash", String(64), unique=True),
+    _required("created_at", DateTime),
+    _optional("last_used_at", DateTime),
+    _optional("revoked_at", DateTime),
+    _optional("daily_images", Integer),  # None: no limit
+    _optional("day", String(10)),  # of the *_today counts
+    _required("requests_today", Integer, default=0),
+    _required("images_today", Integer, default=0),
+    _required("requests_total", Integer, default=0),
+    _required("images_total", Integer, default=0),
+)
 
 
-class DailyStat(Base):
-    __tablename__ = "daily_stats"
+class ImageRow(NamedTuple):
+    id: str
+    ext: str
+    mime: str
+    size: int
+    sha256: str
+    width: int | None
+    height: int | None
+    created_at: datetime
+    accessed_at: datetime
+    source: str
+    prompt: str | None
+    local: bool
+    expired: bool
+    r2_state: str
+    r2_attempts: int
+    r2_last_error: str | None
+    r2_next_attempt_at: datetime | None
+    r2_lease_owner: str | None
+    r2_lease_until: datetime | None
+    user_id: str | None
+    user_name: str | None
+    chat_id: str | None
+    message_id: str | None
+    model: str | None
+    key_name: str | None
 
-    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD (UTC)
-    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # requests | errors | images
-    value: Mapped[int] = mapped_column(Integer, default=0)
+
+class AdminUserRow(NamedTuple):
+    id: str
+    username: str
+    password_hash: str
+    created_at: datetime
+    updated_at: datetime
 
 
-class GatewayKey(Base):
-    """A named gateway key (``picgate keys``); only the sha256 of the key is kept."""
+class AdminSessionRow(NamedTuple):
+    id: str
+    user_id: str
+    csrf_token: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
 
-    __tablename__ = "gateway_keys"
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    prefix: Mapped[str] = mapped_column(String(16))
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    daily_images: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: no limit
-    day: Mapped[str | None] = mapped_column(String(10), nullable=True)  # of the *_today counts
-    requests_today: Mapped[int] = mapped_column(Integer, default=0)
-    images_today: Mapped[int] = mapped_column(Integer, default=0)
-    requests_total: Mapped[int] = mapped_column(Integer, default=0)
-    images_total: Mapped[int] = mapped_column(Integer, default=0)
+class JobLeaseRow(NamedTuple):
+    name: str
+    owner: str | None
+    lease_until: datetime | None
+    last_run_at: datetime | None
+    last_report: str | None
+
+
+class GatewayKeyRow(NamedTuple):
+    id: str
+    name: str
+    prefix: str
+    key_hash: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    daily_images: int | None
+    day: str | None
+    requests_today: int
+    images_today: int
+    requests_total: int
+    images_total: int

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from picgate.attribution import Attribution
 from picgate.config import Settings
@@ -33,6 +31,9 @@ from picgate.gateway.rewrite import LEFT_OUT, StreamRewriter, rewrite_completion
 from picgate.gateway.tasks import upstream_chat_model
 from picgate.gateway.upstream import base64_chars, event_limit, image_limit, response_limit
 from picgate.library.records import ImageOrigin, StoredImage
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ChatImages", "ChatStream", "complete", "history_images", "image_sink", "open_stream"]
 

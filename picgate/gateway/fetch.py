@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import anyio
-import httpx
 
 from picgate.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, UpstreamError
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_REDIRECTS = 5
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -131,6 +134,8 @@ def _split(url: str) -> tuple[SplitResult, int]:
 async def _fetch(
     client: httpx.AsyncClient, url: str, *, max_bytes: int, trusted_origin: str | None
 ) -> bytes:
+    import httpx
+
     from picgate.gateway.upstream import same_origin
 
     current = url

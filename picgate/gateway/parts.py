@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from picgate.eventlog import EventLog
 from picgate.gateway.buffers import BufferBudget
 from picgate.gateway.upstream import Upstream
 from picgate.keyring import KeyRing
 from picgate.library.library import ImageLibrary
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True)

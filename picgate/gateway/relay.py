@@ -19,9 +19,9 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 from picgate.errors import PicGateError
 from picgate.eventlog import EventLog
@@ -31,6 +31,9 @@ from picgate.gateway.rewrite import StreamRewriter
 from picgate.gateway.sse import EventTooLarge, SSEEvent, SSEParser, encode_comment, encode_event
 from picgate.gateway.upstream import interrupted, map_transport_error, too_large
 from picgate.redaction import Redactor
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["DONE", "KEEPALIVE", "ChunkReader", "error_event", "failure_event", "guarded", "relay"]
 
@@ -160,6 +163,8 @@ async def guarded(
 ) -> AsyncIterator[bytes]:
     """``source``'s bytes; a failure after the first byte becomes the stream's error event (and
     a log line), and ``reader`` is closed however the stream ends, a client leaving included."""
+    import httpx  # not at module level: requests that never go upstream skip it (cold start)
+
     try:
         async with contextlib.aclosing(source):
             async for out in source:
@@ -181,6 +186,8 @@ async def guarded(
 def failure_event(events: EventLog | None, exc: httpx.HTTPError | PicGateError) -> bytes:
     """The error event for a stream that failed after its first byte; the failure is recorded
     (``EventLog.api_error``). A connection lost mid-answer is ``upstream_interrupted``."""
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         stalled = map_transport_error(exc)
         stalled.message = f"the upstream stream broke off: {stalled.message}"

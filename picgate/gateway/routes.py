@@ -12,7 +12,6 @@ from picgate.deps import Gateway, GatewayAuth, GatewayDep, public_base_url
 from picgate.errors import PicGateError, UnsupportedMediaType
 from picgate.gateway import images_api
 from picgate.gateway.buffers import BufferHold
-from picgate.gateway.inline import EditImageLoader
 from picgate.gateway.request_json import parse_json_object
 from picgate.gateway.spliced_json import SplicedJson, SplicedJsonResponse
 from picgate.routing.table import ModelRoute
@@ -201,6 +200,9 @@ async def _edit(request: Request, gateway: Gateway, hold: BufferHold) -> Spliced
         body, settings = route.with_image_params(body), route.settings
         # the model is checked before any image is read or fetched (edit() checks it again)
         images_api.upstream_model(settings, body.get("model"))
+        # only JSON edits load images by URL or id: the loader's modules wait for the first one
+        from picgate.gateway.inline import EditImageLoader
+
         load = EditImageLoader.build(
             library=parts.library,
             http=parts.http,

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from picgate.errors import UpstreamError
 from picgate.eventlog import EventLog
@@ -23,6 +21,9 @@ from picgate.gateway.relay import DONE, KEEPALIVE, ChunkReader, guarded
 from picgate.gateway.rewrite import ImageSink, rewrite_completion
 from picgate.gateway.sse import encode_event
 from picgate.gateway.upstream import Upstream, error_from_upstream, too_large
+
+if TYPE_CHECKING:
+    import httpx
 
 _ENVELOPE = ("id", "created", "model", "system_fingerprint", "provider")
 

@@ -6,6 +6,10 @@ body that is not the JSON we expect is 502. A connection that drops after the an
 
 Nothing read from the upstream is unbounded (``response_limit``, ``ERROR_BODY_LIMIT``, and for
 streams ``event_limit``); a body over its cap is ``502 upstream_response_too_large``.
+
+httpx is imported where a call uses it, not with the module: a Lambda cold start that serves
+``GET /v1/models`` or an image never loads it (~30 ms of CPU on python3.13); the first call
+that goes upstream does.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 import pybase64
 
 from picgate.config import Settings
 from picgate.errors import NotConfigured, UpstreamError
 from picgate.gateway.buffers import BufferHold
+
+if TYPE_CHECKING:
+    import httpx
 
 LONG_STRING = 64 * 1024
 # an error body is read for its message: a megabyte is plenty
@@ -204,6 +210,8 @@ def error_from_upstream(status: int, body: bytes) -> UpstreamError:
 
 
 def map_transport_error(exc: httpx.HTTPError, *, answering: bool = False) -> UpstreamError:
+    import httpx
+
     """The UpstreamError for a transport failure; ``answering``: the upstream had begun to
     answer (status line received), so a broken connection is an interruption."""
     if isinstance(exc, httpx.TimeoutException):
@@ -265,12 +273,16 @@ class Upstream:
 
     @property
     def client(self) -> httpx.AsyncClient:
+        import httpx
+
         if isinstance(self._client, httpx.AsyncClient):
             return self._client
         return self._client()
 
     @staticmethod
     def build_client(*, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+        import httpx
+
         return httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(600.0, connect=15.0),
@@ -279,6 +291,8 @@ class Upstream:
         )
 
     def _timeout(self, settings: Settings) -> httpx.Timeout:
+        import httpx
+
         return httpx.Timeout(settings.upstream_timeout_seconds, connect=15.0)
 
     async def post_json(
@@ -313,6 +327,8 @@ class Upstream:
         ``hold``: the caller keeps the body, so its bytes are taken from the server-wide budget
         before each chunk is handed on (ServerBusy, 503, when there is no room).
         """
+        import httpx
+
         limit = response_limit(settings)
         answering = False
         try:
@@ -332,6 +348,8 @@ class Upstream:
             raise map_transport_error(exc, answering=answering) from exc
 
     async def get_json(self, settings: Settings, path: str, *, timeout: float = 15.0) -> Any:
+        import httpx
+
         url = upstream_url(settings, path)
         headers = upstream_headers(settings)
         limit = ERROR_BODY_LIMIT
@@ -361,6 +379,8 @@ class Upstream:
     async def _send(self, settings: Settings, request: httpx.Request) -> httpx.Response:
         """Send ``request``; a refused connection, 429, 502 or 503 is tried again up to
         ``UPSTREAM_RETRIES`` times (nothing was drawn yet: those answers come before the work)."""
+        import httpx
+
         attempt = 0
         while True:
             started = time.perf_counter()
@@ -393,6 +413,8 @@ class Upstream:
     ) -> AsyncIterator[httpx.Response]:
         """Open a POST (JSON ``body``, or multipart ``data`` and ``files``) and yield its 2xx
         response unread; a non-2xx answer is read and raised as UpstreamError."""
+        import httpx
+
         headers = upstream_headers(settings)
         if accept is not None:
             headers["Accept"] = accept

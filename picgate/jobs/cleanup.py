@@ -23,12 +23,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, and_, delete, or_
 
 from picgate.config import Settings
 from picgate.db.engine import Database
-from picgate.db.models import AdminSession, LoginAttempt
+from picgate.db.models import ADMIN_SESSIONS, LOGIN_ATTEMPTS
 from picgate.eventlog import EventLog, trim_logs
 from picgate.library.eviction import Eviction, format_bytes
 from picgate.library.library import ImageLibrary
@@ -232,22 +231,16 @@ class Cleanup:
         return report
 
 
-def expire_sessions(session: Session, *, now: datetime) -> tuple[int, int]:
+def expire_sessions(conn: Connection, *, now: datetime) -> tuple[int, int]:
     """Delete expired admin sessions and stale login-attempt rows; (sessions, attempts)."""
-    sessions = session.execute(
-        delete(AdminSession)
-        .where(AdminSession.expires_at < now)
-        .execution_options(synchronize_session=False)
-    )
-    attempts = session.execute(
-        delete(LoginAttempt)
-        .where(
+    sessions = conn.execute(delete(ADMIN_SESSIONS).where(ADMIN_SESSIONS.c.expires_at < now))
+    attempts = conn.execute(
+        delete(LOGIN_ATTEMPTS).where(
             and_(
-                LoginAttempt.window_start < now - LOGIN_ATTEMPT_STALE,
-                or_(LoginAttempt.locked_until.is_(None), LoginAttempt.locked_until < now),
+                LOGIN_ATTEMPTS.c.window_start < now - LOGIN_ATTEMPT_STALE,
+                or_(LOGIN_ATTEMPTS.c.locked_until.is_(None), LOGIN_ATTEMPTS.c.locked_until < now),
             )
         )
-        .execution_options(synchronize_session=False)
     )
     return (
         int(getattr(sessions, "rowcount", 0) or 0),

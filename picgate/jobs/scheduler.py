@@ -25,11 +25,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from picgate.db.models import CLEANUP_LEASE, JobLease
+from picgate.db.models import CLEANUP_LEASE, JOB_LEASES
 from picgate.jobs.cleanup import Cleanup, JobReport
 from picgate.library.records import naive_utc
 
@@ -62,25 +61,22 @@ def acquire_lease(
 
     With ``due_after``, also False when the last run started less than that long ago.
     """
-    free = or_(JobLease.lease_until.is_(None), JobLease.lease_until < now)
-    condition = and_(JobLease.name == name, free)
+    free = or_(JOB_LEASES.c.lease_until.is_(None), JOB_LEASES.c.lease_until < now)
+    condition = and_(JOB_LEASES.c.name == name, free)
     if due_after is not None:
-        due = or_(JobLease.last_run_at.is_(None), JobLease.last_run_at <= now - due_after)
+        due = or_(JOB_LEASES.c.last_run_at.is_(None), JOB_LEASES.c.last_run_at <= now - due_after)
         condition = and_(condition, due)
 
-    def work(session: Session) -> bool:
-        result = session.execute(
-            update(JobLease)
-            .where(condition)
-            .values(owner=owner, lease_until=now + ttl)
-            .execution_options(synchronize_session=False)
+    def work(conn: Connection) -> bool:
+        result = conn.execute(
+            update(JOB_LEASES).where(condition).values(owner=owner, lease_until=now + ttl)
         )
         if int(getattr(result, "rowcount", 0) or 0) == 1:
             return True
-        if session.scalar(select(JobLease.name).where(JobLease.name == name)) is not None:
+        if conn.scalar(select(JOB_LEASES.c.name).where(JOB_LEASES.c.name == name)) is not None:
             return False
-        session.add(JobLease(name=name, owner=owner, lease_until=now + ttl))
-        session.flush()  # a concurrent INSERT of the same name fails here (primary key)
+        # a concurrent INSERT of the same name fails here (primary key)
+        conn.execute(insert(JOB_LEASES).values(name=name, owner=owner, lease_until=now + ttl))
         return True
 
     try:
@@ -103,10 +99,9 @@ def release_lease(
         values["last_report"] = json.dumps(report, ensure_ascii=False)
     db.write(
         lambda s: s.execute(
-            update(JobLease)
-            .where(JobLease.name == name, JobLease.owner == owner)
+            update(JOB_LEASES)
+            .where(JOB_LEASES.c.name == name, JOB_LEASES.c.owner == owner)
             .values(**values)
-            .execution_options(synchronize_session=False)
         )
     )
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from picgate.config import Settings
-from picgate.db.models import R2_NONE, R2_UPLOADED, Image
+from picgate.db.models import R2_NONE, R2_UPLOADED, ImageRow
 from picgate.errors import OnlyCopy
 from picgate.eventlog import EventLog
 from picgate.library.eviction import format_bytes
@@ -205,7 +205,7 @@ class ConsoleActions:
                 param="ids",
             )
 
-    def _delete_object(self, store: ObjectStore | None, row: Image) -> str | None:
+    def _delete_object(self, store: ObjectStore | None, row: ImageRow) -> str | None:
         if store is None:
             return "R2 is not configured"
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from picgate.db.models import R2_UPLOADED, Image
+from picgate.db.models import R2_UPLOADED, ImageRow
 from picgate.errors import BadRequest
 from picgate.library.records import ImageFilter
 from picgate.library.rows import SORT_COLUMNS, ImageRows
@@ -58,7 +58,7 @@ def _utc_iso(value: datetime) -> str:
     return value.replace(tzinfo=UTC).isoformat()
 
 
-def describe(row: Image) -> dict[str, Any]:
+def describe(row: ImageRow) -> dict[str, Any]:
     prompt = row.prompt or ""
     return {
         "id": row.id,

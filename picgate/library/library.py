@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from picgate.config import Settings
 from picgate.db.engine import Database
-from picgate.db.models import R2_NONE, R2_PENDING, Image
+from picgate.db.models import R2_NONE, R2_PENDING, ImageRow
 from picgate.errors import PayloadTooLarge, StorageUnavailable
 from picgate.eventlog import EventLog
 from picgate.library.actions import ConsoleActions
@@ -188,11 +188,11 @@ class ImageLibrary:
 
     # -- reading, listing, deleting --------------------------------------------------------
 
-    def get(self, image_id: str) -> Image | None:
+    def get(self, image_id: str) -> ImageRow | None:
         """The row of ``image_id``, or None (synchronous)."""
         return self.rows.load(image_id)
 
-    async def aget(self, image_id: str) -> Image | None:
+    async def aget(self, image_id: str) -> ImageRow | None:
         return await anyio.to_thread.run_sync(self.rows.load, image_id)
 
     async def delete(

@@ -23,8 +23,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
-    Table,
+    Connection,
     and_,
     case,
     delete,
@@ -34,18 +35,17 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from picgate.db.engine import Database
-from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image
+from picgate.db.models import IMAGES, R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, ImageRow
 from picgate.library.records import ImageFilter, StoredImage, utcnow
 
-IMAGES: Table = Image.__table__  # type: ignore[assignment]
+col = IMAGES.c  # the columns of ``images``, for statements: col.id, col.r2_state ...
 RECORDS_KEPT = 4096
-SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
-    "created": Image.created_at,
-    "accessed": Image.accessed_at,
-    "size": Image.size,
+SORT_COLUMNS: dict[str, Column[Any]] = {
+    "created": col.created_at,
+    "accessed": col.accessed_at,
+    "size": col.size,
 }
 
 
@@ -64,27 +64,25 @@ def due_condition(now: datetime, *, include_failed: bool) -> ColumnElement[bool]
     """Rows whose upload is due: ``pending`` at or past their next attempt; ``failed`` at their
     slow retry time, or all of them with ``include_failed``."""
     pending = and_(
-        Image.r2_state == R2_PENDING,
-        or_(Image.r2_next_attempt_at.is_(None), Image.r2_next_attempt_at <= now),
+        col.r2_state == R2_PENDING,
+        or_(col.r2_next_attempt_at.is_(None), col.r2_next_attempt_at <= now),
     )
-    failed = Image.r2_state == R2_FAILED
+    failed = col.r2_state == R2_FAILED
     if not include_failed:
-        failed = and_(
-            failed, Image.r2_next_attempt_at.is_not(None), Image.r2_next_attempt_at <= now
-        )
+        failed = and_(failed, col.r2_next_attempt_at.is_not(None), col.r2_next_attempt_at <= now)
     return or_(pending, failed)
 
 
 def lease_free(clock: datetime) -> ColumnElement[bool]:
-    return or_(Image.r2_lease_until.is_(None), Image.r2_lease_until < clock)
+    return or_(col.r2_lease_until.is_(None), col.r2_lease_until < clock)
 
 
 def safe_to_remove(r2_on: bool) -> ColumnElement[bool]:
     """Rows whose local copy may go (``picgate.library.eviction``): ``uploaded`` always,
     ``none`` only while R2 is not configured; ``pending``/``failed`` never."""
     if r2_on:
-        return Image.r2_state == R2_UPLOADED
-    return Image.r2_state.in_((R2_UPLOADED, R2_NONE))
+        return col.r2_state == R2_UPLOADED
+    return col.r2_state.in_((R2_UPLOADED, R2_NONE))
 
 
 def filtered(query: Any, narrow: ImageFilter | None) -> Any:
@@ -92,15 +90,15 @@ def filtered(query: Any, narrow: ImageFilter | None) -> Any:
     if narrow is None:
         return query
     if narrow.user_id:
-        query = query.where(Image.user_id == narrow.user_id)
+        query = query.where(col.user_id == narrow.user_id)
     if narrow.chat_id:
-        query = query.where(Image.chat_id == narrow.chat_id)
+        query = query.where(col.chat_id == narrow.chat_id)
     if narrow.model:
-        query = query.where(Image.model == narrow.model)
+        query = query.where(col.model == narrow.model)
     if narrow.text:
         # the user's text is a literal: % and _ match only themselves
         escaped = narrow.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(Image.prompt.like(f"%{escaped}%", escape="\\"))
+        query = query.where(col.prompt.like(f"%{escaped}%", escape="\\"))
     return query
 
 
@@ -126,14 +124,15 @@ class ImageRows:
     # -- one image -------------------------------------------------------------------------
 
     def insert(self, row: dict[str, Any], image: StoredImage) -> None:
-        # a Core insert: the ORM's unit of work costs twice the CPU for one new row
-        self.db.write(lambda s: s.execute(IMAGES.insert(), row))
+        self.db.write(lambda c: c.execute(IMAGES.insert(), row))
         self.remember(image)
 
-    def load(self, image_id: str) -> Image | None:
-        row = self.db.read(lambda s: s.get(Image, image_id))
-        if row is not None:
-            self.remember(StoredImage(row.id, row.ext, row.mime, row.size, row.sha256))
+    def load(self, image_id: str) -> ImageRow | None:
+        found = self.db.read(lambda c: c.execute(select(IMAGES).where(col.id == image_id)).first())
+        if found is None:
+            return None
+        row = ImageRow._make(found)
+        self.remember(StoredImage(row.id, row.ext, row.mime, row.size, row.sha256))
         return row
 
     def sizes(self, ids: Collection[str]) -> dict[str, int]:
@@ -143,45 +142,52 @@ class ImageRows:
         if not wanted:
             return {}
 
-        def work(session: Session) -> dict[str, int]:
-            found = session.execute(select(Image.id, Image.size).where(Image.id.in_(wanted)))
-            return {image_id: size for image_id, size in found}
+        def work(conn: Connection) -> dict[str, int]:
+            found = conn.execute(select(col.id, col.size).where(col.id.in_(wanted)))
+            return {str(r.id): int(r.size) for r in found}
 
         return self.db.read(work)
 
     def mark_cached(self, image_id: str) -> None:
         """The image has a local copy again (fetched back from the archive)."""
         self.db.write(
-            lambda s: s.execute(
-                update(Image).where(Image.id == image_id).values(local=True, expired=False)
+            lambda c: c.execute(
+                update(IMAGES).where(col.id == image_id).values(local=True, expired=False)
             )
         )
 
     def delete(self, image_id: str) -> None:
-        self.db.write(lambda s: s.execute(delete(Image).where(Image.id == image_id)))
+        self.db.write(lambda c: c.execute(delete(IMAGES).where(col.id == image_id)))
         self.forget(image_id)
 
     def mark_gone(self, image_id: str, *, local: bool, remote: bool) -> None:
         """Record that the local copy and/or the R2 object are gone; a row left with no copy
         anywhere is marked expired (→ 410)."""
 
-        def work(session: Session) -> None:
-            row = session.get(Image, image_id)
-            if row is None:
+        def work(conn: Connection) -> None:
+            found = conn.execute(select(col.local, col.r2_state).where(col.id == image_id)).first()
+            if found is None:
                 return
+            values: dict[str, Any] = {}
+            still_local, r2_state = bool(found.local) and not local, found.r2_state
             if local:
-                row.local = False
+                values["local"] = False
             if remote:
                 # also revoke a running upload's claim: its worker sees the change and deletes
                 # the object it may have written meanwhile
-                row.r2_state = R2_NONE
-                row.r2_attempts = 0
-                row.r2_last_error = None
-                row.r2_next_attempt_at = None
-                row.r2_lease_owner = None
-                row.r2_lease_until = None
-            if not row.local and row.r2_state != R2_UPLOADED:
-                row.expired = True
+                r2_state = R2_NONE
+                values.update(
+                    r2_state=R2_NONE,
+                    r2_attempts=0,
+                    r2_last_error=None,
+                    r2_next_attempt_at=None,
+                    r2_lease_owner=None,
+                    r2_lease_until=None,
+                )
+            if not still_local and r2_state != R2_UPLOADED:
+                values["expired"] = True
+            if values:
+                conn.execute(update(IMAGES).where(col.id == image_id).values(**values))
 
         self.db.write(work)
         self.forget(image_id)
@@ -213,11 +219,11 @@ class ImageRows:
         if not pending:
             return 0
 
-        def work(session: Session) -> None:
+        def work(conn: Connection) -> None:
             for image_id, when in pending.items():
-                session.execute(
-                    update(Image)
-                    .where(Image.id == image_id, Image.accessed_at < when)
+                conn.execute(
+                    update(IMAGES)
+                    .where(col.id == image_id, col.accessed_at < when)
                     .values(accessed_at=when)
                 )
 
@@ -231,17 +237,19 @@ class ImageRows:
     ) -> tuple[list[str], int]:
         """Up to ``limit`` due ids with a free lease, and how many due rows others hold."""
 
-        def work(session: Session) -> tuple[list[str], int]:
-            ids = session.scalars(
-                select(Image.id)
-                .where(due, lease_free(clock))
-                .order_by(Image.r2_next_attempt_at, Image.id)
-                .limit(limit)
-            ).all()
-            held = session.scalar(
-                select(func.count()).select_from(Image).where(due, ~lease_free(clock))
+        def work(conn: Connection) -> tuple[list[str], int]:
+            ids: list[str] = list(
+                conn.scalars(
+                    select(col.id)
+                    .where(due, lease_free(clock))
+                    .order_by(col.r2_next_attempt_at, col.id)
+                    .limit(limit)
+                )
             )
-            return list(ids), int(held or 0)
+            held = conn.scalar(
+                select(func.count()).select_from(IMAGES).where(due, ~lease_free(clock))
+            )
+            return ids, int(held or 0)
 
         return self.db.read(work)
 
@@ -257,16 +265,15 @@ class ImageRows:
         """Lease the ids still due and free to ``owner``: one UPDATE repeating every condition,
         so of two claimers only one matches a row."""
 
-        def work(session: Session) -> list[UploadTask]:
-            session.execute(
-                update(Image)
-                .where(Image.id.in_(ids), due, lease_free(clock))
+        def work(conn: Connection) -> list[UploadTask]:
+            conn.execute(
+                update(IMAGES)
+                .where(col.id.in_(ids), due, lease_free(clock))
                 .values(r2_lease_owner=owner, r2_lease_until=until)
-                .execution_options(synchronize_session=False)
             )
-            rows = session.execute(
-                select(Image.id, Image.ext, Image.mime, Image.r2_state, Image.r2_attempts).where(
-                    Image.r2_lease_owner == owner
+            rows = conn.execute(
+                select(col.id, col.ext, col.mime, col.r2_state, col.r2_attempts).where(
+                    col.r2_lease_owner == owner
                 )
             ).all()
             return [UploadTask(r.id, r.ext, r.mime, r.r2_state, r.r2_attempts or 0) for r in rows]
@@ -276,14 +283,14 @@ class ImageRows:
     def upload_succeeded(self, image_id: str, *, owner: str) -> bool:
         """Mark the leased row uploaded; False when the row changed under the lease."""
 
-        def work(session: Session) -> int:
+        def work(conn: Connection) -> int:
             return _count(
-                session.execute(
-                    update(Image)
+                conn.execute(
+                    update(IMAGES)
                     .where(
-                        Image.id == image_id,
-                        Image.r2_lease_owner == owner,
-                        Image.r2_state.in_((R2_PENDING, R2_FAILED)),
+                        col.id == image_id,
+                        col.r2_lease_owner == owner,
+                        col.r2_state.in_((R2_PENDING, R2_FAILED)),
                     )
                     .values(
                         r2_state=R2_UPLOADED,
@@ -292,14 +299,13 @@ class ImageRows:
                         r2_lease_owner=None,
                         r2_lease_until=None,
                     )
-                    .execution_options(synchronize_session=False)
                 )
             )
 
         return bool(self.db.write(work))
 
     def r2_state(self, image_id: str) -> str | None:
-        return self.db.read(lambda s: s.scalar(select(Image.r2_state).where(Image.id == image_id)))
+        return self.db.read(lambda c: c.scalar(select(col.r2_state).where(col.id == image_id)))
 
     def upload_failed(
         self,
@@ -312,9 +318,9 @@ class ImageRows:
         next_at: datetime | None,
     ) -> None:
         self.db.write(
-            lambda s: s.execute(
-                update(Image)
-                .where(Image.id == image_id, Image.r2_lease_owner == owner)
+            lambda c: c.execute(
+                update(IMAGES)
+                .where(col.id == image_id, col.r2_lease_owner == owner)
                 .values(
                     r2_state=state,
                     r2_attempts=attempts,
@@ -323,7 +329,6 @@ class ImageRows:
                     r2_lease_owner=None,
                     r2_lease_until=None,
                 )
-                .execution_options(synchronize_session=False)
             )
         )
 
@@ -333,8 +338,8 @@ class ImageRows:
             lambda s: int(
                 s.scalar(
                     select(func.count())
-                    .select_from(Image)
-                    .where(Image.r2_state.in_((R2_PENDING, R2_FAILED)))
+                    .select_from(IMAGES)
+                    .where(col.r2_state.in_((R2_PENDING, R2_FAILED)))
                 )
                 or 0
             )
@@ -343,30 +348,28 @@ class ImageRows:
     def make_pending_due(self, now: datetime) -> None:
         """Every pending upload due now, whatever its backoff said."""
         self.db.write(
-            lambda s: s.execute(
-                update(Image)
-                .where(Image.r2_state == R2_PENDING, Image.r2_next_attempt_at > now)
+            lambda c: c.execute(
+                update(IMAGES)
+                .where(col.r2_state == R2_PENDING, col.r2_next_attempt_at > now)
                 .values(r2_next_attempt_at=now)
-                .execution_options(synchronize_session=False)
             )
         )
 
     def queue_unarchived(self, now: datetime) -> int:
         """Queue every local image without an R2 copy, with fresh fast attempts."""
-        return self._requeue((Image.r2_state == R2_NONE) & Image.local.is_(True), now)
+        return self._requeue((col.r2_state == R2_NONE) & col.local.is_(True), now)
 
     def queue_failed(self, now: datetime) -> int:
         """Put every failed upload back in the queue with fresh fast attempts."""
-        return self._requeue(Image.r2_state == R2_FAILED, now)
+        return self._requeue(col.r2_state == R2_FAILED, now)
 
     def _requeue(self, which: ColumnElement[bool], now: datetime) -> int:
         return self.db.write(
             lambda s: _count(
                 s.execute(
-                    update(Image)
+                    update(IMAGES)
                     .where(which)
                     .values(r2_state=R2_PENDING, r2_attempts=0, r2_next_attempt_at=now)
-                    .execution_options(synchronize_session=False)
                 )
             )
         )
@@ -385,17 +388,17 @@ class ImageRows:
         """(id, ext, size, r2_state) of local copies safe to remove, least recently accessed
         first; through the ``(local, accessed_at)`` index, a small batch at a time."""
         query = (
-            select(Image.id, Image.ext, Image.size, Image.r2_state)
-            .where(Image.local.is_(True), safe_to_remove(r2_on))
-            .order_by(Image.accessed_at, Image.id)
+            select(col.id, col.ext, col.size, col.r2_state)
+            .where(col.local.is_(True), safe_to_remove(r2_on))
+            .order_by(col.accessed_at, col.id)
             .limit(limit)
         )
         if accessed_before is not None:
-            query = query.where(Image.accessed_at < accessed_before)
+            query = query.where(col.accessed_at < accessed_before)
         if spare is not None:
-            query = query.where(Image.id != spare)
+            query = query.where(col.id != spare)
         if exclude:
-            query = query.where(Image.id.not_in(list(exclude)))
+            query = query.where(col.id.not_in(list(exclude)))
         return self.db.read(lambda s: list(s.execute(query).all()))
 
     def count_local(
@@ -403,13 +406,13 @@ class ImageRows:
     ) -> int:
         """Rows with a local copy; with ``unsafe_for`` (R2 on or off), only those the safety
         rule keeps; with ``accessed_before``, only those accessed earlier."""
-        where: ColumnElement[bool] = Image.local.is_(True)
+        where: ColumnElement[bool] = col.local.is_(True)
         if unsafe_for is not None:
             where = and_(where, ~safe_to_remove(unsafe_for))
         if accessed_before is not None:
-            where = and_(where, Image.accessed_at < accessed_before)
+            where = and_(where, col.accessed_at < accessed_before)
         return self.db.read(
-            lambda s: int(s.scalar(select(func.count()).select_from(Image).where(where)) or 0)
+            lambda s: int(s.scalar(select(func.count()).select_from(IMAGES).where(where)) or 0)
         )
 
     def mark_not_local(self, ids: list[str], *, expired: bool, only_local: bool = False) -> None:
@@ -419,27 +422,18 @@ class ImageRows:
         values: dict[str, Any] = {"local": False}
         if expired:
             values["expired"] = True
-        where: ColumnElement[bool] = Image.id.in_(ids)
+        where: ColumnElement[bool] = col.id.in_(ids)
         if only_local:
-            where = and_(where, Image.local.is_(True))
-        self.db.write(
-            lambda s: s.execute(
-                update(Image)
-                .where(where)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-        )
+            where = and_(where, col.local.is_(True))
+        self.db.write(lambda c: c.execute(update(IMAGES).where(where).values(**values)))
         for image_id in ids:
             self.forget(image_id)
 
     def local_flags(self, ids: list[str]) -> dict[str, tuple[str, bool]]:
         """id → (ext, local) for the ids that have a row."""
 
-        def work(session: Session) -> dict[str, tuple[str, bool]]:
-            found = session.execute(
-                select(Image.id, Image.ext, Image.local).where(Image.id.in_(ids))
-            ).all()
+        def work(conn: Connection) -> dict[str, tuple[str, bool]]:
+            found = conn.execute(select(col.id, col.ext, col.local).where(col.id.in_(ids))).all()
             return {r.id: (r.ext, bool(r.local)) for r in found}
 
         return self.db.read(work)
@@ -448,21 +442,18 @@ class ImageRows:
         """The files are there after all: ``local=True``, not expired."""
         if ids:
             self.db.write(
-                lambda s: s.execute(
-                    update(Image)
-                    .where(Image.id.in_(ids))
-                    .values(local=True, expired=False)
-                    .execution_options(synchronize_session=False)
+                lambda c: c.execute(
+                    update(IMAGES).where(col.id.in_(ids)).values(local=True, expired=False)
                 )
             )
 
     def local_rows_except(self, seen: Collection[str], *, batch: int) -> list[tuple[str, str, str]]:
         """(id, ext, r2_state) of rows claiming a local copy whose id is not in ``seen``."""
 
-        def work(session: Session) -> list[tuple[str, str, str]]:
+        def work(conn: Connection) -> list[tuple[str, str, str]]:
             # one index scan, streamed in partitions; only the (usually few) unseen rows are kept
-            query = select(Image.id, Image.ext, Image.r2_state).where(Image.local.is_(True))
-            found = session.execute(query.execution_options(yield_per=batch))
+            query = select(col.id, col.ext, col.r2_state).where(col.local.is_(True))
+            found = conn.execute(query.execution_options(yield_per=batch))
             return [(r.id, r.ext, r.r2_state) for r in found if r.id not in seen]
 
         return self.db.read(work)
@@ -474,21 +465,17 @@ class ImageRows:
     ) -> list[Any]:
         """(id, ext, r2_state) of rows created before ``cutoff``, oldest first."""
         query = (
-            select(Image.id, Image.ext, Image.r2_state)
-            .where(Image.created_at < cutoff)
-            .order_by(Image.created_at, Image.id)
+            select(col.id, col.ext, col.r2_state)
+            .where(col.created_at < cutoff)
+            .order_by(col.created_at, col.id)
             .limit(limit)
         )
         if exclude:
-            query = query.where(Image.id.not_in(list(exclude)))
+            query = query.where(col.id.not_in(list(exclude)))
         return self.db.read(lambda s: list(s.execute(query).all()))
 
     def delete_many(self, ids: list[str]) -> None:
-        self.db.write(
-            lambda s: s.execute(
-                delete(Image).where(Image.id.in_(ids)).execution_options(synchronize_session=False)
-            )
-        )
+        self.db.write(lambda c: c.execute(delete(IMAGES).where(col.id.in_(ids))))
         for image_id in ids:
             self.forget(image_id)
 
@@ -497,17 +484,17 @@ class ImageRows:
     def counts(self) -> tuple[int, int, int, int, int, int, int]:
         """total, local, uploaded, pending, failed, expired, bytes of local rows: one pass."""
 
-        def work(session: Session) -> Any:
-            return session.execute(
+        def work(conn: Connection) -> Any:
+            return conn.execute(
                 select(
                     func.count(),
-                    _flag(Image.local.is_(True)),
-                    _flag(Image.r2_state == R2_UPLOADED),
-                    _flag(Image.r2_state == R2_PENDING),
-                    _flag(Image.r2_state == R2_FAILED),
-                    _flag(Image.expired.is_(True)),
-                    func.coalesce(func.sum(case((Image.local.is_(True), Image.size), else_=0)), 0),
-                ).select_from(Image)
+                    _flag(col.local.is_(True)),
+                    _flag(col.r2_state == R2_UPLOADED),
+                    _flag(col.r2_state == R2_PENDING),
+                    _flag(col.r2_state == R2_FAILED),
+                    _flag(col.expired.is_(True)),
+                    func.coalesce(func.sum(case((col.local.is_(True), col.size), else_=0)), 0),
+                ).select_from(IMAGES)
             ).one()
 
         return tuple(int(value) for value in self.db.read(work))  # type: ignore[return-value]
@@ -516,17 +503,17 @@ class ImageRows:
         """Of the rows not expired: count, bytes, uploads pending, uploads failed, bytes with a
         local copy (the metrics' scrape: one query)."""
 
-        def work(session: Session) -> Any:
-            return session.execute(
+        def work(conn: Connection) -> Any:
+            return conn.execute(
                 select(
                     func.count(),
-                    func.coalesce(func.sum(Image.size), 0),
-                    _flag(Image.r2_state == R2_PENDING),
-                    _flag(Image.r2_state == R2_FAILED),
-                    func.coalesce(func.sum(case((Image.local.is_(True), Image.size), else_=0)), 0),
+                    func.coalesce(func.sum(col.size), 0),
+                    _flag(col.r2_state == R2_PENDING),
+                    _flag(col.r2_state == R2_FAILED),
+                    func.coalesce(func.sum(case((col.local.is_(True), col.size), else_=0)), 0),
                 )
-                .select_from(Image)
-                .where(Image.expired.is_(False))
+                .select_from(IMAGES)
+                .where(col.expired.is_(False))
             ).one()
 
         return tuple(int(value or 0) for value in self.db.read(work))  # type: ignore[return-value]
@@ -536,8 +523,8 @@ class ImageRows:
             lambda s: int(
                 s.scalar(
                     select(func.count())
-                    .select_from(Image)
-                    .where(Image.created_at >= start, Image.created_at < end)
+                    .select_from(IMAGES)
+                    .where(col.created_at >= start, col.created_at < end)
                 )
                 or 0
             )
@@ -550,20 +537,18 @@ class ImageRows:
         after: tuple[Any, str] | None,
         limit: int,
         narrow: ImageFilter | None = None,
-    ) -> tuple[list[Image], int]:
+    ) -> tuple[list[ImageRow], int]:
         """Up to ``limit`` rows ordered by ``sort`` (a SORT_COLUMNS key) descending, after the
         (value, id) keyset position, narrowed by ``narrow``; and how many rows it lets through."""
         column = SORT_COLUMNS[sort]
-        query = filtered(
-            select(Image).order_by(column.desc(), Image.id.desc()).limit(limit), narrow
-        )
+        query = filtered(select(IMAGES).order_by(column.desc(), col.id.desc()).limit(limit), narrow)
         if after is not None:
-            query = query.where(tuple_(column, Image.id) < tuple_(*after))
-        counting = filtered(select(func.count()).select_from(Image), narrow)
+            query = query.where(tuple_(column, col.id) < tuple_(*after))
+        counting = filtered(select(func.count()).select_from(IMAGES), narrow)
 
-        def work(session: Session) -> tuple[list[Image], int]:
-            rows = list(session.scalars(query))
-            total = int(session.scalar(counting) or 0)
+        def work(conn: Connection) -> tuple[list[ImageRow], int]:
+            rows = [ImageRow._make(row) for row in conn.execute(query)]
+            total = int(conn.scalar(counting) or 0)
             return rows, total
 
         return self.db.read(work)
@@ -574,14 +559,14 @@ class ImageRows:
         total = func.count()
         query = (
             select(
-                Image.user_id,
-                func.max(Image.user_name),
-                _flag(Image.created_at >= day_start),
+                col.user_id,
+                func.max(col.user_name),
+                _flag(col.created_at >= day_start),
                 total,
             )
-            .where(Image.user_id.is_not(None))
-            .group_by(Image.user_id)
-            .order_by(total.desc(), Image.user_id)
+            .where(col.user_id.is_not(None))
+            .group_by(col.user_id)
+            .order_by(total.desc(), col.user_id)
             .limit(limit)
         )
         found = self.db.read(lambda s: list(s.execute(query).all()))
@@ -597,26 +582,24 @@ class ImageRows:
     ) -> int:
         """Images stored since ``since`` for one user id, or (``user_id`` None) through one
         gateway key: what ``USER_DAILY_IMAGE_LIMIT`` counts."""
-        query = select(func.count()).select_from(Image).where(Image.created_at >= since)
+        query = select(func.count()).select_from(IMAGES).where(col.created_at >= since)
         if user_id is not None:
-            query = query.where(Image.user_id == user_id)
+            query = query.where(col.user_id == user_id)
         else:
-            query = query.where(Image.key_name == key_name)
+            query = query.where(col.key_name == key_name)
         return self.db.read(lambda s: int(s.execute(query).scalar_one()))
 
     def ids_of_chat(self, chat_id: str) -> list[str]:
         """The ids of every image recorded with this chat id."""
-        return self.db.read(
-            lambda s: list(s.scalars(select(Image.id).where(Image.chat_id == chat_id)))
-        )
+        return self.db.read(lambda s: list(s.scalars(select(col.id).where(col.chat_id == chat_id))))
 
     def find_by_sha256(self, digest: str) -> StoredImage | None:
         """An unexpired image with these bytes, the oldest first (None when there is none)."""
         row = self.db.read(
-            lambda s: s.scalars(
-                select(Image)
-                .where(Image.sha256 == digest, Image.expired.is_(False))
-                .order_by(Image.created_at)
+            lambda c: c.execute(
+                select(col.id, col.ext, col.mime, col.size, col.sha256)
+                .where(col.sha256 == digest, col.expired.is_(False))
+                .order_by(col.created_at)
                 .limit(1)
             ).first()
         )

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from picgate.db.models import R2_NONE, R2_UPLOADED, Image
+from picgate.db.models import R2_NONE, R2_UPLOADED, ImageRow
 from picgate.errors import Gone, NotFound, PicGateError, StorageUnavailable
 from picgate.eventlog import EventLog
 from picgate.library.records import StoredImage
@@ -123,7 +123,7 @@ def _read_and_close(fd: int, size: int) -> bytes:
         os.close(fd)
 
 
-def _record(row: Image) -> StoredImage:
+def _record(row: ImageRow) -> StoredImage:
     return StoredImage(row.id, row.ext, row.mime, row.size, row.sha256)
 
 
@@ -230,7 +230,7 @@ class ImageServing:
             return Located(record, redirect=target)
         return Located(record, path=path, stat=st, fd=fd)
 
-    async def locate_remote(self, row: Image) -> Located | None:
+    async def locate_remote(self, row: ImageRow) -> Located | None:
         """Serve an image with no local copy from the archive (None: not there)."""
         if row.r2_state == R2_NONE:
             return None
@@ -246,7 +246,7 @@ class ImageServing:
             return None  # not in R2, or evicted again before it could be opened
         return Located(image, path=path, stat=opened[1], fd=opened[0])
 
-    def fetch_to_cache(self, row: Image) -> Path | None:
+    def fetch_to_cache(self, row: ImageRow) -> Path | None:
         """Fetch ``row``'s object into the local cache; the file path, or None if not in R2.
 
         Synchronous (call from a worker thread). Concurrent calls for the same id share one
@@ -272,7 +272,7 @@ class ImageServing:
             with self._lock:
                 self._inflight.pop(row.id, None)
 
-    def _fetch_and_cache(self, row: Image) -> Path | None:
+    def _fetch_and_cache(self, row: ImageRow) -> Path | None:
         path = self.cache.path(row.id, row.ext)
         if path.is_file():  # a previous flight finished just before this one started
             return path

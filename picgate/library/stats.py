@@ -10,11 +10,10 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select
 
 from picgate.config import Settings
-from picgate.db.models import CLEANUP_LEASE, DailyStat, JobLease
+from picgate.db.models import CLEANUP_LEASE, DAILY_STATS, JOB_LEASES, JobLeaseRow
 from picgate.eventlog import EventLog
 from picgate.library.records import naive_utc
 from picgate.library.rows import ImageRows
@@ -68,14 +67,16 @@ class LibraryStats:
         day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
         self.events.flush()  # today's counters are buffered with the log lines
 
-        def work(session: Session) -> tuple[dict[str, int], JobLease | None]:
+        def work(conn: Connection) -> tuple[dict[str, int], JobLeaseRow | None]:
+            stat = DAILY_STATS.c
             counters = {
                 row.name: int(row.value)
-                for row in session.execute(
-                    select(DailyStat.name, DailyStat.value).where(DailyStat.day == day)
-                )
+                for row in conn.execute(select(stat.name, stat.value).where(stat.day == day))
             }
-            return counters, session.get(JobLease, CLEANUP_LEASE)
+            found = conn.execute(
+                select(JOB_LEASES).where(JOB_LEASES.c.name == CLEANUP_LEASE)
+            ).first()
+            return counters, None if found is None else JobLeaseRow._make(found)
 
         counters, lease = self.rows.db.read(work)
         stats["requests_today"] = counters.get("requests", 0)

@@ -31,7 +31,7 @@ from typing import Literal
 
 from sqlalchemy import and_
 
-from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, Image
+from picgate.db.models import IMAGES, R2_FAILED, R2_NONE, R2_PENDING
 from picgate.eventlog import EventLog
 from picgate.library.records import naive_utc, utcnow
 from picgate.library.rows import ImageRows, UploadTask, due_condition
@@ -142,7 +142,7 @@ class UploadQueue:
         clock = utcnow()
         due = due_condition(now, include_failed=include_failed)
         if image_id is not None:
-            due = and_(Image.id == image_id, Image.r2_state.in_((R2_PENDING, R2_FAILED)))
+            due = and_(IMAGES.c.id == image_id, IMAGES.c.r2_state.in_((R2_PENDING, R2_FAILED)))
         ids, held = self.rows.upload_candidates(due, clock=clock, limit=limit)
         if not ids:
             return [], held

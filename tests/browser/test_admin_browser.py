@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from picgate.db.models import Image
 from picgate.library.records import ImageOrigin
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Image
 from tests.support.admin import ADMIN_PASSWORD, ADMIN_USER, setup_token, signed_in
 from tests.support.images import make_image
 
@@ -245,7 +246,7 @@ def test_admin_console_end_to_end_in_chromium(
     tiles.nth(1).locator(".pick").check()
     page.click('[data-delete="local"]')
     wait_until(page, f"!document.querySelector('.tile[data-id=\"{target}\"] .badge.local')")
-    row = gateway.services.db.read(lambda s: s.get(Image, target))
+    row = orm.read(gateway.services.db, lambda s: s.get(Image, target))
     assert row is not None and row.local is False
 
     page.check("#img-select-all")
@@ -262,7 +263,7 @@ def test_admin_console_end_to_end_in_chromium(
     shot(page, "lightbox")
     page.click("#lb-delete")
     page.wait_for_selector("#lightbox", state="hidden")
-    assert gateway.services.db.write(lambda s: s.get(Image, victim)) is None
+    assert orm.write(gateway.services.db, lambda s: s.get(Image, victim)) is None
     assert page.locator(".tile").count() == total - 1
 
     # -- logs: colours, filter, auto-refresh, clear ------------------------------------------

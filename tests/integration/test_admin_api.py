@@ -17,11 +17,12 @@ from sqlalchemy import select
 from picgate.admin import auth
 from picgate.app import create_app
 from picgate.config import Settings
-from picgate.db.models import AdminSession, Image
 from picgate.library.records import ImageOrigin
 from picgate.services import Services
 from picgate.settings_store import mask
+from tests import orm
 from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY, Gateway
+from tests.orm import AdminSession, Image
 from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from tests.support.admin import (
     ADMIN_PASSWORD,
@@ -167,7 +168,7 @@ def test_admin_login_sets_hardened_cookie_and_stores_only_a_digest(
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/admin" in cookie
     assert "Secure" not in cookie  # plain http on loopback
     token = client.cookies["picgate_session"]
-    ids = gateway.services.db.read(lambda s: list(s.scalars(select(AdminSession.id))))
+    ids = orm.read(gateway.services.db, lambda s: list(s.scalars(select(AdminSession.id))))
     assert ids == [hashlib.sha256(token.encode()).hexdigest()]
     assert client.get("/admin").status_code == 200
 
@@ -512,13 +513,13 @@ def test_admin_images_delete_local_then_everything(
         "/admin/api/images/delete", json={"ids": [first], "mode": "local"}, headers=headers
     )
     assert local.status_code == 200 and local.json()["result"]["local"] == 1
-    row = shared.services.db.read(lambda s: s.get(Image, first))
+    row = orm.read(shared.services.db, lambda s: s.get(Image, first))
     assert row is not None and row.local is False
     everything = client.post(
         "/admin/api/images/delete", json={"ids": [first, second], "mode": "all"}, headers=headers
     )
     assert everything.json()["result"]["forgotten"] == 2
-    assert shared.services.db.write(lambda s: s.get(Image, second)) is None
+    assert orm.write(shared.services.db, lambda s: s.get(Image, second)) is None
     empty = client.post(
         "/admin/api/images/delete", json={"ids": [], "mode": "all"}, headers=headers
     )
@@ -608,14 +609,14 @@ def test_admin_session_idle_or_past_absolute_expiry_is_refused(gateway: Gateway)
                 for name, value in changes.items():
                     setattr(row, name, value)
 
-            gateway.services.db.write(work)
+            orm.write(gateway.services.db, work)
 
         now = auth.utcnow()
         age(last_seen_at=now - auth.IDLE + timedelta(minutes=5))
         assert client.get("/admin/api/stats").status_code == 200
         age(last_seen_at=now - auth.IDLE - timedelta(minutes=1))
         assert client.get("/admin/api/stats").status_code == 401
-        assert gateway.services.db.write(lambda s: s.get(AdminSession, digest)) is None
+        assert orm.write(gateway.services.db, lambda s: s.get(AdminSession, digest)) is None
 
         assert login(client).status_code == 303
         digest = hashlib.sha256(client.cookies["picgate_session"].encode()).hexdigest()

@@ -18,9 +18,10 @@ import pytest
 from sqlalchemy import func, select
 
 from picgate.admin import auth
-from picgate.db.models import AdminUser, LogEntry, Setting
 from picgate.services import Services
+from tests import orm
 from tests.conftest import UPSTREAM_KEY, Gateway
+from tests.orm import AdminUser, LogEntry, Setting
 from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from tests.support.admin import (
     ADMIN_PASSWORD,
@@ -49,7 +50,7 @@ def elsewhere() -> Iterator[StubUpstream]:
 
 
 def admin_count(gateway: Gateway) -> int:
-    return gateway.services.db.read(lambda s: s.scalar(select(func.count(AdminUser.id))) or 0)
+    return orm.read(gateway.services.db, lambda s: s.scalar(select(func.count(AdminUser.id))) or 0)
 
 
 # -- 1. first-run setup needs the console's token ------------------------------------------------
@@ -237,8 +238,9 @@ def test_gateway_wrong_key_flood_is_one_counted_log_line_per_address(gateway: Ga
     error = answer.json()["error"]
     assert "GATEWAY_API_KEY" in error["message"] and error["code"] == "invalid_api_key"
     gateway.services.events.flush()
-    lines = gateway.services.db.write(
-        lambda s: [e.message for e in s.scalars(select(LogEntry)) if "网关密钥错误" in e.message]
+    lines = orm.write(
+        gateway.services.db,
+        lambda s: [e.message for e in s.scalars(select(LogEntry)) if "网关密钥错误" in e.message],
     )
     assert sorted(lines) == [
         "⚠️ 网关密钥错误 ×10 来自 192.0.2.9 (wrong gateway API key)",
@@ -254,7 +256,7 @@ def test_eventlog_keeps_log_max_entries_on_every_flush(
         for i in range(150):
             events.info(f"line {round_}-{i}")
         events.flush()
-        rows = events.db.read(lambda s: s.scalar(select(func.count(LogEntry.id))) or 0)
+        rows = orm.read(events.db, lambda s: s.scalar(select(func.count(LogEntry.id))) or 0)
         assert rows <= 100, f"after flush {round_ + 1}: {rows} rows"
 
 
@@ -287,7 +289,7 @@ def test_admin_settings_hostile_values_are_422_and_never_stored(
         assert answer.status_code == 422
         assert answer.json()["error"]["param"] == field
         assert field in answer.json()["error"]["message"]
-        stored = gateway.services.db.read(lambda s: s.get(Setting, field))
+        stored = orm.read(gateway.services.db, lambda s: s.get(Setting, field))
         assert stored is None
         assert client.get("/admin/settings").status_code == 200
     assert httpx.get(gateway.url + "/v1/models", headers=gateway.headers).status_code == 200
@@ -308,7 +310,7 @@ def test_config_bad_values_already_stored_fall_back_to_defaults(
         for key, raw in bad.items():
             session.merge(Setting(key=key, value=raw, secret=False, updated_at=auth.utcnow()))
 
-    gateway.services.db.write(plant)
+    orm.write(gateway.services.db, plant)
     settings = gateway.services.config.reload()
     assert settings.gateway_model_name == "picgate"
     assert settings.local_cache_ttl_hours == 72.0 and settings.metadata_retention_days == 365

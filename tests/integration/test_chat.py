@@ -25,10 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from picgate.db.models import LogEntry
 from picgate.errors import StorageUnavailable
 from picgate.library.records import ImageOrigin, StoredImage
+from tests import orm
 from tests.conftest import UPSTREAM_KEY, Gateway
+from tests.orm import LogEntry
 from tests.support.fixtures import load_json, load_sse
 from tests.support.images import ONE_PIXEL_PNG_B64, b64, data_url, make_image
 from tests.support.upstream import StubUpstream
@@ -109,7 +110,9 @@ def log_lines(gateway: Gateway, *wanted: str) -> list[str]:
     lines: list[str] = []
     for _ in range(100):
         gateway.services.events.flush()
-        lines = list(gateway.services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
+        lines = list(
+            orm.read(gateway.services.db, lambda s: s.scalars(select(LogEntry.message)).all())
+        )
         if all(any(line.startswith(w) for line in lines) for w in wanted):
             break
         time.sleep(0.05)

@@ -10,10 +10,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from picgate.db.models import Setting
 from picgate.model_catalog import ROW_KEY, ConsoleModels
 from picgate.routing.models_file import ModelEntry
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Setting
 from tests.support.admin import signed_in
 from tests.support.models_file import models_file, second_upstream_server, upstream_b
 from tests.support.upstream import StubUpstream
@@ -111,8 +112,8 @@ def test_console_upstream_key_is_masked_sealed_and_redacted(
     assert isinstance(shown, list) and shown[0]["has_key"] is True
     assert shown[0]["key"].endswith(CONSOLE_KEY[-4:])
     services = console.gateway.services
-    stored = services.db.read(
-        lambda s: s.scalars(select(Setting).where(Setting.key == ROW_KEY)).one()
+    stored = orm.read(
+        services.db, lambda s: s.scalars(select(Setting).where(Setting.key == ROW_KEY)).one()
     )
     assert stored.secret and CONSOLE_KEY not in stored.value
     assert services.events.redactor.text(f"echo {CONSOLE_KEY}") == "echo ***"

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import closing
 
-from picgate.db.models import R2_UPLOADED, Image
+from picgate.db.models import R2_UPLOADED
 from picgate.library.records import ImageOrigin
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Image
 from tests.support.admin import signed_in
 from tests.support.images import make_image
 
@@ -40,7 +42,7 @@ def test_delete_local_only_copy_refused_409_then_forced(
         assert error["code"] == "only_local_copy"
         assert "not in R2 yet" in error["message"] and "force" in error["message"]
         assert path.is_file()  # nothing was deleted
-        row = gateway.services.db.read(lambda s: s.get(Image, image.id))
+        row = orm.read(gateway.services.db, lambda s: s.get(Image, image.id))
         assert row is not None and row.local and row.r2_state != R2_UPLOADED
 
         forced = client.post(

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from picgate.cli import main
-from picgate.db.models import Image
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Image
 from tests.support.upstream import StubUpstream
 
 
@@ -58,7 +59,7 @@ def _generate(gateway: Gateway, key: str) -> httpx.Response:
 
 
 def _key_names(gateway: Gateway) -> list[str | None]:
-    return list(gateway.services.db.read(lambda s: s.scalars(select(Image.key_name)).all()))
+    return list(orm.read(gateway.services.db, lambda s: s.scalars(select(Image.key_name)).all()))
 
 
 def test_keys_create_use_list_limit_revoke(

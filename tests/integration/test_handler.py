@@ -25,7 +25,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from picgate.db.models import Image, LogEntry
+from tests import orm
 from tests.conftest import APP_ENV, GATEWAY_KEY, UPSTREAM_KEY
 from tests.lambda_support import (
     FakeContext,
@@ -35,6 +35,7 @@ from tests.lambda_support import (
     response_cookies,
     response_headers,
 )
+from tests.orm import Image, LogEntry
 from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server
 from tests.support.images import make_image
 from tests.support.upstream import StubUpstream
@@ -133,7 +134,9 @@ def test_handler_generation_with_base64_body_archives_to_r2_before_returning(
     assert obj["ContentType"] == "image/png"
     # log lines and counters were written before the function returned
     assert lam.services.events.pending == 0
-    lines = lam.services.db.read(lambda s: s.scalar(select(func.count()).select_from(LogEntry)))
+    lines = orm.read(
+        lam.services.db, lambda s: s.scalar(select(func.count()).select_from(LogEntry))
+    )
     assert lines and lines > 0
 
 
@@ -238,7 +241,7 @@ def test_handler_image_rows_written_by_handler_are_marked_uploaded(
     lam: ModuleType, upstream: StubUpstream, bucket: str
 ) -> None:
     _, image_id, _ = generate(lam, upstream)
-    row = lam.services.db.read(lambda s: s.get(Image, image_id))
+    row = orm.read(lam.services.db, lambda s: s.get(Image, image_id))
     assert row is not None and row.r2_state == "uploaded"
 
 

@@ -60,7 +60,7 @@ def test_generations_n3_b64_json_reply_returns_bytes_and_stores(
     )
     assert [base64.b64decode(d.b64_json or "") for d in result.data or []] == [upstream.image] * 3
     rows = gateway.services.db.write(
-        lambda s: s.execute(__import__("sqlalchemy").text("select count(*) from images")).scalar()
+        lambda s: s.execute(__import__("sqlalchemy").text("select count(*) from images")).scalar(),
     )
     assert rows == 3
 
@@ -366,12 +366,14 @@ def test_log_lines_written_without_base64_or_secrets(
 ) -> None:
     from sqlalchemy import select
 
-    from picgate.db.models import LogEntry
+    from tests import orm
+    from tests.orm import LogEntry
 
     openai_client.images.generate(model="picgate", prompt="画一只可爱的猫")
     gateway.services.events.flush()
-    lines = gateway.services.db.write(
-        lambda s: [e.message for e in s.scalars(select(LogEntry).order_by(LogEntry.id))]
+    lines = orm.write(
+        gateway.services.db,
+        lambda s: [e.message for e in s.scalars(select(LogEntry).order_by(LogEntry.id))],
     )
     assert any(line.startswith("📤 发起文生图请求: prompt=画一只可爱的猫") for line in lines)
     assert any(line.startswith("✅ 文生图完成") for line in lines)
@@ -383,7 +385,8 @@ def test_upstream_error_logged_with_status(gateway: Gateway, upstream: StubUpstr
     from sqlalchemy import select
     from starlette.responses import JSONResponse
 
-    from picgate.db.models import LogEntry
+    from tests import orm
+    from tests.orm import LogEntry
 
     async def fail(request):  # type: ignore[no-untyped-def]
         return JSONResponse(load_json("openai_error.json"), status_code=401)
@@ -393,8 +396,8 @@ def test_upstream_error_logged_with_status(gateway: Gateway, upstream: StubUpstr
         gateway.url + "/v1/images/generations", headers=gateway.headers, json={"prompt": "x"}
     )
     gateway.services.events.flush()
-    rows = gateway.services.db.write(
-        lambda s: [(e.level, e.message) for e in s.scalars(select(LogEntry))]
+    rows = orm.write(
+        gateway.services.db, lambda s: [(e.level, e.message) for e in s.scalars(select(LogEntry))]
     )
     assert any(level == "ERROR" and m.startswith("❌ 上游返回错误: HTTP 401") for level, m in rows)
 

@@ -25,10 +25,11 @@ from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from picgate.db.models import Image
 from picgate.storage.incoming import IncomingImage
 from picgate.storage.local import TMP_PREFIX
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Image
 from tests.support.images import b64, data_url, make_image
 from tests.support.upstream import StubUpstream
 
@@ -90,11 +91,13 @@ def image_id(url: str) -> str:
 
 
 def row(gateway: Gateway, id_: str) -> Image | None:
-    return gateway.services.db.read(lambda s: s.get(Image, id_))
+    return orm.read(gateway.services.db, lambda s: s.get(Image, id_))
 
 
 def row_count(gateway: Gateway) -> int:
-    count = gateway.services.db.read(lambda s: s.scalar(select(func.count()).select_from(Image)))
+    count = orm.read(
+        gateway.services.db, lambda s: s.scalar(select(func.count()).select_from(Image))
+    )
     assert count is not None
     return int(count)
 

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import select, update
 
 from picgate.config import Settings
-from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED, Image, JobLease
+from picgate.db.models import R2_FAILED, R2_PENDING, R2_UPLOADED
 from picgate.jobs.scheduler import CleanupScheduler, acquire_lease, run_scheduled
 from picgate.library.eviction import SizeCap
 from picgate.library.records import ImageOrigin, StoredImage, utcnow
@@ -33,7 +33,9 @@ from picgate.services import Services
 from picgate.storage.memory_store import MemoryObjectStore
 from picgate.storage.object_store import DEFAULT_CACHE_CONTROL
 from picgate.storage.s3_store import S3ObjectStore
+from tests import orm
 from tests.conftest import GATEWAY_KEY, Gateway
+from tests.orm import Image, JobLease
 from tests.s3_fixtures import S3_TEST_BUCKET
 from tests.support.admin import signed_in
 from tests.support.images import make_image
@@ -45,7 +47,7 @@ MakeServices = Callable[..., Services]
 
 
 def row(services: Services, image_id: str) -> Image:
-    found = services.db.read(lambda s: s.get(Image, image_id))
+    found = orm.read(services.db, lambda s: s.get(Image, image_id))
     assert found is not None
     return found
 
@@ -190,7 +192,7 @@ def test_two_runners_on_one_database_exactly_one_works(make_services: MakeServic
 
     assert sorted(r["ran"] for r in results) == [False, True]
     assert objects.put_counts == {f"images/{image.id}.png": 1}
-    lease = first.db.read(lambda s: s.get(JobLease, "cleanup"))
+    lease = orm.read(first.db, lambda s: s.get(JobLease, "cleanup"))
     assert lease is not None and lease.owner is None and lease.last_report
 
 
@@ -292,8 +294,9 @@ def test_cli_cleanup_expires_old_copy_and_prints_report(tmp_path: Path) -> None:
     env = cli_settings(tmp_path / "data")
     services, (old, fresh) = seed(env, 2)
     stale = utcnow() - timedelta(hours=100)
-    services.db.write(
-        lambda s: s.execute(update(Image).where(Image.id == old.id).values(accessed_at=stale))
+    orm.write(
+        services.db,
+        lambda s: s.execute(update(Image).where(Image.id == old.id).values(accessed_at=stale)),
     )
 
     proc = run_cli(env)
@@ -303,7 +306,7 @@ def test_cli_cleanup_expires_old_copy_and_prints_report(tmp_path: Path) -> None:
     assert "local copies past the TTL removed" in proc.stdout
     assert (row(services, old.id).local, row(services, old.id).expired) == (False, True)
     assert row(services, fresh.id).local is True
-    lease = services.db.read(lambda s: s.get(JobLease, "cleanup"))
+    lease = orm.read(services.db, lambda s: s.get(JobLease, "cleanup"))
     assert lease is not None and json.loads(lease.last_report or "{}")["ttl_removed"] == 1
     anyio.run(services.http.aclose)
     services.db.dispose()
@@ -315,18 +318,19 @@ def test_cli_cleanup_uploads_pending_and_failed_at_once(
     env = cli_settings(tmp_path / "data", **r2_settings)
     services, (pending, failed) = seed(env, 2)
     later = utcnow() + timedelta(hours=1)  # its slow retry is not due yet
-    services.db.write(
+    orm.write(
+        services.db,
         lambda s: s.execute(
             update(Image)
             .where(Image.id == failed.id)
             .values(r2_state=R2_FAILED, r2_next_attempt_at=later)
-        )
+        ),
     )
 
     proc = run_cli(env)
 
     assert proc.returncode == 0, proc.stderr
-    states = services.db.read(lambda s: set(s.scalars(select(Image.r2_state))))
+    states = orm.read(services.db, lambda s: set(s.scalars(select(Image.r2_state))))
     assert states == {R2_UPLOADED}
     assert s3_store.exists(f"images/{pending.id}.png") and s3_store.exists(
         f"images/{failed.id}.png"

@@ -18,12 +18,11 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session
 
 from picgate.config import Settings
 from picgate.db import hrana
 from picgate.db.engine import HEAD_REVISION, Database
-from picgate.db.models import Base
+from picgate.db.models import METADATA
 from tests.sqld import SqldServer
 
 _tables = iter(range(1_000_000))
@@ -166,7 +165,7 @@ def test_dialect_core_types_and_integrity_error_through_sqlalchemy(sqld_server: 
         with pytest.raises(sa_exc.OperationalError):
             db.write(lambda s: s.execute(sa.text("SELECT * FROM no_such_table")))
 
-        def fails_after_write(session: sa.orm.Session) -> None:
+        def fails_after_write(session: sa.Connection) -> None:
             session.execute(things.insert(), {**row, "id": "b"})
             raise RuntimeError("after the write")
 
@@ -189,7 +188,11 @@ def test_dialect_concurrent_writers_from_threads_all_commit(sqld_server: SqldSer
         try:
             for i in range(25):
                 db.write(
-                    partial(Session.execute, statement=insert, params={"k": f"{n}-{i}", "n": i})
+                    partial(
+                        sa.Connection.execute,
+                        statement=insert,
+                        parameters={"k": f"{n}-{i}", "n": i},
+                    )
                 )
         except BaseException as exc:
             errors.append(exc)
@@ -255,7 +258,7 @@ def test_migrations_on_empty_sqld_build_the_same_schema_as_sqlite(
         db.migrate()
         assert db.current_revision() == HEAD_REVISION
         tables = set(sa.inspect(db.engine).get_table_names())
-        assert set(Base.metadata.tables) <= tables
+        assert set(METADATA.tables) <= tables
         again = Database(server.database_url)  # another process's view: already at head
         assert again.current_revision() == HEAD_REVISION
         again.migrate()
@@ -304,13 +307,13 @@ def test_database_second_writer_in_process_waits_for_the_first_to_commit(
     order: list[str] = []
     holding, release = threading.Event(), threading.Event()
 
-    def hold(session: Session) -> None:
+    def hold(session: sa.Connection) -> None:
         session.execute(sa.text(f"INSERT INTO {name} VALUES (1, 'first')"))
         holding.set()
         release.wait(10)
         order.append("first commits")
 
-    def update(session: Session) -> None:
+    def update(session: sa.Connection) -> None:
         order.append("second writes")
         session.execute(sa.text(f"UPDATE {name} SET v = 'second' WHERE k = 1"))
 
@@ -343,7 +346,7 @@ def test_database_writer_waiting_past_timeout_gets_database_is_locked(
     holder.write(lambda s: s.execute(sa.text(f"CREATE TABLE {name} (k INTEGER PRIMARY KEY)")))
     holding, release = threading.Event(), threading.Event()
 
-    def hold(session: Session) -> None:
+    def hold(session: sa.Connection) -> None:
         session.execute(sa.text(f"INSERT INTO {name} VALUES (1)"))
         holding.set()
         release.wait(10)

@@ -21,8 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from picgate.db.engine import Database
-from picgate.db.models import Image, LogEntry
+from tests import orm
 from tests.conftest import GATEWAY_KEY
+from tests.orm import Image, LogEntry
 from tests.robustness.faults import ServeProcess, serve_process
 from tests.sqld import SqldServer
 from tests.support.images import b64, make_image
@@ -115,11 +116,11 @@ def test_two_replicas_eight_clients_on_sqld_lose_nothing(
     assert len(made) == CLIENTS * ROUNDS
     db = Database(sqld.database_url)
     try:
-        rows = db.read(lambda s: s.execute(select(Image.id, Image.sha256, Image.prompt)).all())
+        rows = orm.read(db, lambda s: s.execute(select(Image.id, Image.sha256, Image.prompt)).all())
         assert {(i, hashlib.sha256(images[p]).hexdigest(), p) for i, p in made.items()} == set(
             map(tuple, rows)
         )
-        lines = db.read(lambda s: s.scalars(select(LogEntry.message)).all())
+        lines = orm.read(db, lambda s: s.scalars(select(LogEntry.message)).all())
     finally:
         db.dispose()
     asked = [line for line in lines if "prompt=libsql-" in line]

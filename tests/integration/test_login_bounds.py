@@ -16,17 +16,18 @@ from sqlalchemy import select
 
 from picgate.admin import auth
 from picgate.admin.throttle import HashingBusy, HashingGate
-from picgate.db.models import LogEntry
 from picgate.deps import KEY_FAILURES_ALLOWED
 from picgate.eventlog import ANONYMOUS_MARK
 from picgate.services import Services
+from tests import orm
 from tests.conftest import GATEWAY_KEY, Gateway
+from tests.orm import LogEntry
 from tests.support.admin import ADMIN_USER, form_token, setup_admin
 
 
 def log_messages(gateway: Gateway) -> list[str]:
     gateway.services.events.flush()
-    return list(gateway.services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(orm.read(gateway.services.db, lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 async def parallel_logins(
@@ -174,7 +175,7 @@ def test_eventlog_anonymous_flood_never_pushes_out_admin_entries(
     def rows(s: Any) -> list[tuple[str, str]]:
         return [(e.id, e.message) for e in s.scalars(select(LogEntry))]
 
-    kept = events.db.read(rows)
+    kept = orm.read(events.db, rows)
     admin = [m for i, m in kept if "admin entry" in m]
     anonymous = [i for i, m in kept if i.endswith(ANONYMOUS_MARK)]
     assert len(admin) == 30

@@ -25,9 +25,10 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from picgate.db.models import LogEntry
+from tests import orm
 from tests.conftest import Gateway
 from tests.integration.test_images_streaming import temp_files_after_settling
+from tests.orm import LogEntry
 from tests.support.images import b64, data_url, make_image
 from tests.support.upstream import StubUpstream
 
@@ -38,15 +39,16 @@ PARALLEL = 16
 
 
 def stored_count(gateway: Gateway) -> int:
-    return gateway.services.db.read(
-        lambda s: int(s.execute(sqlalchemy.text("select count(*) from images")).scalar() or 0)
+    return orm.read(
+        gateway.services.db,
+        lambda s: int(s.execute(sqlalchemy.text("select count(*) from images")).scalar() or 0),
     )
 
 
 def log_lines(gateway: Gateway) -> list[str]:
     events = gateway.services.events
     events.flush()
-    return list(events.db.read(lambda s: [e.message for e in s.scalars(select(LogEntry))]))
+    return list(orm.read(events.db, lambda s: [e.message for e in s.scalars(select(LogEntry))]))
 
 
 def image_files(gateway: Gateway) -> list[Path]:

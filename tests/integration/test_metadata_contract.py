@@ -24,10 +24,12 @@ from sqlalchemy.orm import Session
 from picgate.admin import auth
 from picgate.config import Settings
 from picgate.db.engine import HEAD_REVISION, Database
-from picgate.db.models import R2_PENDING, R2_UPLOADED, Base, Image, LogEntry, Setting
+from picgate.db.models import METADATA, R2_PENDING, R2_UPLOADED
 from picgate.eventlog import EventLog, trim_logs
 from picgate.jobs.scheduler import acquire_lease, release_lease
 from picgate.settings_store import ConfigService, SecretBox
+from tests import orm
+from tests.orm import Image, LogEntry, Setting
 from tests.postgres import PostgresServer
 from tests.sqld import SqldServer
 
@@ -85,7 +87,7 @@ def test_metadata_migrations_reach_head_with_every_table(database_url: str) -> N
         assert db.current_revision() == HEAD_REVISION
         with db.engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
-        assert tables == set(Base.metadata.tables) | {"alembic_version"}
+        assert tables == set(METADATA.tables) | {"alembic_version"}
         again = Database(database_url)  # another process's start: already at head
         again.migrate()
         assert again.current_revision() == HEAD_REVISION
@@ -126,12 +128,12 @@ def test_metadata_image_row_round_trips_every_column(db: Database) -> None:
         **ATTRIBUTION,
     )
     bare = _image("img-bare", created=created - timedelta(days=1))
-    db.write(lambda s: s.add_all([full, bare]))
+    orm.write(db, lambda s: s.add_all([full, bare]))
 
     def read(session: Session) -> list[Image]:
         return list(session.scalars(select(Image).order_by(Image.created_at.desc())))
 
-    got_full, got_bare = db.write(read)
+    got_full, got_bare = orm.write(db, read)
     assert (got_full.id, got_bare.id) == ("img-full", "img-bare")
     assert got_full.created_at == created and got_full.created_at.tzinfo is None
     assert got_full.r2_next_attempt_at == created + timedelta(minutes=5)
@@ -154,25 +156,26 @@ def test_metadata_image_row_round_trips_every_column(db: Database) -> None:
             )
         )
 
-    assert db.write(queue) == ["img-full"]
-    db.write(
+    assert orm.write(db, queue) == ["img-full"]
+    orm.write(
+        db,
         lambda s: s.execute(
             update(Image).where(Image.id == "img-full").values(r2_state=R2_UPLOADED)
-        )
+        ),
     )
-    assert db.write(queue) == []
-    db.write(lambda s: s.execute(delete(Image).where(Image.id == "img-bare")))
-    assert db.write(lambda s: s.scalar(select(Image.id))) == "img-full"
+    assert orm.write(db, queue) == []
+    orm.write(db, lambda s: s.execute(delete(Image).where(Image.id == "img-bare")))
+    assert orm.write(db, lambda s: s.scalar(select(Image.id))) == "img-full"
 
 
 def test_metadata_duplicate_image_id_is_refused_and_first_row_kept(db: Database) -> None:
     from sqlalchemy.exc import IntegrityError
 
     now = datetime(2030, 1, 1)
-    db.write(lambda s: s.add(_image("same", created=now, size=1)))
+    orm.write(db, lambda s: s.add(_image("same", created=now, size=1)))
     with pytest.raises(IntegrityError):
-        db.write(lambda s: s.add(_image("same", created=now, size=2)))
-    assert db.write(lambda s: s.scalar(select(Image.size).where(Image.id == "same"))) == 1
+        orm.write(db, lambda s: s.add(_image("same", created=now, size=2)))
+    assert orm.write(db, lambda s: s.scalar(select(Image.size).where(Image.id == "same"))) == 1
 
 
 def test_metadata_settings_saved_then_read_by_another_instance(db: Database) -> None:
@@ -190,7 +193,9 @@ def test_metadata_settings_saved_then_read_by_another_instance(db: Database) -> 
     assert current.upstream_api_base == "https://api.example.com/v1"
     assert current.upstream_api_key == "sk-contract-secret-value"
     assert current.local_cache_ttl_hours == 12.5 and current.allow_external_image_fetch is True
-    stored = db.write(lambda s: {r.key: (r.value, r.secret) for r in s.scalars(select(Setting))})
+    stored = orm.write(
+        db, lambda s: {r.key: (r.value, r.secret) for r in s.scalars(select(Setting))}
+    )
     value, secret = stored["upstream_api_key"]
     assert secret is True and "sk-contract-secret-value" not in value  # sealed at rest
 
@@ -201,8 +206,8 @@ def test_metadata_log_lines_written_in_order_and_trimmed(db: Database) -> None:
         events.info(f"line {n} — 日志")
     events.error("the last one")
     events.flush()
-    messages = db.write(
-        lambda s: list(s.scalars(select(LogEntry.message).order_by(LogEntry.id.desc())))
+    messages = orm.write(
+        db, lambda s: list(s.scalars(select(LogEntry.message).order_by(LogEntry.id.desc())))
     )
     assert len(messages) == 100  # trimmed to the cap, oldest first
     assert messages[0] == "the last one" and messages[1] == "line 119 — 日志"
@@ -317,5 +322,5 @@ def test_metadata_concurrent_first_start_all_reach_head(database_url: str) -> No
     assert found == []
     db = Database(database_url)
     with db.engine.connect() as conn:
-        assert set(inspect(conn).get_table_names()) >= set(Base.metadata.tables)
+        assert set(inspect(conn).get_table_names()) >= set(METADATA.tables)
     db.dispose()

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from picgate.db.models import Image
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Image
 from tests.support.models_file import models_file, second_upstream_server, upstream_b
 from tests.support.models_file import write_models_file as write_models
 from tests.support.upstream import StubUpstream
@@ -53,7 +54,9 @@ def _post(gateway: Gateway, path: str, body: dict[str, Any], **headers: str) -> 
 
 
 def _stored(gateway: Gateway) -> int:
-    count = gateway.services.db.read(lambda s: s.scalar(select(func.count()).select_from(Image)))
+    count = orm.read(
+        gateway.services.db, lambda s: s.scalar(select(func.count()).select_from(Image))
+    )
     return int(count or 0)
 
 

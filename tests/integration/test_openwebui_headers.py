@@ -10,8 +10,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from picgate.db.models import Image
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Image
 from tests.support.upstream import StubUpstream
 
 OWUI_HEADERS = {
@@ -26,8 +27,8 @@ OWUI_HEADERS = {
 
 def _rows(gateway: Gateway) -> list[Image]:
     return list(
-        gateway.services.db.read(
-            lambda s: list(s.scalars(select(Image).order_by(Image.created_at)))
+        orm.read(
+            gateway.services.db, lambda s: list(s.scalars(select(Image).order_by(Image.created_at)))
         )
     )
 

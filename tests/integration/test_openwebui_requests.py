@@ -16,8 +16,9 @@ from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from picgate.db.models import Image, LogEntry
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Image, LogEntry
 from tests.support.upstream import StubUpstream
 
 CHAT = "/v1/chat/completions"
@@ -41,13 +42,15 @@ def post(gateway: Gateway, body: dict[str, Any]) -> httpx.Response:
 
 
 def stored_images(gateway: Gateway) -> int:
-    count = gateway.services.db.read(lambda s: s.scalar(select(func.count()).select_from(Image)))
+    count = orm.read(
+        gateway.services.db, lambda s: s.scalar(select(func.count()).select_from(Image))
+    )
     return int(count or 0)
 
 
 def logged(gateway: Gateway, start: str) -> list[str]:
     gateway.services.events.flush()
-    lines = gateway.services.db.read(lambda s: s.scalars(select(LogEntry.message)).all())
+    lines = orm.read(gateway.services.db, lambda s: s.scalars(select(LogEntry.message)).all())
     return [line for line in lines if line.startswith(start)]
 
 

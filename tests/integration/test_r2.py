@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from picgate.app import create_app
 from picgate.config import Settings
-from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image, LogEntry
+from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED
 from picgate.errors import PicGateError
 from picgate.library.actions import test_r2
 from picgate.library.records import StoredImage, utcnow
@@ -27,7 +27,9 @@ from picgate.services import Services
 from picgate.storage.memory_store import MemoryObjectStore
 from picgate.storage.object_store import DEFAULT_CACHE_CONTROL, ObjectStore
 from picgate.storage.s3_store import S3ObjectStore
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Image, LogEntry
 from tests.s3_fixtures import S3_TEST_BUCKET
 from tests.s3server import S3Server
 from tests.support.images import make_image
@@ -70,7 +72,7 @@ def image_id(url: str) -> str:
 
 
 def row(gateway: Gateway, image_id: str) -> Image:
-    found = gateway.services.db.read(lambda s: s.get(Image, image_id))
+    found = orm.read(gateway.services.db, lambda s: s.get(Image, image_id))
     assert found is not None
     return found
 
@@ -97,7 +99,7 @@ def drop_local(gateway: Gateway, image_id: str, ext: str = "png") -> Path:
     """What the TTL cleanup does to an archived image: the file goes, the row says so."""
     path = gateway.services.cache.path(image_id, ext)
     gateway.services.cache.delete(image_id, ext)
-    gateway.services.db.write(lambda s: setattr(s.get(Image, image_id), "local", False))
+    orm.write(gateway.services.db, lambda s: setattr(s.get(Image, image_id), "local", False))
     return path
 
 
@@ -110,7 +112,7 @@ def put_requests(s3_server: S3Server, key: str) -> int:
 def log_lines(gateway: Gateway) -> list[str]:
     gateway.services.events.flush()
     db = gateway.services.db
-    return list(db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(orm.read(db, lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 class BlockingStore(MemoryObjectStore):
@@ -359,7 +361,7 @@ def test_serverless_bucket_down_returns_b64_inline_and_logs(
     item = generate(gateway)["data"][0]
     assert "url" not in item
     assert base64.b64decode(item["b64_json"]) == upstream.image
-    (stored,) = gateway.services.db.read(lambda s: s.scalars(select(Image)).all())
+    (stored,) = orm.read(gateway.services.db, lambda s: s.scalars(select(Image)).all())
     assert stored.r2_state == R2_PENDING and stored.r2_attempts == 1  # the cleanup job retries
     lines = log_lines(gateway)
     assert any(line.startswith("❌ R2 上传失败") for line in lines)
@@ -422,12 +424,16 @@ async def test_redirect_rule_never_targets_an_object_not_known_uploaded(
         f"https://cdn.example/images/{record.id}.png"
     )
     # end to end: a pending row with its local copy is served, not sent to the CDN
-    gateway.services.db.write(lambda s: setattr(s.get(Image, record.id), "r2_state", R2_PENDING))
+    orm.write(
+        gateway.services.db, lambda s: setattr(s.get(Image, record.id), "r2_state", R2_PENDING)
+    )
     gateway.services.library.rows.forget(record.id)
     resp = httpx.get(url, follow_redirects=False)
     assert resp.status_code == 200
     assert resp.content == upstream.image
-    gateway.services.db.write(lambda s: setattr(s.get(Image, record.id), "r2_state", R2_UPLOADED))
+    orm.write(
+        gateway.services.db, lambda s: setattr(s.get(Image, record.id), "r2_state", R2_UPLOADED)
+    )
     resp = httpx.get(url, follow_redirects=False)
     assert resp.status_code == 302
     assert resp.headers["location"] == f"https://cdn.example/images/{record.id}.png"

@@ -159,10 +159,11 @@ def test_get_image_unknown_or_traversal_is_404(gateway: Gateway, path: str) -> N
 
 
 def test_get_image_access_time_not_written_per_hit(gateway: Gateway, stored: StoredImage) -> None:
-    from picgate.db.models import Image
+    from tests import orm
+    from tests.orm import Image
 
     def accessed() -> datetime:
-        row = gateway.services.db.read(lambda s: s.get(Image, stored.id))
+        row = orm.read(gateway.services.db, lambda s: s.get(Image, stored.id))
         assert row is not None
         return row.accessed_at
 

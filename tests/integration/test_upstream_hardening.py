@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from picgate.db.models import DailyStat, LogEntry
+from tests import orm
 from tests.conftest import GATEWAY_KEY, Gateway
+from tests.orm import DailyStat, LogEntry
 from tests.support.upstream import StubUpstream
 
 CHAT = "/v1/chat/completions"
@@ -57,13 +58,14 @@ def stream_error(answer: httpx.Response) -> dict[str, Any]:
 
 def log_rows(gateway: Gateway) -> list[str]:
     gateway.services.events.flush()
-    return list(gateway.services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(orm.read(gateway.services.db, lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 def errors_counted(gateway: Gateway) -> int:
     gateway.services.events.flush()
-    rows = gateway.services.db.write(
-        lambda s: s.scalars(select(DailyStat.value).where(DailyStat.name == "errors")).all()
+    rows = orm.write(
+        gateway.services.db,
+        lambda s: s.scalars(select(DailyStat.value).where(DailyStat.name == "errors")).all(),
     )
     return sum(rows)
 

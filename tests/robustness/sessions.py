@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from picgate.admin import auth
-from picgate.db.models import AdminSession
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import AdminSession
 
 ADMIN_PASSWORD = "robust-password-123"
 
@@ -14,6 +15,6 @@ def admin_session(gateway: Gateway) -> tuple[str, str]:
     db = gateway.services.db
     db.write(lambda s: auth.set_admin(s, username="admin", password=ADMIN_PASSWORD))
     token = db.write(lambda s: auth.create_session(s, auth.ADMIN_ID))
-    row = db.read(lambda s: s.get(AdminSession, auth.token_digest(token)))
+    row = orm.read(db, lambda s: s.get(AdminSession, auth.token_digest(token)))
     assert row is not None
     return token, row.csrf_token

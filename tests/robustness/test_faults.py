@@ -27,11 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from picgate.db.engine import Database
-from picgate.db.models import R2_UPLOADED, Image, LogEntry
+from picgate.db.models import R2_UPLOADED
 from picgate.library.records import utcnow
 from picgate.storage.codec import sniff
 from picgate.storage.local import TMP_PREFIX, LocalCache
+from tests import orm
 from tests.conftest import GATEWAY_KEY, Gateway
+from tests.orm import Image, LogEntry
 from tests.robustness.faults import KillableProxy, ResettingUpstream, serve_process
 from tests.s3_fixtures import S3_TEST_BUCKET
 from tests.s3server import S3Server
@@ -76,7 +78,7 @@ def generate(url: str, key: str = GATEWAY_KEY, **body: Any) -> httpx.Response:
 
 
 def log_messages(db: Database) -> list[str]:
-    return list(db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(orm.read(db, lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 # -- (a) S3 unreachable mid-burst -------------------------------------------------------------
@@ -120,8 +122,9 @@ def test_faults_s3_killed_and_revived_mid_burst_zero_images_lost(
             gateway.services.library.uploads.upload_due(
                 now=utcnow() + timedelta(days=1), include_failed=True
             )
-            rows = gateway.services.db.write(
-                lambda s: [r.r2_state for r in s.scalars(select(Image).where(Image.id.in_(ids)))]
+            rows = orm.write(
+                gateway.services.db,
+                lambda s: [r.r2_state for r in s.scalars(select(Image).where(Image.id.in_(ids)))],
             )
             return len(rows) == len(ids) and set(rows) == {R2_UPLOADED}
 
@@ -294,7 +297,7 @@ def test_faults_disk_full_image_returned_inline_and_nothing_half_written(
     assert base64.b64decode(item["b64_json"]) == upstream.image
     gateway.services.events.flush()
     assert any("图片保存失败" in m for m in log_messages(gateway.services.db))
-    assert gateway.services.db.write(lambda s: s.scalars(select(Image)).all()) == []
+    assert orm.write(gateway.services.db, lambda s: s.scalars(select(Image)).all()) == []
     leftovers = [p.name for p in (mount / "images").rglob("*") if p.is_file()]
     assert leftovers == []
 
@@ -355,7 +358,9 @@ def test_faults_sigkill_mid_burst_then_cleanup_every_answered_url_intact(
             assert served.content in sent
         db = Database(server.env["DATABASE_URL"])
         try:
-            rows = db.read(lambda s: s.scalars(select(Image).where(Image.local.is_(True))).all())
+            rows = orm.read(
+                db, lambda s: s.scalars(select(Image).where(Image.local.is_(True))).all()
+            )
         finally:
             db.dispose()
         cache = LocalCache(images_dir)

@@ -27,16 +27,17 @@ from sqlalchemy import select as sql_select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from picgate.db.models import Image
+from tests import orm
 from tests.conftest import Gateway
+from tests.orm import Image
 from tests.robustness import payloads
 from tests.support.images import make_image
 from tests.support.upstream import StubUpstream
 
 
 def image_rows(gateway: Gateway) -> int:
-    return gateway.services.db.write(
-        lambda s: s.scalar(sql_select(func.count()).select_from(Image)) or 0
+    return orm.write(
+        gateway.services.db, lambda s: s.scalar(sql_select(func.count()).select_from(Image)) or 0
     )
 
 

@@ -19,8 +19,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from picgate.db.models import LogEntry
+from tests import orm
 from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY, Gateway
+from tests.orm import LogEntry
 from tests.robustness.sessions import ADMIN_PASSWORD, admin_session
 from tests.support.images import make_image
 from tests.support.upstream import StubUpstream
@@ -227,8 +228,8 @@ def test_security_login_brute_force_locked_after_five_failures(admin_gateway: Ga
         # locked: even the right password is refused until the lockout ends
         assert login(client, ADMIN_PASSWORD).status_code == 429
     admin_gateway.services.events.flush()
-    messages = admin_gateway.services.db.write(
-        lambda s: [e.message for e in s.scalars(select(LogEntry))]
+    messages = orm.write(
+        admin_gateway.services.db, lambda s: [e.message for e in s.scalars(select(LogEntry))]
     )
     assert any("锁定" in m for m in messages)
 
@@ -324,7 +325,9 @@ def test_security_secrets_never_in_responses_or_logs(
     for page in ("", "/settings", "/logs", "/cache"):
         record(httpx.get(f"{gateway.url}/admin{page}", cookies=cookies))
     gateway.services.events.flush()
-    logged = gateway.services.db.read(lambda s: [e.message for e in s.scalars(select(LogEntry))])
+    logged = orm.read(
+        gateway.services.db, lambda s: [e.message for e in s.scalars(select(LogEntry))]
+    )
     assert logged, "the log table should have lines to check"
     texts = {
         "responses": "\n".join(seen),

@@ -15,16 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from picgate.db.models import (
-    R2_FAILED,
-    R2_NONE,
-    R2_PENDING,
-    R2_UPLOADED,
-    AdminSession,
-    Image,
-    LogEntry,
-    LoginAttempt,
-)
+from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED
 from picgate.eventlog import new_log_id
 from picgate.jobs.cleanup import JobReport
 from picgate.jobs.scheduler import run_scheduled
@@ -32,6 +23,8 @@ from picgate.library.records import ImageOrigin, StoredImage, utcnow
 from picgate.library.repair import repair
 from picgate.services import Services
 from picgate.storage.memory_store import MemoryObjectStore
+from tests import orm
+from tests.orm import AdminSession, Image, LogEntry, LoginAttempt
 from tests.support.images import make_image
 
 MakeServices = Callable[..., Services]
@@ -49,13 +42,13 @@ def store(services: Services, count: int, *, size: int = 1_000, seed: int = 0) -
 
 
 def set_row(services: Services, image_id: str, **values: Any) -> None:
-    services.db.write(
-        lambda s: s.execute(update(Image).where(Image.id == image_id).values(**values))
+    orm.write(
+        services.db, lambda s: s.execute(update(Image).where(Image.id == image_id).values(**values))
     )
 
 
 def row(services: Services, image_id: str) -> Image:
-    found = services.db.read(lambda s: s.get(Image, image_id))
+    found = orm.read(services.db, lambda s: s.get(Image, image_id))
     assert found is not None
     return found
 
@@ -66,7 +59,7 @@ def has_file(services: Services, image: StoredImage) -> bool:
 
 def log_lines(services: Services) -> list[str]:
     services.events.flush()
-    return list(services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(orm.read(services.db, lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 # -- TTL ------------------------------------------------------------------------------------
@@ -284,7 +277,7 @@ def test_run_jobs_retention_deletes_old_rows_files_and_objects(
     report = services.cleanup.run(now=now)
 
     assert report.rows_deleted == 1 and report.ok
-    assert services.db.write(lambda s: s.get(Image, old.id)) is None
+    assert orm.write(services.db, lambda s: s.get(Image, old.id)) is None
     assert not has_file(services, old) and has_file(services, young)
     assert (f"images/{old.id}.png" in objects.objects) is not delete_remote
     assert f"images/{young.id}.png" in objects.objects
@@ -336,17 +329,17 @@ def test_run_jobs_trims_logs_and_expires_sessions(make_services: MakeServices) -
         )
         session.add(LoginAttempt(key="ip:recent", failures=1, window_start=now))
 
-    services.db.write(seed)
+    orm.write(services.db, seed)
 
     report = services.cleanup.run(now=now)
 
     assert report.logs_trimmed >= 50
     assert (report.sessions_deleted, report.login_attempts_deleted) == (1, 1)
-    left = services.db.read(lambda s: s.scalar(select(func.count()).select_from(LogEntry)))
+    left = orm.read(services.db, lambda s: s.scalar(select(func.count()).select_from(LogEntry)))
     assert left is not None and left <= 101  # the cap, plus the job's own summary line
-    keys = services.db.read(lambda s: set(s.scalars(select(LoginAttempt.key))))
+    keys = orm.read(services.db, lambda s: set(s.scalars(select(LoginAttempt.key))))
     assert keys == {"ip:locked", "ip:recent"}
-    assert services.db.write(lambda s: set(s.scalars(select(AdminSession.id)))) == {"live"}
+    assert orm.write(services.db, lambda s: set(s.scalars(select(AdminSession.id)))) == {"live"}
 
 
 # -- repair ---------------------------------------------------------------------------------

@@ -9,9 +9,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, insert, inspect, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from picgate.db.engine import HEAD_REVISION, Database, normalize_url
 
@@ -79,7 +78,7 @@ def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
 
 
 def test_concurrent_writers_do_not_lock(tmp_path: Path) -> None:
-    from picgate.db.models import DailyStat
+    from picgate.db.models import DAILY_STATS
 
     db = Database(f"sqlite:///{tmp_path}/x.db")
     db.migrate()
@@ -88,9 +87,8 @@ def test_concurrent_writers_do_not_lock(tmp_path: Path) -> None:
     def writer(n: int) -> None:
         try:
             for i in range(40):
-                db.write(
-                    partial(Session.add, instance=DailyStat(day=f"d{n}", name=f"k{i}", value=i))
-                )
+                stat = insert(DAILY_STATS).values(day=f"d{n}", name=f"k{i}", value=i)
+                db.write(partial(Connection.execute, statement=stat))
         except BaseException as exc:  # collected for the assertion below
             errors.append(exc)
 
@@ -109,7 +107,7 @@ def test_database_write_waits_for_another_write_and_read_does_not(tmp_path: Path
     first, second = Database(url), Database(url, write_timeout=0.2)
     holding, release = threading.Event(), threading.Event()
 
-    def hold(session: Session) -> None:
+    def hold(session: Connection) -> None:
         holding.set()
         release.wait(10)
 
@@ -131,7 +129,7 @@ def test_database_write_waits_for_another_write_and_read_does_not(tmp_path: Path
 def test_database_write_lock_released_when_the_work_raises(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/x.db", write_timeout=0.2)
 
-    def boom(session: Session) -> None:
+    def boom(session: Connection) -> None:
         raise ValueError("no")
 
     with pytest.raises(ValueError):

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from picgate.config import Settings
-from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED, Image, LogEntry
+from picgate.db.models import R2_FAILED, R2_NONE, R2_PENDING, R2_UPLOADED
 from picgate.library.actions import test_r2
 from picgate.library.records import ImageOrigin, StoredImage, utcnow
 from picgate.library.uploads import (
@@ -24,6 +24,8 @@ from picgate.services import Services
 from picgate.storage.memory_store import MemoryObjectStore
 from picgate.storage.object_store import DEFAULT_CACHE_CONTROL
 from picgate.storage.s3_store import S3ObjectStore
+from tests import orm
+from tests.orm import Image, LogEntry
 from tests.support.images import make_image
 
 MakeServices = Callable[..., Services]
@@ -38,7 +40,7 @@ def store_images(services: Services, count: int) -> list[StoredImage]:
 
 
 def row(services: Services, image_id: str) -> Image:
-    found = services.db.read(lambda s: s.get(Image, image_id))
+    found = orm.read(services.db, lambda s: s.get(Image, image_id))
     assert found is not None
     return found
 
@@ -51,12 +53,12 @@ def fail_row(services: Services, image_id: str) -> None:
         found.r2_state, found.r2_attempts = R2_FAILED, MAX_FAST_ATTEMPTS
         found.r2_next_attempt_at = utcnow() + LATER
 
-    services.db.write(work)
+    orm.write(services.db, work)
 
 
 def log_lines(services: Services) -> list[str]:
     services.events.flush()
-    return list(services.db.read(lambda s: s.scalars(select(LogEntry.message)).all()))
+    return list(orm.read(services.db, lambda s: s.scalars(select(LogEntry.message)).all()))
 
 
 def test_backoff_delay_doubles_within_jitter_band() -> None:
@@ -220,7 +222,7 @@ def test_archive_local_uploads_images_stored_before_r2(make_services: MakeServic
     images = store_images(before, 3)
     assert {row(before, i.id).r2_state for i in images} == {R2_NONE}
     before.cache.delete(images[2].id, images[2].ext)  # no local copy left: nothing to archive
-    before.db.write(lambda s: s.get(Image, images[2].id).__setattr__("local", False))
+    orm.write(before.db, lambda s: s.get(Image, images[2].id).__setattr__("local", False))
     store = MemoryObjectStore()
     services = make_services(objects=store)  # the same data folder, now with R2
     assert services.library.actions.upload_pending()["uploaded"] == 0  # not queued by themselves
@@ -278,7 +280,7 @@ def test_delete_images_everything_removes_object_file_and_row(make_services: Mak
         "failed": 0,
     }
     assert list(store.objects) == [f"images/{keep.id}.png"]
-    assert services.db.write(lambda s: s.get(Image, gone.id)) is None
+    assert orm.write(services.db, lambda s: s.get(Image, gone.id)) is None
     assert not services.cache.exists(gone.id, "png")
     assert services.library.rows.cached_record(gone.id) is None
 

@@ -210,10 +210,10 @@ def error_from_upstream(status: int, body: bytes) -> UpstreamError:
 
 
 def map_transport_error(exc: httpx.HTTPError, *, answering: bool = False) -> UpstreamError:
-    import httpx
-
     """The UpstreamError for a transport failure; ``answering``: the upstream had begun to
     answer (status line received), so a broken connection is an interruption."""
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamError(
             "the upstream API did not answer in time", status_code=504, code="upstream_timeout"

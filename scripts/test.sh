@@ -68,10 +68,12 @@ done
 .venv/bin/mypy
 # the import direction: the import-linter contracts in pyproject.toml
 .venv/bin/lint-imports
+# Two pytest-xdist workers: the suite mostly waits on real servers, browsers and subprocesses, so
+# two processes nearly halve it on two cores (`-n 0` after the command runs it in one process).
 # Coverage is opt-in (PICGATE_COVERAGE=1): on Python 3.11 its trace function races thread start-up
 # in CPython (python/cpython#98257), which now and then kills a worker thread in a threaded test.
 if [ "${PICGATE_COVERAGE:-0}" = 1 ]; then
-  .venv/bin/python -m pytest --cov --cov-report=term:skip-covered "$@"
+  .venv/bin/python -m pytest -n 2 --cov --cov-report=term:skip-covered "$@"
 else
-  .venv/bin/python -m pytest "$@"
+  .venv/bin/python -m pytest -n 2 "$@"
 fi

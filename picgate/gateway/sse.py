@@ -24,11 +24,11 @@ flushes the last block even when the stream ended without a blank line.
 many bytes raises ``EventTooLarge`` (a stream that never sends a newline cannot grow the buffer
 without end).
 
-With a ``lifter``, a ``data`` line longer than ``LIFT_LINE`` bytes (LF-ended) is not decoded
-whole: its images are lifted out of the raw bytes (``picgate.gateway.lifted``) and the event
-carries them in ``lifted``, its ``data`` holding their tokens. An image whose base64 is still
-arriving when its unfinished line passes ``LIFT_LINE`` is decoded as it comes
-(``StreamedRun``), whatever the line ends with: the buffer holds a few bytes of it, not the line.
+With a ``lifter``, a ``data`` line longer than ``LIFT_LINE`` bytes is not decoded whole: its
+images are lifted out of the raw bytes (``picgate.gateway.lifted``) and the event carries them
+in ``lifted``, its ``data`` holding their tokens. An image whose base64 is still arriving when
+its unfinished line passes ``LIFT_LINE`` is decoded as it comes (``StreamedRun``): the buffer
+holds a few bytes of it, not the line.
 """
 
 from __future__ import annotations

@@ -116,24 +116,9 @@ class ImageLifter:
 
     def _run(self, buf: bytes | bytearray, start: int, hi: int) -> tuple[int, LiftedImage | None]:
         """(where the run from ``start`` ends, its image or None when it is not lifted)."""
-        quote = buf.find(b'"', start, hi)
-        end = hi if quote < 0 else quote
-        for stop in (b")", b" "):  # a markdown image's end; text after a bare data URL
-            found = buf.find(stop, start, end)
-            if found >= 0:
-                end = found
-        escaped = False
-        backslash = buf.find(b"\\", start, end)
-        while backslash >= 0:
-            follows = buf[backslash + 1] if backslash + 1 < hi else None
-            if follows == 0x2F:  # "\/": a "/" of the run
-                escaped = True
-                backslash = buf.find(b"\\", backslash + 2, end)
-                continue
-            if follows == 0x75:  # "\u....": may spell a base64 character; leave it to JSON
-                return end, None
-            end = backslash
-            break
+        end, escaped = _extent(buf, start, hi)
+        if escaped is None:
+            return end, None
         size = end - start
         if size < MIN_RUN or (self.max_run is not None and size > self.max_run):
             return end, None
@@ -159,8 +144,11 @@ def find_run(buf: bytes | bytearray, lo: int, scan: int) -> tuple[int, int]:
     while marker >= 0:
         start = marker + len(_MARKER)
         if _HEAD.search(buf, max(lo, marker - _HEAD_WINDOW), marker) is not None:
-            end, _ = _extent(buf, start)
-            if end == len(buf) or (end == len(buf) - 1 and buf[end] == _BACKSLASH):
+            end, escaped = _extent(buf, start, len(buf))
+            # the run reaches the end of the buffer, or a backslash there waits for its byte
+            if escaped is not None and (
+                end == len(buf) or (end == len(buf) - 1 and buf[end] == _BACKSLASH)
+            ):
                 return start, start
         else:
             end = start
@@ -169,20 +157,30 @@ def find_run(buf: bytes | bytearray, lo: int, scan: int) -> tuple[int, int]:
     return -1, max(scan, len(buf) - len(_MARKER) + 1)
 
 
-def _extent(buf: bytes | bytearray, start: int) -> tuple[int, bool]:
-    """(where the run from ``start`` stops, whether it holds ``\\/``): at the first byte that
-    ends a run, at a backslash with nothing after it yet, or at the end of ``buf``."""
-    end = len(buf)
+def _extent(buf: bytes | bytearray, start: int, hi: int) -> tuple[int, bool | None]:
+    """(where the run from ``start`` stops, whether it holds ``\\/``; None instead when an escape
+    that may spell a base64 character, ``\\u....``, stops it: JSON must say, so it is not lifted).
+
+    A run stops at the first byte that ends one (a markdown image's ``)``, the space after a bare
+    data URL, the string's quote, a line end), at a backslash starting any other escape or with
+    nothing after it before ``hi``, or at ``hi``."""
+    end = hi
     for stop in _RUN_ENDS[:-1]:
         found = buf.find(stop, start, end)
         if found >= 0:
             end = found
     escaped = False
     backslash = buf.find(b"\\", start, end)
-    while backslash >= 0 and backslash + 1 < len(buf) and buf[backslash + 1] == _SLASH:
-        escaped = True
-        backslash = buf.find(b"\\", backslash + 2, end)
-    return (end if backslash < 0 else backslash), escaped
+    while backslash >= 0:
+        follows = buf[backslash + 1] if backslash + 1 < hi else None
+        if follows == _SLASH:  # "\/": a "/" of the run
+            escaped = True
+            backslash = buf.find(b"\\", backslash + 2, end)
+            continue
+        if follows == _U:
+            return end, None
+        return backslash, escaped
+    return end, escaped
 
 
 class StreamedRun:
@@ -216,11 +214,11 @@ class StreamedRun:
     def feed(self, buf: bytearray) -> bool | None:
         if self._take_plain(buf):
             return None
-        end, escaped = _extent(buf, 0)
+        end, escaped = _extent(buf, 0, len(buf))
+        if escaped is None:
+            return False
         # not ended: the run reaches the buffer's end, or a backslash there waits for its byte
         ended = end < len(buf) and not (buf[end] == _BACKSLASH and end + 1 == len(buf))
-        if ended and buf[end] == _BACKSLASH and buf[end + 1] == _U:
-            return False  # "\u....": may spell a base64 character; JSON must say
         text = bytes(buf[:end])
         if escaped:
             text = text.replace(b"\\/", b"/")
